@@ -1,0 +1,39 @@
+# graphattn: two commands on a fresh machine.
+#   make demo   runs the registered examples at demo size (builds everything first)
+#   make test   runs the test suite (builds everything first)
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu)
+
+.PHONY: setup demo test test-slow bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+	  || $(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install "setuptools>=69" wheel ninja
+	$(BIN)/pip install --no-build-isolation -e ".[all,dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/graphattn demo
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q -p no:cacheprovider --timeout=900
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/graphattn bench attention
+
+lint: setup
+	$(BIN)/ruff check graphattn tests benchmarks examples setup.py
+
+clean:
+	rm -rf build *.egg-info graphattn/_C*.so $(STAMP)

@@ -1,0 +1,64 @@
+// Input validation shared by the CPU kernels: every index is checked (dtype, contiguity,
+// range) before any kernel reads through it, and every message names the argument.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <string>
+
+namespace graphattn {
+
+inline void check_index(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, "graphattn: '", name,
+              "' must be an int64 tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1, "graphattn: '", name, "' must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "graphattn: '", name, "' must be contiguous");
+  TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU kernel");
+}
+
+// ptr must start at 0, end at num_edges and be non-decreasing.
+inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name) {
+  check_index(ptr, name);
+  TORCH_CHECK(ptr.numel() >= 1, "graphattn: '", name, "' must have at least one entry");
+  const int64_t* p = ptr.data_ptr<int64_t>();
+  const int64_t n = ptr.numel() - 1;
+  TORCH_CHECK(p[0] == 0, "graphattn: '", name, "[0]' must be 0, got ", p[0]);
+  TORCH_CHECK(p[n] == num_edges, "graphattn: '", name, "[-1]' must equal the number of edges (",
+              num_edges, "), got ", p[n]);
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= (p[i] <= p[i + 1]);
+  TORCH_CHECK(ok, "graphattn: '", name, "' must be non-decreasing (a destination-sorted CSR)");
+}
+
+// every entry of idx must lie in [0, bound).
+inline void check_range(const at::Tensor& idx, int64_t bound, const char* name) {
+  check_index(idx, name);
+  const int64_t* p = idx.data_ptr<int64_t>();
+  const int64_t n = idx.numel();
+  bool ok = true;
+  for (int64_t e = 0; e < n; ++e) ok &= (p[e] >= 0) & (p[e] < bound);
+  if (!ok) {
+    for (int64_t e = 0; e < n; ++e) {
+      TORCH_CHECK(p[e] >= 0 && p[e] < bound, "graphattn: '", name, "' holds ", p[e],
+                  " at position ", e, ", outside the valid range [0, ", bound, ")");
+    }
+  }
+}
+
+inline void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK(t.scalar_type() == dtype, "graphattn: '", name, "' must have dtype ", dtype,
+              " (same as q), got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU kernel");
+}
+
+// accumulation type: at least float32, double for double.
+template <typename scalar_t>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+}  // namespace graphattn

@@ -1,0 +1,450 @@
+// Fused edge attention on the CPU: scores -> softmax over each destination's in-edges ->
+// weighted sum of values, without ever materialising an [E, H, C] tensor.
+//
+// Forward: one destination row per task (at::parallel_for over rows of the dst-sorted
+// CSR); scores are computed on the fly, the softmax uses an online max / sum
+// (FlashAttention style: the accumulator is rescaled when the running max grows), and the
+// weighted values are accumulated in a row-local buffer of H * Dv. Only the per-row
+// log-sum-exp [N_dst, H] is saved (plus the [E, H] weights when asked for).
+//
+// Backward, without atomics:
+//   pass A (by destination rows): recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j,
+//     ds_e = p_e (dp_e + gw_e - delta_i) with delta_i = dO_i . O_i + sum_e p_e gw_e;
+//     accumulate grad q_i; store p_e and ds_e ([E, H] each).
+//   pass B (by source rows, through the CSC view): grad v_j = sum p_e dO_i and
+//     grad k_j from ds_e.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+
+namespace graphattn {
+namespace {
+
+constexpr int64_t DOT = 0;
+constexpr int64_t ADDITIVE = 1;
+constexpr int64_t V2 = 2;
+
+template <typename T>
+inline T lrelu(T x, T slope) {
+  return x > T(0) ? x : x * slope;
+}
+template <typename T>
+inline T dlrelu(T x, T slope) {
+  return x > T(0) ? T(1) : slope;
+}
+
+// Score of the edge j -> i for one head. qi/kj point at the head's D entries.
+template <int KIND, typename scalar_t, typename acc_t>
+inline acc_t edge_score(const scalar_t* __restrict__ qi, const scalar_t* __restrict__ kj,
+                        const scalar_t* __restrict__ att_h, int64_t D, acc_t scale, acc_t slope,
+                        acc_t b) {
+  if constexpr (KIND == DOT) {
+    acc_t s = 0;
+    for (int64_t d = 0; d < D; ++d) s += acc_t(qi[d]) * acc_t(kj[d]);
+    return s * scale + b;
+  } else if constexpr (KIND == ADDITIVE) {
+    return lrelu<acc_t>(acc_t(qi[0]) + acc_t(kj[0]) + b, slope);
+  } else {
+    acc_t s = 0;
+    for (int64_t d = 0; d < D; ++d) s += acc_t(att_h[d]) * lrelu<acc_t>(acc_t(qi[d]) + acc_t(kj[d]), slope);
+    return s + b;
+  }
+}
+
+struct Dims {
+  int64_t Nd, Ns, E, H, D, Dv;
+};
+
+Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
+                  const at::Tensor& ptr, const at::Tensor& src, int64_t kind) {
+  TORCH_CHECK(kind == DOT || kind == ADDITIVE || kind == V2,
+              "graphattn: 'kind' must be 0 (dot), 1 (additive) or 2 (v2), got ", kind);
+  TORCH_CHECK(q.dim() == 3, "graphattn: 'q' must have shape [N_dst, H, D], got ", q.sizes());
+  TORCH_CHECK(k.dim() == 3, "graphattn: 'k' must have shape [N_src, H, D], got ", k.sizes());
+  TORCH_CHECK(v.dim() == 3, "graphattn: 'v' must have shape [N_src, H, Dv], got ", v.sizes());
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+              "graphattn: 'q' must be float32 or float64, got ", q.scalar_type());
+  check_float(k, "k", q.scalar_type());
+  check_float(v, "v", q.scalar_type());
+  TORCH_CHECK(q.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
+  Dims d{};
+  d.Nd = ptr.numel() - 1;
+  d.Ns = k.size(0);
+  d.E = src.numel();
+  d.H = q.size(1);
+  d.D = q.size(2);
+  d.Dv = v.size(2);
+  TORCH_CHECK(q.size(0) == d.Nd, "graphattn: 'q' has ", q.size(0),
+              " rows but 'ptr' describes ", d.Nd, " destination nodes");
+  TORCH_CHECK(v.size(0) == d.Ns, "graphattn: 'v' has ", v.size(0), " rows but 'k' has ", d.Ns);
+  TORCH_CHECK(k.size(1) == d.H && v.size(1) == d.H, "graphattn: q, k, v must have the same number "
+              "of heads, got ", d.H, ", ", k.size(1), ", ", v.size(1));
+  TORCH_CHECK(k.size(2) == d.D, "graphattn: 'k' must have head dim ", d.D, " like 'q', got ",
+              k.size(2));
+  if (kind == ADDITIVE) {
+    TORCH_CHECK(d.D == 1, "graphattn: kind 'additive' takes per-head scalars q, k of shape "
+                "[N, H, 1], got head dim ", d.D);
+  }
+  if (kind == V2) {
+    TORCH_CHECK(att.has_value() && att->defined(), "graphattn: kind 'v2' needs 'att' [H, D]");
+    TORCH_CHECK(att->dim() == 2 && att->size(0) == d.H && att->size(1) == d.D,
+                "graphattn: 'att' must have shape [", d.H, ", ", d.D, "], got ", att->sizes());
+    check_float(*att, "att", q.scalar_type());
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == d.E && bias->size(1) == d.H,
+                "graphattn: 'bias' must have shape [E, H] = [", d.E, ", ", d.H, "], got ",
+                bias->sizes());
+    check_float(*bias, "bias", q.scalar_type());
+  }
+  check_ptr(ptr, d.E, "ptr");
+  check_range(src, d.Ns, "src");
+  return d;
+}
+
+template <int KIND, typename scalar_t>
+void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                    const scalar_t* att, const scalar_t* bias, const int64_t* ptr,
+                    const int64_t* src, double scale_, double slope_, scalar_t* out,
+                    scalar_t* lse, scalar_t* weights) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t H = dm.H, D = dm.D, Dv = dm.Dv;
+  const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
+  const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
+  const int64_t avg_deg = std::max<int64_t>(1, dm.E / std::max<int64_t>(1, dm.Nd));
+  const int64_t grain = std::max<int64_t>(1, 4096 / avg_deg);
+  at::parallel_for(0, dm.Nd, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(H * Dv), mx(H), sum(H);
+    for (int64_t i = begin; i < end; ++i) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      std::fill(mx.begin(), mx.end(), NEG_INF);
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      const scalar_t* qi = q + i * H * D;
+      for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+        const int64_t j = src[e];
+        const scalar_t* kj = k + j * H * D;
+        const scalar_t* vj = v + j * H * Dv;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+          const acc_t s = edge_score<KIND, scalar_t, acc_t>(qi + h * D, kj + h * D,
+                                                             att ? att + h * D : nullptr, D,
+                                                             scale, slope, b);
+          if (!(s > NEG_INF)) continue;  // masked edge (-inf score): contributes nothing
+          acc_t* a = acc.data() + h * Dv;
+          if (s > mx[h]) {
+            if (sum[h] != acc_t(0)) {
+              const acc_t c = std::exp(mx[h] - s);
+              sum[h] *= c;
+              for (int64_t c2 = 0; c2 < Dv; ++c2) a[c2] *= c;
+            }
+            mx[h] = s;
+          }
+          const acc_t p = std::exp(s - mx[h]);
+          sum[h] += p;
+          const scalar_t* vjh = vj + h * Dv;
+#pragma omp simd
+          for (int64_t c2 = 0; c2 < Dv; ++c2) a[c2] += p * acc_t(vjh[c2]);
+        }
+      }
+      scalar_t* oi = out + i * H * Dv;
+      for (int64_t h = 0; h < H; ++h) {
+        if (sum[h] > acc_t(0)) {
+          const acc_t inv = acc_t(1) / sum[h];
+          for (int64_t c2 = 0; c2 < Dv; ++c2) oi[h * Dv + c2] = scalar_t(acc[h * Dv + c2] * inv);
+          lse[i * H + h] = scalar_t(mx[h] + std::log(sum[h]));
+        } else {  // empty (or fully masked) neighbourhood: zeros, never NaN
+          for (int64_t c2 = 0; c2 < Dv; ++c2) oi[h * Dv + c2] = scalar_t(0);
+          lse[i * H + h] = scalar_t(NEG_INF);
+        }
+      }
+      if (weights) {
+        for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+          const int64_t j = src[e];
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t l = acc_t(lse[i * H + h]);
+            if (!(l > NEG_INF)) {
+              weights[e * H + h] = scalar_t(0);
+              continue;
+            }
+            const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+            const acc_t s = edge_score<KIND, scalar_t, acc_t>(qi + h * D, k + j * H * D + h * D,
+                                                               att ? att + h * D : nullptr, D,
+                                                               scale, slope, b);
+            weights[e * H + h] = scalar_t(std::exp(s - l));
+          }
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
+    const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const c10::optional<at::Tensor>& att_, const c10::optional<at::Tensor>& bias_,
+    const at::Tensor& ptr, const at::Tensor& src, const at::Tensor& /*csc_ptr*/,
+    const at::Tensor& /*csc_eid*/, const at::Tensor& /*csc_dst*/, int64_t kind, double scale,
+    double negative_slope, bool return_weights) {
+  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
+  const at::Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const bool has_att = att_.has_value() && att_->defined() && kind == V2;
+  const bool has_bias = bias_.has_value() && bias_->defined();
+  const at::Tensor att = has_att ? att_->contiguous() : at::Tensor();
+  const at::Tensor bias = has_bias ? bias_->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({dm.Nd, dm.H, dm.Dv}, q.options());
+  at::Tensor lse = at::empty({dm.Nd, dm.H}, q.options());
+  at::Tensor weights = at::empty({return_weights ? dm.E : 0, dm.H}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention", [&] {
+    const scalar_t* attp = has_att ? att.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
+    scalar_t* wp = return_weights ? weights.data_ptr<scalar_t>() : nullptr;
+    auto run = [&](auto kind_tag) {
+      forward_kernel<decltype(kind_tag)::value, scalar_t>(
+          dm, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), attp, bp,
+          ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), scale, negative_slope,
+          out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), wp);
+    };
+    if (kind == DOT) run(std::integral_constant<int, DOT>{});
+    else if (kind == ADDITIVE) run(std::integral_constant<int, ADDITIVE>{});
+    else run(std::integral_constant<int, V2>{});
+  });
+  return {out, lse, weights};
+}
+
+template <int KIND, typename scalar_t>
+void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, const scalar_t* q,
+                     const scalar_t* k, const scalar_t* v, const scalar_t* att,
+                     const scalar_t* bias, const scalar_t* out, const scalar_t* lse,
+                     const int64_t* ptr, const int64_t* src, const int64_t* cptr,
+                     const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
+                     scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
+                     typename Acc<scalar_t>::type* P, typename Acc<scalar_t>::type* DS) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t H = dm.H, D = dm.D, Dv = dm.Dv;
+  const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
+  const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
+  const int64_t avg_deg = std::max<int64_t>(1, dm.E / std::max<int64_t>(1, dm.Nd));
+  const int64_t grain = std::max<int64_t>(1, 4096 / avg_deg);
+
+  // per-thread partial sums of grad att (v2 only), reduced in thread order afterwards
+  const int64_t nthreads = at::get_num_threads();
+  std::vector<acc_t> gatt_local(KIND == V2 ? nthreads * H * D : 0, acc_t(0));
+
+  // ---- pass A: destination rows ---------------------------------------------------------
+  at::parallel_for(0, dm.Nd, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> delta(H), gqi(H * D);
+    acc_t* gatt_t = KIND == V2 ? gatt_local.data() + at::get_thread_num() * H * D : nullptr;
+    for (int64_t i = begin; i < end; ++i) {
+      if (ptr[i] == ptr[i + 1]) continue;
+      const scalar_t* qi = q + i * H * D;
+      const scalar_t* goi = go + i * H * Dv;
+      const scalar_t* oi = out + i * H * Dv;
+      const scalar_t* li = lse + i * H;
+      for (int64_t h = 0; h < H; ++h) {
+        acc_t dl = 0;
+        for (int64_t c = 0; c < Dv; ++c) dl += acc_t(goi[h * Dv + c]) * acc_t(oi[h * Dv + c]);
+        delta[h] = dl;
+      }
+      if (gw) {  // gradient through the returned weights: delta += sum_e p_e gw_e
+        for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+          const int64_t j = src[e];
+          for (int64_t h = 0; h < H; ++h) {
+            if (!(acc_t(li[h]) > NEG_INF)) continue;
+            const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+            const acc_t s = edge_score<KIND, scalar_t, acc_t>(qi + h * D, k + j * H * D + h * D,
+                                                               att ? att + h * D : nullptr, D,
+                                                               scale, slope, b);
+            delta[h] += std::exp(s - acc_t(li[h])) * acc_t(gw[e * H + h]);
+          }
+        }
+      }
+      std::fill(gqi.begin(), gqi.end(), acc_t(0));
+      for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+        const int64_t j = src[e];
+        const scalar_t* kj = k + j * H * D;
+        const scalar_t* vj = v + j * H * Dv;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t l = acc_t(li[h]);
+          if (!(l > NEG_INF)) {  // fully masked row: nothing flows back
+            P[e * H + h] = 0;
+            DS[e * H + h] = 0;
+            if (gbias) gbias[e * H + h] = scalar_t(0);
+            continue;
+          }
+          const scalar_t* qih = qi + h * D;
+          const scalar_t* kjh = kj + h * D;
+          const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+          const acc_t s = edge_score<KIND, scalar_t, acc_t>(qih, kjh, att ? att + h * D : nullptr,
+                                                             D, scale, slope, b);
+          const acc_t p = std::exp(s - l);
+          acc_t dp = 0;
+          const scalar_t* gvh = goi + h * Dv;
+          const scalar_t* vjh = vj + h * Dv;
+#pragma omp simd reduction(+ : dp)
+          for (int64_t c = 0; c < Dv; ++c) dp += acc_t(gvh[c]) * acc_t(vjh[c]);
+          if (gw) dp += acc_t(gw[e * H + h]);
+          const acc_t ds = p * (dp - delta[h]);
+          acc_t dsc = ds;  // gradient w.r.t. the score before the bias is added
+          acc_t* g = gqi.data() + h * D;
+          if constexpr (KIND == DOT) {
+            const acc_t f = ds * scale;
+            for (int64_t d = 0; d < D; ++d) g[d] += f * acc_t(kjh[d]);
+          } else if constexpr (KIND == ADDITIVE) {
+            dsc = ds * dlrelu<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
+            g[0] += dsc;
+          } else {
+            const scalar_t* ah = att + h * D;
+            acc_t* ga = gatt_t + h * D;
+            for (int64_t d = 0; d < D; ++d) {
+              const acc_t z = acc_t(qih[d]) + acc_t(kjh[d]);
+              g[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(z, slope);
+              ga[d] += ds * lrelu<acc_t>(z, slope);
+            }
+          }
+          P[e * H + h] = p;
+          DS[e * H + h] = dsc;
+          if (gbias) gbias[e * H + h] = scalar_t(dsc);
+        }
+      }
+      scalar_t* gqo = gq + i * H * D;
+      for (int64_t t = 0; t < H * D; ++t) gqo[t] = scalar_t(gqi[t]);
+    }
+  });
+
+  // ---- pass B: source rows via the CSC view --------------------------------------------
+  const int64_t avg_out = std::max<int64_t>(1, dm.E / std::max<int64_t>(1, dm.Ns));
+  const int64_t grain_b = std::max<int64_t>(1, 4096 / avg_out);
+  at::parallel_for(0, dm.Ns, grain_b, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gkj(H * D), gvj(H * Dv);
+    for (int64_t j = begin; j < end; ++j) {
+      std::fill(gkj.begin(), gkj.end(), acc_t(0));
+      std::fill(gvj.begin(), gvj.end(), acc_t(0));
+      const scalar_t* kj = k + j * H * D;
+      for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
+        const int64_t e = ceid[t];
+        const int64_t i = cdst[t];
+        const scalar_t* goi = go + i * H * Dv;
+        const scalar_t* qi = q + i * H * D;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t p = P[e * H + h];
+          const acc_t ds = DS[e * H + h];
+          acc_t* gv_h = gvj.data() + h * Dv;
+          const scalar_t* go_h = goi + h * Dv;
+#pragma omp simd
+          for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(go_h[c]);
+          acc_t* gk_h = gkj.data() + h * D;
+          if constexpr (KIND == DOT) {
+            const acc_t f = ds * scale;
+            const scalar_t* qih = qi + h * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; ++d) gk_h[d] += f * acc_t(qih[d]);
+          } else if constexpr (KIND == ADDITIVE) {
+            gk_h[0] += ds;
+          } else {
+            const scalar_t* qih = qi + h * D;
+            const scalar_t* kjh = kj + h * D;
+            const scalar_t* ah = att + h * D;
+            for (int64_t d = 0; d < D; ++d)
+              gk_h[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
+          }
+        }
+      }
+      scalar_t* gko = gk + j * H * D;
+      scalar_t* gvo = gv + j * H * Dv;
+      for (int64_t t = 0; t < H * D; ++t) gko[t] = scalar_t(gkj[t]);
+      for (int64_t t = 0; t < H * Dv; ++t) gvo[t] = scalar_t(gvj[t]);
+    }
+  });
+
+  if constexpr (KIND == V2) {
+    for (int64_t t = 0; t < H * D; ++t) {
+      acc_t s = 0;
+      for (int64_t th = 0; th < nthreads; ++th) s += gatt_local[th * H * D + t];
+      gatt[t] = scalar_t(s);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_cpu(
+    const at::Tensor& grad_out_, const c10::optional<at::Tensor>& grad_weights_,
+    const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const c10::optional<at::Tensor>& att_, const c10::optional<at::Tensor>& bias_,
+    const at::Tensor& out_, const at::Tensor& lse_, const at::Tensor& ptr, const at::Tensor& src,
+    const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
+    double scale, double negative_slope) {
+  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
+  TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({dm.Nd, dm.H, dm.Dv}),
+              "graphattn: 'grad_out' must have shape [N_dst, H, Dv], got ", grad_out_.sizes());
+  TORCH_CHECK(out_.sizes() == grad_out_.sizes(), "graphattn: 'out' must match 'grad_out'");
+  TORCH_CHECK(lse_.sizes() == at::IntArrayRef({dm.Nd, dm.H}),
+              "graphattn: 'lse' must have shape [N_dst, H], got ", lse_.sizes());
+  check_float(grad_out_, "grad_out", q_.scalar_type());
+  check_float(out_, "out", q_.scalar_type());
+  check_float(lse_, "lse", q_.scalar_type());
+  check_ptr(csc_ptr, dm.E, "csc_ptr");
+  TORCH_CHECK(csc_ptr.numel() == dm.Ns + 1, "graphattn: 'csc_ptr' must have N_src + 1 = ",
+              dm.Ns + 1, " entries, got ", csc_ptr.numel());
+  TORCH_CHECK(csc_eid.numel() == dm.E && csc_dst.numel() == dm.E,
+              "graphattn: 'csc_eid' and 'csc_dst' must have E = ", dm.E, " entries");
+  check_range(csc_eid, dm.E, "csc_eid");
+  check_range(csc_dst, dm.Nd, "csc_dst");
+  const bool has_gw = grad_weights_.has_value() && grad_weights_->defined() &&
+                      grad_weights_->numel() > 0;
+  if (has_gw) {
+    TORCH_CHECK(grad_weights_->sizes() == at::IntArrayRef({dm.E, dm.H}),
+                "graphattn: 'grad_weights' must have shape [E, H], got ", grad_weights_->sizes());
+    check_float(*grad_weights_, "grad_weights", q_.scalar_type());
+  }
+  const at::Tensor go = grad_out_.contiguous(), q = q_.contiguous(), k = k_.contiguous(),
+                   v = v_.contiguous(), out = out_.contiguous(), lse = lse_.contiguous();
+  const at::Tensor gw = has_gw ? grad_weights_->contiguous() : at::Tensor();
+  const bool has_att = att_.has_value() && att_->defined() && kind == V2;
+  const bool has_bias = bias_.has_value() && bias_->defined();
+  const at::Tensor att = has_att ? att_->contiguous() : at::Tensor();
+  const at::Tensor bias = has_bias ? bias_->contiguous() : at::Tensor();
+
+  at::Tensor gq = at::zeros_like(q), gk = at::empty_like(k), gv = at::empty_like(v);
+  at::Tensor gatt = has_att ? at::empty_like(att) : at::empty({0}, q.options());
+  at::Tensor gbias = has_bias ? at::empty_like(bias) : at::empty({0}, q.options());
+  const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor P = at::zeros({dm.E, dm.H}, q.options().dtype(acc_dtype));
+  at::Tensor DS = at::zeros({dm.E, dm.H}, q.options().dtype(acc_dtype));
+
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    const scalar_t* attp = has_att ? att.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gwp = has_gw ? gw.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gattp = has_att ? gatt.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gbp = has_bias ? gbias.data_ptr<scalar_t>() : nullptr;
+    auto run = [&](auto kind_tag) {
+      backward_kernel<decltype(kind_tag)::value, scalar_t>(
+          dm, go.data_ptr<scalar_t>(), gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+          v.data_ptr<scalar_t>(), attp, bp, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+          ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
+          csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
+          gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), gattp, gbp,
+          P.data_ptr<acc_t>(), DS.data_ptr<acc_t>());
+    };
+    if (kind == DOT) run(std::integral_constant<int, DOT>{});
+    else if (kind == ADDITIVE) run(std::integral_constant<int, ADDITIVE>{});
+    else run(std::integral_constant<int, V2>{});
+  });
+  return {gq, gk, gv, gatt, gbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphattn, CPU, m) {
+  m.impl("edge_attention", &edge_attention_cpu);
+  m.impl("edge_attention_backward", &edge_attention_backward_cpu);
+}
+
+}  // namespace graphattn

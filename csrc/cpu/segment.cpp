@@ -1,0 +1,201 @@
+// Segment softmax and segment reductions (sum / mean / max with argmax) over a
+// destination-sorted CSR: one destination row per task, no atomics.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "checks.h"
+
+namespace graphattn {
+namespace {
+
+int64_t grain_for(int64_t rows, int64_t E, int64_t F) {
+  const int64_t per_row = std::max<int64_t>(1, (E / std::max<int64_t>(1, rows)) * F);
+  return std::max<int64_t>(1, 16384 / per_row);
+}
+
+void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name) {
+  TORCH_CHECK(t.dim() == 2, "graphattn: '", name, "' must have shape [E, F], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "graphattn: '", name, "' must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU");
+  check_ptr(ptr, t.size(0), "ptr");
+}
+
+at::Tensor segment_softmax_cpu(const at::Tensor& scores_, const at::Tensor& ptr) {
+  check_edge_tensor(scores_, ptr, "scores");
+  const at::Tensor scores = scores_.contiguous();
+  const int64_t N = ptr.numel() - 1, E = scores.size(0), H = scores.size(1);
+  at::Tensor out = at::empty_like(scores);
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "graphattn::segment_softmax", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    const scalar_t* s = scores.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t* p = ptr.data_ptr<int64_t>();
+    const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
+    at::parallel_for(0, N, grain_for(N, E, H), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> mx(H), sum(H);
+      for (int64_t i = begin; i < end; ++i) {
+        std::fill(mx.begin(), mx.end(), NEG_INF);
+        std::fill(sum.begin(), sum.end(), acc_t(0));
+        for (int64_t e = p[i]; e < p[i + 1]; ++e)
+          for (int64_t h = 0; h < H; ++h) mx[h] = std::max(mx[h], acc_t(s[e * H + h]));
+        for (int64_t e = p[i]; e < p[i + 1]; ++e)
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t x = mx[h] > NEG_INF ? std::exp(acc_t(s[e * H + h]) - mx[h]) : acc_t(0);
+            sum[h] += x;
+            o[e * H + h] = scalar_t(x);
+          }
+        for (int64_t e = p[i]; e < p[i + 1]; ++e)
+          for (int64_t h = 0; h < H; ++h)
+            o[e * H + h] = sum[h] > acc_t(0) ? scalar_t(acc_t(o[e * H + h]) / sum[h]) : scalar_t(0);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor segment_softmax_backward_cpu(const at::Tensor& out_, const at::Tensor& grad_,
+                                        const at::Tensor& ptr) {
+  check_edge_tensor(out_, ptr, "out");
+  TORCH_CHECK(grad_.sizes() == out_.sizes(), "graphattn: 'grad_out' must have shape ",
+              out_.sizes(), ", got ", grad_.sizes());
+  check_float(grad_, "grad_out", out_.scalar_type());
+  const at::Tensor out = out_.contiguous(), grad = grad_.contiguous();
+  const int64_t N = ptr.numel() - 1, E = out.size(0), H = out.size(1);
+  at::Tensor gin = at::empty_like(out);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "graphattn::segment_softmax_backward", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    const scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* gi = gin.data_ptr<scalar_t>();
+    const int64_t* p = ptr.data_ptr<int64_t>();
+    at::parallel_for(0, N, grain_for(N, E, H), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> dot(H);
+      for (int64_t i = begin; i < end; ++i) {
+        std::fill(dot.begin(), dot.end(), acc_t(0));
+        for (int64_t e = p[i]; e < p[i + 1]; ++e)
+          for (int64_t h = 0; h < H; ++h) dot[h] += acc_t(o[e * H + h]) * acc_t(g[e * H + h]);
+        for (int64_t e = p[i]; e < p[i + 1]; ++e)
+          for (int64_t h = 0; h < H; ++h)
+            gi[e * H + h] = scalar_t(acc_t(o[e * H + h]) * (acc_t(g[e * H + h]) - dot[h]));
+      }
+    });
+  });
+  return gin;
+}
+
+int reduce_code(const std::string& reduce) {
+  if (reduce == "sum") return 0;
+  if (reduce == "mean") return 1;
+  if (reduce == "max") return 2;
+  TORCH_CHECK(false, "graphattn: 'reduce' must be 'sum', 'mean' or 'max', got '", reduce, "'");
+  return -1;
+}
+
+std::tuple<at::Tensor, at::Tensor> segment_reduce_cpu(const at::Tensor& src_,
+                                                      const at::Tensor& ptr,
+                                                      c10::string_view reduce_) {
+  const std::string reduce(reduce_);
+  const int code = reduce_code(reduce);
+  check_edge_tensor(src_, ptr, "src");
+  const at::Tensor src = src_.contiguous();
+  const int64_t N = ptr.numel() - 1, E = src.size(0), F = src.size(1);
+  at::Tensor out = at::empty({N, F}, src.options());
+  at::Tensor arg = at::empty({code == 2 ? N : 0, F}, ptr.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "graphattn::segment_reduce", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    int64_t* a = code == 2 ? arg.data_ptr<int64_t>() : nullptr;
+    const int64_t* p = ptr.data_ptr<int64_t>();
+    at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(F);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t deg = p[i + 1] - p[i];
+        if (code == 2) {
+          for (int64_t f = 0; f < F; ++f) {
+            a[i * F + f] = -1;
+            acc[f] = -std::numeric_limits<acc_t>::infinity();
+          }
+          for (int64_t e = p[i]; e < p[i + 1]; ++e)
+            for (int64_t f = 0; f < F; ++f) {
+              const acc_t x = acc_t(s[e * F + f]);
+              if (x > acc[f] || a[i * F + f] < 0) {
+                acc[f] = x;
+                a[i * F + f] = e;
+              }
+            }
+          for (int64_t f = 0; f < F; ++f) o[i * F + f] = deg > 0 ? scalar_t(acc[f]) : scalar_t(0);
+        } else {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t e = p[i]; e < p[i + 1]; ++e)
+            for (int64_t f = 0; f < F; ++f) acc[f] += acc_t(s[e * F + f]);
+          const acc_t scale = (code == 1 && deg > 0) ? acc_t(1) / acc_t(deg) : acc_t(1);
+          for (int64_t f = 0; f < F; ++f) o[i * F + f] = scalar_t(acc[f] * scale);
+        }
+      }
+    });
+  });
+  return {out, arg};
+}
+
+at::Tensor segment_reduce_backward_cpu(const at::Tensor& grad_, const at::Tensor& ptr,
+                                       const at::Tensor& arg, c10::string_view reduce_,
+                                       int64_t num_edges) {
+  const std::string reduce(reduce_);
+  const int code = reduce_code(reduce);
+  check_ptr(ptr, num_edges, "ptr");
+  TORCH_CHECK(grad_.dim() == 2 && grad_.size(0) == ptr.numel() - 1,
+              "graphattn: 'grad_out' must have shape [N, F] with N = ", ptr.numel() - 1,
+              ", got ", grad_.sizes());
+  const at::Tensor grad = grad_.contiguous();
+  const int64_t N = ptr.numel() - 1, F = grad.size(1);
+  if (code == 2) {
+    TORCH_CHECK(arg.sizes() == grad.sizes() && arg.scalar_type() == at::kLong,
+                "graphattn: 'arg' must be an int64 tensor of shape ", grad.sizes());
+  }
+  at::Tensor gin = at::zeros({num_edges, F}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "graphattn::segment_reduce_backward", [&] {
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* gi = gin.data_ptr<scalar_t>();
+    const int64_t* p = ptr.data_ptr<int64_t>();
+    const at::Tensor argc = code == 2 ? arg.contiguous() : arg;
+    const int64_t* a = code == 2 ? argc.data_ptr<int64_t>() : nullptr;
+    at::parallel_for(0, N, grain_for(N, num_edges, F), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t deg = p[i + 1] - p[i];
+        if (deg == 0) continue;
+        if (code == 2) {
+          for (int64_t f = 0; f < F; ++f) {
+            const int64_t e = a[i * F + f];
+            TORCH_CHECK(e >= p[i] && e < p[i + 1], "graphattn: 'arg' holds ", e,
+                        " outside segment ", i);
+            gi[e * F + f] = g[i * F + f];
+          }
+        } else {
+          const scalar_t scale = code == 1 ? scalar_t(1) / scalar_t(deg) : scalar_t(1);
+          for (int64_t e = p[i]; e < p[i + 1]; ++e)
+            for (int64_t f = 0; f < F; ++f) gi[e * F + f] = g[i * F + f] * scale;
+        }
+      }
+    });
+  });
+  return gin;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphattn, CPU, m) {
+  m.impl("segment_softmax", &segment_softmax_cpu);
+  m.impl("segment_softmax_backward", &segment_softmax_backward_cpu);
+  m.impl("segment_reduce", &segment_reduce_cpu);
+  m.impl("segment_reduce_backward", &segment_reduce_backward_cpu);
+}
+
+}  // namespace graphattn

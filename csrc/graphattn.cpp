@@ -1,0 +1,63 @@
+// graphattn._C: every operator schema lives here, in one place.
+//
+// Conventions shared by all ops (see graphattn/index.py):
+//   * edges are given in destination-sorted CSR order: ``ptr[N_dst + 1]`` (int64) and
+//     ``src[E]`` (int64), so the in-edges of destination ``i`` are
+//     ``ptr[i] .. ptr[i + 1] - 1``;
+//   * the backward of the attention op also takes the transposed (CSC) view:
+//     ``csc_ptr[N_src + 1]``, ``csc_eid[E]`` (position of the edge in CSR order) and
+//     ``csc_dst[E]`` (its destination), so that gradients for sources are reduced by
+//     source rows without atomics;
+//   * per-edge tensors (bias, weights, scores) are in CSR order.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+TORCH_LIBRARY(graphattn, m) {
+  m.def("segment_softmax(Tensor scores, Tensor ptr) -> Tensor");
+  m.def("segment_softmax_backward(Tensor out, Tensor grad_out, Tensor ptr) -> Tensor");
+  m.def("segment_reduce(Tensor src, Tensor ptr, str reduce) -> (Tensor, Tensor)");
+  m.def(
+      "segment_reduce_backward(Tensor grad_out, Tensor ptr, Tensor arg, str reduce, "
+      "SymInt num_edges) -> Tensor");
+  // The forward of edge_attention takes the CSC view only so that its autograd formula
+  // (registered from Python) can hand it to the backward; the forward kernel ignores it.
+  // kind: 0 = dot (q_i . k_j * scale + bias), 1 = additive (LeakyReLU(q_i + k_j + bias)),
+  //       2 = v2 (att . LeakyReLU(q_i + k_j) + bias).
+  m.def(
+      "edge_attention(Tensor q, Tensor k, Tensor v, Tensor? att, Tensor? bias, Tensor ptr, "
+      "Tensor src, Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, float negative_slope, bool return_weights) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "edge_attention_backward(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
+      "Tensor v, Tensor? att, Tensor? bias, Tensor out, Tensor lse, Tensor ptr, Tensor src, "
+      "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
+      "float negative_slope) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+namespace {
+bool with_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+int64_t cuda_version() {
+#ifdef WITH_CUDA
+  return CUDA_VERSION;
+#else
+  return -1;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "graphattn native kernels (operators are registered under torch.ops.graphattn)";
+  m.def("with_openmp", &with_openmp, "whether the extension was compiled with OpenMP");
+  m.def("cuda_version", &cuda_version, "CUDA version the extension was built with, -1 if none");
+}

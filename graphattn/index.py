@@ -1,0 +1,241 @@
+r"""Destination-sorted CSR (and transposed CSC) views of an ``edge_index``.
+
+Every op of :mod:`graphattn.ops` works on an :class:`EdgeGraph`: the edges sorted by
+destination, so that the in-edges of destination :math:`i` are the contiguous range
+``ptr[i]:ptr[i+1]`` of ``src``, plus the permutation back to the caller's edge order and
+the transposed view used by the backward pass to reduce over sources without atomics.
+
+Building a graph costs two stable sorts of the edges; :func:`build_graph` caches the
+result per ``edge_index`` tensor (the same object, unmodified, with the same node counts) so a
+layer stack over the same graph pays it once.
+
+Example:
+    >>> import torch
+    >>> from graphattn.index import build_graph
+    >>> edge_index = torch.tensor([[0, 1, 2, 2], [1, 2, 0, 1]])
+    >>> g = build_graph(edge_index, num_nodes=3)
+    >>> g.ptr.tolist(), g.src.tolist()
+    ([0, 1, 3, 4], [2, 0, 2, 1])
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["EdgeGraph", "build_graph", "clear_graph_cache", "validate_edge_index"]
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeGraph:
+    r"""A bipartite edge set :math:`j \to i` in destination-sorted CSR form.
+
+    Attributes:
+        ptr (Tensor): ``[num_dst + 1]`` int64, row pointers of the in-edges of each
+            destination.
+        src (Tensor): ``[E]`` int64, source of each edge in CSR order.
+        dst (Tensor): ``[E]`` int64, destination of each edge in CSR order.
+        perm (Tensor): ``[E]`` int64, ``perm[c]`` is the caller's id of the edge at CSR
+            position ``c``.
+        csc_ptr (Tensor): ``[num_src + 1]`` int64, row pointers of the out-edges of each
+            source.
+        csc_eid (Tensor): ``[E]`` int64, CSR position of each edge in CSC order.
+        csc_dst (Tensor): ``[E]`` int64, destination of each edge in CSC order.
+        num_src (int): number of source nodes.
+        num_dst (int): number of destination nodes.
+        edge_index (Tensor, optional): ``[2, E]`` the edge list this graph represents, in
+            the caller's order (with self-loops added when built with ``self_loops=True``).
+        kept (Tensor, optional): for graphs built with ``self_loops=True``, the ids (in the
+            original ``edge_index``) of the non-loop edges, which come first; the
+            ``min(num_src, num_dst)`` added loops follow them.
+    """
+
+    ptr: Tensor
+    src: Tensor
+    dst: Tensor
+    perm: Tensor
+    csc_ptr: Tensor
+    csc_eid: Tensor
+    csc_dst: Tensor
+    num_src: int
+    num_dst: int
+    edge_index: Tensor | None = None
+    kept: Tensor | None = None
+
+    @property
+    def num_edges(self) -> int:
+        return self.src.size(0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    def to_csr(self, edge_values: Tensor) -> Tensor:
+        """Reorders a per-edge tensor from the caller's order into CSR order."""
+        return edge_values.index_select(0, self.perm)
+
+    def from_csr(self, csr_values: Tensor) -> Tensor:
+        """Reorders a per-edge tensor from CSR order back to the caller's order."""
+        out = torch.empty_like(csr_values)
+        return out.index_copy_(0, self.perm, csr_values)
+
+    def in_degree(self) -> Tensor:
+        """Number of in-edges of each destination, ``[num_dst]``."""
+        return self.ptr[1:] - self.ptr[:-1]
+
+    def __repr__(self) -> str:
+        return (
+            f"EdgeGraph(num_src={self.num_src}, num_dst={self.num_dst}, "
+            f"num_edges={self.num_edges}, device={self.device})"
+        )
+
+
+def validate_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
+    """Raises a clear error if ``edge_index`` is not a valid ``[2, E]`` int64 index.
+
+    This check reads the index on the host (one sync); :func:`build_graph` calls it once per
+    cached graph, never under ``torch.compile``.
+    """
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"'edge_index' must be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.dtype != torch.long:
+        raise TypeError(
+            f"'edge_index' must have dtype torch.int64 (long), got {edge_index.dtype}"
+        )
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(
+            f"'edge_index' must have shape [2, num_edges], got {list(edge_index.shape)}"
+        )
+    if num_src < 0 or num_dst < 0:
+        raise ValueError(f"node counts must be non-negative, got ({num_src}, {num_dst})")
+    if edge_index.numel() == 0:
+        return
+    lo = int(edge_index.min())
+    if lo < 0:
+        raise ValueError(f"'edge_index' must be non-negative, found the index {lo}")
+    src_max, dst_max = int(edge_index[0].max()), int(edge_index[1].max())
+    if src_max >= num_src:
+        raise ValueError(
+            f"'edge_index[0]' (sources) holds {src_max}, out of range for {num_src} source nodes"
+        )
+    if dst_max >= num_dst:
+        raise ValueError(
+            f"'edge_index[1]' (destinations) holds {dst_max}, out of range for "
+            f"{num_dst} destination nodes"
+        )
+
+
+def _build(
+    edge_index: Tensor, num_src: int, num_dst: int, kept: Tensor | None = None
+) -> EdgeGraph:
+    src, dst = edge_index[0], edge_index[1]
+    # stable sorts keep the caller's order among equal keys (deterministic CSR)
+    perm = torch.sort(dst, stable=True).indices
+    src_csr, dst_csr = src.index_select(0, perm), dst.index_select(0, perm)
+    nodes_d = torch.arange(num_dst + 1, device=dst.device, dtype=torch.long)
+    ptr = torch.searchsorted(dst_csr, nodes_d)
+    csc_eid = torch.sort(src_csr, stable=True).indices
+    src_csc = src_csr.index_select(0, csc_eid)
+    nodes_s = torch.arange(num_src + 1, device=src.device, dtype=torch.long)
+    csc_ptr = torch.searchsorted(src_csc, nodes_s)
+    csc_dst = dst_csr.index_select(0, csc_eid)
+    return EdgeGraph(
+        ptr=ptr.contiguous(),
+        src=src_csr.contiguous(),
+        dst=dst_csr.contiguous(),
+        perm=perm.contiguous(),
+        csc_ptr=csc_ptr.contiguous(),
+        csc_eid=csc_eid.contiguous(),
+        csc_dst=csc_dst.contiguous(),
+        num_src=num_src,
+        num_dst=num_dst,
+        edge_index=edge_index,
+        kept=kept,
+    )
+
+
+def _with_self_loops(edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tensor, Tensor]:
+    """PyG's ``remove_self_loops`` + ``add_self_loops``: drops every loop, appends one per node."""
+    kept = (edge_index[0] != edge_index[1]).nonzero().view(-1)
+    loop = torch.arange(min(num_src, num_dst), device=edge_index.device, dtype=torch.long)
+    new = torch.cat([edge_index.index_select(1, kept), loop.unsqueeze(0).repeat(2, 1)], dim=1)
+    return new, kept
+
+
+_CACHE: OrderedDict[tuple, tuple[weakref.ref, EdgeGraph]] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def clear_graph_cache() -> None:
+    """Empties the per-``edge_index`` cache of :func:`build_graph`."""
+    _CACHE.clear()
+
+
+def build_graph(
+    edge_index: Tensor | EdgeGraph,
+    num_nodes: int | tuple[int, int] | None = None,
+    *,
+    cache: bool = True,
+    validate: bool = True,
+    self_loops: bool = False,
+) -> EdgeGraph:
+    r"""Builds (or fetches from the cache) the :class:`EdgeGraph` of ``edge_index``.
+
+    Args:
+        edge_index (Tensor or EdgeGraph): ``[2, E]`` int64, row 0 sources, row 1
+            destinations (PyG's ``flow="source_to_target"``). An :class:`EdgeGraph` is
+            returned as it is.
+        num_nodes (int or (int, int)): number of nodes, or ``(num_src, num_dst)`` for a
+            bipartite graph. Required: graphattn never infers sizes with a host sync.
+        cache (bool): reuse the graph built for the same ``edge_index`` tensor.
+        validate (bool): check dtype, shape and index range (one host sync per new graph).
+        self_loops (bool): remove the self-loops of ``edge_index`` and add one per node (the
+            first ``min(num_src, num_dst)`` nodes), exactly as PyG's ``GATConv`` does;
+            ``graph.kept`` then maps the remaining edges to their original ids. This needs a
+            data-dependent shape, so it is not available under ``torch.compile``: build the
+            graph once outside and pass it in.
+
+    Under ``torch.compile`` the cache and the validation are skipped, so the build traces
+    without graph breaks.
+    """
+    if isinstance(edge_index, EdgeGraph):
+        return edge_index
+    if num_nodes is None:
+        raise ValueError("'num_nodes' is required: pass an int or (num_src, num_dst)")
+    if isinstance(num_nodes, (tuple, list)):
+        if len(num_nodes) != 2:
+            raise ValueError(f"'num_nodes' must be an int or a pair, got {num_nodes!r}")
+        num_src, num_dst = num_nodes
+    else:
+        num_src = num_dst = num_nodes
+    if torch.compiler.is_compiling():
+        if self_loops:
+            raise RuntimeError(
+                "build_graph(self_loops=True) has a data-dependent size and cannot run under "
+                "torch.compile; build the EdgeGraph outside the compiled region and pass it in"
+            )
+        return _build(edge_index, num_src, num_dst)
+    key = None
+    if cache:
+        # id() plus a weak reference: a freed tensor whose id is reused never hits
+        key = (id(edge_index), edge_index._version, int(num_src), int(num_dst), self_loops)
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0]() is edge_index:
+            _CACHE.move_to_end(key)
+            return hit[1]
+    if validate:
+        validate_edge_index(edge_index, int(num_src), int(num_dst))
+    if self_loops:
+        with_loops, kept = _with_self_loops(edge_index, int(num_src), int(num_dst))
+        graph = _build(with_loops, int(num_src), int(num_dst), kept)
+    else:
+        graph = _build(edge_index, int(num_src), int(num_dst))
+    if key is not None:
+        _CACHE[key] = (weakref.ref(edge_index), graph)
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return graph

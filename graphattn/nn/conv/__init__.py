@@ -1,0 +1,5 @@
+"""Generic graph-attention convolutions."""
+
+from .graph_attention import GraphAttention
+
+__all__ = ["GraphAttention"]

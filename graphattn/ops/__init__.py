@@ -1,0 +1,363 @@
+r"""The attention core: edge softmax, fused edge attention and segment reductions.
+
+Every op is functional (tensors in, tensors out) and works on an
+:class:`~graphattn.index.EdgeGraph` (destination-sorted CSR, built once per ``edge_index``
+and cached). Two implementations stand behind each op:
+
+* ``native``: the fused C++/OpenMP kernels of ``graphattn._C`` (``torch.ops.graphattn.*``),
+  which never materialise an ``[E, H, C]`` tensor, forward or backward;
+* ``reference``: pure torch (:mod:`graphattn.ops._reference`), the fallback when the
+  extension is not built and the oracle of the tests.
+
+:func:`backend` tells which one runs; :class:`set_backend` forces one (globally, or as a
+context manager). Per-edge tensors passed to and returned by the public ops are in the
+caller's edge order (the order of ``edge_index``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+from ..index import EdgeGraph, build_graph
+from . import _native, _reference
+from ._reference import KINDS
+
+__all__ = [
+    "EdgeGraph",
+    "aggregate",
+    "backend",
+    "build_graph",
+    "edge_attention",
+    "segment_max",
+    "segment_mean",
+    "segment_softmax",
+    "segment_sum",
+    "set_backend",
+    "native_available",
+]
+
+_BACKENDS = ("auto", "reference", "native")
+_state = threading.local()
+
+
+def _requested() -> str:
+    return getattr(_state, "backend", "auto")
+
+
+def native_available() -> bool:
+    """Whether ``graphattn._C`` is built and loaded."""
+    return _native.WITH_EXT
+
+
+class set_backend:
+    r"""Selects the implementation of the core ops: ``"auto"``, ``"reference"`` or ``"native"``.
+
+    Works as a plain call (sets the backend of this thread) and as a context manager
+    (restores the previous one on exit)::
+
+        with graphattn.ops.set_backend("reference"):
+            out = layer(x, edge_index)
+
+    Raises:
+        ValueError: on an unknown name.
+        RuntimeError: if ``"native"`` is forced but the extension is not built.
+    """
+
+    def __init__(self, name: str) -> None:
+        if name not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {name!r}")
+        if name == "native" and not _native.WITH_EXT:
+            raise RuntimeError(
+                "graphattn: backend 'native' was requested but graphattn._C is not built "
+                f"({_native.LOAD_ERROR}); rebuild with: {_native.REBUILD}"
+            )
+        self.prev = _requested()
+        _state.backend = name
+
+    def __enter__(self) -> set_backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _state.backend = self.prev
+
+
+def backend() -> str:
+    """The path the ops take for CPU float32/float64 inputs now: ``native`` or ``reference``."""
+    req = _requested()
+    if req == "reference" or not _native.WITH_EXT:
+        return "reference"
+    return "native"
+
+
+def _use_native(t: Tensor) -> bool:
+    if backend() != "native":
+        return False
+    ok = t.device.type == "cpu" or (t.device.type == "cuda" and _native.CUDA_VERSION > 0)
+    ok = ok and t.dtype in (torch.float32, torch.float64)
+    if not ok and _requested() == "native":
+        raise RuntimeError(
+            f"graphattn: backend 'native' is forced but has no kernel for {t.dtype} on "
+            f"{t.device.type}"
+        )
+    return ok
+
+
+# ---- validation ---------------------------------------------------------------------------
+def _check_tensor(t: object, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"'{name}' must be a floating-point tensor, got dtype {t.dtype}")
+    return t
+
+
+def _check_same(t: Tensor, ref: Tensor, name: str, ref_name: str) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"'{name}' has dtype {t.dtype} but '{ref_name}' has {ref.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"'{name}' is on {t.device} but '{ref_name}' is on {ref.device}")
+
+
+def _check_graph(graph: object, ref: Tensor) -> EdgeGraph:
+    if not isinstance(graph, EdgeGraph):
+        raise TypeError(
+            "'graph' must be a graphattn EdgeGraph (build it with "
+            f"graphattn.ops.build_graph(edge_index, num_nodes)), got {type(graph).__name__}"
+        )
+    if graph.device != ref.device:
+        raise ValueError(f"'graph' is on {graph.device} but the features are on {ref.device}")
+    return graph
+
+
+# ---- segment softmax ------------------------------------------------------------------------
+def segment_softmax(scores: Tensor, graph: EdgeGraph) -> Tensor:
+    r"""Softmax of edge scores over each destination's in-edges.
+
+    .. math::
+        \alpha_{ij} = \frac{\exp(s_{ij})}{\sum_{k \in \mathcal{N}(i)} \exp(s_{ik})}
+
+    Args:
+        scores (Tensor): ``[E]`` or ``[E, H]`` scores in the caller's edge order.
+        graph (EdgeGraph): the edge set.
+
+    Returns:
+        Tensor of the shape of ``scores``. Destinations with no (or only ``-inf``) scores
+        give zeros, never NaN.
+    """
+    _check_tensor(scores, "scores")
+    graph = _check_graph(graph, scores)
+    flat = scores.dim() == 1
+    s = scores.unsqueeze(-1) if flat else scores
+    if s.dim() != 2 or s.size(0) != graph.num_edges:
+        raise ValueError(
+            f"'scores' must have shape [E] or [E, H] with E = {graph.num_edges}, "
+            f"got {list(scores.shape)}"
+        )
+    s = graph.to_csr(s)
+    if _use_native(s):
+        out = torch.ops.graphattn.segment_softmax(s, graph.ptr)
+    else:
+        out = _reference.segment_softmax(s, graph.dst, graph.num_dst)
+    out = graph.from_csr(out)
+    return out.squeeze(-1) if flat else out
+
+
+# ---- segment reductions ---------------------------------------------------------------------
+def _segment(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tensor | None]:
+    _check_tensor(src, "src")
+    if not isinstance(ptr, Tensor) or ptr.dtype != torch.long or ptr.dim() != 1:
+        raise TypeError("'ptr' must be a 1-D int64 tensor of CSR row pointers")
+    if ptr.device != src.device:
+        raise ValueError(f"'ptr' is on {ptr.device} but 'src' is on {src.device}")
+    if ptr.numel() < 1:
+        raise ValueError("'ptr' must have at least one entry")
+    flat = src.dim() == 1
+    s = src.unsqueeze(-1) if flat else src
+    if s.dim() != 2:
+        raise ValueError(f"'src' must have shape [E] or [E, F], got {list(src.shape)}")
+    if _use_native(s):
+        out, arg = torch.ops.graphattn.segment_reduce(s, ptr, reduce)
+        arg = arg if reduce == "max" else None
+    else:
+        out, arg = _reference.segment_reduce(s, ptr, reduce)
+    if flat:
+        out = out.squeeze(-1)
+        arg = None if arg is None else arg.squeeze(-1)
+    return out, arg
+
+
+def segment_sum(src: Tensor, ptr: Tensor) -> Tensor:
+    r"""Sum of ``src[E, F]`` (sorted by segment) over the CSR segments ``ptr[N + 1]`` → ``[N, F]``."""
+    return _segment(src, ptr, "sum")[0]
+
+
+def segment_mean(src: Tensor, ptr: Tensor) -> Tensor:
+    r"""Mean over the CSR segments; empty segments give 0. ``[E, F]`` → ``[N, F]``."""
+    return _segment(src, ptr, "mean")[0]
+
+
+def segment_max(src: Tensor, ptr: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Max over the CSR segments and its argmax (position in ``src``; -1 for empty segments).
+
+    Empty segments give 0. The gradient flows to the argmax entry only.
+    """
+    out, arg = _segment(src, ptr, "max")
+    assert arg is not None
+    return out, arg
+
+
+def aggregate(messages: Tensor, graph: EdgeGraph, reduce: str = "sum") -> Tensor:
+    r"""Reduces per-edge ``messages[E, F]`` (caller's order) onto their destinations.
+
+    Args:
+        messages (Tensor): ``[E]`` or ``[E, F]``.
+        graph (EdgeGraph): the edge set.
+        reduce (str): ``"sum"``, ``"mean"`` or ``"max"``.
+
+    Returns:
+        Tensor ``[num_dst]`` or ``[num_dst, F]``.
+    """
+    _check_tensor(messages, "messages")
+    graph = _check_graph(graph, messages)
+    if messages.size(0) != graph.num_edges:
+        raise ValueError(
+            f"'messages' must have {graph.num_edges} rows (one per edge), got {messages.size(0)}"
+        )
+    return _segment(graph.to_csr(messages), graph.ptr, reduce)[0]
+
+
+# ---- fused edge attention -------------------------------------------------------------------
+def edge_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    graph: EdgeGraph,
+    kind: str = "dot",
+    bias: Tensor | None = None,
+    dropout: float = 0.0,
+    return_weights: bool = False,
+    *,
+    att: Tensor | None = None,
+    scale: float | None = None,
+    negative_slope: float = 0.2,
+    training: bool = True,
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Fused edge attention: scores → softmax over each destination's in-edges → weighted sum.
+
+    .. math::
+        \mathbf{o}_i^{(h)} = \sum_{j \in \mathcal{N}(i)} \alpha_{ij}^{(h)} \mathbf{v}_j^{(h)},
+        \qquad
+        \alpha_{ij}^{(h)} = \operatorname{softmax}_{j \in \mathcal{N}(i)} s_{ij}^{(h)}
+
+    with the score :math:`s_{ij}^{(h)}` of ``kind``:
+
+    * ``"dot"`` (Transformer): :math:`\mathbf{q}_i^{(h)} \cdot \mathbf{k}_j^{(h)} \cdot
+      \text{scale} + b_{ij}^{(h)}`, ``scale`` defaulting to :math:`1/\sqrt{D}`;
+    * ``"additive"`` (GAT): :math:`\mathrm{LeakyReLU}(q_i^{(h)} + k_j^{(h)} + b_{ij}^{(h)})`
+      with per-head scalars :math:`q_i = \mathbf{a}_{dst} \cdot W\mathbf{x}_i` and
+      :math:`k_j = \mathbf{a}_{src} \cdot W\mathbf{x}_j`;
+    * ``"v2"`` (GATv2): :math:`\mathbf{a}^{(h)} \cdot \mathrm{LeakyReLU}(\mathbf{q}_i^{(h)} +
+      \mathbf{k}_j^{(h)}) + b_{ij}^{(h)}`.
+
+    Args:
+        q (Tensor): destination terms, ``[N_dst, H, D]`` (``[N_dst, H]`` for ``additive``).
+        k (Tensor): source terms, ``[N_src, H, D]`` (``[N_src, H]`` for ``additive``).
+        v (Tensor): values, ``[N_src, H, Dv]``.
+        graph (EdgeGraph): the edges ``j → i`` (:func:`~graphattn.index.build_graph`).
+        kind (str): ``"dot"``, ``"additive"`` or ``"v2"``.
+        bias (Tensor, optional): per-edge score bias, ``[E, H]`` or ``[E]`` (the same for all
+            heads), in the caller's edge order; ``-inf`` masks an edge.
+        dropout (float): dropout on the attention weights (training only). The native
+            kernel has no fused dropout: with ``dropout > 0`` in training the reference path
+            runs (documented fall-back).
+        return_weights (bool): also return the attention weights ``[E, H]``.
+        att (Tensor, optional): ``[H, D]`` (or ``[1, H, D]``) attention vector of ``v2``.
+        scale (float, optional): score scale of ``dot``.
+        negative_slope (float): LeakyReLU slope of ``additive`` and ``v2``.
+        training (bool): whether dropout is active.
+
+    Returns:
+        ``out[N_dst, H, Dv]``, or ``(out, weights[E, H])``. Destinations without in-edges
+        get zeros, never NaN.
+
+    .. note::
+        The native path keeps peak extra memory at :math:`O(E \cdot H)` (the backward stores
+        the edge probabilities and score gradients) against :math:`O(E \cdot H \cdot D_v)`
+        for the reference path and PyG. It runs for float32/float64 CPU tensors.
+    """
+    for t, n in ((q, "q"), (k, "k"), (v, "v")):
+        _check_tensor(t, n)
+    _check_same(k, q, "k", "q")
+    _check_same(v, q, "v", "q")
+    graph = _check_graph(graph, q)
+    if kind not in KINDS:
+        raise ValueError(f"'kind' must be one of {sorted(KINDS)}, got {kind!r}")
+    if kind == "additive":
+        if q.dim() == 2:
+            q = q.unsqueeze(-1)
+        if k.dim() == 2:
+            k = k.unsqueeze(-1)
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(
+            "'q', 'k', 'v' must be [N, H, D] tensors, got shapes "
+            f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
+        )
+    H = q.size(1)
+    if q.size(0) != graph.num_dst:
+        raise ValueError(
+            f"'q' must have one row per destination node ({graph.num_dst}), got {q.size(0)}"
+        )
+    if k.size(0) != graph.num_src or v.size(0) != graph.num_src:
+        raise ValueError(
+            f"'k' and 'v' must have one row per source node ({graph.num_src}), got "
+            f"{k.size(0)} and {v.size(0)}"
+        )
+    if k.size(1) != H or v.size(1) != H:
+        raise ValueError(f"'q', 'k', 'v' must share the head count {H}, got {k.size(1)}, {v.size(1)}")
+    if k.size(2) != q.size(2):
+        raise ValueError(f"'k' must have head dim {q.size(2)} like 'q', got {k.size(2)}")
+    if kind == "additive" and q.size(2) != 1:
+        raise ValueError(f"kind 'additive' takes q, k of shape [N, H] (or [N, H, 1]), got {list(q.shape)}")
+    if kind == "v2":
+        if att is None:
+            raise ValueError("kind 'v2' needs the attention vector 'att' of shape [H, D]")
+        _check_tensor(att, "att")
+        _check_same(att, q, "att", "q")
+        att = att.reshape(att.shape[-2:]) if att.dim() == 3 and att.size(0) == 1 else att
+        if tuple(att.shape) != (H, q.size(2)):
+            raise ValueError(f"'att' must have shape [{H}, {q.size(2)}], got {list(att.shape)}")
+    else:
+        att = None
+    if bias is not None:
+        _check_tensor(bias, "bias")
+        _check_same(bias, q, "bias", "q")
+        if bias.dim() == 1:
+            bias = bias.unsqueeze(-1).expand(-1, H)
+        if tuple(bias.shape) != (graph.num_edges, H):
+            raise ValueError(
+                f"'bias' must have shape [E, H] = [{graph.num_edges}, {H}] or [E], got "
+                f"{list(bias.shape)}"
+            )
+        bias = graph.to_csr(bias)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
+    scale = float(q.size(2)) ** -0.5 if scale is None else float(scale)
+
+    if _use_native(q) and not (dropout > 0 and training):
+        out, _, w = torch.ops.graphattn.edge_attention(
+            q, k, v, att, bias, graph.ptr, graph.src, graph.csc_ptr, graph.csc_eid,
+            graph.csc_dst, KINDS[kind], scale, float(negative_slope), bool(return_weights),
+        )
+        weights = w if return_weights else None
+    else:
+        out, weights = _reference.edge_attention(
+            q, k, v, graph, kind, bias, att, scale, float(negative_slope), float(dropout),
+            training, return_weights,
+        )
+    if return_weights:
+        assert weights is not None
+        return out, graph.from_csr(weights)
+    return out

@@ -1,0 +1,127 @@
+"""Loads ``graphattn._C`` and registers fake (meta) and autograd formulas for its ops.
+
+If the extension cannot be loaded, a warning is issued once with the rebuild command and
+``WITH_EXT`` is ``False``; :mod:`graphattn.ops` then uses the reference path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+REBUILD = 'pip install --no-build-isolation -e ".[all,dev]"  (or: make setup)'
+WITH_EXT = False
+WITH_OPENMP = False
+CUDA_VERSION = -1
+LOAD_ERROR: str | None = None
+
+if os.environ.get("GRAPHATTN_NO_EXT", "0").lower() in {"1", "true", "yes", "on"}:
+    LOAD_ERROR = "disabled by GRAPHATTN_NO_EXT"
+else:
+    try:
+        from .. import _C  # noqa: F401  (registers torch.ops.graphattn.*)
+
+        WITH_EXT = hasattr(torch.ops.graphattn, "edge_attention")
+        WITH_OPENMP = bool(_C.with_openmp())
+        CUDA_VERSION = int(_C.cuda_version())
+        if CUDA_VERSION > 0 and torch.version.cuda is not None:
+            major = int(str(torch.version.cuda).split(".")[0])
+            if major != CUDA_VERSION // 1000:
+                warnings.warn(
+                    f"graphattn._C was built for CUDA {CUDA_VERSION} but torch uses CUDA "
+                    f"{torch.version.cuda}; rebuild with: {REBUILD}",
+                    stacklevel=2,
+                )
+    except (ImportError, OSError) as err:  # pragma: no cover - depends on the install
+        LOAD_ERROR = str(err)
+        warnings.warn(
+            f"graphattn: the native extension could not be loaded ({err}); using the "
+            f"pure-torch reference path. Rebuild it with: {REBUILD}",
+            stacklevel=2,
+        )
+
+
+if WITH_EXT:
+    ops = torch.ops.graphattn
+
+    # ---- fake (shape) implementations: keep the ops inside torch.compile -------------
+    @torch.library.register_fake("graphattn::edge_attention")
+    def _ea_fake(q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, kind, scale,
+                 negative_slope, return_weights):
+        nd, h, dv = ptr.shape[0] - 1, q.shape[1], v.shape[2]
+        e = src.shape[0] if return_weights else 0
+        return q.new_empty(nd, h, dv), q.new_empty(nd, h), q.new_empty(e, h)
+
+    @torch.library.register_fake("graphattn::edge_attention_backward")
+    def _ea_bwd_fake(grad_out, grad_weights, q, k, v, att, bias, out, lse, ptr, src, csc_ptr,
+                     csc_eid, csc_dst, kind, scale, negative_slope):
+        gatt = torch.empty_like(att) if (att is not None and kind == 2) else q.new_empty(0)
+        gbias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), gatt, gbias
+
+    @torch.library.register_fake("graphattn::segment_softmax")
+    def _ss_fake(scores, ptr):
+        return torch.empty_like(scores)
+
+    @torch.library.register_fake("graphattn::segment_softmax_backward")
+    def _ss_bwd_fake(out, grad_out, ptr):
+        return torch.empty_like(out)
+
+    @torch.library.register_fake("graphattn::segment_reduce")
+    def _sr_fake(src, ptr, reduce):
+        n = ptr.shape[0] - 1
+        arg = src.new_empty((n if reduce == "max" else 0, src.shape[1]), dtype=torch.long)
+        return src.new_empty(n, src.shape[1]), arg
+
+    @torch.library.register_fake("graphattn::segment_reduce_backward")
+    def _sr_bwd_fake(grad_out, ptr, arg, reduce, num_edges):
+        return grad_out.new_empty(num_edges, grad_out.shape[1])
+
+    # ---- autograd formulas --------------------------------------------------------------
+    def _ea_setup(ctx, inputs, output):
+        (q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, kind, scale, slope,
+         return_weights) = inputs
+        out, lse, _ = output
+        ctx.save_for_backward(q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, out, lse)
+        ctx.kind, ctx.scale, ctx.slope, ctx.return_weights = kind, scale, slope, return_weights
+        ctx.has_att, ctx.has_bias = att is not None, bias is not None
+
+    def _ea_backward(ctx, grad_out, grad_lse, grad_weights):
+        q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, out, lse = ctx.saved_tensors
+        gw = grad_weights if ctx.return_weights else None
+        gq, gk, gv, gatt, gbias = ops.edge_attention_backward(
+            grad_out, gw, q, k, v, att, bias, out, lse, ptr, src, csc_ptr, csc_eid, csc_dst,
+            ctx.kind, ctx.scale, ctx.slope,
+        )
+        return (gq, gk, gv, gatt if ctx.has_att else None, gbias if ctx.has_bias else None,
+                None, None, None, None, None, None, None, None, None)
+
+    torch.library.register_autograd(
+        "graphattn::edge_attention", _ea_backward, setup_context=_ea_setup
+    )
+
+    def _ss_setup(ctx, inputs, output):
+        ctx.save_for_backward(output, inputs[1])
+
+    def _ss_backward(ctx, grad):
+        out, ptr = ctx.saved_tensors
+        return ops.segment_softmax_backward(out, grad, ptr), None
+
+    torch.library.register_autograd(
+        "graphattn::segment_softmax", _ss_backward, setup_context=_ss_setup
+    )
+
+    def _sr_setup(ctx, inputs, output):
+        src, ptr, reduce = inputs
+        ctx.save_for_backward(ptr, output[1])
+        ctx.reduce, ctx.num_edges = reduce, src.shape[0]
+
+    def _sr_backward(ctx, grad_out, grad_arg):
+        ptr, arg = ctx.saved_tensors
+        return ops.segment_reduce_backward(grad_out, ptr, arg, ctx.reduce, ctx.num_edges), None, None
+
+    torch.library.register_autograd(
+        "graphattn::segment_reduce", _sr_backward, setup_context=_sr_setup
+    )

@@ -1,0 +1,109 @@
+r"""Pure-torch reference of every core op: the fallback path AND the test oracle.
+
+Everything here works on per-edge tensors in the destination-sorted CSR order of an
+:class:`~graphattn.index.EdgeGraph` (``graph.src`` / ``graph.dst``), takes node counts from
+the graph (no ``.item()`` host syncs, so it traces under ``torch.compile``) and differentiates
+with plain autograd. It materialises ``[E, H, C]`` messages; the native path does not.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..index import EdgeGraph
+
+KINDS = {"dot": 0, "additive": 1, "v2": 2}
+
+
+def segment_softmax(scores: Tensor, dst: Tensor, num_dst: int) -> Tensor:
+    """Softmax of ``scores[E, H]`` over the edges that share a destination.
+
+    Rows whose scores are all ``-inf`` (and destinations without edges) give zeros.
+    """
+    H = scores.size(1)
+    idx = dst.view(-1, 1).expand(-1, H)
+    mx = scores.new_full((num_dst, H), float("-inf"))
+    mx = mx.scatter_reduce(0, idx, scores.detach(), "amax", include_self=True)
+    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    ex = (scores - mx.index_select(0, dst)).exp()
+    den = scores.new_zeros(num_dst, H).index_add(0, dst, ex).index_select(0, dst)
+    return ex / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def segment_reduce(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tensor | None]:
+    """Sum / mean / max of ``src[E, F]`` over the CSR segments ``ptr``.
+
+    Returns ``(out[N, F], argmax[N, F] or None)``; empty segments give 0 (argmax -1).
+    """
+    if reduce not in ("sum", "mean", "max"):
+        raise ValueError(f"'reduce' must be 'sum', 'mean' or 'max', got {reduce!r}")
+    N, E, Fdim = ptr.size(0) - 1, src.size(0), src.size(1)
+    deg = ptr[1:] - ptr[:-1]
+    seg = torch.repeat_interleave(torch.arange(N, device=src.device), deg, output_size=E)
+    if reduce == "max":
+        idx = seg.view(-1, 1).expand(-1, Fdim)
+        out = src.new_full((N, Fdim), float("-inf")).scatter_reduce(
+            0, idx, src, "amax", include_self=True
+        )
+        empty = (deg == 0).view(-1, 1)
+        out = torch.where(empty, torch.zeros_like(out), out)
+        # argmax: first edge of the segment that attains the max
+        pos = torch.arange(E, device=src.device).view(-1, 1).expand(-1, Fdim)
+        hit = src == out.index_select(0, seg)
+        cand = torch.where(hit, pos, torch.full_like(pos, E))
+        arg = torch.full((N, Fdim), E, dtype=torch.long, device=src.device)
+        arg = arg.scatter_reduce(0, idx, cand, "amin", include_self=True)
+        arg = torch.where(empty, torch.full_like(arg, -1), arg)
+        return out, arg
+    out = src.new_zeros(N, Fdim).index_add(0, seg, src)
+    if reduce == "mean":
+        out = out / deg.clamp(min=1).to(src.dtype).view(-1, 1)
+    return out, None
+
+
+def edge_scores(
+    q: Tensor,
+    k: Tensor,
+    graph: EdgeGraph,
+    kind: str,
+    bias: Tensor | None,
+    att: Tensor | None,
+    scale: float,
+    negative_slope: float,
+) -> Tensor:
+    """Scores ``[E, H]`` (CSR order) of the three kinds, see :func:`graphattn.ops.edge_attention`."""
+    qi = q.index_select(0, graph.dst)
+    kj = k.index_select(0, graph.src)
+    b = 0.0 if bias is None else bias
+    if kind == "dot":
+        return (qi * kj).sum(-1) * scale + b
+    if kind == "additive":
+        return F.leaky_relu(qi[..., 0] + kj[..., 0] + b, negative_slope)
+    if kind == "v2":
+        return (F.leaky_relu(qi + kj, negative_slope) * att).sum(-1) + b
+    raise ValueError(f"'kind' must be one of {sorted(KINDS)}, got {kind!r}")
+
+
+def edge_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    graph: EdgeGraph,
+    kind: str,
+    bias: Tensor | None,
+    att: Tensor | None,
+    scale: float,
+    negative_slope: float,
+    dropout: float,
+    training: bool,
+    return_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Reference fused attention; per-edge tensors in CSR order, shapes as the public op."""
+    s = edge_scores(q, k, graph, kind, bias, att, scale, negative_slope)
+    alpha = segment_softmax(s, graph.dst, graph.num_dst)
+    w = F.dropout(alpha, p=dropout, training=training) if dropout > 0 else alpha
+    msg = v.index_select(0, graph.src) * w.unsqueeze(-1)  # [E, H, Dv]
+    out = v.new_zeros(graph.num_dst, v.size(1), v.size(2)).index_add(0, graph.dst, msg)
+    return out, (alpha if return_weights else None)
