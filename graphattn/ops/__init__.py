@@ -37,6 +37,7 @@ __all__ = [
     "segment_sum",
     "set_backend",
     "native_available",
+    "split_heads",
 ]
 
 _BACKENDS = ("auto", "reference", "native")
@@ -132,6 +133,20 @@ def _check_graph(graph: object, ref: Tensor) -> EdgeGraph:
     return graph
 
 
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """Views ``x[N, F]`` as ``[N, heads, F // heads]``; ``heads`` must divide ``F``."""
+    _check_tensor(x, "x")
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"'heads' must be a positive int, got {heads!r}")
+    if x.dim() != 2:
+        raise ValueError(f"'x' must have shape [N, F], got {list(x.shape)}")
+    if x.size(1) % heads != 0:
+        raise ValueError(
+            f"'heads' ({heads}) must divide the channel dimension of 'x' ({x.size(1)})"
+        )
+    return x.view(x.size(0), heads, x.size(1) // heads)
+
+
 # ---- segment softmax ------------------------------------------------------------------------
 def segment_softmax(scores: Tensor, graph: EdgeGraph) -> Tensor:
     r"""Softmax of edge scores over each destination's in-edges.
@@ -167,6 +182,8 @@ def segment_softmax(scores: Tensor, graph: EdgeGraph) -> Tensor:
 
 # ---- segment reductions ---------------------------------------------------------------------
 def _segment(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tensor | None]:
+    if reduce not in ("sum", "mean", "max"):
+        raise ValueError(f"'reduce' must be 'sum', 'mean' or 'max', got {reduce!r}")
     _check_tensor(src, "src")
     if not isinstance(ptr, Tensor) or ptr.dtype != torch.long or ptr.dim() != 1:
         raise TypeError("'ptr' must be a 1-D int64 tensor of CSR row pointers")

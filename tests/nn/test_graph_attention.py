@@ -1,0 +1,140 @@
+"""GraphAttention: equality with PyG's GATConv / GATv2Conv / TransformerConv (outputs,
+attention weights, gradients), permutation equivariance, compile, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.nn import GATConv, GATv2Conv, TransformerConv
+
+from graphattn import ops
+from graphattn.index import build_graph
+from graphattn.nn import GraphAttention
+from tests.conftest import ragged_edge_index
+
+PYG = {"gat": GATConv, "gatv2": GATv2Conv, "transformer": TransformerConv}
+
+
+def pair(mode, in_channels, out_channels, **kw):
+    ref = PYG[mode](in_channels, out_channels, **kw)
+    ours = GraphAttention(in_channels, out_channels, mode=mode, **kw)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+@pytest.mark.parametrize("edge_dim", [None, 3])
+@pytest.mark.parametrize("concat", [True, False])
+def test_equals_pyg_outputs_weights_and_gradients(backend, mode, edge_dim, concat):
+    N = 14
+    ei = ragged_edge_index(N)
+    x = torch.randn(N, 16)
+    ea = torch.randn(ei.size(1), 3) if edge_dim else None
+    kw = dict(heads=4, edge_dim=edge_dim, concat=concat)
+    if mode == "transformer":
+        kw["beta"] = True
+    ref, ours = pair(mode, 16, 8, **kw)
+    a_out, (a_ei, a_w) = ref(x, ei, ea, return_attention_weights=True)
+    b_out, (b_ei, b_w) = ours(x, ei, ea, return_attention_weights=True)
+    torch.testing.assert_close(b_out, a_out, atol=1e-5, rtol=1e-4)
+    assert torch.equal(b_ei, a_ei)
+    torch.testing.assert_close(b_w, a_w, atol=1e-5, rtol=1e-4)
+    gout = torch.randn_like(a_out)
+    (a_out * gout).sum().backward()
+    (b_out * gout).sum().backward()
+    named = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(named[name].grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+def test_bipartite_equals_pyg(backend, mode):
+    n_src, n_dst = 9, 6
+    ei = torch.stack([torch.randint(0, n_src, (30,)), torch.randint(0, n_dst, (30,))])
+    xs, xd = torch.randn(n_src, 10), torch.randn(n_dst, 7)
+    kw = dict(heads=2) if mode == "transformer" else dict(heads=2, add_self_loops=False)
+    ref, ours = pair(mode, (10, 7), 5, **kw)
+    torch.testing.assert_close(ours((xs, xd), ei), ref((xs, xd), ei), atol=1e-5, rtol=1e-4)
+
+
+def test_residual_and_no_bias_gat_equal_pyg(backend):
+    ei = ragged_edge_index(10)
+    x = torch.randn(10, 6)
+    for mode in ("gat", "gatv2"):
+        ref, ours = pair(mode, 6, 4, heads=3, residual=True, bias=False)
+        torch.testing.assert_close(ours(x, ei), ref(x, ei), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+def test_node_permutation_equivariance(backend, mode):
+    N = 16
+    ei = ragged_edge_index(N)
+    x = torch.randn(N, 8, dtype=torch.float64)
+    layer = GraphAttention(8, 4, heads=2, mode=mode).double()
+    perm = torch.randperm(N)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(N)
+    out = layer(x, ei)
+    out_p = layer(x[perm], inv[ei])
+    torch.testing.assert_close(out_p, out[perm])
+
+
+def test_empty_graph_gives_finite_output(backend):
+    layer = GraphAttention(4, 3, heads=2, add_self_loops=False)
+    out = layer(torch.randn(5, 4), torch.empty(2, 0, dtype=torch.long))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, layer.bias.expand(5, -1))
+
+
+def test_lazy_repr_and_reset_parameters():
+    layer = GraphAttention(-1, 8, heads=2, mode="gatv2")
+    out = layer(torch.randn(5, 6), torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    assert out.shape == (5, 16)
+    assert str(layer) == "GraphAttention(-1, 8, heads=2, mode='gatv2')"
+    layer2 = GraphAttention(6, 8, heads=2)
+    before = {k: v.clone() for k, v in layer2.state_dict().items()}
+    torch.manual_seed(123)
+    layer2.reset_parameters()
+    after = layer2.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "att" in k)
+    assert torch.equal(after["bias"], torch.zeros_like(after["bias"]))
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+def test_compile_fullgraph_dynamic(backend, mode):
+    torch._dynamo.reset()
+    N = 12
+    ei = ragged_edge_index(N)
+    layer = GraphAttention(8, 4, heads=2, mode=mode).eval()
+    x = torch.randn(N, 8)
+    graph = build_graph(ei, N, self_loops=layer.add_self_loops)  # loops need a host sync
+    explain = torch._dynamo.explain(layer)(x, graph)
+    assert explain.graph_break_count == 0
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(x, graph), layer(x, ei), atol=1e-5, rtol=1e-4)
+    # a plain edge_index tensor compiles too when no self-loops are added
+    plain = GraphAttention(8, 4, heads=2, mode=mode, add_self_loops=False).eval()
+    c2 = torch.compile(plain, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(c2(x, ei), plain(x, ei), atol=1e-5, rtol=1e-4)
+
+
+def test_bad_input_raises(backend):
+    with pytest.raises(ValueError, match="'mode' must be one of"):
+        GraphAttention(4, 4, mode="gin")
+    with pytest.raises(ValueError, match="'heads' must be a positive int"):
+        GraphAttention(4, 4, heads=0)
+    layer = GraphAttention(4, 3, heads=2)
+    x = torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"edge_index\[0\]"):
+        layer(x, torch.tensor([[0, 7], [1, 2]]))
+    with pytest.raises(ValueError, match="non-negative"):
+        layer(x, torch.tensor([[0, -1], [1, 2]]))
+    with pytest.raises(TypeError, match="int64"):
+        layer(x, torch.tensor([[0.0, 1.0], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="'x' must be a 2-D tensor"):
+        layer(torch.randn(5), torch.tensor([[0], [1]]))
+    with pytest.raises(ValueError, match="edge_dim=None"):
+        layer(x, torch.tensor([[0], [1]]), edge_attr=torch.randn(1, 2))
+    with pytest.raises(ValueError, match=r"'heads' \(3\) must divide"):
+        ops.split_heads(torch.randn(4, 16), 3)
+    assert ops.split_heads(torch.randn(4, 16), 4).shape == (4, 4, 4)

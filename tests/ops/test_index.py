@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from graphattn.index import build_graph, clear_graph_cache
+from tests.conftest import ragged_edge_index
+
+
+def test_csr_and_csc_views_are_consistent():
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False)
+    E = ei.size(1)
+    assert g.ptr.tolist()[0] == 0 and g.ptr.tolist()[-1] == E
+    # CSR rows hold exactly the in-edges of each destination, in the caller's order
+    assert torch.equal(g.src, ei[0, g.perm]) and torch.equal(g.dst, ei[1, g.perm])
+    assert torch.equal(g.in_degree(), torch.bincount(ei[1], minlength=12))
+    for i in range(12):
+        rows = g.perm[g.ptr[i] : g.ptr[i + 1]]
+        assert torch.equal(rows, (ei[1] == i).nonzero().view(-1))
+    # CSC: every source's out-edges, pointing back into CSR positions
+    assert torch.equal(g.src[g.csc_eid], torch.sort(g.src, stable=True).values)
+    assert torch.equal(g.csc_dst, g.dst[g.csc_eid])
+    assert torch.equal(g.csc_ptr[1:] - g.csc_ptr[:-1], torch.bincount(ei[0], minlength=12))
+    x = torch.randn(E, 3)
+    assert torch.equal(g.from_csr(g.to_csr(x)), x)
+
+
+def test_cache_hits_same_tensor_and_misses_after_inplace_change():
+    clear_graph_cache()
+    ei = ragged_edge_index(12)
+    g1 = build_graph(ei, 12)
+    assert build_graph(ei, 12) is g1
+    assert build_graph(ei.clone(), 12) is not g1
+    ei[0, 0] = (ei[0, 0] + 1) % 12
+    assert build_graph(ei, 12) is not g1
+
+
+def test_self_loops_like_pyg():
+    from torch_geometric.utils import add_self_loops, remove_self_loops
+
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, self_loops=True, cache=False)
+    ref, _ = add_self_loops(remove_self_loops(ei)[0], num_nodes=12)
+    assert torch.equal(g.edge_index, ref)
+    assert torch.equal(ei[:, g.kept], ref[:, : g.kept.numel()])
+
+
+@pytest.mark.parametrize(
+    "bad, num_nodes, exc, match",
+    [
+        (torch.tensor([[0, 5], [1, 2]]), 5, ValueError, r"edge_index\[0\].*5"),
+        (torch.tensor([[0, 1], [1, 9]]), 5, ValueError, r"edge_index\[1\].*9"),
+        (torch.tensor([[0, -1], [1, 2]]), 5, ValueError, "non-negative"),
+        (torch.tensor([[0.0, 1.0], [1.0, 2.0]]), 5, TypeError, "int64"),
+        (torch.tensor([0, 1, 2]), 5, ValueError, r"\[2, num_edges\]"),
+        ([[0, 1], [1, 2]], 5, TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_edge_index_raises_naming_the_argument(bad, num_nodes, exc, match):
+    with pytest.raises(exc, match=match):
+        build_graph(bad, num_nodes, cache=False)
+
+
+def test_num_nodes_required():
+    with pytest.raises(ValueError, match="num_nodes"):
+        build_graph(torch.tensor([[0], [1]]))
