@@ -40,7 +40,9 @@ def _extensions():
     opt = ["-O0", "-g"] if _flag("GRAPHATTN_DEBUG") else ["-O3"]
     if not _flag("GRAPHATTN_PORTABLE") and not _flag("GRAPHATTN_DEBUG"):
         opt.append("-march=native")
-    cxx = ["-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas", *opt]
+    # -fno-trapping-math lets the compiler if-convert (and so vectorise) the float compares of
+    # LeakyReLU and the softmax; graphattn never relies on floating-point traps.
+    cxx = ["-std=c++20", "-fopenmp", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas", *opt]
     define_macros: list[tuple[str, str | None]] = []
     extra = {"cxx": cxx}
     if with_cuda:

@@ -7,17 +7,19 @@
 // weighted values are accumulated in a row-local buffer of H * Dv. Only the per-row
 // log-sum-exp [N_dst, H] is saved (plus the [E, H] weights when asked for).
 //
-// Backward, without atomics:
-//   pass A (by destination rows): recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j,
-//     ds_e = p_e (dp_e + gw_e - delta_i) with delta_i = dO_i . O_i + sum_e p_e gw_e;
-//     accumulate grad q_i; store p_e and ds_e ([E, H] each).
-//   pass B (by source rows, through the CSC view): grad v_j = sum p_e dO_i and
-//     grad k_j from ds_e.
+// Backward, without atomics and without any per-edge buffer:
+//   pass A (by destination rows): delta_i = dO_i . O_i (+ sum_e p_e gw_e when the weights
+//     were returned and receive a gradient); recompute p_e = exp(s_e - lse_i),
+//     dp_e = dO_i . v_j (+ gw_e), ds_e = p_e (dp_e - delta_i); accumulate grad q_i (and the
+//     per-edge grad bias, and grad att for v2).
+//   pass B (by source rows, through the CSC view): the same recomputation from the q_i and
+//     dO_i rows it gathers anyway; grad v_j = sum_e p_e dO_i and grad k_j from ds_e.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -47,15 +49,53 @@ inline acc_t edge_score(const scalar_t* __restrict__ qi, const scalar_t* __restr
                         acc_t b) {
   if constexpr (KIND == DOT) {
     acc_t s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t d = 0; d < D; ++d) s += acc_t(qi[d]) * acc_t(kj[d]);
     return s * scale + b;
   } else if constexpr (KIND == ADDITIVE) {
     return lrelu<acc_t>(acc_t(qi[0]) + acc_t(kj[0]) + b, slope);
   } else {
     acc_t s = 0;
-    for (int64_t d = 0; d < D; ++d) s += acc_t(att_h[d]) * lrelu<acc_t>(acc_t(qi[d]) + acc_t(kj[d]), slope);
+#pragma omp simd reduction(+ : s)
+    for (int64_t d = 0; d < D; ++d) {
+      const acc_t z = acc_t(qi[d]) + acc_t(kj[d]);
+      // branch-free LeakyReLU so that the loop vectorises
+      s += acc_t(att_h[d]) * (std::max(z, acc_t(0)) + slope * std::min(z, acc_t(0)));
+    }
     return s + b;
   }
+}
+
+// exp for the softmax: x <= 0 always (scores minus their row max). float uses a
+// Cephes-style polynomial (about 1 ulp, inlined and branch-free, so loops vectorise);
+// double keeps std::exp. -inf (masked edges) gives exactly 0.
+template <typename T>
+inline T fast_exp(T x) {
+  return std::exp(x);
+}
+template <>
+inline float fast_exp<float>(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  const float f = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  const float z = f * f;
+  const float y = ((((((1.9875691500e-4f * f + 1.3981999507e-3f) * f + 8.3334519073e-3f) * f +
+                      4.1665795894e-2f) * f + 1.6666665459e-1f) * f + 5.0000001201e-1f) * z) +
+                  f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  return x < -87.0f ? 0.0f : y * scale;
+}
+
+// software prefetch of a gathered row a few edges ahead: the kernels are bound by the
+// latency of random row reads, not by arithmetic.
+constexpr int64_t kPrefetch = 10;
+template <typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
 }
 
 struct Dims {
@@ -121,66 +161,78 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
   const int64_t avg_deg = std::max<int64_t>(1, dm.E / std::max<int64_t>(1, dm.Nd));
   const int64_t grain = std::max<int64_t>(1, 4096 / avg_deg);
+  const int64_t E = dm.E;
   at::parallel_for(0, dm.Nd, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(H * Dv), mx(H), sum(H);
+    // row-local buffers only: the scores of one row (deg x H) and one output row (H x Dv)
+    std::vector<acc_t> S, acc(H * Dv), mx(H), sum(H);
     for (int64_t i = begin; i < end; ++i) {
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      std::fill(mx.begin(), mx.end(), NEG_INF);
-      std::fill(sum.begin(), sum.end(), acc_t(0));
+      const int64_t e0 = ptr[i], deg = ptr[i + 1] - e0;
+      scalar_t* oi = out + i * H * Dv;
+      if (deg == 0) {  // empty neighbourhood: zeros, never NaN
+        std::fill(oi, oi + H * Dv, scalar_t(0));
+        for (int64_t h = 0; h < H; ++h) lse[i * H + h] = scalar_t(NEG_INF);
+        continue;
+      }
+      if (static_cast<int64_t>(S.size()) < deg * H) S.resize(deg * H);
       const scalar_t* qi = q + i * H * D;
-      for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
-        const int64_t j = src[e];
-        const scalar_t* kj = k + j * H * D;
-        const scalar_t* vj = v + j * H * Dv;
+      // pass 1: scores and their running max
+      std::fill(mx.begin(), mx.end(), NEG_INF);
+      for (int64_t t = 0; t < deg; ++t) {
+        const int64_t e = e0 + t;
+        if constexpr (KIND != ADDITIVE) {
+          if (e + kPrefetch < E) prefetch_row(k + src[e + kPrefetch] * H * D, H * D);
+        }
+        const scalar_t* kj = k + src[e] * H * D;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-          const acc_t s = edge_score<KIND, scalar_t, acc_t>(qi + h * D, kj + h * D,
-                                                             att ? att + h * D : nullptr, D,
-                                                             scale, slope, b);
-          if (!(s > NEG_INF)) continue;  // masked edge (-inf score): contributes nothing
-          acc_t* a = acc.data() + h * Dv;
-          if (s > mx[h]) {
-            if (sum[h] != acc_t(0)) {
-              const acc_t c = std::exp(mx[h] - s);
-              sum[h] *= c;
-              for (int64_t c2 = 0; c2 < Dv; ++c2) a[c2] *= c;
-            }
-            mx[h] = s;
-          }
-          const acc_t p = std::exp(s - mx[h]);
-          sum[h] += p;
-          const scalar_t* vjh = vj + h * Dv;
-#pragma omp simd
-          for (int64_t c2 = 0; c2 < Dv; ++c2) a[c2] += p * acc_t(vjh[c2]);
+          const acc_t sc = edge_score<KIND, scalar_t, acc_t>(qi + h * D, kj + h * D,
+                                                              att ? att + h * D : nullptr, D,
+                                                              scale, slope, b);
+          S[t * H + h] = sc;
+          mx[h] = sc > mx[h] ? sc : mx[h];
         }
       }
-      scalar_t* oi = out + i * H * Dv;
+      // exponentials (a -inf max means every edge of the head is masked)
+      for (int64_t h = 0; h < H; ++h) {
+        mx[h] = mx[h] > NEG_INF ? mx[h] : acc_t(0);
+        sum[h] = 0;
+      }
+      for (int64_t t = 0; t < deg; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t p = fast_exp<acc_t>(S[t * H + h] - mx[h]);
+          S[t * H + h] = p;
+          sum[h] += p;
+        }
+      // pass 2: weighted sum of the value rows
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      acc_t* __restrict__ a = acc.data();
+      for (int64_t t = 0; t < deg; ++t) {
+        const int64_t e = e0 + t;
+        if (e + kPrefetch < E) prefetch_row(v + src[e + kPrefetch] * H * Dv, H * Dv);
+        const scalar_t* __restrict__ vj = v + src[e] * H * Dv;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t p = S[t * H + h];
+          acc_t* __restrict__ ah = a + h * Dv;
+          const scalar_t* __restrict__ vjh = vj + h * Dv;
+#pragma omp simd
+          for (int64_t c = 0; c < Dv; ++c) ah[c] += p * acc_t(vjh[c]);
+        }
+      }
       for (int64_t h = 0; h < H; ++h) {
         if (sum[h] > acc_t(0)) {
           const acc_t inv = acc_t(1) / sum[h];
-          for (int64_t c2 = 0; c2 < Dv; ++c2) oi[h * Dv + c2] = scalar_t(acc[h * Dv + c2] * inv);
+          for (int64_t c = 0; c < Dv; ++c) oi[h * Dv + c] = scalar_t(acc[h * Dv + c] * inv);
           lse[i * H + h] = scalar_t(mx[h] + std::log(sum[h]));
-        } else {  // empty (or fully masked) neighbourhood: zeros, never NaN
-          for (int64_t c2 = 0; c2 < Dv; ++c2) oi[h * Dv + c2] = scalar_t(0);
+        } else {  // fully masked neighbourhood
+          for (int64_t c = 0; c < Dv; ++c) oi[h * Dv + c] = scalar_t(0);
           lse[i * H + h] = scalar_t(NEG_INF);
         }
       }
       if (weights) {
-        for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
-          const int64_t j = src[e];
-          for (int64_t h = 0; h < H; ++h) {
-            const acc_t l = acc_t(lse[i * H + h]);
-            if (!(l > NEG_INF)) {
-              weights[e * H + h] = scalar_t(0);
-              continue;
-            }
-            const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-            const acc_t s = edge_score<KIND, scalar_t, acc_t>(qi + h * D, k + j * H * D + h * D,
-                                                               att ? att + h * D : nullptr, D,
-                                                               scale, slope, b);
-            weights[e * H + h] = scalar_t(std::exp(s - l));
-          }
-        }
+        for (int64_t t = 0; t < deg; ++t)
+          for (int64_t h = 0; h < H; ++h)
+            weights[(e0 + t) * H + h] =
+                sum[h] > acc_t(0) ? scalar_t(S[t * H + h] / sum[h]) : scalar_t(0);
       }
     }
   });
@@ -218,6 +270,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
   return {out, lse, weights};
 }
 
+// d score / d (pre-activation) of the LeakyReLU kinds, branch-free
+template <typename acc_t>
+inline acc_t dlrelu_bf(acc_t z, acc_t slope) {
+  return slope + (acc_t(1) - slope) * acc_t(z > acc_t(0));
+}
+
 template <int KIND, typename scalar_t>
 void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, const scalar_t* q,
                      const scalar_t* k, const scalar_t* v, const scalar_t* att,
@@ -225,92 +283,103 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
                      const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
                      scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
-                     typename Acc<scalar_t>::type* P, typename Acc<scalar_t>::type* DS) {
+                     typename Acc<scalar_t>::type* delta) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t H = dm.H, D = dm.D, Dv = dm.Dv;
+  const int64_t H = dm.H, D = dm.D, Dv = dm.Dv, E = dm.E;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
-  const int64_t avg_deg = std::max<int64_t>(1, dm.E / std::max<int64_t>(1, dm.Nd));
+  const int64_t avg_deg = std::max<int64_t>(1, E / std::max<int64_t>(1, dm.Nd));
   const int64_t grain = std::max<int64_t>(1, 4096 / avg_deg);
+
+  // Both passes recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j + gw_e and
+  // ds_e = p_e (dp_e - delta_i) from rows they gather anyway (pass A: k_j, v_j; pass B: q_i,
+  // dO_i), so nothing of size E is stored between them: only delta [N_dst, H].
+  auto grad_score = [&](const scalar_t* qih, const scalar_t* kjh, const scalar_t* ah,
+                        const scalar_t* goih, const scalar_t* vjh, int64_t e, int64_t h,
+                        acc_t l, acc_t dl, acc_t* p_out) -> acc_t {
+    const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+    const acc_t sc = edge_score<KIND, scalar_t, acc_t>(qih, kjh, ah, D, scale, slope, b);
+    const acc_t p = fast_exp<acc_t>(sc - l);
+    acc_t dp = 0;
+#pragma omp simd reduction(+ : dp)
+    for (int64_t c = 0; c < Dv; ++c) dp += acc_t(goih[c]) * acc_t(vjh[c]);
+    if (gw) dp += acc_t(gw[e * H + h]);
+    *p_out = p;
+    acc_t ds = p * (dp - dl);
+    if constexpr (KIND == ADDITIVE) ds *= dlrelu_bf<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
+    return ds;  // gradient of the score before the bias, after the LeakyReLU for 'additive'
+  };
 
   // per-thread partial sums of grad att (v2 only), reduced in thread order afterwards
   const int64_t nthreads = at::get_num_threads();
   std::vector<acc_t> gatt_local(KIND == V2 ? nthreads * H * D : 0, acc_t(0));
 
-  // ---- pass A: destination rows ---------------------------------------------------------
+  // ---- pass A: destination rows -> delta, grad q, grad bias, grad att ---------------------
   at::parallel_for(0, dm.Nd, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> delta(H), gqi(H * D);
+    std::vector<acc_t> gqi(H * D);
     acc_t* gatt_t = KIND == V2 ? gatt_local.data() + at::get_thread_num() * H * D : nullptr;
     for (int64_t i = begin; i < end; ++i) {
-      if (ptr[i] == ptr[i + 1]) continue;
       const scalar_t* qi = q + i * H * D;
       const scalar_t* goi = go + i * H * Dv;
       const scalar_t* oi = out + i * H * Dv;
       const scalar_t* li = lse + i * H;
+      acc_t* dli = delta + i * H;
       for (int64_t h = 0; h < H; ++h) {
         acc_t dl = 0;
         for (int64_t c = 0; c < Dv; ++c) dl += acc_t(goi[h * Dv + c]) * acc_t(oi[h * Dv + c]);
-        delta[h] = dl;
+        dli[h] = dl;
       }
+      if (ptr[i] == ptr[i + 1]) continue;
       if (gw) {  // gradient through the returned weights: delta += sum_e p_e gw_e
         for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
-          const int64_t j = src[e];
+          const scalar_t* kj = k + src[e] * H * D;
           for (int64_t h = 0; h < H; ++h) {
             if (!(acc_t(li[h]) > NEG_INF)) continue;
             const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-            const acc_t s = edge_score<KIND, scalar_t, acc_t>(qi + h * D, k + j * H * D + h * D,
-                                                               att ? att + h * D : nullptr, D,
-                                                               scale, slope, b);
-            delta[h] += std::exp(s - acc_t(li[h])) * acc_t(gw[e * H + h]);
+            const acc_t sc = edge_score<KIND, scalar_t, acc_t>(
+                qi + h * D, kj + h * D, att ? att + h * D : nullptr, D, scale, slope, b);
+            dli[h] += fast_exp<acc_t>(sc - acc_t(li[h])) * acc_t(gw[e * H + h]);
           }
         }
       }
       std::fill(gqi.begin(), gqi.end(), acc_t(0));
       for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+        if (e + kPrefetch < E) {
+          const int64_t jn = src[e + kPrefetch];
+          prefetch_row(v + jn * H * Dv, H * Dv);
+          if constexpr (KIND != ADDITIVE) prefetch_row(k + jn * H * D, H * D);
+        }
         const int64_t j = src[e];
         const scalar_t* kj = k + j * H * D;
         const scalar_t* vj = v + j * H * Dv;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t l = acc_t(li[h]);
           if (!(l > NEG_INF)) {  // fully masked row: nothing flows back
-            P[e * H + h] = 0;
-            DS[e * H + h] = 0;
             if (gbias) gbias[e * H + h] = scalar_t(0);
             continue;
           }
           const scalar_t* qih = qi + h * D;
           const scalar_t* kjh = kj + h * D;
-          const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-          const acc_t s = edge_score<KIND, scalar_t, acc_t>(qih, kjh, att ? att + h * D : nullptr,
-                                                             D, scale, slope, b);
-          const acc_t p = std::exp(s - l);
-          acc_t dp = 0;
-          const scalar_t* gvh = goi + h * Dv;
-          const scalar_t* vjh = vj + h * Dv;
-#pragma omp simd reduction(+ : dp)
-          for (int64_t c = 0; c < Dv; ++c) dp += acc_t(gvh[c]) * acc_t(vjh[c]);
-          if (gw) dp += acc_t(gw[e * H + h]);
-          const acc_t ds = p * (dp - delta[h]);
-          acc_t dsc = ds;  // gradient w.r.t. the score before the bias is added
-          acc_t* g = gqi.data() + h * D;
+          const scalar_t* ah = att ? att + h * D : nullptr;
+          acc_t p;
+          const acc_t ds = grad_score(qih, kjh, ah, goi + h * Dv, vj + h * Dv, e, h, l, dli[h], &p);
+          acc_t* __restrict__ g = gqi.data() + h * D;
           if constexpr (KIND == DOT) {
             const acc_t f = ds * scale;
+#pragma omp simd
             for (int64_t d = 0; d < D; ++d) g[d] += f * acc_t(kjh[d]);
           } else if constexpr (KIND == ADDITIVE) {
-            dsc = ds * dlrelu<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
-            g[0] += dsc;
+            g[0] += ds;
           } else {
-            const scalar_t* ah = att + h * D;
-            acc_t* ga = gatt_t + h * D;
+            acc_t* __restrict__ ga = gatt_t + h * D;
+#pragma omp simd
             for (int64_t d = 0; d < D; ++d) {
               const acc_t z = acc_t(qih[d]) + acc_t(kjh[d]);
-              g[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(z, slope);
-              ga[d] += ds * lrelu<acc_t>(z, slope);
+              g[d] += ds * acc_t(ah[d]) * dlrelu_bf<acc_t>(z, slope);
+              ga[d] += ds * (std::max(z, acc_t(0)) + slope * std::min(z, acc_t(0)));
             }
           }
-          P[e * H + h] = p;
-          DS[e * H + h] = dsc;
-          if (gbias) gbias[e * H + h] = scalar_t(dsc);
+          if (gbias) gbias[e * H + h] = scalar_t(ds);
         }
       }
       scalar_t* gqo = gq + i * H * D;
@@ -318,8 +387,8 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
     }
   });
 
-  // ---- pass B: source rows via the CSC view --------------------------------------------
-  const int64_t avg_out = std::max<int64_t>(1, dm.E / std::max<int64_t>(1, dm.Ns));
+  // ---- pass B: source rows via the CSC view -> grad k, grad v ----------------------------
+  const int64_t avg_out = std::max<int64_t>(1, E / std::max<int64_t>(1, dm.Ns));
   const int64_t grain_b = std::max<int64_t>(1, 4096 / avg_out);
   at::parallel_for(0, dm.Ns, grain_b, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gkj(H * D), gvj(H * Dv);
@@ -327,32 +396,40 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
       std::fill(gkj.begin(), gkj.end(), acc_t(0));
       std::fill(gvj.begin(), gvj.end(), acc_t(0));
       const scalar_t* kj = k + j * H * D;
+      const scalar_t* vj = v + j * H * Dv;
       for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
+        if (t + kPrefetch < E) {
+          const int64_t in = cdst[t + kPrefetch];
+          prefetch_row(go + in * H * Dv, H * Dv);
+          prefetch_row(q + in * H * D, H * D);
+        }
         const int64_t e = ceid[t];
         const int64_t i = cdst[t];
         const scalar_t* goi = go + i * H * Dv;
         const scalar_t* qi = q + i * H * D;
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t p = P[e * H + h];
-          const acc_t ds = DS[e * H + h];
-          acc_t* gv_h = gvj.data() + h * Dv;
-          const scalar_t* go_h = goi + h * Dv;
+          const acc_t l = acc_t(lse[i * H + h]);
+          if (!(l > NEG_INF)) continue;
+          const scalar_t* qih = qi + h * D;
+          const scalar_t* kjh = kj + h * D;
+          const scalar_t* ah = att ? att + h * D : nullptr;
+          const scalar_t* goih = goi + h * Dv;
+          acc_t p;
+          const acc_t ds = grad_score(qih, kjh, ah, goih, vj + h * Dv, e, h, l, delta[i * H + h], &p);
+          acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
 #pragma omp simd
-          for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(go_h[c]);
-          acc_t* gk_h = gkj.data() + h * D;
+          for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
+          acc_t* __restrict__ gk_h = gkj.data() + h * D;
           if constexpr (KIND == DOT) {
             const acc_t f = ds * scale;
-            const scalar_t* qih = qi + h * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) gk_h[d] += f * acc_t(qih[d]);
           } else if constexpr (KIND == ADDITIVE) {
             gk_h[0] += ds;
           } else {
-            const scalar_t* qih = qi + h * D;
-            const scalar_t* kjh = kj + h * D;
-            const scalar_t* ah = att + h * D;
+#pragma omp simd
             for (int64_t d = 0; d < D; ++d)
-              gk_h[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
+              gk_h[d] += ds * acc_t(ah[d]) * dlrelu_bf<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
           }
         }
       }
@@ -365,9 +442,9 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
 
   if constexpr (KIND == V2) {
     for (int64_t t = 0; t < H * D; ++t) {
-      acc_t s = 0;
-      for (int64_t th = 0; th < nthreads; ++th) s += gatt_local[th * H * D + t];
-      gatt[t] = scalar_t(s);
+      acc_t sum = 0;
+      for (int64_t th = 0; th < nthreads; ++th) sum += gatt_local[th * H * D + t];
+      gatt[t] = scalar_t(sum);
     }
   }
 }
@@ -414,8 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
   at::Tensor gatt = has_att ? at::empty_like(att) : at::empty({0}, q.options());
   at::Tensor gbias = has_bias ? at::empty_like(bias) : at::empty({0}, q.options());
   const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor P = at::zeros({dm.E, dm.H}, q.options().dtype(acc_dtype));
-  at::Tensor DS = at::zeros({dm.E, dm.H}, q.options().dtype(acc_dtype));
+  at::Tensor delta = at::empty({dm.Nd, dm.H}, q.options().dtype(acc_dtype));
 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
     using acc_t = typename Acc<scalar_t>::type;
@@ -431,7 +507,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
           ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
           csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
           gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), gattp, gbp,
-          P.data_ptr<acc_t>(), DS.data_ptr<acc_t>());
+          delta.data_ptr<acc_t>());
     };
     if (kind == DOT) run(std::integral_constant<int, DOT>{});
     else if (kind == ADDITIVE) run(std::integral_constant<int, ADDITIVE>{});

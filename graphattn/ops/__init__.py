@@ -207,7 +207,10 @@ def _segment(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tensor | No
 
 
 def segment_sum(src: Tensor, ptr: Tensor) -> Tensor:
-    r"""Sum of ``src[E, F]`` (sorted by segment) over the CSR segments ``ptr[N + 1]`` → ``[N, F]``."""
+    r"""Sum of ``src[E, F]`` (sorted by segment) over the CSR segments ``ptr[N + 1]``.
+
+    Returns ``[N, F]``; empty segments give 0.
+    """
     return _segment(src, ptr, "sum")[0]
 
 
@@ -333,11 +336,15 @@ def edge_attention(
             f"{k.size(0)} and {v.size(0)}"
         )
     if k.size(1) != H or v.size(1) != H:
-        raise ValueError(f"'q', 'k', 'v' must share the head count {H}, got {k.size(1)}, {v.size(1)}")
+        raise ValueError(
+            f"'q', 'k', 'v' must share the head count {H}, got {k.size(1)}, {v.size(1)}"
+        )
     if k.size(2) != q.size(2):
         raise ValueError(f"'k' must have head dim {q.size(2)} like 'q', got {k.size(2)}")
     if kind == "additive" and q.size(2) != 1:
-        raise ValueError(f"kind 'additive' takes q, k of shape [N, H] (or [N, H, 1]), got {list(q.shape)}")
+        raise ValueError(
+            f"kind 'additive' takes q, k of shape [N, H] (or [N, H, 1]), got {list(q.shape)}"
+        )
     if kind == "v2":
         if att is None:
             raise ValueError("kind 'v2' needs the attention vector 'att' of shape [H, D]")
@@ -365,14 +372,36 @@ def edge_attention(
 
     if _use_native(q) and not (dropout > 0 and training):
         out, _, w = torch.ops.graphattn.edge_attention(
-            q, k, v, att, bias, graph.ptr, graph.src, graph.csc_ptr, graph.csc_eid,
-            graph.csc_dst, KINDS[kind], scale, float(negative_slope), bool(return_weights),
+            q,
+            k,
+            v,
+            att,
+            bias,
+            graph.ptr,
+            graph.src,
+            graph.csc_ptr,
+            graph.csc_eid,
+            graph.csc_dst,
+            KINDS[kind],
+            scale,
+            float(negative_slope),
+            bool(return_weights),
         )
         weights = w if return_weights else None
     else:
         out, weights = _reference.edge_attention(
-            q, k, v, graph, kind, bias, att, scale, float(negative_slope), float(dropout),
-            training, return_weights,
+            q,
+            k,
+            v,
+            graph,
+            kind,
+            bias,
+            att,
+            scale,
+            float(negative_slope),
+            float(dropout),
+            training,
+            return_weights,
         )
     if return_weights:
         assert weights is not None

@@ -48,15 +48,46 @@ if WITH_EXT:
 
     # ---- fake (shape) implementations: keep the ops inside torch.compile -------------
     @torch.library.register_fake("graphattn::edge_attention")
-    def _ea_fake(q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, kind, scale,
-                 negative_slope, return_weights):
+    def _ea_fake(
+        q,
+        k,
+        v,
+        att,
+        bias,
+        ptr,
+        src,
+        csc_ptr,
+        csc_eid,
+        csc_dst,
+        kind,
+        scale,
+        negative_slope,
+        return_weights,
+    ):
         nd, h, dv = ptr.shape[0] - 1, q.shape[1], v.shape[2]
         e = src.shape[0] if return_weights else 0
         return q.new_empty(nd, h, dv), q.new_empty(nd, h), q.new_empty(e, h)
 
     @torch.library.register_fake("graphattn::edge_attention_backward")
-    def _ea_bwd_fake(grad_out, grad_weights, q, k, v, att, bias, out, lse, ptr, src, csc_ptr,
-                     csc_eid, csc_dst, kind, scale, negative_slope):
+    def _ea_bwd_fake(
+        grad_out,
+        grad_weights,
+        q,
+        k,
+        v,
+        att,
+        bias,
+        out,
+        lse,
+        ptr,
+        src,
+        csc_ptr,
+        csc_eid,
+        csc_dst,
+        kind,
+        scale,
+        negative_slope,
+    ):
         gatt = torch.empty_like(att) if (att is not None and kind == 2) else q.new_empty(0)
         gbias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), gatt, gbias
@@ -81,8 +112,22 @@ if WITH_EXT:
 
     # ---- autograd formulas --------------------------------------------------------------
     def _ea_setup(ctx, inputs, output):
-        (q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, kind, scale, slope,
-         return_weights) = inputs
+        (
+            q,
+            k,
+            v,
+            att,
+            bias,
+            ptr,
+            src,
+            csc_ptr,
+            csc_eid,
+            csc_dst,
+            kind,
+            scale,
+            slope,
+            return_weights,
+        ) = inputs
         out, lse, _ = output
         ctx.save_for_backward(q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, out, lse)
         ctx.kind, ctx.scale, ctx.slope, ctx.return_weights = kind, scale, slope, return_weights
@@ -92,11 +137,40 @@ if WITH_EXT:
         q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, out, lse = ctx.saved_tensors
         gw = grad_weights if ctx.return_weights else None
         gq, gk, gv, gatt, gbias = ops.edge_attention_backward(
-            grad_out, gw, q, k, v, att, bias, out, lse, ptr, src, csc_ptr, csc_eid, csc_dst,
-            ctx.kind, ctx.scale, ctx.slope,
+            grad_out,
+            gw,
+            q,
+            k,
+            v,
+            att,
+            bias,
+            out,
+            lse,
+            ptr,
+            src,
+            csc_ptr,
+            csc_eid,
+            csc_dst,
+            ctx.kind,
+            ctx.scale,
+            ctx.slope,
         )
-        return (gq, gk, gv, gatt if ctx.has_att else None, gbias if ctx.has_bias else None,
-                None, None, None, None, None, None, None, None, None)
+        return (
+            gq,
+            gk,
+            gv,
+            gatt if ctx.has_att else None,
+            gbias if ctx.has_bias else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     torch.library.register_autograd(
         "graphattn::edge_attention", _ea_backward, setup_context=_ea_setup
@@ -120,7 +194,11 @@ if WITH_EXT:
 
     def _sr_backward(ctx, grad_out, grad_arg):
         ptr, arg = ctx.saved_tensors
-        return ops.segment_reduce_backward(grad_out, ptr, arg, ctx.reduce, ctx.num_edges), None, None
+        return (
+            ops.segment_reduce_backward(grad_out, ptr, arg, ctx.reduce, ctx.num_edges),
+            None,
+            None,
+        )
 
     torch.library.register_autograd(
         "graphattn::segment_reduce", _sr_backward, setup_context=_sr_setup

@@ -73,7 +73,7 @@ def edge_scores(
     scale: float,
     negative_slope: float,
 ) -> Tensor:
-    """Scores ``[E, H]`` (CSR order) of the three kinds, see :func:`graphattn.ops.edge_attention`."""
+    """Scores ``[E, H]`` (CSR order) of the kinds of :func:`graphattn.ops.edge_attention`."""
     qi = q.index_select(0, graph.dst)
     kj = k.index_select(0, graph.src)
     b = 0.0 if bias is None else bias

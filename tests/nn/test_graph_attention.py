@@ -138,3 +138,13 @@ def test_bad_input_raises(backend):
     with pytest.raises(ValueError, match=r"'heads' \(3\) must divide"):
         ops.split_heads(torch.randn(4, 16), 3)
     assert ops.split_heads(torch.randn(4, 16), 4).shape == (4, 4, 4)
+
+
+def test_lazy_bipartite_gat_equals_pyg_after_init():
+    ei = torch.stack([torch.randint(0, 9, (30,)), torch.randint(0, 6, (30,))])
+    xs, xd = torch.randn(9, 10), torch.randn(6, 7)
+    ours = GraphAttention((-1, -1), 5, heads=2, add_self_loops=False)
+    out = ours((xs, xd), ei)
+    ref = GATConv((10, 7), 5, heads=2, add_self_loops=False)
+    ref.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(out, ref((xs, xd), ei), atol=1e-5, rtol=1e-4)

@@ -67,8 +67,9 @@ def test_segment_max_argmax(backend):
 
 def test_segment_bad_input(backend):
     with pytest.raises(ValueError, match="'reduce' must be"):
-        ops.aggregate(torch.randn(3, 1), build_graph(torch.tensor([[0, 1, 2], [0, 0, 1]]), 3),
-                      "median")
+        ops.aggregate(
+            torch.randn(3, 1), build_graph(torch.tensor([[0, 1, 2], [0, 0, 1]]), 3), "median"
+        )
     with pytest.raises(TypeError, match="'ptr' must be a 1-D int64"):
         ops.segment_sum(torch.randn(3, 2), torch.tensor([0.0, 3.0]))
     with pytest.raises(ValueError, match="one per edge"):
@@ -84,7 +85,9 @@ def test_native_segment_checks_ptr():
     with pytest.raises(RuntimeError, match="'reduce' must be"):
         torch.ops.graphattn.segment_reduce(torch.randn(3, 2), torch.tensor([0, 3]), "prod")
     with pytest.raises(RuntimeError, match="'ptr' must be an int64"):
-        torch.ops.graphattn.segment_softmax(torch.randn(3, 2), torch.tensor([0, 3], dtype=torch.int32))
+        torch.ops.graphattn.segment_softmax(
+            torch.randn(3, 2), torch.tensor([0, 3], dtype=torch.int32)
+        )
 
 
 @native_only
@@ -95,7 +98,9 @@ def test_native_segment_ops_match_reference_float32():
     res = {}
     for name in ("native", "reference"):
         with ops.set_backend(name):
-            outs = [ops.segment_softmax(s, g)] + [ops.aggregate(s, g, r) for r in ("sum", "mean", "max")]
+            outs = [ops.segment_softmax(s, g)] + [
+                ops.aggregate(s, g, r) for r in ("sum", "mean", "max")
+            ]
             loss = sum((o * torch.linspace(0, 1, o.numel()).view_as(o)).sum() for o in outs)
             res[name] = (*outs, torch.autograd.grad(loss, s)[0])
     for a, b in zip(res["native"], res["reference"]):

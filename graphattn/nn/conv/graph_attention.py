@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
+from torch.nn.parameter import UninitializedParameter
 from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import glorot, zeros
@@ -16,6 +17,12 @@ from ... import ops
 from ...index import EdgeGraph, build_graph
 
 MODES = ("gat", "gatv2", "transformer")
+
+
+def _fold(weight: Tensor, att: Tensor) -> Tensor:
+    """``[H, F]`` rows ``att_h^T W_h`` of a bias-free ``Linear(F, H*C)`` and ``att [1, H, C]``."""
+    H, C = att.shape[-2:]
+    return (weight.view(H, C, -1) * att.view(H, C, 1)).sum(1)
 
 
 class GraphAttention(MessagePassing):
@@ -226,8 +233,9 @@ class GraphAttention(MessagePassing):
                 reduce = "sum" if self.fill_value == "add" else self.fill_value
                 loop_attr = scatter(kept, dst, 0, n_loops, reduce)
             else:
-                fill = torch.as_tensor(self.fill_value, dtype=edge_attr.dtype,
-                                       device=edge_attr.device)
+                fill = torch.as_tensor(
+                    self.fill_value, dtype=edge_attr.dtype, device=edge_attr.device
+                )
                 loop_attr = fill.expand(n_loops, *edge_attr.shape[1:]).clone()
             edge_attr = torch.cat([kept, loop_attr], dim=0)
         if edge_attr.size(0) != graph.num_edges:
@@ -283,38 +291,70 @@ class GraphAttention(MessagePassing):
         want_w = bool(return_attention_weights)
         drop = self.dropout if self.training else 0.0
         if self.mode == "gat":
-            if self.lin is not None:
-                h_src = self.lin(x_src).view(-1, H, C)
-                h_dst = self.lin(x_dst).view(-1, H, C) if x_dst is not None else None
+            lin_s = self.lin if self.lin is not None else self.lin_src
+            lin_d = self.lin if self.lin is not None else self.lin_dst
+            h_src = lin_s(x_src).view(-1, H, C)
+            # a_src = <att_src, W x_j> per head, computed as x_j @ (att_src^T W): the same
+            # numbers without an [N, H, C] temporary (and its [N, H, C] gradient)
+            a_src = x_src @ _fold(lin_s.weight, self.att_src).t()
+            if x_dst is not None:
+                if isinstance(lin_d.weight, UninitializedParameter):
+                    lin_d(x_dst)  # materialise a lazy lin_dst (in_channels=-1)
+                a_dst = x_dst @ _fold(lin_d.weight, self.att_dst).t()
             else:
-                h_src = self.lin_src(x_src).view(-1, H, C)
-                h_dst = self.lin_dst(x_dst).view(-1, H, C) if x_dst is not None else None
-            a_src = (h_src * self.att_src).sum(-1)
-            a_dst = (h_dst * self.att_dst).sum(-1) if h_dst is not None else h_src.new_zeros(n_dst, H)
+                a_dst = h_src.new_zeros(n_dst, H)
             bias = (e * self.att_edge).sum(-1) if e is not None else None
             out = ops.edge_attention(
-                a_dst, a_src, h_src, graph, "additive", bias=bias, dropout=drop,
-                return_weights=want_w, negative_slope=self.negative_slope,
+                a_dst,
+                a_src,
+                h_src,
+                graph,
+                "additive",
+                bias=bias,
+                dropout=drop,
+                return_weights=want_w,
+                negative_slope=self.negative_slope,
                 training=self.training,
             )
         elif self.mode == "gatv2":
             h_l = self.lin_l(x_src).view(-1, H, C)
             if x_dst is None:
                 raise ValueError("mode 'gatv2' needs destination features 'x_dst'")
-            h_r = h_l if (self.share_weights and x_dst is x_src) else self.lin_r(x_dst).view(-1, H, C)
+            h_r = (
+                h_l if (self.share_weights and x_dst is x_src) else self.lin_r(x_dst).view(-1, H, C)
+            )
             if e is None:
                 out = ops.edge_attention(
-                    h_r, h_l, h_l, graph, "v2", att=self.att, dropout=drop,
-                    return_weights=want_w, negative_slope=self.negative_slope,
+                    h_r,
+                    h_l,
+                    h_l,
+                    graph,
+                    "v2",
+                    att=self.att,
+                    dropout=drop,
+                    return_weights=want_w,
+                    negative_slope=self.negative_slope,
                     training=self.training,
                 )
             else:  # edge features enter inside the LeakyReLU: scores are formed per edge
-                z = h_r.index_select(0, graph.edge_index[1]) + h_l.index_select(0, graph.edge_index[0]) + e
+                z = (
+                    h_r.index_select(0, graph.edge_index[1])
+                    + h_l.index_select(0, graph.edge_index[0])
+                    + e
+                )
                 s = (F.leaky_relu(z, self.negative_slope) * self.att).sum(-1)
                 empty = h_l.new_empty(n_dst, H, 0), h_l.new_empty(n_src, H, 0)
                 out = ops.edge_attention(
-                    empty[0], empty[1], h_l, graph, "dot", bias=s, dropout=drop,
-                    return_weights=want_w, scale=1.0, training=self.training,
+                    empty[0],
+                    empty[1],
+                    h_l,
+                    graph,
+                    "dot",
+                    bias=s,
+                    dropout=drop,
+                    return_weights=want_w,
+                    scale=1.0,
+                    training=self.training,
                 )
         else:
             if x_dst is None:
@@ -326,8 +366,15 @@ class GraphAttention(MessagePassing):
             if e is not None:
                 bias = (q.index_select(0, graph.edge_index[1]) * e).sum(-1) / math.sqrt(C)
             out = ops.edge_attention(
-                q, k, v, graph, "dot", bias=bias, dropout=drop,
-                return_weights=want_w or e is not None, scale=1.0 / math.sqrt(C),
+                q,
+                k,
+                v,
+                graph,
+                "dot",
+                bias=bias,
+                dropout=drop,
+                return_weights=want_w or e is not None,
+                scale=1.0 / math.sqrt(C),
                 training=self.training,
             )
             if e is not None:
