@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,10 +34,10 @@ LAYERS = ("gat", "gatv2", "transformer")
 # ---------------------------------------------------------------------------------------------
 # worker: one configuration in this process
 # ---------------------------------------------------------------------------------------------
-def _rss_kb() -> int:
+def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return -1
 
@@ -80,7 +79,7 @@ def worker(a: argparse.Namespace) -> dict:
     else:
         raise ValueError(a.impl)
     model.train(a.backward)
-    rss_base = _rss_kb()
+    rss_base = _status_kb("VmRSS")
     fwd, tot = [], []
     for it in range(a.warmup + a.iters):
         if a.backward:
@@ -99,7 +98,10 @@ def worker(a: argparse.Namespace) -> dict:
         if it >= a.warmup:
             fwd.append((t1 - t0) * 1e3)
             tot.append((t2 - t0) * 1e3)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM: the peak RSS of this process image. (ru_maxrss is NOT usable here: Linux carries
+    # the parent's high-water mark across fork + exec, so a small worker would report the
+    # orchestrator's peak.)
+    peak = _status_kb("VmHWM")
     return {
         "impl": a.impl,
         "layer": a.layer,
@@ -305,8 +307,8 @@ def render(a, rows, sweep, checks, bw1, bw2, bw) -> str:
         f"{platform.python_version()}. Random graphs, H={a.heads} heads x C={a.channels} channels, "
         f"{a.in_channels} input channels, float32, median of {a.iters} runs after {a.warmup} "
         "warm-up runs, each configuration in a fresh process (peak extra memory = peak RSS "
-        "minus RSS after the inputs and the model exist). PyG runs with the default allocator "
-        "and with `THP_MEM_ALLOC_ENABLE=1`; the ratios use the faster PyG of the two. "
+        "(VmHWM) minus RSS after the inputs and the model exist). PyG runs with the default "
+        "allocator and with `THP_MEM_ALLOC_ENABLE=1`; the ratios use the faster PyG of the two. "
         "graphattn `native` is the fused C++/OpenMP path, `reference` the pure-torch path; both "
         "are the same `GraphAttention` layer (self-loops added for gat/gatv2 as in PyG).",
         "",

@@ -33,7 +33,7 @@ TORCH_LIBRARY(graphattn, m) {
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "edge_attention_backward(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
-      "Tensor v, Tensor? att, Tensor? bias, Tensor out, Tensor lse, Tensor ptr, Tensor src, "
+      "Tensor v, Tensor? att, Tensor? bias, Tensor lse, Tensor ptr, Tensor src, "
       "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
       "float negative_slope) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

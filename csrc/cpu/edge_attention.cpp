@@ -8,10 +8,10 @@
 // log-sum-exp [N_dst, H] is saved (plus the [E, H] weights when asked for).
 //
 // Backward, without atomics and without any per-edge buffer:
-//   pass A (by destination rows): delta_i = dO_i . O_i (+ sum_e p_e gw_e when the weights
-//     were returned and receive a gradient); recompute p_e = exp(s_e - lse_i),
-//     dp_e = dO_i . v_j (+ gw_e), ds_e = p_e (dp_e - delta_i); accumulate grad q_i (and the
-//     per-edge grad bias, and grad att for v2).
+//   pass A (by destination rows): recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j
+//     (+ gw_e when the returned weights receive a gradient), delta_i = sum_e p_e dp_e
+//     (= rowsum(dO_i * O_i), so O is not saved), ds_e = p_e (dp_e - delta_i); accumulate
+//     grad q_i (and the per-edge grad bias, and grad att for v2).
 //   pass B (by source rows, through the CSC view): the same recomputation from the q_i and
 //     dO_i rows it gathers anyway; grad v_j = sum_e p_e dO_i and grad k_j from ds_e.
 #include <ATen/ATen.h>
@@ -279,7 +279,7 @@ inline acc_t dlrelu_bf(acc_t z, acc_t slope) {
 template <int KIND, typename scalar_t>
 void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, const scalar_t* q,
                      const scalar_t* k, const scalar_t* v, const scalar_t* att,
-                     const scalar_t* bias, const scalar_t* out, const scalar_t* lse,
+                     const scalar_t* bias, const scalar_t* lse,
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
                      const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
                      scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
@@ -315,35 +315,26 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
   std::vector<acc_t> gatt_local(KIND == V2 ? nthreads * H * D : 0, acc_t(0));
 
   // ---- pass A: destination rows -> delta, grad q, grad bias, grad att ---------------------
+  // delta_i = sum_e p_e dp_e, which equals rowsum(dO_i * O_i) (+ sum_e p_e gw_e): it is formed
+  // from the dp values this pass needs anyway, so the forward output need not be saved.
   at::parallel_for(0, dm.Nd, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> gqi(H * D);
+    std::vector<acc_t> gqi(H * D), Pb, DPb;
     acc_t* gatt_t = KIND == V2 ? gatt_local.data() + at::get_thread_num() * H * D : nullptr;
     for (int64_t i = begin; i < end; ++i) {
+      const int64_t e0 = ptr[i], deg = ptr[i + 1] - e0;
       const scalar_t* qi = q + i * H * D;
       const scalar_t* goi = go + i * H * Dv;
-      const scalar_t* oi = out + i * H * Dv;
       const scalar_t* li = lse + i * H;
       acc_t* dli = delta + i * H;
-      for (int64_t h = 0; h < H; ++h) {
-        acc_t dl = 0;
-        for (int64_t c = 0; c < Dv; ++c) dl += acc_t(goi[h * Dv + c]) * acc_t(oi[h * Dv + c]);
-        dli[h] = dl;
+      for (int64_t h = 0; h < H; ++h) dli[h] = 0;
+      if (deg == 0) continue;
+      if (static_cast<int64_t>(Pb.size()) < deg * H) {
+        Pb.resize(deg * H);
+        DPb.resize(deg * H);
       }
-      if (ptr[i] == ptr[i + 1]) continue;
-      if (gw) {  // gradient through the returned weights: delta += sum_e p_e gw_e
-        for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
-          const scalar_t* kj = k + src[e] * H * D;
-          for (int64_t h = 0; h < H; ++h) {
-            if (!(acc_t(li[h]) > NEG_INF)) continue;
-            const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-            const acc_t sc = edge_score<KIND, scalar_t, acc_t>(
-                qi + h * D, kj + h * D, att ? att + h * D : nullptr, D, scale, slope, b);
-            dli[h] += fast_exp<acc_t>(sc - acc_t(li[h])) * acc_t(gw[e * H + h]);
-          }
-        }
-      }
-      std::fill(gqi.begin(), gqi.end(), acc_t(0));
-      for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+      // A1: p_e and dp_e of every in-edge (gathers k_j and v_j), delta
+      for (int64_t t = 0; t < deg; ++t) {
+        const int64_t e = e0 + t;
         if (e + kPrefetch < E) {
           const int64_t jn = src[e + kPrefetch];
           prefetch_row(v + jn * H * Dv, H * Dv);
@@ -355,22 +346,45 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
         for (int64_t h = 0; h < H; ++h) {
           const acc_t l = acc_t(li[h]);
           if (!(l > NEG_INF)) {  // fully masked row: nothing flows back
-            if (gbias) gbias[e * H + h] = scalar_t(0);
+            Pb[t * H + h] = 0;
+            DPb[t * H + h] = 0;
             continue;
           }
+          const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+          const acc_t sc = edge_score<KIND, scalar_t, acc_t>(
+              qi + h * D, kj + h * D, att ? att + h * D : nullptr, D, scale, slope, b);
+          const acc_t p = fast_exp<acc_t>(sc - l);
+          const scalar_t* goih = goi + h * Dv;
+          const scalar_t* vjh = vj + h * Dv;
+          acc_t dp = 0;
+#pragma omp simd reduction(+ : dp)
+          for (int64_t c = 0; c < Dv; ++c) dp += acc_t(goih[c]) * acc_t(vjh[c]);
+          if (gw) dp += acc_t(gw[e * H + h]);
+          Pb[t * H + h] = p;
+          DPb[t * H + h] = dp;
+          dli[h] += p * dp;
+        }
+      }
+      // A2: ds_e = p_e (dp_e - delta_i) -> grad q_i, grad bias, grad att (k_j rows are hot)
+      std::fill(gqi.begin(), gqi.end(), acc_t(0));
+      for (int64_t t = 0; t < deg; ++t) {
+        const int64_t e = e0 + t;
+        const scalar_t* kj = k + src[e] * H * D;
+        for (int64_t h = 0; h < H; ++h) {
           const scalar_t* qih = qi + h * D;
           const scalar_t* kjh = kj + h * D;
-          const scalar_t* ah = att ? att + h * D : nullptr;
-          acc_t p;
-          const acc_t ds = grad_score(qih, kjh, ah, goi + h * Dv, vj + h * Dv, e, h, l, dli[h], &p);
+          acc_t ds = Pb[t * H + h] * (DPb[t * H + h] - dli[h]);
           acc_t* __restrict__ g = gqi.data() + h * D;
           if constexpr (KIND == DOT) {
             const acc_t f = ds * scale;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) g[d] += f * acc_t(kjh[d]);
           } else if constexpr (KIND == ADDITIVE) {
+            const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+            ds *= dlrelu_bf<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
             g[0] += ds;
           } else {
+            const scalar_t* ah = att + h * D;
             acc_t* __restrict__ ga = gatt_t + h * D;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) {
@@ -453,17 +467,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     const at::Tensor& grad_out_, const c10::optional<at::Tensor>& grad_weights_,
     const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
     const c10::optional<at::Tensor>& att_, const c10::optional<at::Tensor>& bias_,
-    const at::Tensor& out_, const at::Tensor& lse_, const at::Tensor& ptr, const at::Tensor& src,
+    const at::Tensor& lse_, const at::Tensor& ptr, const at::Tensor& src,
     const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
     double scale, double negative_slope) {
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
   TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({dm.Nd, dm.H, dm.Dv}),
               "graphattn: 'grad_out' must have shape [N_dst, H, Dv], got ", grad_out_.sizes());
-  TORCH_CHECK(out_.sizes() == grad_out_.sizes(), "graphattn: 'out' must match 'grad_out'");
   TORCH_CHECK(lse_.sizes() == at::IntArrayRef({dm.Nd, dm.H}),
               "graphattn: 'lse' must have shape [N_dst, H], got ", lse_.sizes());
   check_float(grad_out_, "grad_out", q_.scalar_type());
-  check_float(out_, "out", q_.scalar_type());
   check_float(lse_, "lse", q_.scalar_type());
   check_ptr(csc_ptr, dm.E, "csc_ptr");
   TORCH_CHECK(csc_ptr.numel() == dm.Ns + 1, "graphattn: 'csc_ptr' must have N_src + 1 = ",
@@ -480,7 +492,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     check_float(*grad_weights_, "grad_weights", q_.scalar_type());
   }
   const at::Tensor go = grad_out_.contiguous(), q = q_.contiguous(), k = k_.contiguous(),
-                   v = v_.contiguous(), out = out_.contiguous(), lse = lse_.contiguous();
+                   v = v_.contiguous(), lse = lse_.contiguous();
   const at::Tensor gw = has_gw ? grad_weights_->contiguous() : at::Tensor();
   const bool has_att = att_.has_value() && att_->defined() && kind == V2;
   const bool has_bias = bias_.has_value() && bias_->defined();
@@ -503,7 +515,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     auto run = [&](auto kind_tag) {
       backward_kernel<decltype(kind_tag)::value, scalar_t>(
           dm, go.data_ptr<scalar_t>(), gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-          v.data_ptr<scalar_t>(), attp, bp, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+          v.data_ptr<scalar_t>(), attp, bp, lse.data_ptr<scalar_t>(),
           ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
           csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
           gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), gattp, gbp,

@@ -77,7 +77,6 @@ if WITH_EXT:
         v,
         att,
         bias,
-        out,
         lse,
         ptr,
         src,
@@ -128,13 +127,13 @@ if WITH_EXT:
             slope,
             return_weights,
         ) = inputs
-        out, lse, _ = output
-        ctx.save_for_backward(q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, out, lse)
+        _, lse, _ = output  # only the log-sum-exp is saved, never the output
+        ctx.save_for_backward(q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse)
         ctx.kind, ctx.scale, ctx.slope, ctx.return_weights = kind, scale, slope, return_weights
         ctx.has_att, ctx.has_bias = att is not None, bias is not None
 
     def _ea_backward(ctx, grad_out, grad_lse, grad_weights):
-        q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, out, lse = ctx.saved_tensors
+        q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse = ctx.saved_tensors
         gw = grad_weights if ctx.return_weights else None
         gq, gk, gv, gatt, gbias = ops.edge_attention_backward(
             grad_out,
@@ -144,7 +143,6 @@ if WITH_EXT:
             v,
             att,
             bias,
-            out,
             lse,
             ptr,
             src,

@@ -289,7 +289,7 @@ def test_native_kernel_checks_indices_never_crashes():
                        1.0, 0.2, False)
     with pytest.raises(RuntimeError, match="'csc_eid' holds"):
         torch.ops.graphattn.edge_attention_backward(
-            torch.ones_like(out), None, q, k, v, None, None, out, lse, g.ptr, g.src, g.csc_ptr,
+            torch.ones_like(out), None, q, k, v, None, None, lse, g.ptr, g.src, g.csc_ptr,
             torch.tensor([0, 9]), g.csc_dst, 0, 1.0, 0.2)
 
 
