@@ -70,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     for name in names:
         print(f"== {name} ({'full' if args.full else 'demo'} size) ==", flush=True)
-        rows.extend(registry[name](args.full, runs_dir, not args.no_progress))
+        rows.extend(registry[name](args.full, runs_dir, not args.no_progress, args.resume))
     print()
     print(tabulate(rows, headers="keys", tablefmt="github"))
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     pd.add_argument("--only", nargs="*", help="run only these demos")
     pd.add_argument("--runs-dir", default="runs")
     pd.add_argument("--no-progress", action="store_true")
+    pd.add_argument("--resume", action="store_true",
+                    help="continue each run from runs/<name>/checkpoint.pt (exact resume)")
     pb = sub.add_parser("bench", help="run a benchmark of benchmarks/ (extra args pass through)")
     pb.add_argument("name", nargs="?", default="attention")
     args, rest = p.parse_known_args(argv)

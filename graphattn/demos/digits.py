@@ -84,7 +84,9 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def _train(name: str, model: nn.Module, data, epochs: int, runs_dir: Path, progress: bool):
+def _train(
+    name: str, model: nn.Module, data, epochs: int, runs_dir: Path, progress: bool, resume: bool
+):
     x, y, graph, train, val, test = data
     opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=5e-4)
 
@@ -105,7 +107,7 @@ def _train(name: str, model: nn.Module, data, epochs: int, runs_dir: Path, progr
         }
 
     cfg = TrainConfig(name=name, epochs=epochs, seed=0, runs_dir=runs_dir, patience=50,
-                      monitor="val_acc", mode="max", progress=progress)
+                      monitor="val_acc", mode="max", progress=progress, resume=resume)
     t0 = time.perf_counter()
     res = fit(model, opt, train_epoch, evaluate, cfg)
     elapsed = time.perf_counter() - t0
@@ -117,7 +119,7 @@ def _train(name: str, model: nn.Module, data, epochs: int, runs_dir: Path, progr
 
 
 @register("digits")
-def run(full: bool, runs_dir: Path, progress: bool) -> list[dict]:
+def run(full: bool, runs_dir: Path, progress: bool, resume: bool = False) -> list[dict]:
     """GraphAttention vs MLP on the digits kNN graph; writes ``runs_dir/digits/``."""
     torch.manual_seed(0)
     np.random.seed(0)
@@ -135,7 +137,7 @@ def run(full: bool, runs_dir: Path, progress: bool) -> list[dict]:
         key = "gat" if label.startswith("Graph") else "mlp"
         torch.manual_seed(0)
         model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
-        res, acc, elapsed = _train(key, model, data, epochs, out_dir, progress)
+        res, acc, elapsed = _train(key, model, data, epochs, out_dir, progress, resume)
         histories[key] = res.history
         rows.append({
             "example": "digits kNN (1797 nodes, 10 labels/class)",

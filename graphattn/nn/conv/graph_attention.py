@@ -287,7 +287,6 @@ class GraphAttention(MessagePassing):
         graph = self._graph(edge_index, n_src, n_dst)
         e = self._edge_features(edge_attr, graph)
 
-        res = None
         want_w = bool(return_attention_weights)
         drop = self.dropout if self.training else 0.0
         if self.mode == "gat":
@@ -398,8 +397,7 @@ class GraphAttention(MessagePassing):
                     out = out + x_r
         else:
             if self.res is not None and x_dst is not None:
-                res = self.res(x_dst)
-                out = out + res
+                out = out + self.res(x_dst)
             if self.bias is not None:
                 out = out + self.bias
         if want_w:
