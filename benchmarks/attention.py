@@ -206,6 +206,16 @@ def correctness(a) -> list[str]:
     return lines
 
 
+def faster_pyg(row: dict, mode: str) -> tuple[float | None, str]:
+    """The faster of PyG's two allocator settings for ``mode`` and its key prefix."""
+    timed = [
+        (row[f"{key}_{mode}"], key)
+        for key in ("pyg0", "pyg1")
+        if row.get(f"{key}_{mode}") is not None
+    ]
+    return min(timed) if timed else (None, "pyg0")
+
+
 def fmt(v, nd=0):
     return "—" if v is None else f"{v:,.{nd}f}"
 
@@ -324,9 +334,7 @@ def render(a, rows, sweep, checks, bw1, bw2, bw) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        pyg = [v for v in (r.get("pyg0_fb"), r.get("pyg1_fb")) if v is not None]
-        best = min(pyg) if pyg else None
-        idx = "pyg0" if best == r.get("pyg0_fb") else "pyg1"
+        best, idx = faster_pyg(r, "fb")
         mem = r.get(f"{idx}_fb_mem")
         nat, natm = r.get("native_fb"), r.get("native_fb_mem")
         sp = f"{best / nat:.1f}x" if best and nat else "—"
@@ -345,8 +353,7 @@ def render(a, rows, sweep, checks, bw1, bw2, bw) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        pyg = [v for v in (r.get("pyg0_fwd"), r.get("pyg1_fwd")) if v is not None]
-        best = min(pyg) if pyg else None
+        best, _ = faster_pyg(r, "fwd")
         nat = r.get("native_fwd")
         floor = floor_bytes(r["layer"], r["N"], r["E"], a.heads, a.channels) / (bw * 1e9) * 1e3
         op = r.get("op_fwd")

@@ -37,10 +37,6 @@ template <typename T>
 inline T lrelu(T x, T slope) {
   return x > T(0) ? x : x * slope;
 }
-template <typename T>
-inline T dlrelu(T x, T slope) {
-  return x > T(0) ? T(1) : slope;
-}
 
 // Score of the edge j -> i for one head. qi/kj point at the head's D entries.
 template <int KIND, typename scalar_t, typename acc_t>
@@ -291,23 +287,30 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
   const int64_t avg_deg = std::max<int64_t>(1, E / std::max<int64_t>(1, dm.Nd));
   const int64_t grain = std::max<int64_t>(1, 4096 / avg_deg);
 
-  // Both passes recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j + gw_e and
+  // Both passes recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j (+ gw_e) and
   // ds_e = p_e (dp_e - delta_i) from rows they gather anyway (pass A: k_j, v_j; pass B: q_i,
   // dO_i), so nothing of size E is stored between them: only delta [N_dst, H].
-  auto grad_score = [&](const scalar_t* qih, const scalar_t* kjh, const scalar_t* ah,
-                        const scalar_t* goih, const scalar_t* vjh, int64_t e, int64_t h,
-                        acc_t l, acc_t dl, acc_t* p_out) -> acc_t {
+  auto prob_dp = [&](const scalar_t* qih, const scalar_t* kjh, const scalar_t* ah,
+                     const scalar_t* goih, const scalar_t* vjh, int64_t e, int64_t h, acc_t l,
+                     acc_t* dp_out) -> acc_t {
     const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
     const acc_t sc = edge_score<KIND, scalar_t, acc_t>(qih, kjh, ah, D, scale, slope, b);
-    const acc_t p = fast_exp<acc_t>(sc - l);
     acc_t dp = 0;
 #pragma omp simd reduction(+ : dp)
     for (int64_t c = 0; c < Dv; ++c) dp += acc_t(goih[c]) * acc_t(vjh[c]);
     if (gw) dp += acc_t(gw[e * H + h]);
-    *p_out = p;
+    *dp_out = dp;
+    return fast_exp<acc_t>(sc - l);
+  };
+  // gradient of the score before the bias (after the LeakyReLU for 'additive')
+  auto score_grad = [&](acc_t p, acc_t dp, acc_t dl, const scalar_t* qih, const scalar_t* kjh,
+                        int64_t e, int64_t h) -> acc_t {
     acc_t ds = p * (dp - dl);
-    if constexpr (KIND == ADDITIVE) ds *= dlrelu_bf<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
-    return ds;  // gradient of the score before the bias, after the LeakyReLU for 'additive'
+    if constexpr (KIND == ADDITIVE) {
+      const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+      ds *= dlrelu_bf<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
+    }
+    return ds;
   };
 
   // per-thread partial sums of grad att (v2 only), reduced in thread order afterwards
@@ -350,16 +353,9 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
             DPb[t * H + h] = 0;
             continue;
           }
-          const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-          const acc_t sc = edge_score<KIND, scalar_t, acc_t>(
-              qi + h * D, kj + h * D, att ? att + h * D : nullptr, D, scale, slope, b);
-          const acc_t p = fast_exp<acc_t>(sc - l);
-          const scalar_t* goih = goi + h * Dv;
-          const scalar_t* vjh = vj + h * Dv;
-          acc_t dp = 0;
-#pragma omp simd reduction(+ : dp)
-          for (int64_t c = 0; c < Dv; ++c) dp += acc_t(goih[c]) * acc_t(vjh[c]);
-          if (gw) dp += acc_t(gw[e * H + h]);
+          acc_t dp;
+          const acc_t p = prob_dp(qi + h * D, kj + h * D, att ? att + h * D : nullptr,
+                                  goi + h * Dv, vj + h * Dv, e, h, l, &dp);
           Pb[t * H + h] = p;
           DPb[t * H + h] = dp;
           dli[h] += p * dp;
@@ -373,15 +369,13 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
         for (int64_t h = 0; h < H; ++h) {
           const scalar_t* qih = qi + h * D;
           const scalar_t* kjh = kj + h * D;
-          acc_t ds = Pb[t * H + h] * (DPb[t * H + h] - dli[h]);
+          const acc_t ds = score_grad(Pb[t * H + h], DPb[t * H + h], dli[h], qih, kjh, e, h);
           acc_t* __restrict__ g = gqi.data() + h * D;
           if constexpr (KIND == DOT) {
             const acc_t f = ds * scale;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) g[d] += f * acc_t(kjh[d]);
           } else if constexpr (KIND == ADDITIVE) {
-            const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-            ds *= dlrelu_bf<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
             g[0] += ds;
           } else {
             const scalar_t* ah = att + h * D;
@@ -428,8 +422,9 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
           const scalar_t* kjh = kj + h * D;
           const scalar_t* ah = att ? att + h * D : nullptr;
           const scalar_t* goih = goi + h * Dv;
-          acc_t p;
-          const acc_t ds = grad_score(qih, kjh, ah, goih, vj + h * Dv, e, h, l, delta[i * H + h], &p);
+          acc_t dp;
+          const acc_t p = prob_dp(qih, kjh, ah, goih, vj + h * Dv, e, h, l, &dp);
+          const acc_t ds = score_grad(p, dp, delta[i * H + h], qih, kjh, e, h);
           acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
 #pragma omp simd
           for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);

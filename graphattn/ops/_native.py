@@ -111,26 +111,13 @@ if WITH_EXT:
 
     # ---- autograd formulas --------------------------------------------------------------
     def _ea_setup(ctx, inputs, output):
-        (
-            q,
-            k,
-            v,
-            att,
-            bias,
-            ptr,
-            src,
-            csc_ptr,
-            csc_eid,
-            csc_dst,
-            kind,
-            scale,
-            slope,
-            return_weights,
-        ) = inputs
+        # inputs: q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst (tensors, saved),
+        # then kind, scale, negative_slope, return_weights
+        tensors, (kind, scale, slope, return_weights) = inputs[:10], inputs[10:]
         _, lse, _ = output  # only the log-sum-exp is saved, never the output
-        ctx.save_for_backward(q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse)
+        ctx.save_for_backward(*tensors, lse)
         ctx.kind, ctx.scale, ctx.slope, ctx.return_weights = kind, scale, slope, return_weights
-        ctx.has_att, ctx.has_bias = att is not None, bias is not None
+        ctx.has_att, ctx.has_bias = tensors[3] is not None, tensors[4] is not None
 
     def _ea_backward(ctx, grad_out, grad_lse, grad_weights):
         q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse = ctx.saved_tensors
