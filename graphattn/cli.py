@@ -1,4 +1,4 @@
-"""The ``graphattn`` command: ``info``, ``demo`` and ``bench``."""
+"""The ``graphattn`` command: ``info``, ``demo``, ``bench`` and ``quantum``."""
 
 from __future__ import annotations
 
@@ -111,11 +111,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="continue each run from runs/<name>/checkpoint.pt (exact resume)")
     pb = sub.add_parser("bench", help="run a benchmark of benchmarks/ (extra args pass through)")
     pb.add_argument("name", nargs="?", default="attention")
+    from . import cli_quantum
+
+    cli_quantum.add_parser(sub)
     args, rest = p.parse_known_args(argv)
     if args.cmd == "info":
         return cmd_info(args)
     if args.cmd == "demo":
         return cmd_demo(args)
+    if args.cmd == "quantum":
+        if rest:
+            p.error(f"unrecognized arguments: {' '.join(rest)}")
+        return cli_quantum.main(args)
     return cmd_bench(args, rest)
 
 

@@ -14,6 +14,7 @@ from .execution import (
     ibm_account,
     make_executor,
     quantum_expectations,
+    transpile_for,
 )
 from .layer import QAGNN, MultiHopEncoder, QuantumGraphAttention
 from .simulator import expectations, statevector
@@ -22,5 +23,5 @@ __all__ = [
     "QAGNN", "CircuitSpec", "CredentialsError", "EstimatorExecutor", "Executor",
     "MultiHopEncoder", "QuantumGraphAttention", "SamplerExecutor", "TorchExecutor",
     "depolarizing_noise_model", "expectations", "fake_backend", "ibm_account",
-    "make_executor", "quantum_expectations", "statevector",
+    "make_executor", "quantum_expectations", "statevector", "transpile_for",
 ]

@@ -55,7 +55,7 @@ from .simulator import expectations as torch_expectations
 __all__ = [
     "CredentialsError", "EstimatorExecutor", "Executor", "SamplerExecutor", "TorchExecutor",
     "depolarizing_noise_model", "fake_backend", "ibm_account", "make_executor",
-    "quantum_expectations",
+    "quantum_expectations", "transpile_for",
 ]
 
 
@@ -71,6 +71,7 @@ class Executor:
         name: Backend name as the CLI spells it.
         jobs: Number of primitive jobs submitted so far.
         circuit_evaluations: Number of circuit instances (bindings) evaluated so far.
+        job_ids: Ids of the primitive jobs, where the primitive reports them.
     """
 
     name = "executor"
@@ -79,6 +80,7 @@ class Executor:
         self.spec = spec
         self.jobs = 0
         self.circuit_evaluations = 0
+        self.job_ids: list[str] = []
 
     def run(self, bindings: np.ndarray) -> np.ndarray:
         """``bindings [K, n + P]`` float64 → ``[K, n]`` read-outs."""
@@ -130,6 +132,12 @@ class _QiskitExecutor(Executor):
         self.columns = np.asarray(spec.parameter_columns(circuit), dtype=np.int64)
         self.name = label
 
+    def _record(self, job) -> None:
+        try:
+            self.job_ids.append(str(job.job_id()))
+        except Exception:  # noqa: BLE001 - local primitives may not number their jobs
+            pass
+
     def describe(self) -> dict[str, Any]:
         ops = self.circuit.count_ops()
         two_q = sum(1 for inst in self.circuit.data if inst.operation.num_qubits == 2)
@@ -164,7 +172,9 @@ class EstimatorExecutor(_QiskitExecutor):
     def _run(self, bindings: np.ndarray) -> np.ndarray:
         params = bindings[:, self.columns][:, None, :]  # [K, 1, P'] broadcasts with [1, n]
         kw = {} if self.precision is None else {"precision": self.precision}
-        res = self.estimator.run([(self.circuit, self.observables, params)], **kw).result()
+        job = self.estimator.run([(self.circuit, self.observables, params)], **kw)
+        self._record(job)
+        res = job.result()
         return np.asarray(res[0].data.evs, dtype=np.float64).reshape(-1, self.spec.num_qubits)
 
 
@@ -194,7 +204,9 @@ class SamplerExecutor(_QiskitExecutor):
 
     def _run(self, bindings: np.ndarray) -> np.ndarray:
         params = bindings[:, self.columns]
-        res = self.sampler.run([(self.circuit, params)], shots=self.shots).result()
+        job = self.sampler.run([(self.circuit, params)], shots=self.shots)
+        self._record(job)
+        res = job.result()
         bits = res[0].data.meas.to_bool_array(order="little")  # [K, shots, n]
         return 1.0 - 2.0 * bits.mean(axis=-2, dtype=np.float64)
 
@@ -260,7 +272,9 @@ def ibm_account(name: str | None = None, filename: str | None = None):
             f"Nothing was sent. ({err})") from None
 
 
-def _transpile_for(circuit, backend, seed: int = 0):
+def transpile_for(circuit, backend, seed: int = 0):
+    """``circuit`` transpiled to ``backend``'s target (layout, routing, native gates) with
+    qiskit's preset pass manager at optimisation level 1."""
     from qiskit.transpiler import generate_preset_pass_manager
 
     pm = generate_preset_pass_manager(optimization_level=1, backend=backend, seed_transpiler=seed)
@@ -318,7 +332,7 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
             raise ValueError(f"{device.name} has {device.num_qubits} qubits; the circuit needs "
                              f"{spec.num_qubits}")
         sim = AerSimulator.from_backend(device, seed_simulator=seed)
-        circuit = _transpile_for(spec.circuit(measure=True), device)
+        circuit = transpile_for(spec.circuit(measure=True), device)
         sampler = SamplerV2.from_backend(sim, default_shots=shots, seed=seed)
         return SamplerExecutor(spec, sampler, circuit, shots=shots, label=name)
     if name.startswith("ibm-") or name.startswith("ibm_"):
@@ -330,11 +344,11 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
                                        instance=acct.instance)
         backend = service.backend(device_name)
         if primitive == "sampler":
-            circuit = _transpile_for(spec.circuit(measure=True), backend)
+            circuit = transpile_for(spec.circuit(measure=True), backend)
             return SamplerExecutor(spec, SamplerV2(mode=backend), circuit, shots=shots,
                                    label=device_name)
         if primitive == "estimator":
-            circuit = _transpile_for(spec.circuit(), backend)
+            circuit = transpile_for(spec.circuit(), backend)
             return EstimatorExecutor(spec, EstimatorV2(mode=backend), circuit,
                                      precision=1 / math.sqrt(shots), label=device_name)
         raise ValueError(f"primitive must be 'sampler' or 'estimator', got {primitive!r}")
