@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-SIM_BACKENDS = "statevector, estimator, aer, aer-noise, fake-<device>"
+SIM_BACKENDS = "statevector, estimator, aer, aer-noise, aer-depolarizing, fake-<device>"
 
 
 def add_parser(sub) -> None:

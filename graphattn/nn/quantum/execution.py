@@ -30,6 +30,7 @@ Backends (see :func:`make_executor`):
   (gate errors, relaxation, read-out), circuits transpiled to that device's basis gates but
   not to its coupling map; or with any ``NoiseModel`` passed in
   (:func:`depolarizing_noise_model` builds the depolarising one of the Q-AGNN survey).
+* ``"aer-depolarizing"``: qiskit-aer with :func:`depolarizing_noise_model` at its defaults.
 * ``"fake-<device>"``: a fake IBM device of ``qiskit_ibm_runtime.fake_provider`` run in
   Aer (``AerSimulator.from_backend``): layout, routing and native gates of the device.
 * ``"ibm-<device>"`` (or ``ibm_<device>``): IBM Quantum hardware through IBM Runtime
@@ -289,7 +290,7 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
 
     Args:
         name: ``statevector`` (returns ``None``: exact torch path), ``estimator``, ``aer``,
-            ``aer-noise``, ``fake-<device>`` or ``ibm-<device>``.
+            ``aer-noise``, ``aer-depolarizing``, ``fake-<device>`` or ``ibm-<device>``.
         spec: Circuit shape.
         shots: Shots per circuit instance for samplers.
         seed: Simulator seed for Aer (``None``: random).
@@ -305,6 +306,11 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
         from qiskit.primitives import StatevectorEstimator
 
         return EstimatorExecutor(spec, StatevectorEstimator(seed=seed), label=name)
+    if name == "aer-depolarizing":
+        noise_model = noise_model if noise_model is not None else depolarizing_noise_model()
+        ex = make_executor("aer-noise", spec, shots=shots, seed=seed, noise_model=noise_model)
+        ex.name = name
+        return ex
     if name in ("aer", "aer-noise"):
         from qiskit import transpile
         from qiskit_aer.primitives import SamplerV2
@@ -353,7 +359,7 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
                                      precision=1 / math.sqrt(shots), label=device_name)
         raise ValueError(f"primitive must be 'sampler' or 'estimator', got {primitive!r}")
     raise ValueError(f"unknown quantum backend {name!r}; use statevector, estimator, aer, "
-                     "aer-noise, fake-<device> or ibm-<device>")
+                     "aer-noise, aer-depolarizing, fake-<device> or ibm-<device>")
 
 
 class _ParameterShift(torch.autograd.Function):
