@@ -23,6 +23,7 @@ if __name__ == "__main__":
     p.add_argument("--full", action="store_true", help="more epochs")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--resume", action="store_true", help="continue DyMRL from its checkpoint")
+    p.add_argument("--riemannian", action="store_true", help="geoopt RiemannianAdam for DyMRL")
     a = p.parse_args()
-    rows = run(a.full, Path(a.runs_dir), True, a.resume, data=a.data)
+    rows = run(a.full, Path(a.runs_dir), True, a.resume, data=a.data, riemannian=a.riemannian)
     print(tabulate(rows, headers="keys", tablefmt="github"))

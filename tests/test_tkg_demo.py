@@ -50,6 +50,13 @@ def test_dymrl_trains_and_beats_chance_on_a_small_synthetic_tkg(tmp_path) -> Non
     assert (tmp_path / "dymrl" / "best.pt").exists()
 
 
+def test_riemannian_adam_option(tmp_path) -> None:
+    task = tkg.TKGTask(synthetic_tkg(steps=8, seed=0), history=2)
+    _, res = tkg.train_dymrl(task, epochs=1, out_dir=tmp_path, progress=False, dim=4,
+                             riemannian=True)
+    assert res["epochs"] == 1 and res["test"]["filt_mrr"] > 0
+
+
 def test_kge_baseline_runs() -> None:
     task = tkg.TKGTask(synthetic_tkg(steps=12, seed=0), history=2)
     res = tkg.train_kge("DistMult", task, epochs=2, dim=8)

@@ -2,8 +2,8 @@
 
 Each example registers a function ``run(full: bool, runs_dir: Path, progress: bool,
 resume: bool = False) -> list[dict]`` returning rows of the summary table (one per model it
-trained); ``resume=True`` continues interrupted runs from their checkpoints, exactly. Demo size runs
-in about a minute on 2 cores; ``full=True`` runs the full-size experiment.
+trained); ``resume=True`` continues interrupted runs from their checkpoints, exactly. Each demo
+size runs in 1-4 minutes on 2 cores; ``full=True`` runs the full-size experiment.
 """
 
 from __future__ import annotations

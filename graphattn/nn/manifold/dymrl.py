@@ -39,6 +39,11 @@ branches start from the static tables (the released code's branches are not recu
 time); no activation between branch layers. When image/text features are absent the
 modality fusion runs over the available streams only.
 
+No parameter lives on the ball: entity and relation tables are tangent vectors at the
+origin mapped by :math:`\exp_0^c` (as in the released code), so plain Adam is exact and
+``geoopt.optim.RiemannianAdam`` (an option of the example's training loop) behaves the same;
+the curvature is learned through geoopt's ``softplus`` parametrisation.
+
 Shapes:
     - **history:** a list of ``k`` :class:`~graphattn.nn.manifold.RelationalGraph`
       snapshots over ``N`` entities (inverse relations included)

@@ -1,0 +1,79 @@
+r"""Attention over a :class:`~graphattn.tokens.TokenGraph`: dense fast path or fused core.
+
+.. math::
+    \mathbf{y}_i = \sum_{j \in \mathcal{N}(i)} \operatorname{softmax}_{j \in \mathcal{N}(i)}
+        \big(s\,\mathbf{q}_i \cdot \mathbf{k}_j + b_{ij}\big)\,\mathbf{v}_j
+
+Dense kinds (:data:`~graphattn.tokens.graph.DENSE_KINDS`) run
+``torch.nn.functional.scaled_dot_product_attention`` (``is_causal`` for ``causal``, the
+graph's boolean mask for the bipartite kinds, no mask for ``full``); the others run
+:func:`graphattn.ops.edge_attention` over the graph's edges. Queries without keys get zeros on
+both paths (never NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import ops
+from .graph import TokenGraph
+
+
+def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: float | None = None,
+                    bias: Tensor | None = None, dense: bool | None = None) -> Tensor:
+    """Softmax attention restricted to the edges of ``tg``.
+
+    Args:
+        q: ``[Tq, H, D]``.
+        k: ``[Tk, H, D]``.
+        v: ``[Tk, H, Dv]``.
+        tg: The pattern (``num_queries = Tq``, ``num_keys = Tk``).
+        scale: Score scale, default ``1/sqrt(D)``.
+        bias: Per-edge additive score bias ``[E, H]`` or ``[E]`` (sparse path only).
+        dense: Force (``True``) or forbid (``False``) the dense path; default: by kind.
+
+    Returns:
+        ``[Tq, H, Dv]``.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.dim() != 3:
+            raise ValueError(f"'{name}' must be a [T, H, D] tensor, got "
+                             f"{tuple(getattr(t, 'shape', ()))}")
+    if q.size(0) != tg.num_queries or k.size(0) != tg.num_keys or v.size(0) != tg.num_keys:
+        raise ValueError(f"token graph has {tg.num_queries} queries and {tg.num_keys} keys; got "
+                         f"q {q.size(0)}, k {k.size(0)}, v {v.size(0)} tokens")
+    use_dense = tg.is_dense if dense is None else dense
+    if use_dense and bias is not None:
+        raise ValueError("the dense path takes no per-edge bias; pass dense=False")
+    if not use_dense:
+        return ops.edge_attention(q, k, v, tg.graph, kind="dot", scale=scale, bias=bias)
+    qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    if tg.kind == "causal" and tg.num_queries == tg.num_keys:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+        return out.transpose(0, 1)
+    if tg.kind in ("full", "bipartite"):
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+        return out.transpose(0, 1)
+    mask = tg.dense_mask().to(q.device)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+    empty = ~mask.any(1)
+    if empty.any():
+        out = torch.where(empty.view(1, -1, 1), torch.zeros((), dtype=out.dtype), out)
+    return out.transpose(0, 1)
+
+
+def batch_token_graphs(graphs: list[TokenGraph]):
+    """Concatenates self-attention patterns of different sizes with PyG's ``Batch``.
+
+    Returns:
+        ``(batch, tg)``: the PyG ``Batch`` (``batch.batch`` maps tokens to graphs,
+        ``batch.ptr`` holds offsets) and one block-diagonal :class:`TokenGraph` over all
+        tokens, run on the sparse path.
+    """
+    from torch_geometric.data import Batch
+
+    b = Batch.from_data_list([g.to_data() for g in graphs])
+    T = int(b.num_nodes)
+    return b, TokenGraph(b.edge_index, T, T, "batched")
