@@ -15,10 +15,11 @@ from .graph import (
     multiscale,
     window,
 )
+from .kv_budget import heavy_hitter, sink_window
 from .rope import RotaryND
 
 __all__ = [
     "DENSE_KINDS", "RotaryND", "TokenGraph", "batch_token_graphs", "bipartite", "causal",
     "dilated", "full", "grid", "grouped", "knn", "memory", "multiscale", "token_attention",
-    "window",
+    "window", "heavy_hitter", "sink_window",
 ]

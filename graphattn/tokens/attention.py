@@ -26,17 +26,30 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
     """Softmax attention restricted to the edges of ``tg``.
 
     Args:
-        q: ``[Tq, H, D]``.
-        k: ``[Tk, H, D]``.
-        v: ``[Tk, H, Dv]``.
+        q: ``[Tq, H, D]``, or ``[B, Tq, H, D]`` for ``B`` sequences sharing the pattern.
+        k: ``[Tk, H, D]`` (or ``[B, Tk, H, D]``).
+        v: ``[Tk, H, Dv]`` (or ``[B, Tk, H, Dv]``).
         tg: The pattern (``num_queries = Tq``, ``num_keys = Tk``).
         scale: Score scale, default ``1/sqrt(D)``.
         bias: Per-edge additive score bias ``[E, H]`` or ``[E]`` (sparse path only).
         dense: Force (``True``) or forbid (``False``) the dense path; default: by kind.
 
     Returns:
-        ``[Tq, H, Dv]``.
+        ``[Tq, H, Dv]`` (or ``[B, Tq, H, Dv]``).
     """
+    if q.dim() == 4:
+        if k.dim() != 4 or v.dim() != 4 or not q.size(0) == k.size(0) == v.size(0):
+            raise ValueError("batched q, k, v must all be [B, T, H, D] with the same B")
+        use_dense = tg.is_dense if dense is None else dense
+        if use_dense and bias is None:
+            return _dense(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tg,
+                          scale).transpose(1, 2)
+        B = q.size(0)
+        big = _replicated(tg, B)
+        eb = None if bias is None else bias.repeat(B, *([1] * (bias.dim() - 1)))
+        out = token_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), big, scale,
+                              eb, dense=False)
+        return out.view(B, tg.num_queries, *out.shape[1:])
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 3:
             raise ValueError(f"'{name}' must be a [T, H, D] tensor, got "
@@ -49,19 +62,34 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
         raise ValueError("the dense path takes no per-edge bias; pass dense=False")
     if not use_dense:
         return ops.edge_attention(q, k, v, tg.graph, kind="dot", scale=scale, bias=bias)
-    qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    return _dense(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), tg,
+                  scale).transpose(0, 1)
+
+
+def _dense(qh: Tensor, kh: Tensor, vh: Tensor, tg: TokenGraph, scale: float | None) -> Tensor:
+    """SDPA on ``[..., H, T, D]`` heads-first tensors with ``tg``'s mask."""
     if tg.kind == "causal" and tg.num_queries == tg.num_keys:
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
-        return out.transpose(0, 1)
+        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
     if tg.kind in ("full", "bipartite"):
-        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
-        return out.transpose(0, 1)
-    mask = tg.dense_mask().to(q.device)
+        return F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+    mask = tg.dense_mask().to(qh.device)
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
     empty = ~mask.any(1)
     if empty.any():
-        out = torch.where(empty.view(1, -1, 1), torch.zeros((), dtype=out.dtype), out)
-    return out.transpose(0, 1)
+        out = torch.where(empty.view(-1, 1), torch.zeros((), dtype=out.dtype), out)
+    return out
+
+
+def _replicated(tg: TokenGraph, B: int) -> TokenGraph:
+    """``B`` disjoint copies of ``tg`` (cached on it)."""
+    cache = tg.params.setdefault("_replicated", {})
+    if B not in cache:
+        off = torch.arange(B).repeat_interleave(tg.num_edges)
+        ei = tg.edge_index.repeat(1, B)
+        ei = torch.stack([ei[0] + off * tg.num_keys, ei[1] + off * tg.num_queries])
+        cache.clear()
+        cache[B] = TokenGraph(ei, B * tg.num_queries, B * tg.num_keys, "batched")
+    return cache[B]
 
 
 def batch_token_graphs(graphs: list[TokenGraph]):

@@ -166,3 +166,17 @@ def test_rope_1d_reduces_to_standard_rotary() -> None:
     zr = z * torch.polar(torch.ones(T, 1, D // 2, dtype=torch.float64),
                          pos.view(T, 1, 1) * inv_freq)
     torch.testing.assert_close(rope(x, pos), torch.cat([zr.real, zr.imag], -1))
+
+
+@pytest.mark.parametrize("make", [lambda: tokens.causal(6), lambda: tokens.window(6, 1),
+                                  lambda: tokens.bipartite(4, 6, causal=True)])
+def test_batched_sequences(make) -> None:
+    torch.manual_seed(4)
+    tg = make()
+    q = torch.randn(3, tg.num_queries, 2, 4)
+    k, v = torch.randn(3, tg.num_keys, 2, 4), torch.randn(3, tg.num_keys, 2, 4)
+    for dense in (True, False):
+        out = token_attention(q, k, v, tg, dense=dense)
+        for b in range(3):
+            torch.testing.assert_close(out[b], token_attention(q[b], k[b], v[b], tg),
+                                       atol=1e-5, rtol=1e-5)

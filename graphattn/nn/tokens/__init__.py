@@ -1,0 +1,12 @@
+"""Token-graph attention layers of the 2026 LLM papers (MKA/FastMKA, IAM, PC-CrossDiff,
+NeuroGame); they run on :mod:`graphattn.tokens` graphs."""
+
+from .differential import DifferentialAttention
+from .iam import ItemAwareAttention, ItemAwareBlock
+from .mka import FastMKAttention, MKAttention, causal_ema, causal_ema_loop
+from .neurogame import NeuroGameAttention, mean_field
+
+__all__ = [
+    "DifferentialAttention", "FastMKAttention", "ItemAwareAttention", "ItemAwareBlock",
+    "MKAttention", "NeuroGameAttention", "causal_ema", "causal_ema_loop", "mean_field",
+]
