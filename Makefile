@@ -31,6 +31,7 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/graphattn bench attention
+	$(BIN)/graphattn bench tokens
 
 lint: setup
 	$(BIN)/ruff check graphattn tests benchmarks examples setup.py

@@ -289,7 +289,12 @@ def main() -> int:
     md = render(a, rows, sweep, checks, bw1, bw2, bw)
     print(md)
     if not a.quick:
-        Path(a.out).write_text(md)
+        out = Path(a.out)
+        old = out.read_text() if out.exists() else ""
+        begin, end = "<!-- tokens:begin -->", "<!-- tokens:end -->"
+        if begin in old and end in old:  # keep the section benchmarks/tokens.py wrote
+            md = md.rstrip() + "\n\n" + old[old.index(begin): old.index(end) + len(end)] + "\n"
+        out.write_text(md)
         print(f"wrote {a.out}")
     return 0
 
