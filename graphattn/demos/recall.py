@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,18 +160,31 @@ def accuracy(model: TinyLM, x: Tensor, y: Tensor, budget: str | None = None,
     return (pred == y).float().mean().item(), x.numel() / seconds
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
 def _peak_worker(state: dict, kind: str, task: RecallTask, n: int, queue) -> None:
     torch.set_num_threads(1)
     model = TinyLM(kind, task.vocab, task.length)
     model.load_state_dict(state)
     x, _ = task.sample(n, torch.Generator().manual_seed(5))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # reset the high-water mark so that imports do not count (Linux clear_refs "5")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = _status_kb("VmRSS")
     with torch.no_grad():
         model(x)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    queue.put((_status_kb("VmHWM") - before) / 1024)
 
 
-def inference_peak_mb(model: TinyLM, kind: str, task: RecallTask, n: int = 512) -> float:
+def inference_peak_mb(model: TinyLM, kind: str, task: RecallTask, n: int = 2048) -> float:
     """Peak resident-memory growth (MB) of one inference batch, in a fresh process."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
