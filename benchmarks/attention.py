@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from graphattn.memory import status_kb as _status_kb
+
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("gat", "gatv2", "transformer")
 
@@ -34,13 +36,6 @@ LAYERS = ("gat", "gatv2", "transformer")
 # ---------------------------------------------------------------------------------------------
 # worker: one configuration in this process
 # ---------------------------------------------------------------------------------------------
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
 
 def worker(a: argparse.Namespace) -> dict:
     import torch

@@ -25,16 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from graphattn.memory import status_kb as _status_kb
+
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- tokens:begin -->", "<!-- tokens:end -->"
 
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
 
 
 def worker(a: argparse.Namespace) -> dict:

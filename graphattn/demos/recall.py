@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..memory import status_kb as _status_kb
 from ..nn.tokens import FastMKAttention, MKAttention
 from ..tokens import TokenGraph, causal, heavy_hitter, sink_window, token_attention
 from ..train import plot_curves
@@ -159,13 +160,6 @@ def accuracy(model: TinyLM, x: Tensor, y: Tensor, budget: str | None = None,
     seconds = time.perf_counter() - t0
     return (pred == y).float().mean().item(), x.numel() / seconds
 
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
 
 
 def _peak_worker(state: dict, kind: str, task: RecallTask, n: int, queue) -> None:
