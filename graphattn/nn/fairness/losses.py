@@ -1,0 +1,253 @@
+r"""UGID structural-invariance losses between a transformer's computational graphs on
+counterfactual inputs.
+
+From *Unified Graph Isomorphism for Debiasing LLMs* (UGID; Ding, Yao, Li, Zhang, Jiang, Liu,
+Hu, 2026). The paper's abstract fixes the idea: hidden states are nodes, attention maps are
+routing edges, and fine-tuning makes this graph invariant across counterfactual inputs
+:math:`(x, \tilde x)` except at the sensitive positions :math:`S`, with a log-space constraint
+on sensitive logits and a selective anchor term on definitional inputs. **The distances,
+normalisations and weights below are reconstructed** (the methods text was not available; see
+``shared/papers/GRAPH_PAPERS.md`` section 6.2):
+
+.. math::
+    \mathcal{L}_A &= \operatorname{mean}_{(\ell,h)\in\mathcal{L}}\ \operatorname{mean}_{i\notin S}
+        D\big(\hat A^{\ell h}_{i,\cdot\setminus S}(x)\,\big\|\,
+               \hat A^{\ell h}_{i,\cdot\setminus S}(\tilde x)\big),\qquad
+    \hat A_{i,j} = \frac{A_{ij}\,[j\notin S]}{\sum_{j'\notin S} A_{ij'} + \varepsilon}
+
+    \mathcal{L}_H &= \operatorname{mean}_{\ell\in\mathcal{L}}\ \operatorname{mean}_{i\notin S}
+        \big(1 - \cos(h^\ell_i(x), h^\ell_i(\tilde x))\big)
+
+    \mathcal{L}_{\log} &= \operatorname{mean}_a
+        \big(\log p_\theta(a\mid x) - \log p_\theta(\tilde a\mid \tilde x)\big)^2
+
+    \mathcal{L}_{anc} &= \operatorname{KL}\big(p_{\theta_0}(\cdot\mid x_{def})\,\|\,
+        p_\theta(\cdot\mid x_{def})\big)
+
+with :math:`D` the symmetrised KL divergence (``"kl"``) or the squared distance (``"l2"``) of
+the re-normalised rows. Means (not sums) keep the terms comparable across sentence lengths;
+rows and columns of padding tokens are excluded like the sensitive ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "UGIDLoss",
+    "anchor_loss",
+    "edge_invariance_loss",
+    "logit_constraint_loss",
+    "node_invariance_loss",
+]
+
+
+def _keep_mask(sensitive: Tensor | None, mask: Tensor | None, shape: tuple[int, ...],
+               device: torch.device) -> Tensor:
+    """``[B, T]`` bool: the positions that take part (valid and not sensitive)."""
+    B, T = shape
+    keep = torch.ones(B, T, dtype=torch.bool, device=device)
+    for name, m in (("sensitive", sensitive), ("mask", mask)):
+        if m is None:
+            continue
+        if not isinstance(m, Tensor):
+            raise TypeError(f"'{name}' must be a tensor, got {type(m).__name__}")
+        if tuple(m.shape) != (B, T):
+            raise ValueError(f"'{name}' must have shape [B, T] = {[B, T]}, got {list(m.shape)}")
+        m = m.to(device=device, dtype=torch.bool)
+        keep = keep & (~m if name == "sensitive" else m)
+    return keep
+
+
+def _check_pair(a: Tensor, b: Tensor, name: str, min_dim: int) -> None:
+    for n, t in ((name, a), (f"{name}_cf", b)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"'{n}' must be a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"'{n}' must be floating point, got {t.dtype}")
+    if a.shape != b.shape:
+        raise ValueError(
+            f"'{name}' and '{name}_cf' must have the same shape (counterfactual pairs of equal "
+            f"token length), got {list(a.shape)} and {list(b.shape)}")
+    if a.dim() < min_dim:
+        raise ValueError(f"'{name}' must have at least {min_dim} dims, got {list(a.shape)}")
+
+
+def edge_invariance_loss(attn: Tensor, attn_cf: Tensor, sensitive: Tensor | None = None,
+                         mask: Tensor | None = None, distance: str = "kl",
+                         eps: float = 1e-8) -> Tensor:
+    r"""Edge term :math:`\mathcal{L}_A`: distance between re-normalised attention rows of a
+    counterfactual pair, sensitive rows and columns excluded.
+
+    Args:
+        attn, attn_cf (Tensor): attention maps ``[B, *, T, T]`` (rows = queries, any number of
+            layer/head dims in between), rows stochastic.
+        sensitive (Tensor, optional): ``[B, T]`` bool, the positions in :math:`S`.
+        mask (Tensor, optional): ``[B, T]`` bool/int, valid (non-padding) positions.
+        distance (str): ``"kl"`` (symmetrised KL) or ``"l2"`` (squared distance).
+        eps (float): keeps rows whose every column is excluded finite (they count 0).
+
+    Returns:
+        scalar: mean over batch, layer/head dims and kept rows.
+    """
+    _check_pair(attn, attn_cf, "attn", 3)
+    if distance not in ("kl", "l2"):
+        raise ValueError(f"'distance' must be 'kl' or 'l2', got {distance!r}")
+    B, T = attn.shape[0], attn.shape[-1]
+    if attn.shape[-2] != T:
+        raise ValueError(f"'attn' must end in square [T, T] maps, got {list(attn.shape)}")
+    keep = _keep_mask(sensitive, mask, (B, T), attn.device)
+    extra = attn.dim() - 3
+    col = keep.view(B, *([1] * extra), 1, T).to(attn.dtype)
+    row = keep.view(B, *([1] * extra), T).to(attn.dtype)
+
+    def renorm(a: Tensor) -> Tensor:
+        a = a * col
+        return a / (a.sum(-1, keepdim=True) + eps)
+
+    p, q = renorm(attn), renorm(attn_cf)
+    if distance == "kl":
+        lp, lq = torch.log(p.clamp_min(eps)), torch.log(q.clamp_min(eps))
+        d = 0.5 * ((p - q) * (lp - lq)).sum(-1)  # (KL(p||q) + KL(q||p)) / 2
+    else:
+        d = (p - q).pow(2).sum(-1)
+    w = row.expand_as(d)
+    return (d * w).sum() / w.sum().clamp_min(1.0)
+
+
+def node_invariance_loss(hidden: Tensor, hidden_cf: Tensor, sensitive: Tensor | None = None,
+                         mask: Tensor | None = None, distance: str = "cos") -> Tensor:
+    r"""Node term :math:`\mathcal{L}_H`: distance between hidden states at non-sensitive
+    positions.
+
+    Args:
+        hidden, hidden_cf (Tensor): ``[B, *, T, D]`` (any layer dims in between).
+        sensitive, mask (Tensor, optional): ``[B, T]`` as in :func:`edge_invariance_loss`.
+        distance (str): ``"cos"`` (:math:`1-\cos`) or ``"l2"`` (squared distance).
+
+    Returns:
+        scalar: mean over batch, layer dims and kept positions.
+    """
+    _check_pair(hidden, hidden_cf, "hidden", 3)
+    if distance not in ("cos", "l2"):
+        raise ValueError(f"'distance' must be 'cos' or 'l2', got {distance!r}")
+    B, T = hidden.shape[0], hidden.shape[-2]
+    keep = _keep_mask(sensitive, mask, (B, T), hidden.device)
+    if distance == "cos":
+        d = 1.0 - F.cosine_similarity(hidden, hidden_cf, dim=-1, eps=1e-8)
+    else:
+        d = (hidden - hidden_cf).pow(2).sum(-1)
+    w = keep.view(B, *([1] * (hidden.dim() - 3)), T).to(d.dtype).expand_as(d)
+    return (d * w).sum() / w.sum().clamp_min(1.0)
+
+
+def logit_constraint_loss(logits: Tensor, logits_cf: Tensor, index: Tensor,
+                          index_cf: Tensor | None = None) -> Tensor:
+    r"""Log-space constraint :math:`\mathcal{L}_{\log}` on the scores of attribute words.
+
+    Args:
+        logits, logits_cf (Tensor): ``[B, V]`` unnormalised scores over a vocabulary.
+        index (Tensor): ``[B, K]`` int64, attribute words :math:`a` scored under ``x``.
+        index_cf (Tensor, optional): ``[B, K]``, their counterparts :math:`\tilde a` under
+            :math:`\tilde x` (default: the same words).
+
+    Returns:
+        scalar: mean squared difference of log-probabilities; invariant to adding a constant
+        to all logits of a row.
+    """
+    _check_pair(logits, logits_cf, "logits", 2)
+    index_cf = index if index_cf is None else index_cf
+    for n, t in (("index", index), ("index_cf", index_cf)):
+        if not isinstance(t, Tensor) or t.dtype != torch.long:
+            raise TypeError(f"'{n}' must be an int64 tensor")
+        if t.dim() != 2 or t.shape[0] != logits.shape[0]:
+            raise ValueError(f"'{n}' must have shape [B={logits.shape[0]}, K], got {list(t.shape)}")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= logits.shape[-1]):
+            raise ValueError(f"'{n}' holds ids outside [0, {logits.shape[-1]})")
+    lp = F.log_softmax(logits, -1).gather(-1, index)
+    lq = F.log_softmax(logits_cf, -1).gather(-1, index_cf)
+    return (lp - lq).pow(2).mean()
+
+
+def anchor_loss(logits_ref: Tensor, logits: Tensor) -> Tensor:
+    r"""Anchor term :math:`\operatorname{KL}(p_{\theta_0}\|p_\theta)` on definitional inputs;
+    ``logits_ref`` come from the frozen initial model (no gradient flows into them).
+
+    Args:
+        logits_ref, logits (Tensor): ``[B, V]``.
+
+    Returns:
+        scalar: batch-mean KL divergence (0 when the two models agree).
+    """
+    _check_pair(logits_ref, logits, "logits_ref", 2)
+    return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(logits_ref.detach(), -1),
+                    log_target=True, reduction="batchmean")
+
+
+class UGIDLoss(nn.Module):
+    r"""The UGID objective
+    :math:`\lambda_A\mathcal{L}_A + \lambda_H\mathcal{L}_H + \lambda_{\log}\mathcal{L}_{\log}
+    + \lambda_{anc}\mathcal{L}_{anc}` (reconstructed, see the module docstring).
+
+    Args:
+        lambda_edge, lambda_node, lambda_log, lambda_anchor (float): term weights.
+        edge_distance (str): ``"kl"`` or ``"l2"``. node_distance (str): ``"cos"`` or ``"l2"``.
+
+    Forward takes two :class:`~graphattn.nn.fairness.ComputationalGraph`\ s of a counterfactual
+    batch (and optionally the attribute-score and anchor inputs) and returns a dict with every
+    term and the weighted ``"total"``.
+    """
+
+    def __init__(self, lambda_edge: float = 1.0, lambda_node: float = 1.0,
+                 lambda_log: float = 1.0, lambda_anchor: float = 1.0,
+                 edge_distance: str = "kl", node_distance: str = "cos") -> None:
+        super().__init__()
+        self.lambda_edge, self.lambda_node = lambda_edge, lambda_node
+        self.lambda_log, self.lambda_anchor = lambda_log, lambda_anchor
+        self.edge_distance, self.node_distance = edge_distance, node_distance
+
+    def forward(self, graph, graph_cf, layers: list[int] | None = None,
+                heads: Tensor | None = None, logits: Tensor | None = None,
+                logits_cf: Tensor | None = None, index: Tensor | None = None,
+                index_cf: Tensor | None = None, anchor_ref: Tensor | None = None,
+                anchor: Tensor | None = None) -> dict[str, Tensor]:
+        """``layers`` selects attention layers and hidden-state outputs (default all);
+        ``heads`` (``[len(layers), H]`` bool) selects the bias-sensitive heads."""
+        if graph.sensitive is None:
+            raise ValueError("graph.sensitive is None: mark the sensitive positions first")
+        if graph_cf.attention.shape != graph.attention.shape:
+            raise ValueError("counterfactual graphs must have equal shapes "
+                             f"({list(graph.attention.shape)} vs {list(graph_cf.attention.shape)})")
+        L = graph.attention.shape[1]
+        layers = list(range(L)) if layers is None else list(layers)
+        att, att_cf = graph.attention[:, layers], graph_cf.attention[:, layers]
+        if heads is not None:
+            if heads.shape != att.shape[1:3]:
+                raise ValueError(f"'heads' must have shape {list(att.shape[1:3])}, "
+                                 f"got {list(heads.shape)}")
+            att, att_cf = att[:, heads], att_cf[:, heads]
+        S = graph.sensitive | graph_cf.sensitive
+        mask = graph.mask & graph_cf.mask
+        zero = graph.attention.new_zeros(())
+        out = {"edge": edge_invariance_loss(att, att_cf, S, mask, self.edge_distance),
+               "node": node_invariance_loss(graph.hidden[:, [i + 1 for i in layers]],
+                                            graph_cf.hidden[:, [i + 1 for i in layers]],
+                                            S, mask, self.node_distance),
+               "log": zero, "anchor": zero}
+        if logits is not None:
+            if logits_cf is None or index is None:
+                raise ValueError("'logits' needs 'logits_cf' and 'index'")
+            out["log"] = logit_constraint_loss(logits, logits_cf, index, index_cf)
+        if anchor is not None:
+            if anchor_ref is None:
+                raise ValueError("'anchor' needs 'anchor_ref' from the frozen model")
+            out["anchor"] = anchor_loss(anchor_ref, anchor)
+        out["total"] = (self.lambda_edge * out["edge"] + self.lambda_node * out["node"]
+                        + self.lambda_log * out["log"] + self.lambda_anchor * out["anchor"])
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"lambda_edge={self.lambda_edge}, lambda_node={self.lambda_node}, "
+                f"lambda_log={self.lambda_log}, lambda_anchor={self.lambda_anchor}")

@@ -1,0 +1,272 @@
+"""UGID: loss properties from the spec, extraction vs the model's own attention, diagnostics."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from graphattn.nn.fairness import (
+    ComputationalGraph,
+    UGIDLoss,
+    aligned_edit_distance,
+    anchor_loss,
+    attention_digraph,
+    edge_invariance_loss,
+    extract_graph,
+    graph_edit_distance,
+    is_isomorphic,
+    logit_constraint_loss,
+    node_invariance_loss,
+    rank_heads,
+    route,
+    sensitive_positions,
+    spectral_distance,
+)
+
+
+def _maps(B=2, L=2, H=3, T=6, causal=False, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, L, H, T, T, generator=g, dtype=dtype)
+    if causal:
+        s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return s.softmax(-1)
+
+
+def _sens(B=2, T=6):
+    S = torch.zeros(B, T, dtype=torch.bool)
+    S[:, 1] = True
+    S[1, 4] = True
+    return S
+
+
+@pytest.mark.parametrize("distance", ["kl", "l2"])
+def test_edge_loss_zero_nonneg_symmetric(distance):
+    a, b = _maps(seed=0), _maps(seed=1)
+    S = _sens()
+    assert edge_invariance_loss(a, a, S, distance=distance).abs() < 1e-12
+    lab = edge_invariance_loss(a, b, S, distance=distance)
+    assert lab > 0
+    torch.testing.assert_close(lab, edge_invariance_loss(b, a, S, distance=distance))
+
+
+@pytest.mark.parametrize("distance", ["cos", "l2"])
+def test_node_loss_zero_nonneg_symmetric(distance):
+    h, g = torch.randn(2, 3, 6, 8, dtype=torch.float64), torch.randn(2, 3, 6, 8,
+                                                                      dtype=torch.float64)
+    S = _sens()
+    assert node_invariance_loss(h, h, S, distance=distance).abs() < 1e-12
+    lhg = node_invariance_loss(h, g, S, distance=distance)
+    assert lhg > 0
+    torch.testing.assert_close(lhg, node_invariance_loss(g, h, S, distance=distance))
+
+
+def test_relabelling_invariance():
+    T = 6
+    a, b = _maps(T=T, seed=2), _maps(T=T, seed=3)
+    h, g = torch.randn(2, 3, T, 5, dtype=torch.float64), torch.randn(2, 3, T, 5,
+                                                                      dtype=torch.float64)
+    S = _sens(T=T)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[0, -1] = False
+    P = torch.randperm(T, generator=torch.Generator().manual_seed(5))
+
+    def perm_a(x):
+        return x[..., P, :][..., :, P]
+
+    for d in ("kl", "l2"):
+        torch.testing.assert_close(edge_invariance_loss(a, b, S, mask, d),
+                                   edge_invariance_loss(perm_a(a), perm_a(b), S[:, P],
+                                                        mask[:, P], d))
+    torch.testing.assert_close(node_invariance_loss(h, g, S, mask),
+                               node_invariance_loss(h[..., P, :], g[..., P, :], S[:, P],
+                                                    mask[:, P]))
+    # relabelling only one of the two graphs is not a symmetry: the loss must see it
+    assert not torch.allclose(edge_invariance_loss(a, b, S, mask),
+                              edge_invariance_loss(perm_a(a), b, S[:, P], mask[:, P]))
+
+
+def test_sensitive_positions_excluded_and_zero_gradient():
+    a, b = _maps(seed=4), _maps(seed=5)
+    S = _sens()
+    a2 = a.clone()
+    a2[0, :, :, 1, :] = torch.rand_like(a2[0, :, :, 1, :])  # a sensitive row
+    a2[0, :, :, :, 1] *= 3.0  # a sensitive column (rows re-normalise without it)
+    torch.testing.assert_close(edge_invariance_loss(a, b, S), edge_invariance_loss(a2, b, S))
+    a = a.clone().requires_grad_()
+    edge_invariance_loss(a, b, S).backward()
+    assert a.grad[0, :, :, 1, :].abs().max() == 0 and a.grad[0, :, :, :, 1].abs().max() == 0
+    assert a.grad[1, :, :, :, 4].abs().max() == 0
+    assert a.grad[0, :, :, 2, 3].abs().max() > 0
+    h = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 6, 4, dtype=torch.float64)
+    node_invariance_loss(h, g, S).backward()
+    assert h.grad[:, 1].abs().max() == 0 and h.grad[1, 4].abs().max() == 0
+    assert h.grad[0, 4].abs().max() > 0
+
+
+def test_causal_maps_and_all_masked_rows_finite():
+    a, b = _maps(causal=True, seed=6), _maps(causal=True, seed=7)
+    assert torch.all(a.triu(1) == 0)
+    torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)))
+    S = torch.zeros(2, 6, dtype=torch.bool)
+    S[:, 0] = True  # row 1 of a causal map sees only {0, 1}; row 0 only the sensitive {0}
+    a = a.clone().requires_grad_()
+    loss = edge_invariance_loss(a, b, S)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(a.grad).all()
+    full = torch.ones(2, 6, dtype=torch.bool)  # every position sensitive: nothing to compare
+    assert edge_invariance_loss(a, b, full) == 0
+
+
+def test_logit_term_shift_invariance_and_value():
+    torch.manual_seed(0)
+    lg, lc = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    idx = torch.randint(0, 10, (4, 3))
+    base = logit_constraint_loss(lg, lc, idx)
+    shift = torch.randn(4, 1, dtype=torch.float64) * 50
+    torch.testing.assert_close(base, logit_constraint_loss(lg + shift, lc - shift, idx))
+    want = ((lg.log_softmax(-1).gather(1, idx) - lc.log_softmax(-1).gather(1, idx)) ** 2).mean()
+    torch.testing.assert_close(base, want)
+    assert logit_constraint_loss(lg, lg, idx) == 0
+    with pytest.raises(ValueError, match="index"):
+        logit_constraint_loss(lg, lc, idx + 10)
+
+
+def test_anchor_zero_at_initialisation():
+    torch.manual_seed(0)
+    f0 = torch.nn.Linear(5, 7)
+    f = copy.deepcopy(f0)
+    x = torch.randn(3, 5)
+    assert anchor_loss(f0(x), f(x)).abs() < 1e-7
+    with torch.no_grad():
+        f.weight.add_(0.5 * torch.randn_like(f.weight))
+    assert anchor_loss(f0(x), f(x)) > 1e-3
+
+
+def test_bad_inputs():
+    a = _maps()
+    with pytest.raises(ValueError, match="attn"):
+        edge_invariance_loss(a, a[..., :5, :5])
+    with pytest.raises(ValueError, match="sensitive"):
+        edge_invariance_loss(a, a, torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="attn"):
+        edge_invariance_loss(a.long(), a.long())
+    with pytest.raises(ValueError, match="distance"):
+        node_invariance_loss(a[:, 0, 0], a[:, 0, 0], distance="kl")
+
+
+# ---- diagnostics ----------------------------------------------------------------------------
+def test_diagnostics_identity_relabelling_and_difference():
+    A = _maps(B=1, L=1, H=1, T=5, seed=8)[0, 0, 0]
+    P = torch.tensor([3, 0, 4, 1, 2])
+    PA = A[P][:, P]
+    assert is_isomorphic(A, A) and aligned_edit_distance(A, A) == 0
+    assert spectral_distance(A, A) == 0 and graph_edit_distance(A, A) == 0
+    assert is_isomorphic(A, PA)
+    assert spectral_distance(A, PA) < 1e-10
+    assert graph_edit_distance(A, PA) == 0
+    # a star (everyone reads token 0) vs a chain (everyone reads its predecessor), top-1
+    star = torch.full((4, 4), 0.01)
+    star[:, 0] = 1.0
+    star[0, 1] = 1.0
+    chain = torch.full((4, 4), 0.01)
+    for i in range(4):
+        chain[i, (i - 1) % 4] = 1.0
+    assert not is_isomorphic(star, chain, top_k=1)
+    # star edges {1->0, 0->1, 0->2, 0->3}; cycle {3->0, 0->1, 1->2, 2->3}: 3 + 3 differ
+    assert aligned_edit_distance(star, chain, top_k=1) == 6
+    assert 0 < graph_edit_distance(star, chain, top_k=1) <= 6
+    g = attention_digraph(star, top_k=1)
+    assert set(g.edges) == {(1, 0), (0, 1), (0, 2), (0, 3)}
+    assert spectral_distance(star, chain) > 0
+
+
+# ---- the real model -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("transformers")
+    from graphattn.pretrained import load_minilm
+
+    return load_minilm()
+
+
+def _pair_batch(tok, a: list[str], b: list[str]):
+    ba = tok(a, padding=True, return_tensors="pt")
+    bb = tok(b, padding=True, return_tensors="pt")
+    assert ba["input_ids"].shape == bb["input_ids"].shape
+    return ba, bb
+
+
+def test_extraction_matches_model_attention_outputs(minilm):
+    tok, model = minilm
+    batch = tok(["Graph attention networks weigh the neighbours of every node.",
+                 "She is a nurse."], padding=True, return_tensors="pt")
+    captured = {}
+    layer = 3
+    attn_mod = model.encoder.layer[layer].attention.self
+    hook = attn_mod.register_forward_hook(lambda m, i, o: captured.update(ctx=o[0]))
+    with torch.no_grad():
+        graph = extract_graph(model, batch)
+    hook.remove()
+    B, L, H, T, _ = graph.attention.shape
+    assert (L, H) == (6, 12) and graph.hidden.shape == (B, 7, T, 384)
+    # rows are stochastic over valid keys, padding columns get nothing
+    torch.testing.assert_close(graph.attention.sum(-1), torch.ones(B, L, H, T))
+    assert (~graph.mask[1]).sum() > 0  # the short sentence is padded
+    assert graph.attention[1][..., ~graph.mask[1]].abs().max() < 1e-6
+    for b in range(B):
+        data = graph.to_data(b, layer)
+        n = data.num_nodes
+        assert n == int(graph.mask[b].sum()) and data.edge_index.shape[1] == n * n
+        with torch.no_grad():
+            v = attn_mod.value(data.x).view(n, H, -1)
+        ctx = route(data, v).reshape(n, -1)
+        torch.testing.assert_close(ctx, captured["ctx"][b][graph.mask[b]], atol=1e-5,
+                                   rtol=1e-4)
+    top = graph.to_data(0, layer, top_k=2)
+    assert top.edge_index.shape[1] == 2 * top.num_nodes
+
+
+def test_ugid_on_counterfactual_pair_reduces_discrepancy(minilm):
+    tok, model0 = minilm
+    model = copy.deepcopy(model0).train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.encoder.layer[-1].parameters():
+        p.requires_grad_(True)
+    model.eval()  # no dropout: a deterministic objective
+    ba, bb = _pair_batch(tok, ["he is a nurse at the hospital."],
+                         ["she is a nurse at the hospital."])
+    ids = tok.convert_tokens_to_ids(["he", "she"])
+    Sa = sensitive_positions(ba["input_ids"], ids)
+    assert Sa.sum() == 1 and Sa[0, 1]
+    loss_fn = UGIDLoss(lambda_log=0.0, lambda_anchor=0.0)
+    with torch.no_grad():
+        g = extract_graph(model, ba, Sa)
+        assert loss_fn(g, g, layers=[5])["total"] == 0
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(8):
+        ga = extract_graph(model, ba, Sa)
+        gb = extract_graph(model, bb, sensitive_positions(bb["input_ids"], ids))
+        out = loss_fn(ga, gb, layers=[5])
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+        history.append(float(out["total"].detach()))
+    assert history[-1] < 0.5 * history[0]
+    heads = rank_heads(ga, gb, k=4, layers=[4, 5])
+    assert heads.shape == (2, 12) and heads.sum() == 4
+    out = loss_fn(ga, gb, layers=[4, 5], heads=heads)
+    assert torch.isfinite(out["total"])
+
+
+def test_computational_graph_to_data_validation():
+    g = ComputationalGraph(hidden=torch.zeros(1, 2, 3, 4), attention=torch.ones(1, 1, 2, 3, 3) / 3,
+                           mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="layer"):
+        g.to_data(0, 1)
+    with pytest.raises(ValueError, match="top_k"):
+        g.to_data(0, 0, top_k=0)
