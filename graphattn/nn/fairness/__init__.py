@@ -2,6 +2,7 @@
 edges), structural-invariance losses across counterfactual inputs, and networkx diagnostics.
 Needs the ``llm`` extra for Hugging Face models and networkx."""
 
+from .association import association, weat_effect_size
 from .diagnostics import (
     aligned_edit_distance,
     attention_digraph,
@@ -22,5 +23,5 @@ __all__ = [
     "ComputationalGraph", "UGIDLoss", "aligned_edit_distance", "anchor_loss",
     "attention_digraph", "edge_invariance_loss", "extract_graph", "graph_edit_distance",
     "is_isomorphic", "logit_constraint_loss", "node_invariance_loss", "rank_heads", "route",
-    "sensitive_positions", "spectral_distance",
+    "association", "sensitive_positions", "spectral_distance", "weat_effect_size",
 ]
