@@ -1,0 +1,131 @@
+"""ColBERT-Att: MaxSim reduction, dense == core path, invariances, monotonicity, importances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphattn import ops
+from graphattn.nn.tokens import ColBERTAttention, attention_importance
+
+
+def _data(Bq=3, Bd=5, Lq=4, Ld=6, D=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(Bq, Lq, D, generator=g, dtype=dtype)
+    d = torch.randn(Bd, Ld, D, generator=g, dtype=dtype)
+    qm = torch.rand(Bq, Lq, generator=g) > 0.2
+    dm = torch.rand(Bd, Ld, generator=g) > 0.3
+    qm[:, 0] = True
+    dm[:, 0] = True
+    qa = torch.rand(Bq, Lq, generator=g, dtype=dtype) * 2
+    da = torch.rand(Bd, Ld, generator=g, dtype=dtype) * 2
+    return q, d, qm, dm, qa, da
+
+
+def _maxsim(q, d, qm, dm):
+    qn, dn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(d, dim=-1)
+    out = torch.zeros(q.shape[0], d.shape[0], dtype=q.dtype)
+    for a in range(q.shape[0]):
+        for b in range(d.shape[0]):
+            sim = qn[a][qm[a]] @ dn[b][dm[b]].T
+            out[a, b] = sim.max(1).values.sum()
+    return out
+
+
+def test_weights_none_is_maxsim_and_constant_importance_ranks_alike():
+    q, d, qm, dm, _, _ = _data()
+    layer = ColBERTAttention(beta=1.3, gamma=0.7)
+    plain = layer(q, d, qm, dm)
+    torch.testing.assert_close(plain, _maxsim(q, d, qm, dm))
+    c = 0.8
+    const = layer(q, d, qm, dm, torch.full(qm.shape, c, dtype=q.dtype),
+                  torch.full(dm.shape, c, dtype=q.dtype))
+    torch.testing.assert_close(const, plain * torch.exp(torch.tensor(1.3 * c)) * c ** 0.7,
+                               check_dtype=False)
+    assert torch.equal(const.argsort(1), plain.argsort(1))
+    torch.testing.assert_close(ColBERTAttention(beta=0.0, gamma=0.0)(q, d, qm, dm, *_data()[4:]),
+                               plain)
+
+
+def test_dense_path_equals_core_path_values_and_gradients():
+    q, d, qm, dm, qa, da = _data(seed=1)
+    layer = ColBERTAttention(beta=0.9, gamma=0.5)
+    q1, d1 = q.clone().requires_grad_(), d.clone().requires_grad_()
+    q2, d2 = q.clone().requires_grad_(), d.clone().requires_grad_()
+    dense = layer(q1, d1, qm, dm, qa, da, chunk=2)
+    pairs = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
+                        ).flatten(1)
+    sparse = layer.score_pairs(q2, d2, pairs, qm, dm, qa, da)
+    torch.testing.assert_close(sparse, dense.flatten())
+    dense.sum().backward()
+    sparse.sum().backward()
+    torch.testing.assert_close(q1.grad, q2.grad)
+    torch.testing.assert_close(d1.grad, d2.grad)
+    sub = pairs[:, [4, 0, 9]]
+    torch.testing.assert_close(layer.score_pairs(q, d, sub, qm, dm, qa, da),
+                               dense.detach()[sub[0], sub[1]])
+    assert layer.score_pairs(q, d, pairs[:, :0]).numel() == 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_core_path_on_both_backends(backend):
+    if backend == "native" and not ops.native_available():
+        pytest.skip("graphattn._C not built")
+    q, d, qm, dm, qa, da = _data(seed=2, dtype=torch.float32)
+    layer = ColBERTAttention()
+    pairs = torch.tensor([[0, 1, 2, 2], [4, 0, 3, 1]])
+    with ops.set_backend(backend):
+        got = layer.score_pairs(q, d, pairs, qm, dm, qa, da)
+    torch.testing.assert_close(got, layer(q, d, qm, dm, qa, da)[pairs[0], pairs[1]])
+
+
+def test_token_order_invariance():
+    q, d, qm, dm, qa, da = _data(seed=3)
+    layer = ColBERTAttention()
+    base = layer(q, d, qm, dm, qa, da)
+    pd = torch.randperm(d.shape[1])
+    torch.testing.assert_close(layer(q, d[:, pd], qm, dm[:, pd], qa, da[:, pd]), base)
+    pq = torch.randperm(q.shape[1])
+    torch.testing.assert_close(layer(q[:, pq], d, qm[:, pq], dm, qa[:, pq], da), base)
+    # moving query tokens without their weights is not a symmetry
+    shifted = torch.roll(qa, 1, dims=1)
+    assert not torch.allclose(layer(q, d, qm, dm, shifted, da), base)
+
+
+def test_monotone_in_query_importance():
+    g = torch.Generator().manual_seed(4)
+    q = torch.rand(1, 4, 6, generator=g, dtype=torch.float64)  # non-negative: matches >= 0
+    d = torch.rand(2, 5, 6, generator=g, dtype=torch.float64)
+    qa = torch.rand(1, 4, generator=g, dtype=torch.float64)
+    layer = ColBERTAttention()
+    base = layer(q, d, q_importance=qa)
+    for i in range(4):
+        up = qa.clone()
+        up[0, i] += 0.5
+        assert torch.all(layer(q, d, q_importance=up) >= base)
+
+
+def test_attention_importance():
+    A = torch.tensor([[[[0.5, 0.5, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 1.0]]]])  # [1,1,3,3]
+    mask = torch.tensor([[True, True, False]])
+    a = attention_importance(A, mask)
+    # received: token 0 -> 0.75, token 1 -> 1.25 (row 2 is padding), normalised to mean 1
+    torch.testing.assert_close(a, torch.tensor([[0.75, 1.25, 0.0]]))
+    keep = torch.tensor([[False, True, True]])
+    torch.testing.assert_close(attention_importance(A, mask, keep), torch.tensor([[0.0, 1.0, 0.0]]))
+    with pytest.raises(ValueError, match="mask"):
+        attention_importance(A, mask[:, :2])
+
+
+def test_bad_inputs():
+    q, d, qm, dm, qa, da = _data()
+    layer = ColBERTAttention()
+    with pytest.raises(ValueError, match="'q'"):
+        layer(q[0], d)
+    with pytest.raises(ValueError, match="d_mask"):
+        layer(q, d, qm, dm[:, :2])
+    with pytest.raises(ValueError, match="embedding size"):
+        layer(q, d[..., :3])
+    with pytest.raises(ValueError, match="pairs"):
+        layer.score_pairs(q, d, torch.tensor([[0], [7]]))
+    assert "beta=1.0" in repr(layer)
