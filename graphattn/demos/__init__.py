@@ -28,6 +28,6 @@ def register(name: str) -> Callable[[Demo], Demo]:
 
 def load_all() -> dict[str, Demo]:
     """Imports every built-in example so that it registers itself."""
-    from . import digits, intrusion, recall, recsys, tkg, ugid  # noqa: F401
+    from . import digits, intrusion, recall, recsys, retrieval, tkg, ugid  # noqa: F401
 
     return REGISTRY

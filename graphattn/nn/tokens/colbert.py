@@ -131,18 +131,33 @@ class ColBERTAttention(nn.Module):
     def forward(self, q: Tensor, d: Tensor, q_mask: Tensor | None = None,
                 d_mask: Tensor | None = None, q_importance: Tensor | None = None,
                 d_importance: Tensor | None = None, chunk: int = 64) -> Tensor:
-        """All-pairs scores ``[B_q, B_d]`` by the dense fast path (documents in chunks of
-        ``chunk`` to bound memory at ``B_q x chunk x L_q x L_d``)."""
-        q, d, q_mask, d_mask, u, w = self._prep(q, d, q_mask, d_mask, q_importance, d_importance)
+        """All-pairs scores ``[B_q, B_d]`` by the dense fast path: :meth:`max_matches`, then
+        the importance-weighted sum over query tokens."""
+        best = self.max_matches(q, d, q_mask, d_mask, d_importance, chunk)
+        u = self._prep(q, d, q_mask, d_mask, q_importance, None)[4]
+        return (best * u[:, None, :]).sum(-1)
+
+    def max_matches(self, q: Tensor, d: Tensor, q_mask: Tensor | None = None,
+                    d_mask: Tensor | None = None, d_importance: Tensor | None = None,
+                    chunk: int = 64) -> Tensor:
+        r"""Per query token, its best weighted match in every document,
+        :math:`\max_j a_{d_j}^{\gamma} E_{q_i}\cdot E_{d_j}`: ``[B_q, B_d, L_q]`` (0 for
+        masked query tokens and empty documents). One GEMM per chunk of ``chunk`` documents
+        (memory :math:`B_q L_q \times` ``chunk`` :math:`L_d`). Query weights do not enter, so
+        a sweep over :math:`\beta` reuses one call."""
+        q, d, q_mask, d_mask, _, w = self._prep(q, d, q_mask, d_mask, None, d_importance)
+        Bq, Lq, Dm = q.shape
+        Ld = d.shape[1]
         out = []
         for s in range(0, d.shape[0], chunk):
             dc, mc, wc = d[s:s + chunk], d_mask[s:s + chunk], w[s:s + chunk]
-            sim = torch.einsum("aid,bjd->abij", q, dc) * wc[None, :, None, :]
-            sim = sim.masked_fill(~mc[None, :, None, :], float("-inf"))
+            C = dc.shape[0]
+            sim = (q.reshape(Bq * Lq, Dm) @ dc.reshape(C * Ld, Dm).T).view(Bq, Lq, C, Ld)
+            sim = (sim * wc).masked_fill(~mc, float("-inf"))
             best = sim.amax(-1)
             best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))  # empty doc
-            out.append((best * u[:, None, :]).sum(-1))
-        return torch.cat(out, 1)
+            out.append(best.transpose(1, 2))
+        return torch.cat(out, 1) * q_mask[:, None, :]
 
     def score_pairs(self, q: Tensor, d: Tensor, pairs: Tensor, q_mask: Tensor | None = None,
                     d_mask: Tensor | None = None, q_importance: Tensor | None = None,
