@@ -19,10 +19,10 @@ import hashlib
 import importlib
 import inspect
 import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+
+from .cache import cache_dir
 
 __all__ = ["MODULES", "RetrievalSet", "cache_dir", "harvest_docstrings", "load_docstring_set"]
 
@@ -31,18 +31,6 @@ MODULES = ("numpy", "numpy.linalg", "numpy.fft", "numpy.random", "scipy.linalg",
            "sklearn.preprocessing")
 
 _SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")
-
-
-def cache_dir() -> Path:
-    """The user cache directory of graphattn (created on demand)."""
-    root = os.environ.get("GRAPHATTN_CACHE")
-    if root:
-        path = Path(root)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        path = Path(base) / "graphattn"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass
