@@ -110,6 +110,15 @@ if WITH_EXT:
         return grad_out.new_empty(num_edges, grad_out.shape[1])
 
     # ---- autograd formulas --------------------------------------------------------------
+    # The native backward kernels are not themselves differentiable. Under create_graph=True
+    # (grad mode is on inside the backward, e.g. conservative forces F = -dE/dr trained on),
+    # segment_softmax and segment_reduce switch to a pure-torch backward so that second
+    # derivatives are exact; edge_attention refuses instead of returning a wrong result.
+    def _segments(ptr, num_edges):
+        N = ptr.shape[0] - 1
+        return torch.repeat_interleave(torch.arange(N, device=ptr.device), ptr[1:] - ptr[:-1],
+                                       output_size=num_edges)
+
     def _ea_setup(ctx, inputs, output):
         # inputs: q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst (tensors, saved),
         # then kind, scale, negative_slope, return_weights
@@ -121,6 +130,12 @@ if WITH_EXT:
 
     def _ea_backward(ctx, grad_out, grad_lse, grad_weights):
         q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "graphattn: double backward (create_graph=True) through the native "
+                "edge_attention is not implemented; run that model under "
+                "graphattn.ops.set_backend('reference')"
+            )
         gw = grad_weights if ctx.return_weights else None
         gq, gk, gv, gatt, gbias = ops.edge_attention_backward(
             grad_out,
@@ -166,6 +181,10 @@ if WITH_EXT:
 
     def _ss_backward(ctx, grad):
         out, ptr = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            seg = _segments(ptr, out.shape[0])
+            dot = out.new_zeros(ptr.shape[0] - 1, out.shape[1]).index_add(0, seg, out * grad)
+            return out * (grad - dot.index_select(0, seg)), None
         return ops.segment_softmax_backward(out, grad, ptr), None
 
     torch.library.register_autograd(
@@ -179,6 +198,19 @@ if WITH_EXT:
 
     def _sr_backward(ctx, grad_out, grad_arg):
         ptr, arg = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            E = ctx.num_edges
+            if ctx.reduce == "max":
+                hit = arg >= 0
+                g = grad_out.new_zeros(E + 1, grad_out.shape[1]).scatter_add(
+                    0, torch.where(hit, arg, torch.full_like(arg, E)), grad_out)
+                return g[:E], None, None
+            seg = _segments(ptr, E)
+            g = grad_out.index_select(0, seg)
+            if ctx.reduce == "mean":
+                deg = (ptr[1:] - ptr[:-1]).clamp(min=1).to(g.dtype)
+                g = g / deg.index_select(0, seg).unsqueeze(-1)
+            return g, None, None
         return (
             ops.segment_reduce_backward(grad_out, ptr, arg, ctx.reduce, ctx.num_edges),
             None,

@@ -115,3 +115,28 @@ def test_opcheck_segment_ops():
     torch.library.opcheck(torch.ops.graphattn.segment_softmax.default, (s, g.ptr))
     for reduce in ("sum", "mean", "max"):
         torch.library.opcheck(torch.ops.graphattn.segment_reduce.default, (s, g.ptr, reduce))
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_second_derivatives(backend, reduce):
+    """create_graph=True (e.g. conservative forces trained on) differentiates the backward."""
+    ei = ragged_edge_index(8)
+    g = build_graph(ei, 8, cache=False)
+    s = torch.randn(ei.size(1), 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda s: ops.segment_softmax(s, g), (s,))
+    x = torch.randn(ei.size(1), 3, dtype=torch.float64, requires_grad=True)
+    ptr = g.ptr
+    assert torch.autograd.gradgradcheck(lambda x: ops._segment(x, ptr, reduce)[0] ** 2, (x,))
+
+
+@native_only
+def test_native_edge_attention_refuses_double_backward():
+    ei = ragged_edge_index(8)
+    g = build_graph(ei, 8, cache=False)
+    q, k, v = (torch.randn(8, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    with ops.set_backend("native"):
+        out = ops.edge_attention(q, k, v, g)
+        (gq,) = torch.autograd.grad(out.sum(), q, create_graph=False)
+        out = ops.edge_attention(q, k, v, g)
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(out.sum(), q, create_graph=True)

@@ -1,0 +1,14 @@
+"""E(3)-equivariant attention on e3nn (extra ``equivariant``): MLANet's dual-path dynamic
+attention for interatomic potentials and GDEGAN's Gaussian dynamic attention for binding
+sites, both normalising and aggregating through :mod:`graphattn.ops`."""
+
+from .conv import EdgeGeometry, EquivariantAttentionConv
+from .gdegan import GDEGAN, GaussianDynamicAttention, GDEGANInteraction
+from .mlanet import MLANet, MLANetInteraction, default_irreps
+from .radial import BesselBasis, PolynomialCutoff
+
+__all__ = [
+    "BesselBasis", "EdgeGeometry", "EquivariantAttentionConv", "GDEGAN", "GDEGANInteraction",
+    "GaussianDynamicAttention", "MLANet", "MLANetInteraction", "PolynomialCutoff",
+    "default_irreps",
+]

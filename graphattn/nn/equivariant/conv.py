@@ -1,0 +1,157 @@
+r"""The equivariant attention convolution shared by MLANet and GDEGAN: attention weights
+(invariant, per head) in, gated tensor-product messages, weighted sum through
+:mod:`graphattn.ops`, gated residual update out.
+
+.. math::
+    m_{ij} = \sigma\big(g(s_i, s_j, R(r_{ij}))\big) \odot
+        \mathrm{TP}_{w(R(r_{ij}))}\big(x_j, Y(\hat r_{ij})\big),\qquad
+    x_i \leftarrow x_i + \mathrm{Gate}\Big(W \sum_{j\in\mathcal{N}(i)} \alpha^{h(c)}_{ij}\,
+        m_{ij}\Big)
+
+with :math:`s` the scalar (``0e``) channels of :math:`x`, :math:`R` the radial basis,
+:math:`Y` the spherical harmonics up to :math:`l_{max}` of the edge direction
+:math:`\hat r_{ij} = (r_j - r_i)/|r_j - r_i|`, :math:`\sigma` a sigmoid per message channel and
+:math:`h(c)` the head that owns channel :math:`c` (channels are dealt to heads round-robin).
+Every operation is O(3)-equivariant when :math:`\alpha` is invariant (e3nn tensor products
+respect parity), so models built on it are E(3)-equivariant: energies invariant under
+rotations, translations and reflections, ``1o`` outputs (forces) rotating and flipping with
+the coordinates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ... import ops
+from ...index import EdgeGraph
+
+__all__ = ["EquivariantAttentionConv", "scalar_irreps_first"]
+
+
+def _e3nn():
+    try:
+        import e3nn  # noqa: F401
+        from e3nn import nn as enn
+        from e3nn import o3
+    except ModuleNotFoundError as e:  # pragma: no cover - e3nn is in the equivariant extra
+        raise ModuleNotFoundError("graphattn.nn.equivariant needs e3nn: "
+                                  "pip install 'graphattn[equivariant]'") from e
+    return o3, enn
+
+
+def scalar_irreps_first(irreps) -> tuple:
+    """Checks that ``irreps`` (simplified, sorted) starts with its ``0e`` block and returns
+    ``(irreps, n_scalars)``."""
+    o3, _ = _e3nn()
+    irreps = o3.Irreps(irreps)
+    if irreps != irreps.sort().irreps.simplify():
+        raise ValueError(f"'irreps' must be sorted and simplified (e.g. '32x0e+8x1o+4x2e'), "
+                         f"got {irreps}")
+    if len(irreps) == 0 or str(irreps[0].ir) != "0e":
+        raise ValueError(f"'irreps' must start with scalars (0e), got {irreps}")
+    return irreps, irreps[0].mul
+
+
+class EquivariantAttentionConv(nn.Module):
+    r"""Gated tensor-product messages weighted by given attention (module docstring).
+
+    Args:
+        irreps_node: node feature irreps, sorted, scalars first (e.g. ``"32x0e+8x1o+4x2e"``).
+        lmax (int): degree of the edge spherical harmonics.
+        num_basis (int): size of the radial basis :math:`R`.
+        heads (int): attention heads (channels dealt round-robin).
+        radial_hidden (int): width of the radial and gate MLPs.
+        gated_messages (bool): apply the message gate :math:`\sigma(g(\cdot))`.
+
+    Irreps:
+        in and out ``irreps_node``; edge attributes ``Y`` are
+        ``Irreps.spherical_harmonics(lmax)``.
+
+    Shapes:
+        - **x**: :math:`(N, \dim x)`; **alpha**: :math:`(E, H)`; **radial**: :math:`(E, B)`;
+          **sh**: :math:`(E, (l_{max}+1)^2)`; output :math:`(N, \dim x)`.
+    """
+
+    def __init__(self, irreps_node, lmax: int = 2, num_basis: int = 8, heads: int = 4,
+                 radial_hidden: int = 32, gated_messages: bool = True) -> None:
+        super().__init__()
+        o3, enn = _e3nn()
+        self.irreps_node, self.n_scalars = scalar_irreps_first(irreps_node)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        self.heads, self.gated_messages = int(heads), gated_messages
+        self.tp = o3.FullyConnectedTensorProduct(self.irreps_node, self.irreps_sh,
+                                                 self.irreps_node, shared_weights=False,
+                                                 internal_weights=False)
+        self.radial = enn.FullyConnectedNet([num_basis, radial_hidden, self.tp.weight_numel],
+                                            torch.nn.functional.silu)
+        n_ch = self.irreps_node.num_irreps
+        if gated_messages:
+            self.msg_gate = enn.FullyConnectedNet(
+                [2 * self.n_scalars + num_basis, radial_hidden, n_ch], torch.nn.functional.silu)
+        scalars = o3.Irreps([(m, ir) for m, ir in self.irreps_node if ir.l == 0])
+        gated = o3.Irreps([(m, ir) for m, ir in self.irreps_node if ir.l > 0])
+        self.gate = enn.Gate(scalars, [torch.nn.functional.silu] * len(scalars),
+                             f"{gated.num_irreps}x0e" if gated.num_irreps else "",
+                             [torch.sigmoid] if gated.num_irreps else [], gated)
+        self.lin = o3.Linear(self.irreps_node, self.gate.irreps_in)
+        channel, head, c = [], [], 0
+        for mul, ir in self.irreps_node:
+            for u in range(mul):
+                channel += [c] * ir.dim
+                head += [u % self.heads] * ir.dim
+                c += 1
+        self.register_buffer("channel_index", torch.tensor(channel), persistent=False)
+        self.register_buffer("head_index", torch.tensor(head), persistent=False)
+
+    def forward(self, x: Tensor, alpha: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
+                radial: Tensor, sh: Tensor) -> Tensor:
+        if alpha.dim() != 2 or alpha.shape[1] != self.heads:
+            raise ValueError(f"'alpha' must be [E, heads={self.heads}], got {list(alpha.shape)}")
+        m = self.tp(x[src], sh, self.radial(radial))
+        if self.gated_messages:
+            s = x[:, : self.n_scalars]
+            g = torch.sigmoid(self.msg_gate(torch.cat([s[dst], s[src], radial], -1)))
+            m = m * g[:, self.channel_index]
+        m = m * alpha[:, self.head_index]
+        agg = ops.aggregate(m, graph, "sum")
+        return x + self.gate(self.lin(agg))
+
+
+class EdgeGeometry(nn.Module):
+    r"""Per-edge geometry: vector :math:`r_j - r_i` (+ periodic shift), length, radial basis
+    :math:`R(r)`, cutoff envelope :math:`f_c(r)` and spherical harmonics
+    :math:`Y(\hat r_{ij})` (``component`` normalisation).
+
+    Shapes:
+        - **pos**: :math:`(N, 3)`; **edge_index**: :math:`(2, E)` (row 0 source :math:`j`,
+          row 1 target :math:`i`); **shift**: :math:`(E, 3)` or ``None``;
+        - output: dict with ``vec`` :math:`(E, 3)`, ``r`` :math:`(E)`, ``radial``
+          :math:`(E, B)`, ``fc`` :math:`(E)`, ``sh`` :math:`(E, (l_{max}+1)^2)`.
+    """
+
+    def __init__(self, cutoff: float, lmax: int = 2, num_basis: int = 8) -> None:
+        super().__init__()
+        from .radial import BesselBasis, PolynomialCutoff
+
+        o3, _ = _e3nn()
+        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        self.basis = BesselBasis(cutoff, num_basis)
+        self.envelope = PolynomialCutoff(cutoff)
+
+    def forward(self, pos: Tensor, edge_index: Tensor, shift: Tensor | None = None) -> dict:
+        o3, _ = _e3nn()
+        src, dst = edge_index[0], edge_index[1]
+        vec = pos[src] - pos[dst]
+        if shift is not None:
+            if shift.shape != vec.shape:
+                raise ValueError(f"'shift' must be [E, 3] = {list(vec.shape)}, "
+                                 f"got {list(shift.shape)}")
+            vec = vec + shift.to(vec.dtype)
+        r = vec.norm(dim=-1)
+        if r.numel() and bool((r == 0).any()):
+            raise ValueError("two atoms joined by an edge sit at the same position (r = 0)")
+        fc = self.envelope(r)
+        return {"vec": vec, "r": r, "fc": fc, "radial": self.basis(r) * fc.unsqueeze(-1),
+                "sh": o3.spherical_harmonics(self.irreps_sh, vec, normalize=True,
+                                             normalization="component")}

@@ -1,0 +1,249 @@
+r"""MLANet: dual-path dynamic attention for machine-learning interatomic potentials.
+
+From *MLANet* (Bi, Zhao, Sun, Hu, Lu, Cheng; arXiv 2026). The abstract fixes a
+"dual-path dynamic attention mechanism for geometry-aware message passing" and a
+"multi-perspective pooling strategy"; secondary digests add a chemical path on species
+features, a geometric path from a tensor product of queries and spherical-harmonic keys,
+gated messages, sum/mean/max pooling, direct forces and a total-charge embedding. **The
+layer below is reconstructed** (no code, methods text unavailable;
+``shared/papers/GRAPH_PAPERS.md`` section 2.2). Per head :math:`h`:
+
+.. math::
+    a^{chem}_{ij} &= \frac{\langle W_q s_i, W_k s_j\rangle_h}{\tau_h\sqrt{d}},\qquad
+    a^{geo}_{ij} = \Big[\mathrm{TP}\big(W^{q} x_i,\
+        \mathrm{TP}_{w(R(r_{ij}))}(x_j, Y(\hat r_{ij}))\big)\Big]_{0e,\,h}
+
+    p_{ij} &= \operatorname{softmax}_{j\in\mathcal{N}(i)}\big(a^{chem}_{ij} + a^{geo}_{ij}
+        + \log f_c(r_{ij})\big),\qquad \alpha_{ij} = f_c(r_{ij})\, p_{ij}
+
+and the gated tensor-product update of
+:class:`~graphattn.nn.equivariant.conv.EquivariantAttentionConv`. The cutoff enters twice:
+inside the softmax, so that a neighbour leaving the sphere stops taking weight from the others
+continuously, and as a factor, so that a node's last neighbour fades out instead of keeping
+weight 1 up to :math:`r_c`; the energy is then continuous (and smooth) as an atom crosses
+:math:`r_c`. The softmax itself (:math:`p`) sums to 1 over each neighbourhood.
+
+Readout (multi-perspective pooling):
+:math:`E = \mathrm{MLP}([\sum_i s_i, \operatorname{mean}_i s_i, \max_i s_i]) + \sum_i
+E^{ref}_{Z_i}`, with direct forces :math:`F_i = W_{1o} x_i` or, with
+``conservative=True``, :math:`F = -\partial E/\partial r`. The sum branch makes the readout
+size-dependent but the mean and max branches do not, so the energy is not size-extensive
+(asserted in the tests, as the paper's pooling implies).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ... import ops
+from .conv import EdgeGeometry, EquivariantAttentionConv, _e3nn, scalar_irreps_first
+
+__all__ = ["MLANet", "MLANetInteraction", "default_irreps"]
+
+
+def default_irreps(channels: int = 32, l_channels: int = 8, lmax: int = 2) -> str:
+    """``"{channels}x0e + {l_channels}x1o + {l_channels}x2e + ..."`` up to ``lmax``."""
+    parts = [f"{channels}x0e"] + [f"{l_channels}x{l}{'o' if l % 2 else 'e'}"
+                                  for l in range(1, lmax + 1)]
+    return "+".join(parts)
+
+
+class MLANetInteraction(nn.Module):
+    r"""One MLANet interaction (reconstructed; module docstring).
+
+    Args:
+        irreps_node: node irreps, sorted, scalars first.
+        lmax (int): spherical-harmonic degree of edges and keys.
+        num_basis (int): radial basis size.
+        heads (int): attention heads.
+        key_dim (int): per-head width of the chemical query/key.
+        chemical (bool), geometric (bool): switch the two attention paths (both off: the
+            cutoff-weighted mean convolution).
+        gated_messages (bool): the message gate.
+
+    Irreps:
+        in/out ``irreps_node``; keys ``heads x (4x0e + 2x1o + 1x2e ...)`` up to ``lmax``.
+
+    Shapes:
+        - **x**: :math:`(N, \dim x)`, **edge_index**: :math:`(2, E)`, **geom**: the dict of
+          :class:`~graphattn.nn.equivariant.conv.EdgeGeometry`;
+        - output :math:`(N, \dim x)`, and with ``return_attention=True`` also
+          :math:`p` :math:`(E, H)` (softmax, sums to 1 per node).
+    """
+
+    def __init__(self, irreps_node, lmax: int = 2, num_basis: int = 8, heads: int = 4,
+                 key_dim: int = 8, chemical: bool = True, geometric: bool = True,
+                 gated_messages: bool = True, radial_hidden: int = 32) -> None:
+        super().__init__()
+        o3, enn = _e3nn()
+        self.irreps_node, C = scalar_irreps_first(irreps_node)
+        self.heads, self.key_dim = int(heads), int(key_dim)
+        self.chemical, self.geometric = chemical, geometric
+        self.temperature = nn.Parameter(torch.zeros(heads))  # tau_h = softplus(.) + 0.1
+        if chemical:
+            self.wq = nn.Linear(C, heads * key_dim)
+            self.wk = nn.Linear(C, heads * key_dim)
+        if geometric:
+            irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+            key = o3.Irreps([(heads * max(4 >> l, 1), (l, (-1) ** l)) for l in range(lmax + 1)])
+            self.irreps_key = key
+            self.q_geo = o3.Linear(self.irreps_node, key)
+            self.k_tp = o3.FullyConnectedTensorProduct(self.irreps_node, irreps_sh, key,
+                                                       shared_weights=False,
+                                                       internal_weights=False)
+            self.k_radial = enn.FullyConnectedNet([num_basis, radial_hidden,
+                                                   self.k_tp.weight_numel],
+                                                  torch.nn.functional.silu)
+            self.dot = o3.FullyConnectedTensorProduct(key, key, f"{heads}x0e")
+        self.conv = EquivariantAttentionConv(self.irreps_node, lmax, num_basis, heads,
+                                             radial_hidden, gated_messages)
+
+    def tau(self) -> Tensor:
+        return torch.nn.functional.softplus(self.temperature) + 0.1
+
+    def logits(self, x: Tensor, edge_index: Tensor, geom: dict) -> Tensor:
+        """:math:`a^{chem} + a^{geo}`, ``[E, H]``."""
+        src, dst = edge_index[0], edge_index[1]
+        a = x.new_zeros(edge_index.shape[1], self.heads)
+        if self.chemical:
+            s = x[:, : self.conv.n_scalars]
+            q = self.wq(s).view(-1, self.heads, self.key_dim)
+            k = self.wk(s).view(-1, self.heads, self.key_dim)
+            a = a + (q[dst] * k[src]).sum(-1) / (self.tau() * math.sqrt(self.key_dim))
+        if self.geometric:
+            k = self.k_tp(x[src], geom["sh"], self.k_radial(geom["radial"]))
+            a = a + self.dot(self.q_geo(x)[dst], k) / self.tau()
+        return a
+
+    def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
+                return_attention: bool = False):
+        N = x.shape[0]
+        graph = ops.build_graph(edge_index, N, cache=False)
+        logf = torch.log(geom["fc"].clamp_min(1e-30)).unsqueeze(-1)
+        p = ops.segment_softmax(self.logits(x, edge_index, geom) + logf, graph)
+        alpha = p * geom["fc"].unsqueeze(-1)
+        out = self.conv(x, alpha, graph, edge_index[0], edge_index[1], geom["radial"],
+                        geom["sh"])
+        return (out, p) if return_attention else out
+
+    def extra_repr(self) -> str:
+        return (f"{self.irreps_node}, heads={self.heads}, chemical={self.chemical}, "
+                f"geometric={self.geometric}")
+
+
+def _ptr(batch: Tensor, num_graphs: int) -> Tensor:
+    counts = torch.bincount(batch, minlength=num_graphs)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class MLANet(nn.Module):
+    r"""MLANet potential: species (+ total charge) embedding, ``num_layers``
+    :class:`MLANetInteraction` blocks, multi-perspective pooling energy head and a direct or
+    conservative force head (reconstructed; module docstring).
+
+    Args:
+        num_species (int): embedding size for atomic numbers (max Z + 1).
+        channels (int), l_channels (int), lmax (int): node irreps
+            (:func:`default_irreps`).
+        num_layers (int), heads (int), num_basis (int), cutoff (float): as named.
+        conservative (bool): forces :math:`-\partial E/\partial r` instead of the direct head.
+        charge (bool): embed the total charge of each structure (``charge`` in forward).
+        atom_refs (Tensor, optional): ``[num_species]`` per-element energies added to
+            :math:`E` (fit them with least squares on the training set).
+        chemical, geometric (bool): attention paths of every interaction.
+
+    Shapes:
+        - **z**: :math:`(N)` int64, **pos**: :math:`(N, 3)`, **batch**: :math:`(N)` sorted,
+          **edge_index**: :math:`(2, E)` (default: radius graph at ``cutoff``),
+          **shift**: :math:`(E, 3)` periodic image offsets, **charge**: :math:`(B)`;
+        - output: dict with ``energy`` :math:`(B)` and ``forces`` :math:`(N, 3)`.
+
+    Irreps:
+        hidden ``default_irreps(channels, l_channels, lmax)``; energy ``0e``; forces ``1o``.
+    """
+
+    def __init__(self, num_species: int = 10, channels: int = 32, l_channels: int = 8,
+                 lmax: int = 2, num_layers: int = 3, heads: int = 4, num_basis: int = 8,
+                 cutoff: float = 5.0, conservative: bool = False, charge: bool = False,
+                 max_charge: int = 4, atom_refs: Tensor | None = None, chemical: bool = True,
+                 geometric: bool = True) -> None:
+        super().__init__()
+        o3, enn = _e3nn()
+        self.irreps = o3.Irreps(default_irreps(channels, l_channels, lmax))
+        self.channels, self.cutoff = channels, float(cutoff)
+        self.conservative, self.max_charge = conservative, max_charge
+        self.embed = nn.Embedding(num_species, channels)
+        self.charge_embed = nn.Embedding(2 * max_charge + 1, channels) if charge else None
+        self.geometry = EdgeGeometry(cutoff, lmax, num_basis)
+        self.layers = nn.ModuleList(
+            MLANetInteraction(self.irreps, lmax, num_basis, heads, chemical=chemical,
+                              geometric=geometric) for _ in range(num_layers))
+        self.head = nn.Sequential(nn.Linear(3 * channels, channels), nn.SiLU(),
+                                  nn.Linear(channels, 1))
+        self.force_head = o3.Linear(self.irreps, "1x1o")
+        refs = torch.zeros(num_species) if atom_refs is None else atom_refs.detach().clone()
+        if refs.shape != (num_species,):
+            raise ValueError(f"'atom_refs' must have shape [{num_species}], got {list(refs.shape)}")
+        self.register_buffer("atom_refs", refs.to(torch.get_default_dtype()))
+
+    def _check(self, z: Tensor, pos: Tensor, batch: Tensor | None) -> Tensor:
+        if z.dim() != 1 or z.dtype != torch.long:
+            raise TypeError(f"'z' must be a 1-D int64 tensor of atomic numbers, got "
+                            f"{z.dtype} {list(z.shape)}")
+        if pos.shape != (z.shape[0], 3) or not pos.is_floating_point():
+            raise ValueError(f"'pos' must be a float [N={z.shape[0]}, 3] tensor, got "
+                             f"{pos.dtype} {list(pos.shape)}")
+        if z.numel() and (int(z.min()) < 0 or int(z.max()) >= self.embed.num_embeddings):
+            raise ValueError(f"'z' must be in [0, {self.embed.num_embeddings}), got "
+                             f"[{int(z.min())}, {int(z.max())}]")
+        if batch is None:
+            return torch.zeros_like(z)
+        if batch.shape != z.shape:
+            raise ValueError(f"'batch' must have shape [N={z.shape[0]}], got {list(batch.shape)}")
+        if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
+            raise ValueError("'batch' must be sorted (PyG's Batch is)")
+        return batch
+
+    @staticmethod
+    def pool(h: Tensor, ptr: Tensor) -> Tensor:
+        """Multi-perspective pooling ``[sum, mean, max]`` of per-atom scalars ``h [N, C]`` over
+        the structures of ``ptr [B + 1]`` (through :mod:`graphattn.ops`): ``[B, 3C]``."""
+        return torch.cat([ops.segment_sum(h, ptr), ops.segment_mean(h, ptr),
+                          ops.segment_max(h, ptr)[0]], -1)
+
+    def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None,
+                edge_index: Tensor | None = None, shift: Tensor | None = None,
+                charge: Tensor | None = None) -> dict[str, Tensor]:
+        batch = self._check(z, pos, batch)
+        B = int(batch.max()) + 1 if batch.numel() else 0
+        if self.conservative and not pos.requires_grad:
+            pos = pos.requires_grad_(True)
+        if edge_index is None:
+            from ...geometry import radius_graph
+
+            edge_index = radius_graph(pos.detach(), self.cutoff, batch=batch)
+        geom = self.geometry(pos, edge_index, shift)
+        s = self.embed(z)
+        if self.charge_embed is not None:
+            q = torch.zeros(B, dtype=torch.long, device=z.device) if charge is None else charge
+            if q.shape != (B,):
+                raise ValueError(f"'charge' must have shape [B={B}], got {list(q.shape)}")
+            if bool(((q < -self.max_charge) | (q > self.max_charge)).any()):
+                raise ValueError(f"'charge' must lie in [-{self.max_charge}, {self.max_charge}]")
+            s = s + self.charge_embed(q.long() + self.max_charge)[batch]
+        x = torch.cat([s, s.new_zeros(s.shape[0], self.irreps.dim - self.channels)], -1)
+        for layer in self.layers:
+            x = layer(x, edge_index, geom)
+        h = x[:, : self.channels]
+        ptr = _ptr(batch, B)
+        energy = self.head(self.pool(h, ptr)).squeeze(-1) + ops.segment_sum(
+            self.atom_refs[z].unsqueeze(-1).to(h.dtype), ptr).squeeze(-1)
+        if self.conservative:
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training)
+            forces = -grad
+        else:
+            forces = self.force_head(x)
+        return {"energy": energy, "forces": forces}

@@ -1,0 +1,321 @@
+"""MLANet and GDEGAN: equivariance (e3nn), invariances, cutoff continuity, conservative forces,
+pooling semantics, Gaussian-kernel properties."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("e3nn")
+from e3nn import o3  # noqa: E402
+from e3nn.util.test import assert_equivariant  # noqa: E402
+
+from graphattn import ops  # noqa: E402
+from graphattn.nn.equivariant import (  # noqa: E402
+    GDEGAN,
+    EdgeGeometry,
+    GaussianDynamicAttention,
+    GDEGANInteraction,
+    MLANet,
+    MLANetInteraction,
+    PolynomialCutoff,
+    default_irreps,
+)
+from graphattn.nn.equivariant.mlanet import _ptr  # noqa: E402
+
+IRREPS = o3.Irreps(default_irreps(8, 4, 2))
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _radius(pos: torch.Tensor, r: float, batch: torch.Tensor | None = None) -> torch.Tensor:
+    d = torch.cdist(pos, pos)
+    keep = (d < r) & ~torch.eye(len(pos), dtype=torch.bool)
+    if batch is not None:
+        keep &= batch[:, None] == batch[None, :]
+    dst, src = keep.nonzero(as_tuple=True)
+    return torch.stack([src, dst])
+
+
+def _molecule(n=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(n, 3, generator=g) * 1.3
+    z = torch.randint(1, 9, (n,), generator=g)
+    return z, pos
+
+
+@pytest.mark.parametrize("kind", ["mlanet", "gdegan"])
+def test_interaction_is_e3_equivariant(kind):
+    cutoff = 4.0
+    geo = EdgeGeometry(cutoff, lmax=2, num_basis=6)
+    if kind == "mlanet":
+        layer = MLANetInteraction(IRREPS, lmax=2, num_basis=6, heads=2)
+    else:
+        layer = GDEGANInteraction(IRREPS, lmax=2, num_basis=6, heads=2, head_dim=4)
+    pos = torch.randn(6, 3)
+    x = IRREPS.randn(6, -1)
+
+    def f(x, pos):
+        ei = _radius(pos, cutoff)
+        return layer(x, ei, geo(pos, ei))
+
+    # rotations, translations and reflections (parity) of the inputs
+    assert_equivariant(f, args_in=[x, pos], irreps_in=[IRREPS, "cartesian_points"],
+                       irreps_out=[IRREPS], tolerance=1e-8)
+
+
+@pytest.mark.parametrize("conservative", [False, True])
+def test_mlanet_energy_invariant_forces_equivariant(conservative):
+    model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2,
+                   cutoff=4.0, conservative=conservative)
+    z, pos = _molecule()
+
+    def f(pos):
+        out = model(z, pos, edge_index=_radius(pos, 4.0))
+        return out["energy"], out["forces"]
+
+    assert_equivariant(f, args_in=[pos], irreps_in=["cartesian_points"],
+                       irreps_out=["0e", "1o"], tolerance=1e-8)
+    # permutation: energy invariant, forces permute with the atoms
+    P = torch.randperm(len(z))
+    e0, f0 = f(pos)
+    out = model(z[P], pos[P], edge_index=_radius(pos[P], 4.0))
+    torch.testing.assert_close(out["energy"], e0)
+    torch.testing.assert_close(out["forces"], f0[P])
+
+
+def test_reflection_flips_forces_and_keeps_energy():
+    """The model is E(3)-, not only SE(3)-equivariant: a mirror image has the same energy and
+    mirrored forces (parity-respecting e3nn tensor products; stated in conv.py)."""
+    model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2, cutoff=4.0)
+    z, pos = _molecule(seed=3)
+    M = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+    a = model(z, pos, edge_index=_radius(pos, 4.0))
+    b = model(z, pos @ M.T, edge_index=_radius(pos @ M.T, 4.0))
+    torch.testing.assert_close(b["energy"], a["energy"])
+    torch.testing.assert_close(b["forces"], a["forces"] @ M.T)
+
+
+def _energy_of_distance(model, z, pos, atom, direction, r, cutoff):
+    p = pos.clone()
+    p[atom] = pos[0] + direction * r
+    return model(z, p, edge_index=_radius(p, cutoff))["energy"].item()
+
+
+def test_cutoff_continuity():
+    cutoff = 3.0
+    model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2,
+                   cutoff=cutoff)
+    z = torch.tensor([6, 8])
+    pos = torch.zeros(2, 3)
+    u = torch.tensor([0.6, 0.0, 0.8])
+    e_in = _energy_of_distance(model, z, pos, 1, u, cutoff - 1e-5, cutoff)
+    e_out = _energy_of_distance(model, z, pos, 1, u, cutoff + 1e-5, cutoff)
+    e_far = _energy_of_distance(model, z, pos, 1, u, cutoff - 0.8, cutoff)
+    assert abs(e_in - e_out) < 1e-8  # continuous across r_c ...
+    assert abs(e_far - e_out) > 1e-4  # ... although the neighbour matters inside
+    # a single neighbour: the softmax gives it weight 1, only the envelope factor fades it out
+    layer = model.layers[0]
+    p = torch.stack([pos[0], u * (cutoff - 1e-3)])
+    ei = _radius(p, cutoff)
+    _, att = layer(torch.cat([model.embed(z), torch.zeros(2, model.irreps.dim - 8)], -1), ei,
+                   model.geometry(p, ei), return_attention=True)
+    torch.testing.assert_close(att, torch.ones_like(att))
+    assert PolynomialCutoff(cutoff)(torch.tensor([cutoff - 1e-3])) < 1e-8
+
+
+def test_conservative_forces_are_minus_gradient_and_closed_path_work_vanishes():
+    cutoff = 4.0
+    model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2,
+                   cutoff=cutoff, conservative=True).eval()
+    z, pos = _molecule(n=5, seed=1)
+    ei = _radius(pos, 6.0)  # fixed graph covers every pair: no edges appear on the path
+    out = model(z, pos.clone(), edge_index=ei)
+    h = 1e-5
+    for a, c in [(0, 0), (2, 1), (4, 2)]:
+        p1, p2 = pos.clone(), pos.clone()
+        p1[a, c] += h
+        p2[a, c] -= h
+        e1, e2 = model(z, p1, edge_index=ei)["energy"], model(z, p2, edge_index=ei)["energy"]
+        fd = (e1 - e2) / (2 * h)
+        torch.testing.assert_close(out["forces"][a, c], -fd[0], atol=1e-7, rtol=1e-5)
+
+    def work(m):
+        n = 48  # trapezoid rule on a periodic integrand: spectrally accurate
+        t = torch.linspace(0, 2 * math.pi, n + 1)
+        w, scale = 0.0, 0.0
+        for k in range(n):
+            pts = []
+            for tt in (t[k], t[k + 1]):
+                p = pos.clone()
+                p[0] = pos[0] + 0.4 * torch.stack([torch.cos(tt), torch.sin(tt), 0 * tt])
+                pts.append(p)
+            f0 = m(z, pts[0].clone(), edge_index=ei)["forces"][0].detach()
+            f1 = m(z, pts[1].clone(), edge_index=ei)["forces"][0].detach()
+            dr = pts[1][0] - pts[0][0]
+            w += float(0.5 * (f0 + f1) @ dr)
+            scale += float(0.5 * (f0 + f1).norm() * dr.norm())
+        return w, scale
+
+    w, scale = work(model)
+    assert abs(w) < 1e-3 * scale
+    direct = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2,
+                    cutoff=cutoff, conservative=False)
+    wd, sd = work(direct)
+    assert abs(wd) > 1e-3 * sd  # a direct force head is not conservative
+
+
+def test_pooling_semantics_two_far_copies():
+    model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2, cutoff=4.0)
+    z, pos = _molecule(n=4, seed=2)
+    h = {}
+    model.layers[-1].register_forward_hook(lambda m, i, o: h.update(x=o))
+    model(z, pos, edge_index=_radius(pos, 4.0))
+    one = model.pool(h["x"][:, :8], _ptr(torch.zeros(4, dtype=torch.long), 1))
+    z2, pos2 = torch.cat([z, z]), torch.cat([pos, pos + 100.0])
+    model(z2, pos2, edge_index=_radius(pos2, 4.0))
+    two = model.pool(h["x"][:, :8], _ptr(torch.zeros(8, dtype=torch.long), 1))
+    torch.testing.assert_close(two[:, :8], 2 * one[:, :8])  # sum doubles
+    torch.testing.assert_close(two[:, 8:], one[:, 8:])  # mean and max do not
+    e1 = model(z, pos, edge_index=_radius(pos, 4.0))["energy"]
+    e2 = model(z2, pos2, edge_index=_radius(pos2, 4.0))["energy"]
+    assert not torch.allclose(e2, 2 * e1)  # not size-extensive, as the paper's pooling implies
+
+
+def test_attention_normalised_and_paths_off_is_cutoff_weighted_mean():
+    cutoff = 4.0
+    geo = EdgeGeometry(cutoff, 2, 6)
+    pos = torch.randn(7, 3)
+    ei = _radius(pos, cutoff)
+    x = IRREPS.randn(7, -1)
+    layer = MLANetInteraction(IRREPS, num_basis=6, heads=2)
+    _, p = layer(x, ei, geo(pos, ei), return_attention=True)
+    graph = ops.build_graph(ei, 7)
+    deg = torch.bincount(ei[1], minlength=7)
+    torch.testing.assert_close(ops.aggregate(p, graph, "sum")[deg > 0],
+                               torch.ones(int((deg > 0).sum()), 2))
+    off = MLANetInteraction(IRREPS, num_basis=6, heads=2, chemical=False, geometric=False)
+    g = geo(pos, ei)
+    _, p = off(x, ei, g, return_attention=True)
+    fc = g["fc"]
+    want = fc / ops.aggregate(fc, graph, "sum")[ei[1]]
+    torch.testing.assert_close(p, want.unsqueeze(-1).expand_as(p))
+
+
+def test_charge_embedding_and_bad_inputs():
+    model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=1, heads=2, charge=True)
+    z, pos = _molecule(n=4)
+    ei = _radius(pos, 5.0)
+    e0 = model(z, pos, edge_index=ei, charge=torch.tensor([0]))["energy"]
+    e1 = model(z, pos, edge_index=ei, charge=torch.tensor([1]))["energy"]
+    assert not torch.allclose(e0, e1)
+    with pytest.raises(ValueError, match="charge"):
+        model(z, pos, edge_index=ei, charge=torch.tensor([9]))
+    with pytest.raises(TypeError, match="'z'"):
+        model(z.double(), pos)
+    with pytest.raises(ValueError, match="'pos'"):
+        model(z, pos[:, :2])
+    with pytest.raises(ValueError, match="'z'"):
+        model(z + 20, pos)
+    with pytest.raises(ValueError, match="sorted"):
+        model(z, pos, batch=torch.tensor([1, 0, 0, 0]), edge_index=ei)
+
+
+# ---- Gaussian dynamic attention -------------------------------------------------------------
+def _graph(N=6):
+    src = torch.tensor([1, 2, 3, 0, 2, 4, 5, 5, 3])
+    dst = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 4])
+    return torch.stack([src, dst]), N  # node 5 has no in-edges
+
+
+def test_gaussian_scale_invariance():
+    ei, N = _graph()
+    att = GaussianDynamicAttention(8, heads=2, head_dim=4, eps=1e-12)
+    graph = ops.build_graph(ei, N)
+    q, k = torch.randn(N, 2, 4), torch.randn(N, 2, 4)
+    a = ops.segment_softmax(att.scores(q, k, graph, ei[0], ei[1]), graph)
+    b = ops.segment_softmax(att.scores(7.5 * q, 7.5 * k, graph, ei[0], ei[1]), graph)
+    torch.testing.assert_close(a, b)
+    # a fixed-bandwidth RBF (what the variance bandwidth replaces) is not scale invariant
+    rbf = lambda q, k: -(q[ei[1]] - k[ei[0]]).pow(2).sum(-1)  # noqa: E731
+    assert not torch.allclose(ops.segment_softmax(rbf(q, k), graph),
+                              ops.segment_softmax(rbf(7.5 * q, 7.5 * k), graph))
+
+
+def test_gaussian_reduces_to_dot_product_for_equal_norm_keys():
+    ei, N = _graph()
+    att = GaussianDynamicAttention(8, heads=2, head_dim=4)
+    with torch.no_grad():
+        att.theta.copy_(torch.tensor([0.3, -0.7]))
+    graph = ops.build_graph(ei, N)
+    q = torch.randn(N, 2, 4)
+    k = torch.nn.functional.normalize(torch.randn(N, 2, 4), dim=-1) * 2.0
+    gauss = ops.segment_softmax(att.scores(q, k, graph, ei[0], ei[1]), graph)
+    mu = ops.aggregate(k[ei[0]].flatten(1), graph, "mean").view(N, 2, 4)
+    var = ops.aggregate((k[ei[0]] - mu[ei[1]]).pow(2).sum(-1), graph, "mean") + att.eps
+    dot = (q[ei[1]] * k[ei[0]]).sum(-1) / (att.tau() * var[ei[1]])
+    torch.testing.assert_close(gauss, ops.segment_softmax(dot, graph))
+    # unequal key norms break the equivalence
+    k2 = k * torch.rand(N, 2, 1) * 3
+    g2 = ops.segment_softmax(att.scores(q, k2, graph, ei[0], ei[1]), graph)
+    var2 = ops.aggregate((k2[ei[0]] - ops.aggregate(k2[ei[0]].flatten(1), graph, "mean")
+                          .view(N, 2, 4)[ei[1]]).pow(2).sum(-1), graph, "mean") + att.eps
+    d2 = (q[ei[1]] * k2[ei[0]]).sum(-1) / (att.tau() * var2[ei[1]])
+    assert not torch.allclose(g2, ops.segment_softmax(d2, graph))
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(variance="per_channel"),
+                                     dict(stats="features"), dict(kernel="dot")])
+def test_gaussian_degenerate_neighbourhoods_and_normalisation(variant):
+    # node 0: one neighbour; node 1: two identical neighbours; node 2: none
+    ei = torch.tensor([[3, 4, 5], [0, 1, 1]])
+    x = torch.randn(6, 8)
+    x[5] = x[4]
+    att = GaussianDynamicAttention(8, heads=2, head_dim=4, **variant)
+    out, alpha = att(x, ei, return_attention_weights=True)
+    assert torch.isfinite(out).all() and torch.isfinite(alpha).all()
+    torch.testing.assert_close(alpha[0], torch.ones(2))
+    torch.testing.assert_close(alpha[1:], torch.full((2, 2), 0.5))
+    assert out[2].abs().max() == 0
+    assert (att.tau() > 0).all()
+
+
+def test_gaussian_attention_permutation_equivariant_and_gradcheck():
+    ei, N = _graph()
+    x = torch.randn(N, 8)
+    att = GaussianDynamicAttention(8, heads=2, head_dim=4, variance="per_channel",
+                                   edge_dim=3, edge_weighted=True)
+    e = torch.randn(ei.shape[1], 3)
+    out = att(x, ei, e)
+    P = torch.randperm(N)
+    inv = torch.empty_like(P)
+    inv[P] = torch.arange(N)
+    torch.testing.assert_close(att(x[P], inv[ei], e), out[P])
+    xs = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: att(x, ei, e), (xs,))
+    with pytest.raises(ValueError, match="edge_attr"):
+        att(x, ei)
+    with pytest.raises(ValueError, match="kernel"):
+        GaussianDynamicAttention(8, kernel="rbf")
+
+
+def test_gdegan_center_equivariant_logits_invariant():
+    model = GDEGAN(in_channels=5, channels=8, l_channels=4, num_layers=2, heads=2, cutoff=4.0)
+    x = torch.randn(9, 5)
+    pos = torch.randn(9, 3) * 1.5
+
+    def f(pos):
+        out = model(x, pos, edge_index=_radius(pos, 4.0))
+        return out["logits"], out["center"]
+
+    assert_equivariant(f, args_in=[pos], irreps_in=["cartesian_points"],
+                       irreps_out=["9x0e", "cartesian_points"], tolerance=1e-8)
