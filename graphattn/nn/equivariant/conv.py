@@ -4,14 +4,16 @@ r"""The equivariant attention convolution shared by MLANet and GDEGAN: attention
 
 .. math::
     m_{ij} = \sigma\big(g(s_i, s_j, R(r_{ij}))\big) \odot
-        \mathrm{TP}_{w(R(r_{ij}))}\big(x_j, Y(\hat r_{ij})\big),\qquad
+        \mathrm{TP}^{uvu}_{w(R(r_{ij}))}\big(x_j, Y(\hat r_{ij})\big),\qquad
     x_i \leftarrow x_i + \mathrm{Gate}\Big(W \sum_{j\in\mathcal{N}(i)} \alpha^{h(c)}_{ij}\,
         m_{ij}\Big)
 
 with :math:`s` the scalar (``0e``) channels of :math:`x`, :math:`R` the radial basis,
 :math:`Y` the spherical harmonics up to :math:`l_{max}` of the edge direction
 :math:`\hat r_{ij} = (r_j - r_i)/|r_j - r_i|`, :math:`\sigma` a sigmoid per message channel and
-:math:`h(c)` the head that owns channel :math:`c` (channels are dealt to heads round-robin).
+:math:`h(c)` the head that owns channel :math:`c` (channels are dealt to heads round-robin);
+the tensor product is channel-wise (:func:`depthwise_tensor_product`) and :math:`W` mixes
+channels after the aggregation.
 Every operation is O(3)-equivariant when :math:`\alpha` is invariant (e3nn tensor products
 respect parity), so models built on it are E(3)-equivariant: energies invariant under
 rotations, translations and reflections, ``1o`` outputs (forces) rotating and flipping with
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from ... import ops
 from ...index import EdgeGraph
 
-__all__ = ["EquivariantAttentionConv", "scalar_irreps_first"]
+__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]
 
 
 def _e3nn():
@@ -51,6 +53,32 @@ def scalar_irreps_first(irreps) -> tuple:
     if len(irreps) == 0 or str(irreps[0].ir) != "0e":
         raise ValueError(f"'irreps' must start with scalars (0e), got {irreps}")
     return irreps, irreps[0].mul
+
+
+def depthwise_tensor_product(irreps_in, irreps_sh, keep) -> tuple:
+    r"""Channel-wise (``"uvu"``) tensor product of node features with edge harmonics, as in
+    NequIP: every input channel meets every harmonic, outputs kept when their irrep is in
+    ``keep``; one weight per path and channel (predicted per edge from the radial basis).
+    Channel mixing happens afterwards in an :class:`e3nn.o3.Linear`, so the per-edge cost is
+    ``O(channels)``, not ``O(channels^2)`` as with a fully connected product.
+
+    Returns ``(tp, irreps_mid)``."""
+    o3, _ = _e3nn()
+    irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
+    keep = {ir for _, ir in o3.Irreps(keep)}
+    mid, instructions = [], []
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_sh:
+                if ir_out in keep:
+                    instructions.append((i, j, len(mid), "uvu", True))
+                    mid.append((mul, ir_out))
+    mid = o3.Irreps(mid)
+    mid_sorted, perm, _ = mid.sort()
+    instructions = [(a, b, perm[c], mode, w) for a, b, c, mode, w in instructions]
+    tp = o3.TensorProduct(irreps_in, irreps_sh, mid_sorted, instructions,
+                          shared_weights=False, internal_weights=False)
+    return tp, mid_sorted
 
 
 class EquivariantAttentionConv(nn.Module):
@@ -80,12 +108,11 @@ class EquivariantAttentionConv(nn.Module):
         self.irreps_node, self.n_scalars = scalar_irreps_first(irreps_node)
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         self.heads, self.gated_messages = int(heads), gated_messages
-        self.tp = o3.FullyConnectedTensorProduct(self.irreps_node, self.irreps_sh,
-                                                 self.irreps_node, shared_weights=False,
-                                                 internal_weights=False)
+        self.tp, self.irreps_mid = depthwise_tensor_product(self.irreps_node, self.irreps_sh,
+                                                            self.irreps_node)
         self.radial = enn.FullyConnectedNet([num_basis, radial_hidden, self.tp.weight_numel],
                                             torch.nn.functional.silu)
-        n_ch = self.irreps_node.num_irreps
+        n_ch = self.irreps_mid.num_irreps
         if gated_messages:
             self.msg_gate = enn.FullyConnectedNet(
                 [2 * self.n_scalars + num_basis, radial_hidden, n_ch], torch.nn.functional.silu)
@@ -94,9 +121,9 @@ class EquivariantAttentionConv(nn.Module):
         self.gate = enn.Gate(scalars, [torch.nn.functional.silu] * len(scalars),
                              f"{gated.num_irreps}x0e" if gated.num_irreps else "",
                              [torch.sigmoid] if gated.num_irreps else [], gated)
-        self.lin = o3.Linear(self.irreps_node, self.gate.irreps_in)
+        self.lin = o3.Linear(self.irreps_mid, self.gate.irreps_in)
         channel, head, c = [], [], 0
-        for mul, ir in self.irreps_node:
+        for mul, ir in self.irreps_mid:
             for u in range(mul):
                 channel += [c] * ir.dim
                 head += [u % self.heads] * ir.dim

@@ -39,7 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from ... import ops
-from .conv import EdgeGeometry, EquivariantAttentionConv, _e3nn, scalar_irreps_first
+from .conv import (
+    EdgeGeometry,
+    EquivariantAttentionConv,
+    _e3nn,
+    depthwise_tensor_product,
+    scalar_irreps_first,
+)
 
 __all__ = ["MLANet", "MLANetInteraction", "default_irreps"]
 
@@ -91,9 +97,8 @@ class MLANetInteraction(nn.Module):
             key = o3.Irreps([(heads * max(4 >> l, 1), (l, (-1) ** l)) for l in range(lmax + 1)])
             self.irreps_key = key
             self.q_geo = o3.Linear(self.irreps_node, key)
-            self.k_tp = o3.FullyConnectedTensorProduct(self.irreps_node, irreps_sh, key,
-                                                       shared_weights=False,
-                                                       internal_weights=False)
+            self.k_tp, k_mid = depthwise_tensor_product(self.irreps_node, irreps_sh, key)
+            self.k_lin = o3.Linear(k_mid, key)
             self.k_radial = enn.FullyConnectedNet([num_basis, radial_hidden,
                                                    self.k_tp.weight_numel],
                                                   torch.nn.functional.silu)
@@ -114,7 +119,7 @@ class MLANetInteraction(nn.Module):
             k = self.wk(s).view(-1, self.heads, self.key_dim)
             a = a + (q[dst] * k[src]).sum(-1) / (self.tau() * math.sqrt(self.key_dim))
         if self.geometric:
-            k = self.k_tp(x[src], geom["sh"], self.k_radial(geom["radial"]))
+            k = self.k_lin(self.k_tp(x[src], geom["sh"], self.k_radial(geom["radial"])))
             a = a + self.dot(self.q_geo(x)[dst], k) / self.tau()
         return a
 
