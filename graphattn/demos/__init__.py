@@ -28,6 +28,16 @@ def register(name: str) -> Callable[[Demo], Demo]:
 
 def load_all() -> dict[str, Demo]:
     """Imports every built-in example so that it registers itself."""
-    from . import digits, intrusion, recall, recsys, retrieval, tkg, ugid  # noqa: F401
+    from . import (  # noqa: F401
+        digits,
+        intrusion,
+        molecules,
+        pockets,
+        recall,
+        recsys,
+        retrieval,
+        tkg,
+        ugid,
+    )
 
     return REGISTRY

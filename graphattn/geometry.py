@@ -1,0 +1,337 @@
+r"""Radius, kNN and periodic neighbour graphs in plain PyTorch (no ``torch-cluster``).
+
+All graphs follow PyG's ``source_to_target`` convention: ``edge_index[0]`` is the source
+(neighbour) :math:`j`, ``edge_index[1]`` the target (centre) :math:`i`, so a message-passing
+layer aggregates over :math:`j \in \mathcal{N}(i)`. Edges are returned sorted by target, then
+source (then image, for periodic graphs), and the output is deterministic.
+
+**Radius graph.** :math:`j \in \mathcal{N}(i) \iff \lVert x_j - x_i \rVert < r`, with
+:math:`i, j` in the same graph of the batch (strict inequality, as in ``torch-cluster``).
+Distances are computed from coordinate differences (not the
+:math:`\lVert a\rVert^2 + \lVert b\rVert^2 - 2a\cdot b` expansion, which loses precision),
+``block`` targets at a time, so memory is :math:`O(\text{block} \cdot N)` instead of
+:math:`O(N^2)`. When ``batch`` is sorted (PyG's collation), each block of targets only
+looks at the sources of the graphs it touches.
+
+**Periodic radius graph.** With lattice vectors :math:`a_1, a_2, a_3` (rows of ``cell``) an
+atom :math:`j` has images :math:`x_j + S a` for integer :math:`S \in \mathbb{Z}^3`. An edge
+``(j, i, S)`` exists when :math:`0 < \lVert x_j + S a - x_i \rVert < r` (the zero-length
+self-pair :math:`j = i, S = 0` is dropped; an atom's own images are kept). The returned
+``shift`` is the Cartesian offset :math:`S a`, so
+
+.. math::  v_{ij} = x_j + \text{shift}_{ij} - x_i \quad(\text{source image minus target}).
+
+The needed image range per periodic axis :math:`k` follows from the lattice-plane spacing
+:math:`d_k = V / \lVert a_l \times a_m \rVert = 1 / \lVert b_k \rVert` (:math:`b` the
+reciprocal rows, :math:`B = (A^{-1})^\top`): the fractional component of any vector
+satisfies :math:`|f_k| \le \lVert v \rVert / d_k`, hence :math:`|S_k + \Delta f_k| < r/d_k` and
+:math:`|S_k| \le \lceil r / d_k + \text{span}_k \rceil` where :math:`\text{span}_k` is the
+range of the atoms' fractional coordinates (at most 1 for wrapped positions; larger when
+atoms sit outside the cell — nothing is wrapped). So a cutoff larger than the cell simply
+uses more images.
+
+:func:`edge_vectors` returns :math:`v_{ij}` and :math:`\lVert v_{ij} \rVert` for either kind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["edge_vectors", "knn_graph", "periodic_radius_graph", "radius_graph"]
+
+
+def _check_pos(pos: Tensor, name: str = "pos") -> None:
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [N, 3], got {type(pos).__name__}")
+    if pos.dim() != 2 or pos.size(1) != 3:
+        raise ValueError(f"{name} must have shape [N, 3], got {tuple(pos.shape)}")
+    if not pos.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {pos.dtype}")
+
+
+def _check_batch(batch: Tensor | None, n: int, device: torch.device) -> Tensor:
+    if batch is None:
+        return torch.zeros(n, dtype=torch.long, device=device)
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"batch must be a torch.Tensor of shape [N], got {type(batch).__name__}")
+    if batch.dim() != 1 or batch.numel() != n:
+        raise ValueError(f"batch must have shape [N] = [{n}] (one graph id per row of pos), "
+                         f"got {tuple(batch.shape)}")
+    if batch.is_floating_point() or batch.dtype == torch.bool:
+        raise TypeError(f"batch must be an integer tensor, got {batch.dtype}")
+    if n and int(batch.min()) < 0:
+        raise ValueError("batch must hold non-negative graph ids")
+    return batch.long()
+
+
+def _check_block(block: int) -> None:
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
+
+
+_MAX_PAIRS = 1 << 24  # pair-distance entries per step (~64 MB of float32)
+
+
+def _blocks(batch: Tensor, block: int, sorted_batch: bool,
+            ptr: Tensor | None) -> Iterator[tuple[int, int, int, int]]:
+    """``(lo, hi, c0, c1)``: targets ``lo:hi`` and the columns ``c0:c1`` that can hold their
+    neighbours (all nodes when ``batch`` is unsorted, else the graphs the block touches).
+    Blocks shrink below ``block`` rows so that one step never exceeds ``_MAX_PAIRS`` pairs."""
+    n = batch.numel()
+    if sorted_batch and ptr is not None and ptr.numel() > 2:
+        # Many graphs: a block costs rows x (rows + graph sizes) pair distances, so keep the
+        # row count near the graph size instead of computing cross-graph pairs.
+        largest = int((ptr[1:] - ptr[:-1]).max())
+        block = min(block, max(256, 2 * largest))
+    lo = 0
+    while lo < n:
+        hi = min(lo + block, n)
+        while True:
+            if sorted_batch and ptr is not None:
+                c0, c1 = int(ptr[batch[lo]]), int(ptr[batch[hi - 1] + 1])
+            else:
+                c0, c1 = 0, n
+            if (hi - lo) * (c1 - c0) <= _MAX_PAIRS or hi - lo == 1:
+                break
+            hi = lo + max(1, min(hi - lo - 1, _MAX_PAIRS // max(c1 - c0, 1)))
+        yield lo, hi, c0, c1
+        lo = hi
+
+
+def _sq_dist(src: Tensor, tgt: Tensor) -> Tensor:
+    """``[T, S]`` squared distances from coordinate differences, one axis at a time (no
+    ``[T, S, D]`` temporary)."""
+    d2 = torch.zeros(tgt.size(0), src.size(0), dtype=src.dtype, device=src.device)
+    for k in range(src.size(1)):
+        diff = src[:, k].unsqueeze(0) - tgt[:, k].unsqueeze(1)
+        d2.addcmul_(diff, diff)
+    return d2
+
+
+def _batch_layout(batch: Tensor) -> tuple[bool, Tensor | None]:
+    n = batch.numel()
+    if n == 0:
+        return True, None
+    is_sorted = bool((batch[1:] >= batch[:-1]).all())
+    if not is_sorted:
+        return False, None
+    counts = torch.bincount(batch)
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.long, device=batch.device)
+    ptr[1:] = torch.cumsum(counts, 0)
+    return True, ptr
+
+
+def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool = False,
+                 max_num_neighbors: int | None = None, block: int = 4096) -> Tensor:
+    """All pairs closer than ``r`` inside each graph (see the module docstring).
+
+    Args:
+        pos: ``[N, 3]`` float coordinates.
+        r: Cutoff (``>= 0``); pairs at distance exactly ``r`` are excluded.
+        batch: ``[N]`` graph id per node (``None``: one graph). Need not be sorted.
+        loop: Keep the self-pairs ``(i, i)``.
+        max_num_neighbors: Keep at most this many sources per target: the closest ones,
+            ties broken by the lower source index (``None``: no limit).
+        block: Most targets processed per step (fewer for batches of small graphs, and
+            never more than ``2**24`` pair distances at once); peak memory is
+            ``O(block * N)``. Compute is ``O(N^2)`` for one graph (brute force), about
+            ``O(N * (256 + largest graph))`` for a sorted batch of small graphs.
+
+    Returns:
+        ``[2, E]`` int64 ``edge_index`` (row 0 source, row 1 target), sorted by target then
+        source.
+    """
+    _check_pos(pos)
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
+        raise ValueError(f"r must be a finite non-negative float, got {r!r}")
+    if max_num_neighbors is not None and (not isinstance(max_num_neighbors, int)
+                                          or max_num_neighbors < 0):
+        raise ValueError(f"max_num_neighbors must be a non-negative int or None, "
+                         f"got {max_num_neighbors!r}")
+    _check_block(block)
+    n = pos.size(0)
+    batch = _check_batch(batch, n, pos.device)
+    sorted_batch, ptr = _batch_layout(batch)
+    r2 = float(r) ** 2
+    out = []
+    for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
+        d2 = _sq_dist(pos[c0:c1], pos[lo:hi])
+        mask = (d2 < r2) & (batch[lo:hi].unsqueeze(1) == batch[c0:c1].unsqueeze(0))
+        tgt = torch.arange(lo, hi, device=pos.device)
+        src = torch.arange(c0, c1, device=pos.device)
+        if not loop:
+            mask &= tgt.unsqueeze(1) != src.unsqueeze(0)
+        if max_num_neighbors is not None and max_num_neighbors < c1 - c0:
+            d2 = d2.masked_fill(~mask, math.inf)
+            order = torch.sort(d2, dim=1, stable=True).indices[:, :max_num_neighbors]
+            keep = torch.zeros_like(mask)
+            keep.scatter_(1, order, True)
+            mask &= keep
+        ti, si = mask.nonzero(as_tuple=True)  # row-major: sorted by target, then source
+        out.append(torch.stack([src[si], tgt[ti]]))
+    if not out:
+        return torch.empty(2, 0, dtype=torch.long, device=pos.device)
+    return torch.cat(out, dim=1)
+
+
+def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = False,
+              block: int = 4096) -> Tensor:
+    """Each node's ``k`` nearest nodes of its own graph as sources.
+
+    Ties in distance go to the lower source index; a graph with fewer than ``k + 1`` nodes
+    (``k`` with ``loop=True``) gives each target all the nodes it has. With ``loop=True`` the
+    node itself counts as one of its ``k`` neighbours (distance 0).
+
+    Args:
+        pos: ``[N, 3]`` (any ``[N, D]`` float works) coordinates.
+        k: Number of neighbours, ``>= 1``.
+        batch: ``[N]`` graph id per node (``None``: one graph).
+        loop: Allow the self-pair.
+        block: Targets processed per step (memory ``O(block * N)``).
+
+    Returns:
+        ``[2, E]`` ``edge_index`` (row 0 source, row 1 target), sorted by target then source.
+    """
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"pos must be a torch.Tensor of shape [N, D], got {type(pos).__name__}")
+    if pos.dim() != 2 or not pos.is_floating_point():
+        raise ValueError(f"pos must be a float tensor of shape [N, D], got {tuple(pos.shape)} "
+                         f"{pos.dtype}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    _check_block(block)
+    n = pos.size(0)
+    batch = _check_batch(batch, n, pos.device)
+    sorted_batch, ptr = _batch_layout(batch)
+    out = []
+    for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
+        d2 = _sq_dist(pos[c0:c1], pos[lo:hi])
+        valid = batch[lo:hi].unsqueeze(1) == batch[c0:c1].unsqueeze(0)
+        tgt = torch.arange(lo, hi, device=pos.device)
+        src = torch.arange(c0, c1, device=pos.device)
+        if not loop:
+            valid &= tgt.unsqueeze(1) != src.unsqueeze(0)
+        d2 = d2.masked_fill(~valid, math.inf)
+        kk = min(k, c1 - c0)
+        order = torch.sort(d2, dim=1, stable=True).indices[:, :kk]
+        keep = torch.zeros_like(valid)
+        keep.scatter_(1, order, True)
+        ti, si = (keep & valid).nonzero(as_tuple=True)
+        out.append(torch.stack([src[si], tgt[ti]]))
+    if not out:
+        return torch.empty(2, 0, dtype=torch.long, device=pos.device)
+    return torch.cat(out, dim=1)
+
+
+def _effective_cell(cell: Tensor, pbc: tuple[bool, bool, bool]) -> Tensor:
+    """``cell`` with each (near-)zero non-periodic row replaced by the unit normal of the
+    others, so fractional coordinates exist for slabs/wires given with zero vectors."""
+    cell = cell.clone()
+    scale = float(cell.abs().max()) if cell.numel() else 0.0
+    for k in range(3):
+        if not pbc[k] and float(cell[k].norm()) <= 1e-12 * max(scale, 1.0):
+            a, b = cell[(k + 1) % 3], cell[(k + 2) % 3]
+            nrm = torch.linalg.cross(a, b)
+            if float(nrm.norm()) <= 1e-12 * max(scale, 1.0) ** 2:
+                # Fewer than two independent periodic vectors: pick any orthonormal completion.
+                basis = torch.eye(3, dtype=cell.dtype, device=cell.device)
+                others = [cell[j] for j in range(3) if j != k and float(cell[j].norm()) > 0]
+                cand = [e for e in basis if all(abs(float(e @ o)) < 0.99 * float(o.norm())
+                                                for o in others)]
+                nrm = cand[0] if cand else basis[k]
+                for o in others:  # Gram–Schmidt against the periodic vectors
+                    nrm = nrm - (nrm @ o) / (o @ o) * o
+            cell[k] = nrm / nrm.norm()
+    return cell
+
+
+def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
+                          pbc: tuple[bool, bool, bool] | list[bool] = (True, True, True),
+                          block: int = 4096) -> tuple[Tensor, Tensor]:
+    """Neighbour pairs with periodic images (see the module docstring for the convention).
+
+    Args:
+        pos: ``[N, 3]`` Cartesian coordinates (need not be wrapped into the cell).
+        cell: ``[3, 3]`` lattice vectors as rows.
+        r: Cutoff (``>= 0``, may exceed the cell size); edges have ``0 < |v_ij| < r``.
+        pbc: Periodicity per lattice vector; non-periodic rows may be zero.
+        block: Targets per step (memory ``O(block * N)`` per image).
+
+    Returns:
+        ``edge_index [2, E]`` (row 0 source ``j``, row 1 target ``i``) and ``shift [E, 3]``
+        (same dtype as ``pos``) with ``v_ij = pos[j] + shift - pos[i]``; sorted by target,
+        source, then image ``S`` (lexicographic).
+    """
+    _check_pos(pos)
+    if not isinstance(cell, Tensor):
+        raise TypeError(f"cell must be a torch.Tensor of shape [3, 3], got {type(cell).__name__}")
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must have shape [3, 3] (lattice vectors as rows), "
+                         f"got {tuple(cell.shape)}")
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
+        raise ValueError(f"r must be a finite non-negative float, got {r!r}")
+    pbc = tuple(bool(p) for p in pbc)
+    if len(pbc) != 3:
+        raise ValueError(f"pbc must have 3 entries, got {len(pbc)}")
+    _check_block(block)
+    dev, dtype = pos.device, pos.dtype
+    cell = cell.to(device=dev, dtype=torch.float64)
+    eff = _effective_cell(cell, pbc)
+    if abs(float(torch.linalg.det(eff))) < 1e-12:
+        raise ValueError("cell must be non-singular: its periodic rows are linearly dependent")
+    n = pos.size(0)
+    if n == 0:
+        return (torch.empty(2, 0, dtype=torch.long, device=dev),
+                torch.empty(0, 3, dtype=dtype, device=dev))
+    recip = torch.linalg.inv(eff).T  # rows b_k with a_i . b_k = delta_ik
+    plane = 1.0 / recip.norm(dim=1)  # lattice-plane spacings d_k
+    frac = pos.to(torch.float64) @ torch.linalg.inv(eff)
+    span = (frac.max(0).values - frac.min(0).values)
+    reps = [int(math.ceil(float(r) / float(plane[k]) + float(span[k]))) if pbc[k] else 0
+            for k in range(3)]
+    images = torch.tensor(list(itertools.product(*[range(-m, m + 1) for m in reps])),
+                          dtype=torch.float64, device=dev)  # lexicographic order
+    shifts = (images @ cell).to(dtype)
+    r2 = float(r) ** 2
+    zero = int(((images == 0).all(1)).nonzero()[0])
+    ar = torch.arange(n, device=dev)
+    srcs, tgts, imgs = [], [], []
+    one = torch.zeros(n, dtype=torch.long, device=dev)
+    for s_idx in range(images.size(0)):
+        shifted = pos + shifts[s_idx]
+        for lo, hi, _, _ in _blocks(one, block, False, None):
+            mask = _sq_dist(shifted, pos[lo:hi]) < r2
+            if s_idx == zero:
+                mask &= ar[lo:hi].unsqueeze(1) != ar.unsqueeze(0)
+            ti, si = mask.nonzero(as_tuple=True)
+            srcs.append(si)
+            tgts.append(ti + lo)
+            imgs.append(torch.full_like(si, s_idx))
+    src, tgt, img = torch.cat(srcs), torch.cat(tgts), torch.cat(imgs)
+    n_img = images.size(0)
+    key = (tgt * n + src) * n_img + img
+    order = torch.argsort(key)
+    src, tgt, img = src[order], tgt[order], img[order]
+    return torch.stack([src, tgt]), shifts[img]
+
+
+def edge_vectors(pos: Tensor, edge_index: Tensor,
+                 shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``vec = pos[src] + shift - pos[dst]`` (``[E, 3]``, pointing from the target ``i`` to
+    its neighbour ``j``'s image) and ``length = |vec|`` (``[E]``)."""
+    _check_pos(pos)
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        got = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)
+        raise ValueError(f"edge_index must have shape [2, E], got {got}")
+    vec = pos[edge_index[0]] - pos[edge_index[1]]
+    if shift is not None:
+        if shift.shape != vec.shape:
+            raise ValueError(f"shift must have shape [E, 3] = {list(vec.shape)}, "
+                             f"got {tuple(shift.shape)}")
+        vec = vec + shift.to(vec.dtype)
+    return vec, vec.norm(dim=-1)

@@ -1,0 +1,209 @@
+"""Radius / kNN / periodic neighbour graphs against brute-force references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from graphattn.geometry import edge_vectors, knn_graph, periodic_radius_graph, radius_graph
+
+
+def _brute_radius(pos, r, batch, loop):
+    n = pos.size(0)
+    d = (pos.double()[:, None] - pos.double()[None]).norm(dim=-1)  # d[i, j]
+    edges = set()
+    for i in range(n):
+        for j in range(n):
+            if batch[i] == batch[j] and d[i, j] < r and (loop or i != j):
+                edges.add((j, i))
+    return edges, d
+
+
+def _as_set(ei):
+    return set(map(tuple, ei.t().tolist()))
+
+
+@pytest.mark.parametrize("block", [7, 64, 4096])
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_radius_graph_matches_brute_force(block, loop, shuffle) -> None:
+    g = torch.Generator().manual_seed(1)
+    pos = torch.rand(90, 3, generator=g) * 3
+    batch = torch.repeat_interleave(torch.arange(4), torch.tensor([20, 30, 1, 39]))
+    if shuffle:
+        batch = batch[torch.randperm(90, generator=g)]
+    r = 0.8
+    ref, d = _brute_radius(pos, r, batch, loop)
+    assert ((d - r).abs() > 1e-5).all()  # no pair on the boundary: both sides agree exactly
+    ei = radius_graph(pos, r, batch, loop=loop, block=block)
+    assert _as_set(ei) == ref and ei.size(1) == len(ref)
+    # sorted by target then source
+    key = ei[1] * 1000 + ei[0]
+    assert (key[1:] > key[:-1]).all()
+    assert torch.equal(ei, radius_graph(pos, r, batch, loop=loop, block=block))
+
+
+def test_radius_graph_max_num_neighbors_keeps_closest() -> None:
+    g = torch.Generator().manual_seed(2)
+    pos = torch.randn(50, 3, generator=g)
+    ei = radius_graph(pos, 10.0, max_num_neighbors=5, block=8)
+    assert torch.bincount(ei[1], minlength=50).eq(5).all()
+    d = torch.cdist(pos.double(), pos.double())
+    d.fill_diagonal_(math.inf)
+    for i in range(50):
+        expect = set(torch.argsort(d[i])[:5].tolist())
+        assert set(ei[0, ei[1] == i].tolist()) == expect
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_knn_graph_matches_brute_force(loop) -> None:
+    g = torch.Generator().manual_seed(3)
+    pos = torch.randn(60, 3, generator=g)
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([25, 4, 31]))
+    k = 6
+    ei = knn_graph(pos, k, batch, loop=loop, block=16)
+    d = torch.cdist(pos.double(), pos.double())
+    ref = set()
+    for i in range(60):
+        row = d[i].clone()
+        row[batch != batch[i]] = math.inf
+        if not loop:
+            row[i] = math.inf
+        cand = [j for j in torch.argsort(row).tolist() if math.isfinite(row[j])][:k]
+        ref |= {(j, i) for j in cand}
+    assert _as_set(ei) == ref
+    deg = torch.bincount(ei[1], minlength=60)
+    assert deg[25:29].eq(4 if loop else 3).all() and deg[:25].eq(k).all()
+
+
+def test_single_atom_cubic_cell_six_images() -> None:
+    a = 2.5
+    pos = torch.tensor([[0.3, 0.7, 1.1]])
+    ei, shift = periodic_radius_graph(pos, torch.eye(3) * a, 1.01 * a)
+    assert ei.tolist() == [[0] * 6, [0] * 6]
+    expect = sorted([tuple(s * a for s in v) for v in
+                     [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]])
+    assert sorted(map(tuple, shift.tolist())) == expect  # exact: shift = S @ cell
+    _, length = edge_vectors(pos, ei, shift)
+    assert torch.allclose(length, torch.full((6,), a))
+    # partially periodic: only the in-plane images
+    ei2, shift2 = periodic_radius_graph(pos, torch.eye(3) * a, 1.01 * a, pbc=(True, True, False))
+    assert ei2.size(1) == 4 and shift2[:, 2].eq(0).all()
+    slab = torch.tensor([[a, 0.0, 0.0], [0.0, a, 0.0], [0.0, 0.0, 0.0]])  # zero non-periodic row
+    ei3, shift3 = periodic_radius_graph(pos, slab, 1.01 * a, pbc=(True, True, False))
+    assert torch.equal(ei3, ei2) and torch.equal(shift3, shift2)
+    with pytest.raises(ValueError, match="cell"):
+        periodic_radius_graph(pos, slab, 1.0)  # the zero row is periodic: singular
+
+
+def _brute_periodic(pos, cell, r, m):
+    out = set()
+    for S in itertools.product(range(-m, m + 1), repeat=3):
+        sh = torch.tensor(S, dtype=torch.float64) @ cell.double()
+        for i in range(pos.size(0)):
+            for j in range(pos.size(0)):
+                d = float((pos[j].double() + sh - pos[i].double()).norm())
+                if 0 < d < r:
+                    out.add((j, i, S))
+    return out
+
+
+def _with_images(ei, shift, cell):
+    S = torch.round(shift.double() @ torch.linalg.inv(cell.double())).long()
+    return {(j, i, tuple(s)) for (j, i), s in zip(ei.t().tolist(), S.tolist())}
+
+
+@pytest.mark.parametrize("r", [0.8, 1.3])
+def test_fcc_two_atom_cell_matches_5x5x5_enumeration(r) -> None:
+    a = 1.0
+    cell = torch.tensor([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]) * a  # fcc primitive
+    pos = torch.tensor([[0.0, 0.0, 0.0], [0.25, 0.25, 0.25]]) * a  # zincblende basis
+    ei, shift = periodic_radius_graph(pos, cell, r)
+    got = _with_images(ei, shift, cell)
+    m = 2 if r < 1.0 else 3  # plane spacing a/sqrt(3): +-2 images suffice for r = 0.8
+    assert got == _brute_periodic(pos, cell, r, m)
+    assert len(got) == ei.size(1)
+    _, length = edge_vectors(pos, ei, shift)
+    assert (length > 0).all() and (length < r).all()
+    # nearest-neighbour shell: 4 bonds of a*sqrt(3)/4 per atom
+    nn = (length - a * math.sqrt(3) / 4).abs() < 1e-5
+    assert torch.bincount(ei[1][nn], minlength=2).tolist() == [4, 4]
+
+
+def _energy(pos, cell, r):
+    ei, shift = periodic_radius_graph(pos, cell, r)
+    _, length = edge_vectors(pos.double(), ei, shift.double())
+    return float((1.0 / length).sum()), ei.size(1)
+
+
+def test_periodic_energy_invariances() -> None:
+    g = torch.Generator().manual_seed(4)
+    cell = torch.tensor([[3.0, 0.0, 0.0], [0.7, 2.8, 0.0], [0.4, -0.5, 3.2]], dtype=torch.float64)
+    pos = torch.rand(5, 3, generator=g, dtype=torch.float64) @ cell
+    r = 4.0  # larger than every lattice-plane spacing
+    e0, n0 = _energy(pos, cell, r)
+    moved = pos.clone()
+    moved[2] += 2 * cell[0] - cell[2]
+    e1, n1 = _energy(moved, cell, r)
+    e2, n2 = _energy(pos + torch.tensor([10.3, -4.2, 7.7], dtype=torch.float64), cell, r)
+    assert n0 == n1 == n2
+    assert e1 == pytest.approx(e0, rel=1e-12) and e2 == pytest.approx(e0, rel=1e-12)
+
+
+def test_edge_vectors_convention() -> None:
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
+    ei = torch.tensor([[1], [0]])  # source 1 -> target 0
+    vec, length = edge_vectors(pos, ei)
+    assert vec.tolist() == [[1.0, 2.0, 2.0]] and length.tolist() == [3.0]
+    vec, _ = edge_vectors(pos, ei, torch.tensor([[1.0, 0.0, 0.0]]))
+    assert vec.tolist() == [[2.0, 2.0, 2.0]]
+
+
+def test_bad_inputs() -> None:
+    pos = torch.rand(4, 3)
+    with pytest.raises(ValueError, match="pos"):
+        radius_graph(torch.rand(4, 2), 1.0)
+    with pytest.raises(ValueError, match="r must"):
+        radius_graph(pos, -1.0)
+    with pytest.raises(ValueError, match="batch"):
+        radius_graph(pos, 1.0, batch=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="k must"):
+        knn_graph(pos, 0)
+    with pytest.raises(ValueError, match="batch"):
+        knn_graph(pos, 2, batch=torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="pos"):
+        periodic_radius_graph(torch.rand(3), torch.eye(3), 1.0)
+    with pytest.raises(ValueError, match="cell"):
+        periodic_radius_graph(pos, torch.eye(2), 1.0)
+    with pytest.raises(ValueError, match="cell"):
+        periodic_radius_graph(pos, torch.zeros(3, 3), 1.0)
+    with pytest.raises(ValueError, match="r must"):
+        periodic_radius_graph(pos, torch.eye(3), -0.5)
+    with pytest.raises(ValueError, match="shift"):
+        edge_vectors(pos, torch.tensor([[0], [1]]), torch.zeros(2, 3))
+
+
+def test_empty_and_memory_blocking() -> None:
+    assert radius_graph(torch.empty(0, 3), 1.0).shape == (2, 0)
+    assert knn_graph(torch.empty(0, 3), 3).shape == (2, 0)
+    ei, sh = periodic_radius_graph(torch.empty(0, 3), torch.eye(3), 1.0)
+    assert ei.shape == (2, 0) and sh.shape == (0, 3)
+
+
+def test_pair_budget_shrinks_blocks_without_changing_the_graph(monkeypatch) -> None:
+    import graphattn.geometry as geo
+
+    g = torch.Generator().manual_seed(5)
+    pos = torch.rand(70, 3, generator=g) * 2
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([30, 25, 15]))
+    ref = radius_graph(pos, 0.6, batch)
+    ref_knn = knn_graph(pos, 4, batch)
+    ref_pbc = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
+    monkeypatch.setattr(geo, "_MAX_PAIRS", 40)  # forces 1-2 target rows per step
+    assert torch.equal(radius_graph(pos, 0.6, batch), ref)
+    assert torch.equal(knn_graph(pos, 4, batch), ref_knn)
+    got = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
+    assert torch.equal(got[0], ref_pbc[0]) and torch.equal(got[1], ref_pbc[1])
