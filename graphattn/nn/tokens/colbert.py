@@ -130,7 +130,7 @@ class ColBERTAttention(nn.Module):
 
     def forward(self, q: Tensor, d: Tensor, q_mask: Tensor | None = None,
                 d_mask: Tensor | None = None, q_importance: Tensor | None = None,
-                d_importance: Tensor | None = None, chunk: int = 64) -> Tensor:
+                d_importance: Tensor | None = None, chunk: int | None = None) -> Tensor:
         """All-pairs scores ``[B_q, B_d]`` by the dense fast path: :meth:`max_matches`, then
         the importance-weighted sum over query tokens."""
         best = self.max_matches(q, d, q_mask, d_mask, d_importance, chunk)
@@ -139,15 +139,18 @@ class ColBERTAttention(nn.Module):
 
     def max_matches(self, q: Tensor, d: Tensor, q_mask: Tensor | None = None,
                     d_mask: Tensor | None = None, d_importance: Tensor | None = None,
-                    chunk: int = 64) -> Tensor:
+                    chunk: int | None = None) -> Tensor:
         r"""Per query token, its best weighted match in every document,
         :math:`\max_j a_{d_j}^{\gamma} E_{q_i}\cdot E_{d_j}`: ``[B_q, B_d, L_q]`` (0 for
         masked query tokens and empty documents). One GEMM per chunk of ``chunk`` documents
-        (memory :math:`B_q L_q \times` ``chunk`` :math:`L_d`). Query weights do not enter, so
+        (memory :math:`B_q L_q \times` ``chunk`` :math:`L_d`, by default about 64 MB). Query
+        weights do not enter, so
         a sweep over :math:`\beta` reuses one call."""
         q, d, q_mask, d_mask, _, w = self._prep(q, d, q_mask, d_mask, None, d_importance)
         Bq, Lq, Dm = q.shape
         Ld = d.shape[1]
+        if chunk is None:
+            chunk = max(1, (1 << 24) // max(1, Bq * Lq * Ld))
         out = []
         for s in range(0, d.shape[0], chunk):
             dc, mc, wc = d[s:s + chunk], d_mask[s:s + chunk], w[s:s + chunk]
