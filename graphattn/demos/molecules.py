@@ -174,27 +174,26 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
 
 def closed_path_work(model: Potential, data, atom: int = 0, radius: float = 0.3,
                      n: int = 48) -> tuple[float, float]:
-    """Work :math:`\\oint F\\cdot dr` (trapezoid rule) of ``atom`` moved around a circle in the
-    xy-plane, and the path integral of :math:`|F||dr|` as its scale (standardised units)."""
+    """Work :math:`\\oint F\\cdot dr = \\int_0^{2\\pi} F(t)\\cdot r'(t)\\,dt` of ``atom`` moved
+    around a circle in the xy-plane (periodic trapezoid rule) and :math:`\\int |F||r'|\\,dt` as its
+    scale. Zero for a conservative field up to the quadrature error, which the kinks of the max
+    pooling keep near 1e-3 of the scale; a direct force head gives a few percent."""
     model.eval()
     z, pos0 = data.z, data.pos.double()
     batch = torch.zeros_like(z)
-    t = torch.linspace(0, 2 * math.pi, n + 1, dtype=torch.float64)
-    forces, points = [], []
-    for tt in t:
+    w = s = 0.0
+    dt = 2 * math.pi / n
+    for k in range(n):
+        t = torch.tensor(k * dt, dtype=torch.float64)
+        zero = torch.zeros((), dtype=torch.float64)
         p = pos0.clone()
-        p[atom] = pos0[atom] + radius * torch.stack([torch.cos(tt), torch.sin(tt),
-                                                     torch.zeros((), dtype=torch.float64)])
+        p[atom] = pos0[atom] + radius * torch.stack([torch.cos(t), torch.sin(t), zero])
         with torch.set_grad_enabled(model.kind != "mlanet-direct"):
             _, f = model(z, p.float().clone(), batch)
-        forces.append(f[atom].detach().double())
-        points.append(p[atom])
-    w = s = 0.0
-    for k in range(n):
-        fm = 0.5 * (forces[k] + forces[k + 1])
-        dr = points[k + 1] - points[k]
-        w += float(fm @ dr)
-        s += float(fm.norm() * dr.norm())
+        f = f[atom].detach().double()
+        tangent = radius * torch.stack([-torch.sin(t), torch.cos(t), zero])
+        w += float(f @ tangent) * dt
+        s += float(f.norm() * tangent.norm()) * dt
     return w, s
 
 

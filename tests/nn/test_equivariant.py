@@ -150,28 +150,25 @@ def test_conservative_forces_are_minus_gradient_and_closed_path_work_vanishes():
         torch.testing.assert_close(out["forces"][a, c], -fd[0], atol=1e-7, rtol=1e-5)
 
     def work(m):
-        n = 48  # trapezoid rule on a periodic integrand: spectrally accurate
-        t = torch.linspace(0, 2 * math.pi, n + 1)
-        w, scale = 0.0, 0.0
-        for k in range(n):
-            pts = []
-            for tt in (t[k], t[k + 1]):
-                p = pos.clone()
-                p[0] = pos[0] + 0.4 * torch.stack([torch.cos(tt), torch.sin(tt), 0 * tt])
-                pts.append(p)
-            f0 = m(z, pts[0].clone(), edge_index=ei)["forces"][0].detach()
-            f1 = m(z, pts[1].clone(), edge_index=ei)["forces"][0].detach()
-            dr = pts[1][0] - pts[0][0]
-            w += float(0.5 * (f0 + f1) @ dr)
-            scale += float(0.5 * (f0 + f1).norm() * dr.norm())
+        # W = integral of F . r'(t) dt over a circle (periodic trapezoid rule). The max branch
+        # of the pooling puts kinks in E, so the quadrature error is ~1e-3, not round-off
+        n, rad = 48, 0.4
+        w = scale = 0.0
+        for tt in torch.arange(n) * (2 * math.pi / n):
+            p = pos.clone()
+            p[0] = pos[0] + rad * torch.stack([torch.cos(tt), torch.sin(tt), 0 * tt])
+            f = m(z, p, edge_index=ei)["forces"][0].detach()
+            tangent = rad * torch.stack([-torch.sin(tt), torch.cos(tt), 0 * tt])
+            w += float(f @ tangent) * 2 * math.pi / n
+            scale += float(f.norm() * tangent.norm()) * 2 * math.pi / n
         return w, scale
 
     w, scale = work(model)
-    assert abs(w) < 1e-3 * scale
+    assert abs(w) < 5e-3 * scale
     direct = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2,
                     cutoff=cutoff, conservative=False)
     wd, sd = work(direct)
-    assert abs(wd) > 1e-3 * sd  # a direct force head is not conservative
+    assert abs(wd) > 2e-2 * sd  # a direct force head is not conservative
 
 
 def test_pooling_semantics_two_far_copies():

@@ -131,11 +131,17 @@ class EquivariantAttentionConv(nn.Module):
         self.register_buffer("channel_index", torch.tensor(channel), persistent=False)
         self.register_buffer("head_index", torch.tensor(head), persistent=False)
 
+    def edge_features(self, x: Tensor, src: Tensor, radial: Tensor, sh: Tensor) -> Tensor:
+        r""":math:`\mathrm{TP}^{uvu}_{w(R)}(x_j, Y(\hat r_{ij}))`, ``[E, dim irreps_mid]``: the
+        neighbour's features rotated by the edge direction (messages before gating; MLANet's
+        geometric keys are a linear map of them)."""
+        return self.tp(x[src], sh, self.radial(radial))
+
     def forward(self, x: Tensor, alpha: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
-                radial: Tensor, sh: Tensor) -> Tensor:
+                radial: Tensor, sh: Tensor, edge_features: Tensor | None = None) -> Tensor:
         if alpha.dim() != 2 or alpha.shape[1] != self.heads:
             raise ValueError(f"'alpha' must be [E, heads={self.heads}], got {list(alpha.shape)}")
-        m = self.tp(x[src], sh, self.radial(radial))
+        m = self.edge_features(x, src, radial, sh) if edge_features is None else edge_features
         if self.gated_messages:
             s = x[:, : self.n_scalars]
             g = torch.sigmoid(self.msg_gate(torch.cat([s[dst], s[src], radial], -1)))

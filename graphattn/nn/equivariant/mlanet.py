@@ -10,8 +10,8 @@ layer below is reconstructed** (no code, methods text unavailable;
 
 .. math::
     a^{chem}_{ij} &= \frac{\langle W_q s_i, W_k s_j\rangle_h}{\tau_h\sqrt{d}},\qquad
-    a^{geo}_{ij} = \Big[\mathrm{TP}\big(W^{q} x_i,\
-        \mathrm{TP}_{w(R(r_{ij}))}(x_j, Y(\hat r_{ij}))\big)\Big]_{0e,\,h}
+    a^{geo}_{ij} = \frac{\big\langle W^{q} x_i,\
+        W^{k}\,\mathrm{TP}_{w(R(r_{ij}))}(x_j, Y(\hat r_{ij}))\big\rangle_h}{\tau_h\sqrt{d}}
 
     p_{ij} &= \operatorname{softmax}_{j\in\mathcal{N}(i)}\big(a^{chem}_{ij} + a^{geo}_{ij}
         + \log f_c(r_{ij})\big),\qquad \alpha_{ij} = f_c(r_{ij})\, p_{ij}
@@ -43,7 +43,6 @@ from .conv import (
     EdgeGeometry,
     EquivariantAttentionConv,
     _e3nn,
-    depthwise_tensor_product,
     scalar_irreps_first,
 )
 
@@ -71,7 +70,9 @@ class MLANetInteraction(nn.Module):
         gated_messages (bool): the message gate.
 
     Irreps:
-        in/out ``irreps_node``; keys ``heads x (4x0e + 2x1o + 1x2e ...)`` up to ``lmax``.
+        in/out ``irreps_node``; geometric queries and keys ``heads x (4x0e + 2x1o + 1x2e)``
+        (up to ``lmax``); :math:`\langle\cdot,\cdot\rangle_h` sums the invariant inner
+        products of the irreps (the ``0e`` paths of their tensor product) of head :math:`h`.
 
     Shapes:
         - **x**: :math:`(N, \dim x)`, **edge_index**: :math:`(2, E)`, **geom**: the dict of
@@ -92,24 +93,25 @@ class MLANetInteraction(nn.Module):
         if chemical:
             self.wq = nn.Linear(C, heads * key_dim)
             self.wk = nn.Linear(C, heads * key_dim)
+        self.conv = EquivariantAttentionConv(self.irreps_node, lmax, num_basis, heads,
+                                             radial_hidden, gated_messages)
         if geometric:
-            irreps_sh = o3.Irreps.spherical_harmonics(lmax)
             key = o3.Irreps([(heads * max(4 >> l, 1), (l, (-1) ** l)) for l in range(lmax + 1)])
             self.irreps_key = key
             self.q_geo = o3.Linear(self.irreps_node, key)
-            self.k_tp, k_mid = depthwise_tensor_product(self.irreps_node, irreps_sh, key)
-            self.k_lin = o3.Linear(k_mid, key)
-            self.k_radial = enn.FullyConnectedNet([num_basis, radial_hidden,
-                                                   self.k_tp.weight_numel],
-                                                  torch.nn.functional.silu)
-            self.dot = o3.FullyConnectedTensorProduct(key, key, f"{heads}x0e")
-        self.conv = EquivariantAttentionConv(self.irreps_node, lmax, num_basis, heads,
-                                             radial_hidden, gated_messages)
+            self.k_geo = o3.Linear(self.conv.irreps_mid, key)
+            head = []
+            for mul, ir in key:
+                for u in range(mul):
+                    head += [u % heads] * ir.dim
+            self.register_buffer("key_head", torch.tensor(head), persistent=False)
+            self.key_scale = 1.0 / math.sqrt(key.dim / heads)
 
     def tau(self) -> Tensor:
         return torch.nn.functional.softplus(self.temperature) + 0.1
 
-    def logits(self, x: Tensor, edge_index: Tensor, geom: dict) -> Tensor:
+    def logits(self, x: Tensor, edge_index: Tensor, geom: dict,
+               edge_features: Tensor | None = None) -> Tensor:
         """:math:`a^{chem} + a^{geo}`, ``[E, H]``."""
         src, dst = edge_index[0], edge_index[1]
         a = x.new_zeros(edge_index.shape[1], self.heads)
@@ -119,19 +121,24 @@ class MLANetInteraction(nn.Module):
             k = self.wk(s).view(-1, self.heads, self.key_dim)
             a = a + (q[dst] * k[src]).sum(-1) / (self.tau() * math.sqrt(self.key_dim))
         if self.geometric:
-            k = self.k_lin(self.k_tp(x[src], geom["sh"], self.k_radial(geom["radial"])))
-            a = a + self.dot(self.q_geo(x)[dst], k) / self.tau()
+            if edge_features is None:
+                edge_features = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
+            k = self.k_geo(edge_features)  # keys: neighbour features rotated by the edge
+            qk = self.q_geo(x)[dst] * k  # per-component products; sums over an irrep's
+            dot = qk.new_zeros(qk.shape[0], self.heads).index_add_(1, self.key_head, qk)
+            a = a + dot * self.key_scale / self.tau()  # components are invariant dot products
         return a
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
         N = x.shape[0]
         graph = ops.build_graph(edge_index, N, cache=False)
+        src, dst = edge_index[0], edge_index[1]
+        feats = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
         logf = torch.log(geom["fc"].clamp_min(1e-30)).unsqueeze(-1)
-        p = ops.segment_softmax(self.logits(x, edge_index, geom) + logf, graph)
+        p = ops.segment_softmax(self.logits(x, edge_index, geom, feats) + logf, graph)
         alpha = p * geom["fc"].unsqueeze(-1)
-        out = self.conv(x, alpha, graph, edge_index[0], edge_index[1], geom["radial"],
-                        geom["sh"])
+        out = self.conv(x, alpha, graph, src, dst, geom["radial"], geom["sh"], feats)
         return (out, p) if return_attention else out
 
     def extra_repr(self) -> str:
