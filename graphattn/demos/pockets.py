@@ -4,8 +4,9 @@ attention, leave-one-complex-out.
 
 Data: :class:`~graphattn.datasets.complexes.BindingSiteComplexes` (posebusters' four PDB
 complexes, MDAnalysisTests' 1a28 and 1hvr, and Debian's 1hpv where ``pymol-data`` is
-installed): residue graphs on Cα positions, one-hot amino acids, pocket residues within
-4.5 Å of the crystal ligand. The graph joins residues whose Cα lie within ``cutoff`` Å.
+installed): residue graphs on Cα positions, one-hot amino acids plus residue burial (Cα
+counts within 8 and 12 Å; :func:`with_burial`), pocket residues within 4.5 Å of the crystal
+ligand. The graph joins residues whose Cα lie within ``cutoff`` Å.
 
 Model: :class:`~graphattn.nn.equivariant.GDEGAN` (``kernel="gaussian"`` or ``"dot"``, all else
 equal): per-residue pocket logits and an equivariant pocket centre (a softmax over residues of
@@ -34,7 +35,7 @@ from . import register
 
 @dataclass
 class PocketConfig:
-    steps: int = 30
+    steps: int = 60
     lr: float = 3e-3
     cutoff: float = 8.0
     channels: int = 16
@@ -44,6 +45,16 @@ class PocketConfig:
     heads: int = 4
     center_weight: float = 0.1
     seed: int = 0
+
+
+def with_burial(d, radii: tuple[float, ...] = (8.0, 12.0)):
+    """Adds residue burial to the node features: the number of other Cα within each radius
+    (/ 20), an invariant that softmax-normalised attention cannot count by itself."""
+    dist = torch.cdist(d.pos, d.pos)
+    counts = [((dist < r).sum(1, keepdim=True) - 1).float() / 20.0 for r in radii]
+    d = d.clone()
+    d.x = torch.cat([d.x, *counts], -1)
+    return d
 
 
 def _fit(kernel: str, train: list, cfg: PocketConfig):
@@ -93,7 +104,7 @@ def run_comparison(cfg: PocketConfig, out_dir: Path, progress: bool = False) -> 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = BindingSiteComplexes()
-    data = [ds[i] for i in range(len(ds))]
+    data = [with_burial(ds[i]) for i in range(len(ds))]
     if progress:
         print(f"  {len(data)} complexes: " + ", ".join(
             f"{d.name} ({d.num_nodes} res., {int(d.y.sum())} pocket)" for d in data), flush=True)
