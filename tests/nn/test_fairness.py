@@ -213,7 +213,7 @@ def test_extraction_matches_model_attention_outputs(minilm):
     B, L, H, T, _ = graph.attention.shape
     assert (L, H) == (6, 12) and graph.hidden.shape == (B, 7, T, 384)
     # rows are stochastic over valid keys, padding columns get nothing
-    torch.testing.assert_close(graph.attention.sum(-1), torch.ones(B, L, H, T))
+    torch.testing.assert_close(graph.attention.sum(-1), torch.ones_like(graph.attention.sum(-1)))
     assert (~graph.mask[1]).sum() > 0  # the short sentence is padded
     assert graph.attention[1][..., ~graph.mask[1]].abs().max() < 1e-6
     for b in range(B):
