@@ -50,9 +50,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.data import Data
 
-from .cache import cache_dir
+from .cache import CachedDataset
 
 __all__ = ["AMINO_ACIDS", "BindingSiteComplexes", "dca_success", "dcc_success",
            "list_complexes", "load_complex", "read_pdb", "read_sdf_heavy_atoms"]
@@ -283,7 +283,7 @@ def load_complex(entry: dict, cutoff: float = 4.5) -> Data:
                 name=entry["name"])
 
 
-class BindingSiteComplexes(InMemoryDataset):
+class BindingSiteComplexes(CachedDataset):
     """The available complexes of :func:`list_complexes` as residue graphs.
 
     Args:
@@ -292,6 +292,8 @@ class BindingSiteComplexes(InMemoryDataset):
         names: Restrict to these complex names (default: every available one).
         transform, pre_transform, pre_filter, force_reload: As in PyG.
     """
+
+    cache_subdir = ("molecules", "complexes")
 
     def __init__(self, root: str | None = None, cutoff: float = 4.5,
                  names: Sequence[str] | None = None, transform: Callable | None = None,
@@ -315,14 +317,7 @@ class BindingSiteComplexes(InMemoryDataset):
         if not self.entries:
             raise FileNotFoundError("no protein-ligand complex found: pip install "
                                     "posebusters==0.6.5 (and/or mdanalysistests==2.11.0)")
-        root = str(root) if root is not None else str(cache_dir("molecules", "complexes"))
-        super().__init__(root, transform, pre_transform, pre_filter, log=False,
-                         force_reload=force_reload)
-        self.load(self.processed_paths[0])
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        return []
+        super().__init__(root, transform, pre_transform, pre_filter, force_reload)
 
     @property
     def processed_file_names(self) -> list[str]:
@@ -330,13 +325,7 @@ class BindingSiteComplexes(InMemoryDataset):
         return [f"complexes_{names}_cutoff{self.cutoff:g}.pt"]
 
     def process(self) -> None:
-        data_list = []
-        for entry in self.entries:
-            d = load_complex(entry, self.cutoff)
-            if self.pre_filter is not None and not self.pre_filter(d):
-                continue
-            data_list.append(self.pre_transform(d) if self.pre_transform else d)
-        self.save(data_list, self.processed_paths[0])
+        self.save_items(load_complex(entry, self.cutoff) for entry in self.entries)
 
 
 # ----------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
-from .cache import cache_dir
+from .cache import CachedDataset
 
 __all__ = ["HARTREE_TO_EV", "KCAL_MOL_TO_EV", "MMFFConformers", "QM9Energies", "QM9_TARGETS",
            "atom_ref_energy", "fit_atom_refs", "group_split", "mmff_conformer_records",
@@ -156,7 +156,7 @@ def _direct_storage(fields: dict[str, Tensor], per_atom: set[str], ptr: Tensor,
     return data, slices
 
 
-class QM9Energies(InMemoryDataset):
+class QM9Energies(CachedDataset):
     """QM9 molecules with one scalar target (see the module docstring).
 
     Args:
@@ -168,6 +168,8 @@ class QM9Energies(InMemoryDataset):
             reads 43,610 for quick tests).
         transform, pre_transform, pre_filter, force_reload: As in PyG.
     """
+
+    cache_subdir = ("molecules", "qm9")
 
     def __init__(self, root: str | None = None, subset: int | None = None, target: str = "U0",
                  seed: int = 0, transform: Callable | None = None,
@@ -181,14 +183,7 @@ class QM9Energies(InMemoryDataset):
         self.parts = tuple(sorted(parts))
         if not self.parts or any(p not in _QM9_PARTS for p in self.parts):
             raise ValueError(f"parts must be values from {_QM9_PARTS}, got {tuple(parts)!r}")
-        root = str(root) if root is not None else str(cache_dir("molecules", "qm9"))
-        super().__init__(root, transform, pre_transform, pre_filter, log=False,
-                         force_reload=force_reload)
-        self.load(self.processed_paths[0])
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        return []
+        super().__init__(root, transform, pre_transform, pre_filter, force_reload)
 
     @property
     def processed_file_names(self) -> list[str]:
@@ -215,15 +210,10 @@ class QM9Energies(InMemoryDataset):
             keep = torch.from_numpy(np.sort(rng.choice(natoms.numel(), self.subset,
                                                        replace=False)))
         if self.pre_transform is not None or self.pre_filter is not None:
-            data_list = []
-            for m in keep.tolist():
-                a, b = int(ptr[m]), int(ptr[m + 1])
-                d = Data(z=z[a:b], pos=pos[a:b], y=y[m:m + 1], smiles=smiles[m],
-                         idx=idx[m:m + 1])
-                if self.pre_filter is not None and not self.pre_filter(d):
-                    continue
-                data_list.append(self.pre_transform(d) if self.pre_transform else d)
-            self.save(data_list, self.processed_paths[0])
+            self.save_items(
+                Data(z=z[int(ptr[m]):int(ptr[m + 1])], pos=pos[int(ptr[m]):int(ptr[m + 1])],
+                     y=y[m:m + 1], smiles=smiles[m], idx=idx[m:m + 1])
+                for m in keep.tolist())
             return
         counts = natoms[keep]
         starts = ptr[keep]
@@ -380,12 +370,14 @@ def mmff_conformer_records(num_molecules: int = 60, confs_per_molecule: int = 4,
     return records
 
 
-class MMFFConformers(InMemoryDataset):
+class MMFFConformers(CachedDataset):
     """MMFF94-labelled ETKDG conformers of RDKit's NCI molecules (module docstring).
 
     Each item is ``Data(z [n], pos [n, 3] float32 Å, y [1] eV, force [n, 3] eV/Å, smiles,
     mol_id [1])``.
     """
+
+    cache_subdir = ("molecules", "mmff")
 
     def __init__(self, root: str | None = None, num_molecules: int = 60,
                  confs_per_molecule: int = 4, max_heavy_atoms: int = 30, seed: int = 0xF00D,
@@ -400,14 +392,7 @@ class MMFFConformers(InMemoryDataset):
                 raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
         self.num_molecules, self.confs_per_molecule = num_molecules, confs_per_molecule
         self.max_heavy_atoms, self.seed, self.relax_iters = max_heavy_atoms, int(seed), relax_iters
-        root = str(root) if root is not None else str(cache_dir("molecules", "mmff"))
-        super().__init__(root, transform, pre_transform, pre_filter, log=False,
-                         force_reload=force_reload)
-        self.load(self.processed_paths[0])
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        return []
+        super().__init__(root, transform, pre_transform, pre_filter, force_reload)
 
     @property
     def processed_file_names(self) -> list[str]:
@@ -415,17 +400,13 @@ class MMFFConformers(InMemoryDataset):
                 f"_s{self.seed}_it{self.relax_iters}.pt"]
 
     def process(self) -> None:
-        data_list = []
-        for r in mmff_conformer_records(self.num_molecules, self.confs_per_molecule,
-                                        self.max_heavy_atoms, self.seed, self.relax_iters):
-            d = Data(z=torch.from_numpy(r["z"]), pos=torch.from_numpy(r["pos"]),
-                     y=torch.tensor([r["energy"]], dtype=torch.float32),
-                     force=torch.from_numpy(r["force"]), smiles=r["smiles"],
-                     mol_id=torch.tensor([r["mol_id"]]))
-            if self.pre_filter is not None and not self.pre_filter(d):
-                continue
-            data_list.append(self.pre_transform(d) if self.pre_transform else d)
-        self.save(data_list, self.processed_paths[0])
+        self.save_items(
+            Data(z=torch.from_numpy(r["z"]), pos=torch.from_numpy(r["pos"]),
+                 y=torch.tensor([r["energy"]], dtype=torch.float32),
+                 force=torch.from_numpy(r["force"]), smiles=r["smiles"],
+                 mol_id=torch.tensor([r["mol_id"]]))
+            for r in mmff_conformer_records(self.num_molecules, self.confs_per_molecule,
+                                            self.max_heavy_atoms, self.seed, self.relax_iters))
 
 
 def group_split(dataset, fractions: Sequence[float] = (0.8, 0.1, 0.1),
