@@ -133,9 +133,8 @@ class ColBERTAttention(nn.Module):
                 d_importance: Tensor | None = None, chunk: int | None = None) -> Tensor:
         """All-pairs scores ``[B_q, B_d]`` by the dense fast path: :meth:`max_matches`, then
         the importance-weighted sum over query tokens."""
-        best = self.max_matches(q, d, q_mask, d_mask, d_importance, chunk)
-        u = self._prep(q, d, q_mask, d_mask, q_importance, None)[4]
-        return (best * u[:, None, :]).sum(-1)
+        q, d, q_mask, d_mask, u, w = self._prep(q, d, q_mask, d_mask, q_importance, d_importance)
+        return (self._max_matches(q, d, q_mask, d_mask, w, chunk) * u[:, None, :]).sum(-1)
 
     def max_matches(self, q: Tensor, d: Tensor, q_mask: Tensor | None = None,
                     d_mask: Tensor | None = None, d_importance: Tensor | None = None,
@@ -144,9 +143,13 @@ class ColBERTAttention(nn.Module):
         :math:`\max_j a_{d_j}^{\gamma} E_{q_i}\cdot E_{d_j}`: ``[B_q, B_d, L_q]`` (0 for
         masked query tokens and empty documents). One GEMM per chunk of ``chunk`` documents
         (memory :math:`B_q L_q \times` ``chunk`` :math:`L_d`, by default about 64 MB). Query
-        weights do not enter, so
-        a sweep over :math:`\beta` reuses one call."""
+        weights do not enter, so a sweep over :math:`\beta` reuses one call."""
         q, d, q_mask, d_mask, _, w = self._prep(q, d, q_mask, d_mask, None, d_importance)
+        return self._max_matches(q, d, q_mask, d_mask, w, chunk)
+
+    @staticmethod
+    def _max_matches(q: Tensor, d: Tensor, q_mask: Tensor, d_mask: Tensor, w: Tensor,
+                     chunk: int | None) -> Tensor:
         Bq, Lq, Dm = q.shape
         Ld = d.shape[1]
         if chunk is None:
