@@ -117,23 +117,32 @@ class GaussianDynamicAttention(nn.Module):
         var = ops.aggregate(dev.flatten(1), graph, "mean").view(-1, H, D) + self.eps
         return -(diff / var[dst]).sum(-1) / (2 * tau)
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
-                return_attention_weights: bool = False):
-        if x.dim() != 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"'x' must be [N, {self.in_channels}], got {list(x.shape)}")
+    def attention_weights(self, x: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
+                          edge_attr: Tensor | None = None) -> Tensor:
+        r""":math:`\alpha` ``[E, H]`` of features ``x [N, F]`` over an edge set (softmax over
+        each node's in-edges through :mod:`graphattn.ops`)."""
         N, H, D = x.shape[0], self.heads, self.head_dim
-        graph = ops.build_graph(edge_index, N)
-        src, dst = edge_index[0], edge_index[1]
         q, k = self.q(x).view(N, H, D), self.k(x).view(N, H, D)
         t = None
         if self.t is not None:
             if edge_attr is None:
                 raise ValueError("'edge_attr' is required with edge_weighted=True")
             t = self.t(edge_attr).view(-1, H, D)
-        feats = x.view(N, H, -1) if self.stats == "features" and x.shape[1] % H == 0 else None
-        if self.stats == "features" and feats is None:
-            raise ValueError(f"stats='features' needs in_channels divisible by heads={H}")
-        alpha = ops.segment_softmax(self.scores(q, k, graph, src, dst, feats, t), graph)
+        feats = None
+        if self.stats == "features":
+            if x.shape[1] % H:
+                raise ValueError(f"stats='features' needs in_channels divisible by heads={H}")
+            feats = x.view(N, H, -1)
+        return ops.segment_softmax(self.scores(q, k, graph, src, dst, feats, t), graph)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
+                return_attention_weights: bool = False):
+        if x.dim() != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"'x' must be [N, {self.in_channels}], got {list(x.shape)}")
+        N, H, D = x.shape[0], self.heads, self.head_dim
+        graph = ops.build_graph(edge_index, N)
+        src = edge_index[0]
+        alpha = self.attention_weights(x, graph, src, edge_index[1], edge_attr)
         v = self.v(x).view(N, H, D)
         out = ops.aggregate((alpha.unsqueeze(-1) * v[src]).flatten(1), graph, "sum")
         return (out, alpha) if return_attention_weights else out
@@ -167,15 +176,10 @@ class GDEGANInteraction(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
-        att = self.attention
-        N, H, D = x.shape[0], att.heads, att.head_dim
-        graph = ops.build_graph(edge_index, N, cache=False)
-        s = x[:, : self.conv.n_scalars]
+        graph = ops.build_graph(edge_index, x.shape[0], cache=False)
         src, dst = edge_index[0], edge_index[1]
-        q, k = att.q(s).view(N, H, D), att.k(s).view(N, H, D)
-        t = att.t(geom["radial"]).view(-1, H, D) if att.t is not None else None
-        feats = s.view(N, H, -1) if att.stats == "features" else None
-        alpha = ops.segment_softmax(att.scores(q, k, graph, src, dst, feats, t), graph)
+        alpha = self.attention.attention_weights(x[:, : self.conv.n_scalars], graph, src, dst,
+                                                 geom["radial"])
         out = self.conv(x, alpha * geom["fc"].unsqueeze(-1), graph, src, dst, geom["radial"],
                         geom["sh"])
         return (out, alpha) if return_attention else out
