@@ -10,7 +10,10 @@ import importlib.util
 import os
 from pathlib import Path
 
-__all__ = ["load_minilm", "minilm_path"]
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["load_minilm", "mean_pool", "minilm_path"]
 
 
 def minilm_path() -> Path:
@@ -40,3 +43,9 @@ def load_minilm(eager: bool = True):
     kw = {"attn_implementation": "eager"} if eager else {}
     model = AutoModel.from_pretrained(path, **kw).eval()
     return tok, model
+
+
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Sentence-transformers pooling of all-MiniLM-L6-v2: masked mean, then L2 norm."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return F.normalize((hidden * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)

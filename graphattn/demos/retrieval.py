@@ -33,6 +33,7 @@ from torch import Tensor
 from ..datasets.docstrings import RetrievalSet, load_docstring_set
 from ..metrics import ranking_metrics, ranks
 from ..nn.tokens import ColBERTAttention, attention_importance
+from ..pretrained import mean_pool
 from . import register
 
 
@@ -57,8 +58,6 @@ class Encoded:
 @torch.no_grad()
 def encode(tok, model, texts: list[str], max_tokens: int, batch: int = 32) -> Encoded:
     """MiniLM token embeddings, importances and sentence embeddings of ``texts``."""
-    from .ugid import mean_pool
-
     toks, masks, imps, sents = [], [], [], []
     special = set(tok.all_special_ids)
     for s in range(0, len(texts), batch):

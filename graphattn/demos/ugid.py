@@ -55,6 +55,7 @@ from ..nn.fairness import (
     spectral_distance,
     weat_effect_size,
 )
+from ..pretrained import mean_pool
 from ..train import plot_curves
 from . import register
 
@@ -76,12 +77,6 @@ class UGIDConfig:
     lambda_anchor: float = 1.0
     top_k: int = 2
     seed: int = 0
-
-
-def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Sentence-transformers pooling of all-MiniLM-L6-v2: masked mean, then L2 norm."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return F.normalize((hidden * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
 
 
 def embed(model, tok, sentences: list[str], batch: int = 64) -> Tensor:
