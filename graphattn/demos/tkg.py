@@ -112,7 +112,9 @@ def train_dymrl(task: TKGTask, epochs: int, out_dir: Path, progress: bool, resum
     torch.manual_seed(0)
     model = DyMRL(kg.num_entities, kg.num_relations, dim=dim, word_edges=kg.word_edges,
                   num_words=kg.num_words, num_static_relations=kg.num_static_relations,
-                  modality_dims=modality_dims)
+                  modality_dims=modality_dims,
+                  # compiling pays off for the [Q, N] decoder of a real KG, not for the demo's
+                  fused_decoder=kg.num_entities >= 1000)
     if riemannian:
         import geoopt
 
@@ -282,7 +284,7 @@ def run(full: bool, runs_dir: Path, progress: bool, resume: bool = False,
         kg = load_tkg(data)
         label = Path(data).name
         res = run_comparison(kg, label, Path(runs_dir) / "tkg" / label, progress, resume,
-                             dymrl_epochs=12 if full else 3, kge_epochs=50 if full else 10,
+                             dymrl_epochs=30 if full else 3, kge_epochs=50 if full else 10,
                              history=6, patience=5, riemannian=riemannian)
     else:
         kg = synthetic_tkg(steps=100)

@@ -222,3 +222,22 @@ def test_decoder_gradcheck_float64() -> None:
     assert torch.autograd.gradcheck(lambda e: m._phi(e, s, r), (emb,))
     z = (_points(8, 4, 0.4, 63)).requires_grad_()
     assert torch.autograd.gradcheck(lambda z: m.score(z, s, r), (z,))
+
+
+def test_fused_decoder_equals_eager() -> None:
+    m, gs, mods = _tiny_model(words=False)
+    s, r = torch.tensor([0, 3, 5, 1]), torch.tensor([0, 4, 2, 1])
+    z = m.encode(gs, mods).detach().requires_grad_()
+    with torch.no_grad():
+        m.bias_o.normal_()
+        m.bias_s.normal_()
+    out = []
+    for fused in (False, True):
+        m.fused_decoder = fused
+        sc = m.score(z, s, r)
+        wrt = (z, m.entity, m.bias_o, *m.ball.parameters())
+        grads = torch.autograd.grad(sc.square().sum(), wrt)
+        out.append((sc, grads))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(out[1][1], out[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -74,13 +74,41 @@ def sqdist_to_all(ball: PoincareBall, x: Tensor, y: Tensor) -> Tensor:
     which equals :math:`\frac{2}{\sqrt{c}}\operatorname{artanh}(\sqrt{c}\|{-\mathbf{x}}
     \oplus_c \mathbf{y}\|)` (tested against geoopt) with half the elementwise work. Points
     must lie inside the ball (as :meth:`PoincareBall.project` leaves them)."""
-    c = ball.c.to(x.dtype)
     x2 = x.square().sum(-1, keepdim=True)
     y2 = y.square().sum(-1).unsqueeze(0)
-    diff2 = (x2 + y2 - 2 * (x @ y.T)).clamp_min(0)
+    return _sqdist_tail(x @ y.T, x2, y2, ball.c.to(x.dtype))
+
+
+def _sqdist_tail(gram: Tensor, x2: Tensor, y2: Tensor, c: Tensor) -> Tensor:
+    """The elementwise part of :func:`sqdist_to_all` from ``x @ y.T``, ``|x|^2`` ``[Q, 1]``
+    and ``|y|^2`` ``[1, N]``."""
+    diff2 = (x2 + y2 - 2 * gram).clamp_min(0)
     denom = ((1 - c * x2) * (1 - c * y2)).clamp_min(1e-15)
     t = (2 * c * diff2 / denom).clamp_min(1e-30)  # arg - 1 (clamped: finite gradient at x = y)
     return torch.log1p(t + (t * (t + 2)).sqrt()).square() / c  # arcosh(1 + t)^2 / c
+
+
+def _phi_tail(gram: Tensor, x2: Tensor, y2: Tensor, c: Tensor, bias_s: Tensor,
+              bias_o: Tensor) -> Tensor:
+    return bias_s.unsqueeze(1) + bias_o.unsqueeze(0) - _sqdist_tail(gram, x2, y2, c)
+
+
+def _score_tail(gram_z: Tensor, x2_z: Tensor, y2_z: Tensor, gram_e: Tensor, x2_e: Tensor,
+                y2_e: Tensor, c: Tensor, bias_s: Tensor, bias_o: Tensor, w: Tensor) -> Tensor:
+    r""":math:`w\,\phi_Z + (1 - w)\,\phi_{E_0}` from the parts of both distances."""
+    return (w * _phi_tail(gram_z, x2_z, y2_z, c, bias_s, bias_o)
+            + (1 - w) * _phi_tail(gram_e, x2_e, y2_e, c, bias_s, bias_o))
+
+
+_compiled: dict[str, object] = {}
+
+
+def _fused(fn):
+    """``fn`` through ``torch.compile`` (one fused loop forward and one backward instead of
+    ~15 passes over ``[Q, N]``; compiled once per function, dynamic shapes)."""
+    if fn.__name__ not in _compiled:
+        _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
+    return _compiled[fn.__name__]
 
 
 class DyMRL(nn.Module):
@@ -100,17 +128,22 @@ class DyMRL(nn.Module):
         dropout: Dropout of ``TF``.
         init_scale: Standard deviation of the embedding initialisation (1e-3).
         curvature: Initial ball curvature ``c``.
+        fused_decoder: Runs the decoder's elementwise ``[Q, N]`` part (distance, biases)
+            through ``torch.compile`` (about 2x faster training on the CPU; the first call
+            compiles for ~15 s and needs a C++ compiler). Same values as the eager path.
     """
 
     def __init__(self, num_entities: int, num_relations: int, dim: int = 20, layers: int = 2,
                  heads: int = 2, word_edges: Tensor | None = None, num_words: int = 0,
                  num_static_relations: int = 0, modality_dims: dict[str, int] | None = None,
-                 dropout: float = 0.0, init_scale: float = 1e-3, curvature: float = 1.0) -> None:
+                 dropout: float = 0.0, init_scale: float = 1e-3, curvature: float = 1.0,
+                 fused_decoder: bool = False) -> None:
         super().__init__()
         if dim % 2:
             raise ValueError(f"dim must be even (Givens 2x2 blocks), got {dim}")
         N, R2 = num_entities, 2 * num_relations
         self.num_entities, self.num_relations, self.dim = N, num_relations, dim
+        self.fused_decoder = fused_decoder
         self.ball = PoincareBall(curvature, learnable=True)
         self.entity = nn.Parameter(init_scale * torch.randn(N, dim))
         self.rel = nn.Parameter(init_scale * torch.randn(R2, 2 * dim))
@@ -203,12 +236,18 @@ class DyMRL(nn.Module):
             m = m.index_copy(0, nodes, ma)
         return self.tf(e0, m.view(k, N, -1).transpose(0, 1))  # Z, [N, d]
 
-    def _phi(self, emb: Tensor, s: Tensor, r: Tensor) -> Tensor:
+    def _phi_parts(self, emb: Tensor, s: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x @ y.T``, ``|x|^2`` and ``|y|^2`` of the AttH queries and the mapped entities."""
         d = self.dim
         lhs = atth_point(self.ball, emb[s], self.rel_diag[r, :d], self.rel_diag[r, d:],
                          self.context[r], self.rel[r, :d])
         rhs = self.ball.expmap0(emb)
-        return -sqdist_to_all(self.ball, lhs, rhs) + self.bias_s[s, None] + self.bias_o[None]
+        return lhs @ rhs.T, lhs.square().sum(-1, keepdim=True), rhs.square().sum(-1).unsqueeze(0)
+
+    def _phi(self, emb: Tensor, s: Tensor, r: Tensor) -> Tensor:
+        tail = _fused(_phi_tail) if self.fused_decoder else _phi_tail
+        return tail(*self._phi_parts(emb, s, r), self.ball.c.to(emb.dtype), self.bias_s[s],
+                    self.bias_o)
 
     def gate(self, s: Tensor, r: Tensor) -> Tensor:
         """:math:`w = \\max(\\sigma(\\delta_s), \\sigma(\\delta_r))`, ``[Q]``."""
@@ -224,7 +263,10 @@ class DyMRL(nn.Module):
             raise ValueError(f"relation ids must be in [0, {2 * self.num_relations}) (inverses "
                              f"included), got [{int(r.min())}, {int(r.max())}]")
         w = self.gate(s, r).unsqueeze(1)
-        return w * self._phi(z, s, r) + (1 - w) * self._phi(self.entity, s, r)
+        if not self.fused_decoder:
+            return w * self._phi(z, s, r) + (1 - w) * self._phi(self.entity, s, r)
+        return _fused(_score_tail)(*self._phi_parts(z, s, r), *self._phi_parts(self.entity, s, r),
+                                   self.ball.c.to(z.dtype), self.bias_s[s], self.bias_o, w)
 
     def forward(self, history: list[RelationalGraph], s: Tensor, r: Tensor,
                 modalities: dict[str, Tensor] | None = None) -> Tensor:
