@@ -112,8 +112,8 @@ if WITH_EXT:
     # ---- autograd formulas --------------------------------------------------------------
     # The native backward kernels are not themselves differentiable. Under create_graph=True
     # (grad mode is on inside the backward, e.g. conservative forces F = -dE/dr trained on),
-    # segment_softmax and segment_reduce switch to a pure-torch backward so that second
-    # derivatives are exact; edge_attention refuses instead of returning a wrong result.
+    # every op switches to a pure-torch backward so that second derivatives are exact
+    # (edge_attention then materialises [E, H, Dv], like the reference path).
     def _segments(ptr, num_edges):
         N = ptr.shape[0] - 1
         return torch.repeat_interleave(torch.arange(N, device=ptr.device), ptr[1:] - ptr[:-1],
@@ -130,13 +130,9 @@ if WITH_EXT:
 
     def _ea_backward(ctx, grad_out, grad_lse, grad_weights):
         q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "graphattn: double backward (create_graph=True) through the native "
-                "edge_attention is not implemented; run that model under "
-                "graphattn.ops.set_backend('reference')"
-            )
         gw = grad_weights if ctx.return_weights else None
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return _ea_backward_differentiable(ctx, grad_out, gw, q, k, v, att, bias, ptr, src)
         gq, gk, gv, gatt, gbias = ops.edge_attention_backward(
             grad_out,
             gw,
@@ -171,6 +167,33 @@ if WITH_EXT:
             None,
             None,
         )
+
+    def _ea_backward_differentiable(ctx, grad_out, grad_weights, q, k, v, att, bias, ptr, src):
+        """The vector-Jacobian product of the reference formula (which materialises
+        ``[E, H, Dv]``), recomputed from the saved inputs with ``create_graph=True``, so that
+        second derivatives through the native op are exact."""
+        from types import SimpleNamespace
+
+        from . import _reference
+
+        E = src.shape[0]
+        graph = SimpleNamespace(src=src, dst=_segments(ptr, E), num_dst=ptr.shape[0] - 1)
+        kind = {v_: k_ for k_, v_ in _reference.KINDS.items()}[ctx.kind]
+        inputs = (q, k, v, att, bias)
+        wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+        grads: list = [None] * 5
+        if wanted:
+            out, w = _reference.edge_attention(q, k, v, graph, kind, bias, att, ctx.scale,
+                                               ctx.slope, 0.0, False, True)
+            outs, gos = [out], [grad_out]
+            if grad_weights is not None:
+                outs.append(w)
+                gos.append(grad_weights)
+            res = torch.autograd.grad(outs, [inputs[i] for i in wanted], gos,
+                                      create_graph=True, allow_unused=True)
+            for i, g in zip(wanted, res):
+                grads[i] = g if g is not None else torch.zeros_like(inputs[i])
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd(
         "graphattn::edge_attention", _ea_backward, setup_context=_ea_setup
