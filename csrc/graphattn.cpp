@@ -25,6 +25,9 @@ TORCH_LIBRARY(graphattn, m) {
       "SymInt num_edges) -> Tensor");
   // The forward of edge_attention takes the CSC view only so that its autograd formula
   // (registered from Python) can hand it to the backward; the forward kernel ignores it.
+  // kv_shared (backward): k and v are the same tensor (GATv2, self-attention on one
+  // projection); grad k then holds grad k + grad v and grad v is empty, so the backward
+  // allocates one [N_src, H, D] gradient instead of two.
   // kind: 0 = dot (q_i . k_j * scale + bias), 1 = additive (LeakyReLU(q_i + k_j + bias)),
   //       2 = v2 (att . LeakyReLU(q_i + k_j) + bias).
   m.def(
@@ -35,7 +38,7 @@ TORCH_LIBRARY(graphattn, m) {
       "edge_attention_backward(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor lse, Tensor ptr, Tensor src, "
       "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
-      "float negative_slope) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "float negative_slope, bool kv_shared=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -279,7 +279,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
                      const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
                      scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
-                     typename Acc<scalar_t>::type* delta) {
+                     typename Acc<scalar_t>::type* delta, bool kv_shared) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t H = dm.H, D = dm.D, Dv = dm.Dv, E = dm.E;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
@@ -410,6 +410,9 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
           const int64_t in = cdst[t + kPrefetch];
           prefetch_row(go + in * H * Dv, H * Dv);
           prefetch_row(q + in * H * D, H * D);
+          prefetch_row(lse + in * H, H);
+          prefetch_row(delta + in * H, H);
+          if (bias) prefetch_row(bias + ceid[t + kPrefetch] * H, H);
         }
         const int64_t e = ceid[t];
         const int64_t i = cdst[t];
@@ -443,9 +446,13 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
         }
       }
       scalar_t* gko = gk + j * H * D;
-      scalar_t* gvo = gv + j * H * Dv;
-      for (int64_t t = 0; t < H * D; ++t) gko[t] = scalar_t(gkj[t]);
-      for (int64_t t = 0; t < H * Dv; ++t) gvo[t] = scalar_t(gvj[t]);
+      if (kv_shared) {  // k is v: one gradient, grad k + grad v
+        for (int64_t t = 0; t < H * D; ++t) gko[t] = scalar_t(gkj[t] + gvj[t]);
+      } else {
+        scalar_t* gvo = gv + j * H * Dv;
+        for (int64_t t = 0; t < H * D; ++t) gko[t] = scalar_t(gkj[t]);
+        for (int64_t t = 0; t < H * Dv; ++t) gvo[t] = scalar_t(gvj[t]);
+      }
     }
   });
 
@@ -464,8 +471,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     const c10::optional<at::Tensor>& att_, const c10::optional<at::Tensor>& bias_,
     const at::Tensor& lse_, const at::Tensor& ptr, const at::Tensor& src,
     const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
-    double scale, double negative_slope) {
+    double scale, double negative_slope, bool kv_shared) {
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
+  TORCH_CHECK(!kv_shared || k_.sizes() == v_.sizes(), "graphattn: 'kv_shared' needs 'k' and 'v' "
+              "of the same shape, got ", k_.sizes(), " and ", v_.sizes());
   TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({dm.Nd, dm.H, dm.Dv}),
               "graphattn: 'grad_out' must have shape [N_dst, H, Dv], got ", grad_out_.sizes());
   TORCH_CHECK(lse_.sizes() == at::IntArrayRef({dm.Nd, dm.H}),
@@ -494,7 +503,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
   const at::Tensor att = has_att ? att_->contiguous() : at::Tensor();
   const at::Tensor bias = has_bias ? bias_->contiguous() : at::Tensor();
 
-  at::Tensor gq = at::zeros_like(q), gk = at::empty_like(k), gv = at::empty_like(v);
+  at::Tensor gq = at::zeros_like(q), gk = at::empty_like(k);
+  at::Tensor gv = kv_shared ? at::empty({0}, v.options()) : at::empty_like(v);
   at::Tensor gatt = has_att ? at::empty_like(att) : at::empty({0}, q.options());
   at::Tensor gbias = has_bias ? at::empty_like(bias) : at::empty({0}, q.options());
   const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -513,8 +523,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
           v.data_ptr<scalar_t>(), attp, bp, lse.data_ptr<scalar_t>(),
           ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
           csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
-          gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), gattp, gbp,
-          delta.data_ptr<acc_t>());
+          gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(),
+          kv_shared ? nullptr : gv.data_ptr<scalar_t>(), gattp, gbp, delta.data_ptr<acc_t>(),
+          kv_shared);
     };
     if (kind == DOT) run(std::integral_constant<int, DOT>{});
     else if (kind == ADDITIVE) run(std::integral_constant<int, ADDITIVE>{});

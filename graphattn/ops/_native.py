@@ -86,10 +86,12 @@ if WITH_EXT:
         kind,
         scale,
         negative_slope,
+        kv_shared=False,
     ):
         gatt = torch.empty_like(att) if (att is not None and kind == 2) else q.new_empty(0)
         gbias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), gatt, gbias
+        gv = v.new_empty(0) if kv_shared else torch.empty_like(v)
+        return torch.empty_like(q), torch.empty_like(k), gv, gatt, gbias
 
     @torch.library.register_fake("graphattn::segment_softmax")
     def _ss_fake(scores, ptr):
@@ -127,6 +129,8 @@ if WITH_EXT:
         ctx.save_for_backward(*tensors, lse)
         ctx.kind, ctx.scale, ctx.slope, ctx.return_weights = kind, scale, slope, return_weights
         ctx.has_att, ctx.has_bias = tensors[3] is not None, tensors[4] is not None
+        # the same tensor as k and v (GATv2): the backward returns one summed gradient
+        ctx.kv_shared = tensors[1] is tensors[2] and tensors[1].requires_grad
 
     def _ea_backward(ctx, grad_out, grad_lse, grad_weights):
         q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse = ctx.saved_tensors
@@ -150,11 +154,12 @@ if WITH_EXT:
             ctx.kind,
             ctx.scale,
             ctx.slope,
+            ctx.kv_shared,
         )
         return (
             gq,
             gk,
-            gv,
+            None if ctx.kv_shared else gv,  # k is v: gk already holds grad k + grad v
             gatt if ctx.has_att else None,
             gbias if ctx.has_bias else None,
             None,

@@ -299,6 +299,38 @@ def test_native_kernel_checks_indices_never_crashes():
 
 # ---- registration: opcheck and torch.compile ---------------------------------------------------
 @native_only
+@pytest.mark.parametrize("kind", ["dot", "v2"])
+def test_native_shared_key_value_gradient(kind):
+    """k is v (GATv2, one projection): the backward returns one summed gradient (no second
+    [N, H, D] buffer), equal to the reference's, also with create_graph."""
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False)
+    q, h, _, att, b = make_inputs(kind, 12, 12, ei.size(1), 2, 4, Dv=4)
+    gout = torch.randn(12, 2, 4, dtype=torch.float64)
+    res = {}
+    for name in ("native", "reference"):
+        with ops.set_backend(name):
+            out = ops.edge_attention(q, h, h, g, kind, bias=b, att=att)
+            res[name] = torch.autograd.grad((out * gout).sum(), (q, h, b))
+    for x, y in zip(res["native"], res["reference"]):
+        torch.testing.assert_close(x, y)
+    # the kernel: kv_shared gives grad k + grad v in one tensor and an empty grad v
+    out, lse, _ = torch.ops.graphattn.edge_attention(
+        q, h, h, att, g.to_csr(b), g.ptr, g.src, g.csc_ptr, g.csc_eid, g.csc_dst,
+        ops.KINDS[kind], 0.5, 0.2, False)
+    args = (gout, None, q, h, h, att, g.to_csr(b), lse, g.ptr, g.src, g.csc_ptr, g.csc_eid,
+            g.csc_dst, ops.KINDS[kind], 0.5, 0.2)
+    sep = torch.ops.graphattn.edge_attention_backward(*args, False)
+    fused = torch.ops.graphattn.edge_attention_backward(*args, True)
+    torch.testing.assert_close(fused[1], sep[1] + sep[2])
+    assert fused[2].numel() == 0
+    with pytest.raises(RuntimeError, match="kv_shared"):
+        torch.ops.graphattn.edge_attention_backward(
+            gout, None, q, h, h[:, :, :3], att, None, lse, g.ptr, g.src, g.csc_ptr, g.csc_eid,
+            g.csc_dst, ops.KINDS[kind], 0.5, 0.2, True)
+
+
+@native_only
 @pytest.mark.parametrize("kind", [0, 1, 2])
 def test_opcheck(kind):
     ei = ragged_edge_index(10)
