@@ -99,9 +99,12 @@ def evaluate(task: TKGTask, split: str, scorer) -> dict[str, float]:
 
 def train_dymrl(task: TKGTask, epochs: int, out_dir: Path, progress: bool, resume: bool = False,
                 lr: float = 1e-2, dim: int = 20, patience: int = 10,
-                riemannian: bool = False) -> tuple[DyMRL, dict[str, Any]]:
+                riemannian: bool = False,
+                lr_decay: float | None = None) -> tuple[DyMRL, dict[str, Any]]:
     """Trains DyMRL (Adam, or geoopt's ``RiemannianAdam`` with ``riemannian=True``; both are
-    exact here because every DyMRL parameter is a tangent vector or a Euclidean weight)."""
+    exact here because every DyMRL parameter is a tangent vector or a Euclidean weight).
+    ``lr_decay``: multiply the learning rate by this factor whenever validation MRR did not
+    improve for an epoch (``ReduceLROnPlateau``, patience 1)."""
     kg = task.kg
     modality_dims = {}
     mods = {}
@@ -134,7 +137,7 @@ def train_dymrl(task: TKGTask, epochs: int, out_dir: Path, progress: bool, resum
             loss.backward()
             opt.step()
             total, count = total + loss.item() * s.numel(), count + s.numel()
-        return {"loss": total / max(count, 1)}
+        return {"loss": total / max(count, 1), "lr": opt.param_groups[0]["lr"]}
 
     def scorer(t, s, r):
         return model(task.history(t), s, r, mods)
@@ -145,7 +148,10 @@ def train_dymrl(task: TKGTask, epochs: int, out_dir: Path, progress: bool, resum
 
     cfg = TrainConfig(name="dymrl", epochs=epochs, seed=0, runs_dir=out_dir, patience=patience,
                       monitor="val_mrr", mode="max", progress=progress, resume=resume)
-    res = fit(model, opt, train_epoch, evaluate_epoch, cfg)
+    sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=lr_decay,
+                                                        patience=1)
+             if lr_decay else None)
+    res = fit(model, opt, train_epoch, evaluate_epoch, cfg, scheduler=sched)
     # wall-clock of all training sessions of this run (fit accumulates it across resumes)
     seconds = json.loads((res.run_dir / "metrics.json").read_text())["total_time"]
     load_best(model, res.run_dir)
@@ -245,7 +251,8 @@ def recurrence(task: TKGTask) -> dict[str, Any]:
 
 def run_comparison(kg: TemporalKG, label: str, out_dir: Path, progress: bool, resume: bool,
                    dymrl_epochs: int, kge_epochs: int, history: int, lr: float = 1e-2,
-                   patience: int = 10, riemannian: bool = False) -> dict[str, Any]:
+                   patience: int = 10, riemannian: bool = False,
+                   lr_decay: float | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for note in kg.notes:
         print(f"[{label}] {note}", flush=True)
@@ -253,7 +260,8 @@ def run_comparison(kg: TemporalKG, label: str, out_dir: Path, progress: bool, re
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     _, results["DyMRL"] = train_dymrl(task, dymrl_epochs, out_dir, progress, resume, lr=lr,
-                                      patience=patience, riemannian=riemannian)
+                                      patience=patience, riemannian=riemannian,
+                                      lr_decay=lr_decay)
     print(f"[{label}] DyMRL done in {time.perf_counter() - t0:.0f} s", flush=True)
     for name in ("DistMult", "ComplEx", "RotatE"):
         results[name] = train_kge(name, task, kge_epochs)
@@ -285,7 +293,7 @@ def run(full: bool, runs_dir: Path, progress: bool, resume: bool = False,
         label = Path(data).name
         res = run_comparison(kg, label, Path(runs_dir) / "tkg" / label, progress, resume,
                              dymrl_epochs=30 if full else 3, kge_epochs=50 if full else 10,
-                             history=6, patience=5, riemannian=riemannian)
+                             history=6, patience=4, riemannian=riemannian, lr_decay=0.3)
     else:
         kg = synthetic_tkg(steps=100)
         label = "synthetic Nations TKG"
