@@ -386,8 +386,6 @@ class GraphAttention(MessagePassing):
         if want_w:
             out, alpha = out
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
-        # ``out`` is fresh and no backward formula saved it: the residual terms below are
-        # added in place (one [N, H * C] tensor less at the peak)
 
         if self.mode == "transformer":
             if self.lin_skip is not None:
@@ -396,12 +394,12 @@ class GraphAttention(MessagePassing):
                     b = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
                     out = b * x_r + (1 - b) * out
                 else:
-                    out = out.add_(x_r)
+                    out = out + x_r
         else:
             if self.res is not None and x_dst is not None:
-                out = out.add_(self.res(x_dst))
+                out = out + self.res(x_dst)
             if self.bias is not None:
-                out = out.add_(self.bias)
+                out = out + self.bias
         if want_w:
             ei = graph.edge_index
             if ei is None:  # a hand-built EdgeGraph: report edges in CSR order's caller order
