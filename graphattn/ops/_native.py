@@ -185,7 +185,9 @@ if WITH_EXT:
         graph = SimpleNamespace(src=src, dst=_segments(ptr, E), num_dst=ptr.shape[0] - 1)
         kind = {v_: k_ for k_, v_ in _reference.KINDS.items()}[ctx.kind]
         inputs = (q, k, v, att, bias)
-        wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+        # k is v: one gradient (for k) covers both uses; asking for it twice would double it
+        wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]
+                  and not (i == 2 and ctx.kv_shared)]
         grads: list = [None] * 5
         if wanted:
             out, w = _reference.edge_attention(q, k, v, graph, kind, bias, att, ctx.scale,

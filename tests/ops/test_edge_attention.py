@@ -302,7 +302,7 @@ def test_native_kernel_checks_indices_never_crashes():
 @pytest.mark.parametrize("kind", ["dot", "v2"])
 def test_native_shared_key_value_gradient(kind):
     """k is v (GATv2, one projection): the backward returns one summed gradient (no second
-    [N, H, D] buffer), equal to the reference's, also with create_graph."""
+    [N, H, D] buffer), equal to the reference's (create_graph: test_segment.py)."""
     ei = ragged_edge_index(12)
     g = build_graph(ei, 12, cache=False)
     q, h, _, att, b = make_inputs(kind, 12, 12, ei.size(1), 2, 4, Dv=4)

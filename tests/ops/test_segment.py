@@ -161,8 +161,12 @@ def test_native_double_backward_equals_reference():
     res = {}
     for name in ("native", "reference"):
         with ops.set_backend(name):
-            q, k, v = (2 * x).view(8, 2, 3).tanh(), x.view(8, 2, 3), x.view(8, 2, 3) ** 2
-            out = ops.edge_attention(q, k, v, g)
-            (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-            res[name] = torch.autograd.grad(gx.square().sum(), x)[0]
-    torch.testing.assert_close(res["native"], res["reference"])
+            res[name] = []
+            for shared in (False, True):  # separate k, v and k is v (GATv2)
+                q, k = (2 * x).view(8, 2, 3).tanh(), x.view(8, 2, 3)
+                v = k if shared else x.view(8, 2, 3) ** 2
+                out = ops.edge_attention(q, k, v, g)
+                (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+                res[name] += [gx, torch.autograd.grad(gx.square().sum(), x)[0]]
+    for a, b in zip(res["native"], res["reference"]):
+        torch.testing.assert_close(a, b)

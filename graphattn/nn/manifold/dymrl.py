@@ -53,6 +53,8 @@ Shapes:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -100,15 +102,11 @@ def _score_tail(gram_z: Tensor, x2_z: Tensor, y2_z: Tensor, gram_e: Tensor, x2_e
             + (1 - w) * _phi_tail(gram_e, x2_e, y2_e, c, bias_s, bias_o))
 
 
-_compiled: dict[str, object] = {}
-
-
+@functools.cache
 def _fused(fn):
     """``fn`` through ``torch.compile`` (one fused loop forward and one backward instead of
     ~15 passes over ``[Q, N]``; compiled once per function, dynamic shapes)."""
-    if fn.__name__ not in _compiled:
-        _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
-    return _compiled[fn.__name__]
+    return torch.compile(fn, dynamic=True)
 
 
 class DyMRL(nn.Module):
