@@ -99,12 +99,13 @@ def evaluate(task: TKGTask, split: str, scorer) -> dict[str, float]:
 
 def train_dymrl(task: TKGTask, epochs: int, out_dir: Path, progress: bool, resume: bool = False,
                 lr: float = 1e-2, dim: int = 20, patience: int = 10,
-                riemannian: bool = False,
-                lr_decay: float | None = None) -> tuple[DyMRL, dict[str, Any]]:
+                riemannian: bool = False, lr_decay: float | None = None,
+                weight_decay: float = 0.0) -> tuple[DyMRL, dict[str, Any]]:
     """Trains DyMRL (Adam, or geoopt's ``RiemannianAdam`` with ``riemannian=True``; both are
     exact here because every DyMRL parameter is a tangent vector or a Euclidean weight).
     ``lr_decay``: multiply the learning rate by this factor whenever validation MRR did not
-    improve for an epoch (``ReduceLROnPlateau``, patience 1)."""
+    improve for an epoch (``ReduceLROnPlateau``, patience 1). ``weight_decay``: L2 penalty of
+    the optimiser (coupled, as in ``torch.optim.Adam``; 0 in the paper's config)."""
     kg = task.kg
     modality_dims = {}
     mods = {}
@@ -121,9 +122,10 @@ def train_dymrl(task: TKGTask, epochs: int, out_dir: Path, progress: bool, resum
     if riemannian:
         import geoopt
 
-        opt = geoopt.optim.RiemannianAdam(model.parameters(), lr=lr)
+        opt = geoopt.optim.RiemannianAdam(model.parameters(), lr=lr,
+                                              weight_decay=weight_decay)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     train_times = task.split_times("train")
     gen = torch.Generator().manual_seed(0)
 
@@ -252,7 +254,8 @@ def recurrence(task: TKGTask) -> dict[str, Any]:
 def run_comparison(kg: TemporalKG, label: str, out_dir: Path, progress: bool, resume: bool,
                    dymrl_epochs: int, kge_epochs: int, history: int, lr: float = 1e-2,
                    patience: int = 10, riemannian: bool = False,
-                   lr_decay: float | None = None) -> dict[str, Any]:
+                   lr_decay: float | None = None, dim: int = 20,
+                   weight_decay: float = 0.0) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for note in kg.notes:
         print(f"[{label}] {note}", flush=True)
@@ -261,7 +264,7 @@ def run_comparison(kg: TemporalKG, label: str, out_dir: Path, progress: bool, re
     t0 = time.perf_counter()
     _, results["DyMRL"] = train_dymrl(task, dymrl_epochs, out_dir, progress, resume, lr=lr,
                                       patience=patience, riemannian=riemannian,
-                                      lr_decay=lr_decay)
+                                      lr_decay=lr_decay, dim=dim, weight_decay=weight_decay)
     print(f"[{label}] DyMRL done in {time.perf_counter() - t0:.0f} s", flush=True)
     for name in ("DistMult", "ComplEx", "RotatE"):
         results[name] = train_kge(name, task, kge_epochs)
@@ -285,19 +288,23 @@ def summary_rows(results: dict[str, Any], label: str) -> list[dict]:
 
 @register("tkg")
 def run(full: bool, runs_dir: Path, progress: bool, resume: bool = False,
-        data: str | None = None, riemannian: bool = False) -> list[dict]:
+        data: str | None = None, riemannian: bool = False, dim: int = 20,
+        weight_decay: float = 0.0) -> list[dict]:
     """Synthetic Nations event streams at demo size; ``data`` (a temporal-KG folder) for the
-    real run; ``riemannian`` trains DyMRL with ``geoopt.optim.RiemannianAdam``."""
+    real run; ``riemannian`` trains DyMRL with ``geoopt.optim.RiemannianAdam``; ``dim`` is
+    DyMRL's rank ``d`` (20 in the paper's config), ``weight_decay`` its optimiser's L2."""
     if data is not None:
         kg = load_tkg(data)
         label = Path(data).name
         res = run_comparison(kg, label, Path(runs_dir) / "tkg" / label, progress, resume,
                              dymrl_epochs=30 if full else 3, kge_epochs=50 if full else 10,
-                             history=6, patience=4, riemannian=riemannian, lr_decay=0.3)
+                             history=6, patience=4, riemannian=riemannian, lr_decay=0.3,
+                             dim=dim, weight_decay=weight_decay)
     else:
         kg = synthetic_tkg(steps=100)
         label = "synthetic Nations TKG"
         res = run_comparison(kg, label, Path(runs_dir) / "tkg" / "synthetic", progress, resume,
                              dymrl_epochs=30 if full else 12, kge_epochs=200 if full else 100,
-                             history=3, riemannian=riemannian)
+                             history=3, riemannian=riemannian, dim=dim,
+                             weight_decay=weight_decay)
     return summary_rows(res, label)

@@ -316,3 +316,62 @@ def test_gdegan_center_equivariant_logits_invariant():
 
     assert_equivariant(f, args_in=[pos], irreps_in=["cartesian_points"],
                        irreps_out=["9x0e", "cartesian_points"], tolerance=1e-8)
+
+
+def test_channel_broadcasts_match_explicit_column_maps():
+    """heads_to_channels / scale_channels / MLANet's per-head key sums equal the explicit
+    per-component maps (channel u of an irreps entry -> head u mod H)."""
+    from graphattn.nn.equivariant.conv import heads_to_channels, irreps_blocks, scale_channels
+
+    irreps, H, E = o3.Irreps("6x0e+4x0e+5x1o+3x2e"), 4, 11
+    channel, head, c = [], [], 0
+    for mul, ir in irreps:
+        for u in range(mul):
+            channel += [c] * ir.dim
+            head += [u % H] * ir.dim
+            c += 1
+    alpha, g, m = torch.randn(E, H), torch.randn(E, irreps.num_irreps), torch.randn(E, irreps.dim)
+    blocks = irreps_blocks(irreps)
+    coef = heads_to_channels(alpha, blocks) * g
+    torch.testing.assert_close(scale_channels(m, coef, blocks),
+                               m * g[:, channel] * alpha[:, head])
+    layer = MLANetInteraction(IRREPS, lmax=2, heads=2)
+    key_head = []
+    for mul, ir in layer.irreps_key:
+        for u in range(mul):
+            key_head += [u % 2] * ir.dim
+    qk = torch.randn(E, layer.irreps_key.dim)
+    want = torch.zeros(E, 2).index_add_(1, torch.tensor(key_head), qk)
+    torch.testing.assert_close(layer._head_sums(qk), want)
+
+
+@pytest.mark.slow
+def test_mlanet_runs_under_torch_compile():
+    """MLANet compiles (dynamic shapes; e3nn Irreps never reach dynamo's guards) and gives the
+    eager energies, forces and parameter gradients; conservative forces in eval mode (training
+    them needs a double backward, which compiled graphs do not support)."""
+    torch.set_default_dtype(torch.float32)
+    for conservative in (False, True):
+        torch.manual_seed(0)
+        model = MLANet(num_species=10, channels=8, l_channels=4, lmax=1, num_layers=1, heads=2,
+                       cutoff=4.0, conservative=conservative).train(not conservative)
+        compiled = torch.compile(model, dynamic=True)
+        for n in (6, 9):
+            z, pos = _molecule(n=n, seed=n)
+            pos = pos.float()
+            ei = _radius(pos, 4.0)
+            res = []
+            for f in (model, compiled):
+                model.zero_grad()
+                out = f(z, pos.clone(), edge_index=ei)
+                grads = []
+                if not conservative:
+                    (out["energy"].sum() + out["forces"].square().sum()).backward()
+                    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+                res.append((out["energy"].detach(), out["forces"].detach(), grads))
+            (e0, f0, g0), (e1, f1, g1) = res
+            torch.testing.assert_close(e1, e0, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(f1, f0, rtol=1e-4, atol=1e-5)
+            assert len(g1) == len(g0)
+            for a, b in zip(g1, g0):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

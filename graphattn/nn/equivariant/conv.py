@@ -42,6 +42,35 @@ def _e3nn():
     return o3, enn
 
 
+def irreps_blocks(irreps) -> tuple[tuple[int, int], ...]:
+    """``((mul, 2l + 1), ...)`` of ``irreps``: plain ints for the forward passes (no e3nn
+    ``Irreps`` object reaches ``torch.compile``'s guards)."""
+    o3, _ = _e3nn()
+    return tuple((int(mul), int(ir.dim)) for mul, ir in o3.Irreps(irreps))
+
+
+def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    r"""Per-head weights ``alpha [E, H]`` dealt to the channels of the irreps ``blocks``
+    (:func:`irreps_blocks`): channel ``u`` of each ``(mul, ir)`` entry belongs to head
+    ``u mod H``. Returns ``[E, num_irreps]`` (repeats and slices only, so the backward is a
+    cheap sum)."""
+    H = alpha.shape[1]
+    parts = [alpha.repeat(1, -(-mul // H))[:, :mul] for mul, _ in blocks]
+    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+
+def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    r"""``m [E, dim]`` with every channel (all ``2l + 1`` components of one irrep copy) of the
+    irreps ``blocks`` multiplied by its factor in ``coef [E, num_irreps]``: equivariant
+    whenever ``coef`` is invariant. Broadcasts per block instead of gathering columns."""
+    out, c, i = [], 0, 0
+    for mul, d in blocks:
+        out.append((m[:, i: i + mul * d].view(-1, mul, d) * coef[:, c: c + mul, None])
+                   .reshape(-1, mul * d))
+        c, i = c + mul, i + mul * d
+    return torch.cat(out, -1) if len(out) > 1 else out[0]
+
+
 def scalar_irreps_first(irreps) -> tuple:
     """Checks that ``irreps`` (simplified, sorted) starts with its ``0e`` block and returns
     ``(irreps, n_scalars)``."""
@@ -113,6 +142,7 @@ class EquivariantAttentionConv(nn.Module):
         self.radial = enn.FullyConnectedNet([num_basis, radial_hidden, self.tp.weight_numel],
                                             torch.nn.functional.silu)
         n_ch = self.irreps_mid.num_irreps
+        self.mid_blocks = irreps_blocks(self.irreps_mid)
         if gated_messages:
             self.msg_gate = enn.FullyConnectedNet(
                 [2 * self.n_scalars + num_basis, radial_hidden, n_ch], torch.nn.functional.silu)
@@ -122,31 +152,25 @@ class EquivariantAttentionConv(nn.Module):
                              f"{gated.num_irreps}x0e" if gated.num_irreps else "",
                              [torch.sigmoid] if gated.num_irreps else [], gated)
         self.lin = o3.Linear(self.irreps_mid, self.gate.irreps_in)
-        channel, head, c = [], [], 0
-        for mul, ir in self.irreps_mid:
-            for u in range(mul):
-                channel += [c] * ir.dim
-                head += [u % self.heads] * ir.dim
-                c += 1
-        self.register_buffer("channel_index", torch.tensor(channel), persistent=False)
-        self.register_buffer("head_index", torch.tensor(head), persistent=False)
 
     def edge_features(self, x: Tensor, src: Tensor, radial: Tensor, sh: Tensor) -> Tensor:
         r""":math:`\mathrm{TP}^{uvu}_{w(R)}(x_j, Y(\hat r_{ij}))`, ``[E, dim irreps_mid]``: the
         neighbour's features rotated by the edge direction (messages before gating; MLANet's
         geometric keys are a linear map of them)."""
-        return self.tp(x[src], sh, self.radial(radial))
+        return self.tp(x.index_select(0, src), sh, self.radial(radial))
 
     def forward(self, x: Tensor, alpha: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
                 radial: Tensor, sh: Tensor, edge_features: Tensor | None = None) -> Tensor:
         if alpha.dim() != 2 or alpha.shape[1] != self.heads:
             raise ValueError(f"'alpha' must be [E, heads={self.heads}], got {list(alpha.shape)}")
         m = self.edge_features(x, src, radial, sh) if edge_features is None else edge_features
+        coef = heads_to_channels(alpha, self.mid_blocks)  # [E, channels]
         if self.gated_messages:
             s = x[:, : self.n_scalars]
-            g = torch.sigmoid(self.msg_gate(torch.cat([s[dst], s[src], radial], -1)))
-            m = m * g[:, self.channel_index]
-        m = m * alpha[:, self.head_index]
+            g = torch.sigmoid(self.msg_gate(
+                torch.cat([s.index_select(0, dst), s.index_select(0, src), radial], -1)))
+            coef = coef * g
+        m = scale_channels(m, coef, self.mid_blocks)
         agg = ops.aggregate(m, graph, "sum")
         return x + self.gate(self.lin(agg))
 
@@ -169,13 +193,15 @@ class EdgeGeometry(nn.Module):
 
         o3, _ = _e3nn()
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True,
+                                        normalization="component")
         self.basis = BesselBasis(cutoff, num_basis)
         self.envelope = PolynomialCutoff(cutoff)
 
     def forward(self, pos: Tensor, edge_index: Tensor, shift: Tensor | None = None) -> dict:
         o3, _ = _e3nn()
         src, dst = edge_index[0], edge_index[1]
-        vec = pos[src] - pos[dst]
+        vec = pos.index_select(0, src) - pos.index_select(0, dst)
         if shift is not None:
             if shift.shape != vec.shape:
                 raise ValueError(f"'shift' must be [E, 3] = {list(vec.shape)}, "
@@ -186,5 +212,4 @@ class EdgeGeometry(nn.Module):
             raise ValueError("two atoms joined by an edge sit at the same position (r = 0)")
         fc = self.envelope(r)
         return {"vec": vec, "r": r, "fc": fc, "radial": self.basis(r) * fc.unsqueeze(-1),
-                "sh": o3.spherical_harmonics(self.irreps_sh, vec, normalize=True,
-                                             normalization="component")}
+                "sh": self.sh(vec)}

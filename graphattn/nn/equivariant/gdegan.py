@@ -101,21 +101,21 @@ class GaussianDynamicAttention(nn.Module):
         r"""Attention logits ``[E, H]`` from per-head ``q, k`` :math:`(N, H, D)`."""
         H, D = q.shape[1], q.shape[2]
         if self.kernel == "dot":
-            return (q[dst] * k[src]).sum(-1) / math.sqrt(D)
+            return (q.index_select(0, dst) * k.index_select(0, src)).sum(-1) / math.sqrt(D)
         base = k if self.stats == "keys" else feats
-        base_e = base[src]
+        base_e = base.index_select(0, src)
         mu = ops.aggregate(base_e.flatten(1), graph, "mean").view(-1, *base.shape[1:])
-        dev = (base_e - mu[dst]).pow(2)
-        diff = (q[dst] - k[src]).pow(2)
+        dev = (base_e - mu.index_select(0, dst)).pow(2)
+        diff = (q.index_select(0, dst) - k.index_select(0, src)).pow(2)
         if t is not None:
             diff = diff * t.pow(2)
         tau = self.tau().view(1, H)
         if self.variance == "scalar":
             var = ops.aggregate(dev.flatten(1).view(dev.shape[0], H, -1).sum(-1), graph,
                                 "mean") + self.eps  # [N, H]
-            return -diff.sum(-1) / (2 * tau * var[dst])
+            return -diff.sum(-1) / (2 * tau * var.index_select(0, dst))
         var = ops.aggregate(dev.flatten(1), graph, "mean").view(-1, H, D) + self.eps
-        return -(diff / var[dst]).sum(-1) / (2 * tau)
+        return -(diff / var.index_select(0, dst)).sum(-1) / (2 * tau)
 
     def attention_weights(self, x: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
                           edge_attr: Tensor | None = None) -> Tensor:
@@ -144,7 +144,7 @@ class GaussianDynamicAttention(nn.Module):
         src = edge_index[0]
         alpha = self.attention_weights(x, graph, src, edge_index[1], edge_attr)
         v = self.v(x).view(N, H, D)
-        out = ops.aggregate((alpha.unsqueeze(-1) * v[src]).flatten(1), graph, "sum")
+        out = ops.aggregate((alpha.unsqueeze(-1) * v.index_select(0, src)).flatten(1), graph, "sum")
         return (out, alpha) if return_attention_weights else out
 
     def extra_repr(self) -> str:

@@ -43,6 +43,7 @@ from .conv import (
     EdgeGeometry,
     EquivariantAttentionConv,
     _e3nn,
+    irreps_blocks,
     scalar_irreps_first,
 )
 
@@ -97,14 +98,9 @@ class MLANetInteraction(nn.Module):
                                              radial_hidden, gated_messages)
         if geometric:
             key = o3.Irreps([(heads * max(4 >> l, 1), (l, (-1) ** l)) for l in range(lmax + 1)])
-            self.irreps_key = key
+            self.irreps_key, self.key_blocks = key, irreps_blocks(key)
             self.q_geo = o3.Linear(self.irreps_node, key)
             self.k_geo = o3.Linear(self.conv.irreps_mid, key)
-            head = []
-            for mul, ir in key:
-                for u in range(mul):
-                    head += [u % heads] * ir.dim
-            self.register_buffer("key_head", torch.tensor(head), persistent=False)
             self.key_scale = 1.0 / math.sqrt(key.dim / heads)
 
     def tau(self) -> Tensor:
@@ -119,15 +115,25 @@ class MLANetInteraction(nn.Module):
             s = x[:, : self.conv.n_scalars]
             q = self.wq(s).view(-1, self.heads, self.key_dim)
             k = self.wk(s).view(-1, self.heads, self.key_dim)
-            a = a + (q[dst] * k[src]).sum(-1) / (self.tau() * math.sqrt(self.key_dim))
+            a = a + (q.index_select(0, dst) * k.index_select(0, src)).sum(-1) / (
+                self.tau() * math.sqrt(self.key_dim))
         if self.geometric:
             if edge_features is None:
                 edge_features = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
             k = self.k_geo(edge_features)  # keys: neighbour features rotated by the edge
-            qk = self.q_geo(x)[dst] * k  # per-component products; sums over an irrep's
-            dot = qk.new_zeros(qk.shape[0], self.heads).index_add_(1, self.key_head, qk)
-            a = a + dot * self.key_scale / self.tau()  # components are invariant dot products
+            qk = self.q_geo(x).index_select(0, dst) * k  # per-component products
+            a = a + self._head_sums(qk) * self.key_scale / self.tau()
         return a
+
+    def _head_sums(self, qk: Tensor) -> Tensor:
+        """``[E, key dim] -> [E, H]``: the sum over each key irrep's components (an invariant
+        dot product) and over the irrep copies of a head (copy ``u`` belongs to head
+        ``u mod H``; every multiplicity is a multiple of ``H``)."""
+        E, H, out, i = qk.shape[0], self.heads, 0, 0
+        for mul, d in self.key_blocks:
+            out = out + qk[:, i: i + mul * d].view(E, mul // H, H, d).sum((1, 3))
+            i += mul * d
+        return out
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
@@ -185,6 +191,7 @@ class MLANet(nn.Module):
         super().__init__()
         o3, enn = _e3nn()
         self.irreps = o3.Irreps(default_irreps(channels, l_channels, lmax))
+        self.irreps_dim = int(self.irreps.dim)
         self.channels, self.cutoff = channels, float(cutoff)
         self.conservative, self.max_charge = conservative, max_charge
         self.embed = nn.Embedding(num_species, channels)
@@ -246,7 +253,7 @@ class MLANet(nn.Module):
             if bool(((q < -self.max_charge) | (q > self.max_charge)).any()):
                 raise ValueError(f"'charge' must lie in [-{self.max_charge}, {self.max_charge}]")
             s = s + self.charge_embed(q.long() + self.max_charge)[batch]
-        x = torch.cat([s, s.new_zeros(s.shape[0], self.irreps.dim - self.channels)], -1)
+        x = torch.cat([s, s.new_zeros(s.shape[0], self.irreps_dim - self.channels)], -1)
         for layer in self.layers:
             x = layer(x, edge_index, geom)
         h = x[:, : self.channels]
