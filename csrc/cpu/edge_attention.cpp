@@ -13,7 +13,9 @@
 //     (= rowsum(dO_i * O_i), so O is not saved), ds_e = p_e (dp_e - delta_i); accumulate
 //     grad q_i (and the per-edge grad bias, and grad att for v2).
 //   pass B (by source rows, through the CSC view): the same recomputation from the q_i and
-//     dO_i rows it gathers anyway; grad v_j = sum_e p_e dO_i and grad k_j from ds_e.
+//     dO_i rows it gathers anyway; grad v_j = sum_e p_e dO_i and grad k_j from ds_e. Pass A
+//     packs lse_i, delta_i (and the scalar q_i of 'additive') into one short record per
+//     destination, so pass B's random reads per edge are dO_i, q_i and that record.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -175,9 +177,7 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
       std::fill(mx.begin(), mx.end(), NEG_INF);
       for (int64_t t = 0; t < deg; ++t) {
         const int64_t e = e0 + t;
-        if constexpr (KIND != ADDITIVE) {
-          if (e + kPrefetch < E) prefetch_row(k + src[e + kPrefetch] * H * D, H * D);
-        }
+        if (e + kPrefetch < E) prefetch_row(k + src[e + kPrefetch] * H * D, H * D);
         const scalar_t* kj = k + src[e] * H * D;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
@@ -279,8 +279,13 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
                      const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
                      scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
-                     typename Acc<scalar_t>::type* delta, bool kv_shared) {
+                     scalar_t* stats, bool kv_shared) {
   using acc_t = typename Acc<scalar_t>::type;
+  static_assert(std::is_same<acc_t, scalar_t>::value,
+                "the packed row statistics hold accumulator values in scalar_t");
+  // Per destination row, packed so that pass B fetches one short record per edge instead of
+  // one cache line per array: [lse_i (H), delta_i (H), and for 'additive' q_i (H)].
+  const int64_t S = (KIND == ADDITIVE ? 3 : 2) * dm.H;
   const int64_t H = dm.H, D = dm.D, Dv = dm.Dv, E = dm.E;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
@@ -328,8 +333,13 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
       const scalar_t* qi = q + i * H * D;
       const scalar_t* goi = go + i * H * Dv;
       const scalar_t* li = lse + i * H;
-      acc_t* dli = delta + i * H;
-      for (int64_t h = 0; h < H; ++h) dli[h] = 0;
+      scalar_t* st = stats + i * S;
+      acc_t* dli = st + H;
+      for (int64_t h = 0; h < H; ++h) {
+        st[h] = li[h];
+        dli[h] = 0;
+        if constexpr (KIND == ADDITIVE) st[2 * H + h] = qi[h];
+      }
       if (deg == 0) continue;
       if (static_cast<int64_t>(Pb.size()) < deg * H) {
         Pb.resize(deg * H);
@@ -341,7 +351,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
         if (e + kPrefetch < E) {
           const int64_t jn = src[e + kPrefetch];
           prefetch_row(v + jn * H * Dv, H * Dv);
-          if constexpr (KIND != ADDITIVE) prefetch_row(k + jn * H * D, H * D);
+          prefetch_row(k + jn * H * D, H * D);
         }
         const int64_t j = src[e];
         const scalar_t* kj = k + j * H * D;
@@ -409,17 +419,18 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
         if (t + kPrefetch < E) {
           const int64_t in = cdst[t + kPrefetch];
           prefetch_row(go + in * H * Dv, H * Dv);
-          prefetch_row(q + in * H * D, H * D);
-          prefetch_row(lse + in * H, H);
-          prefetch_row(delta + in * H, H);
+          if constexpr (KIND != ADDITIVE) prefetch_row(q + in * H * D, H * D);
+          prefetch_row(stats + in * S, S);
           if (bias) prefetch_row(bias + ceid[t + kPrefetch] * H, H);
         }
         const int64_t e = ceid[t];
         const int64_t i = cdst[t];
         const scalar_t* goi = go + i * H * Dv;
-        const scalar_t* qi = q + i * H * D;
+        const scalar_t* st = stats + i * S;
+        // 'additive': q_i (D = 1) is read from the packed record
+        const scalar_t* qi = KIND == ADDITIVE ? st + 2 * H : q + i * H * D;
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t l = acc_t(lse[i * H + h]);
+          const acc_t l = acc_t(st[h]);
           if (!(l > NEG_INF)) continue;
           const scalar_t* qih = qi + h * D;
           const scalar_t* kjh = kj + h * D;
@@ -427,7 +438,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
           const scalar_t* goih = goi + h * Dv;
           acc_t dp;
           const acc_t p = prob_dp(qih, kjh, ah, goih, vj + h * Dv, e, h, l, &dp);
-          const acc_t ds = score_grad(p, dp, delta[i * H + h], qih, kjh, e, h);
+          const acc_t ds = score_grad(p, dp, st[H + h], qih, kjh, e, h);
           acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
 #pragma omp simd
           for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
@@ -508,7 +519,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
   at::Tensor gatt = has_att ? at::empty_like(att) : at::empty({0}, q.options());
   at::Tensor gbias = has_bias ? at::empty_like(bias) : at::empty({0}, q.options());
   const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor delta = at::empty({dm.Nd, dm.H}, q.options().dtype(acc_dtype));
+  at::Tensor stats = at::empty({dm.Nd, (kind == ADDITIVE ? 3 : 2) * dm.H},
+                               q.options().dtype(acc_dtype));
 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
     using acc_t = typename Acc<scalar_t>::type;
@@ -524,7 +536,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
           ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
           csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
           gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(),
-          kv_shared ? nullptr : gv.data_ptr<scalar_t>(), gattp, gbp, delta.data_ptr<acc_t>(),
+          kv_shared ? nullptr : gv.data_ptr<scalar_t>(), gattp, gbp, stats.data_ptr<acc_t>(),
           kv_shared);
     };
     if (kind == DOT) run(std::integral_constant<int, DOT>{});
