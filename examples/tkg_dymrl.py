@@ -24,8 +24,11 @@ if __name__ == "__main__":
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--resume", action="store_true", help="continue DyMRL from its checkpoint")
     p.add_argument("--riemannian", action="store_true", help="geoopt RiemannianAdam for DyMRL")
-    p.add_argument("--dim", type=int, default=20, help="DyMRL rank d (paper: 20; even)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 of DyMRL's optimiser")
+    p.add_argument("--dim", type=int, default=None,
+                   help="DyMRL rank d, even (default: 40 with --data, else the paper's 20)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 of DyMRL's optimiser (default: 1e-5 with --data, else 0 as in the "
+                        "paper)")
     a = p.parse_args()
     rows = run(a.full, Path(a.runs_dir), True, a.resume, data=a.data, riemannian=a.riemannian,
                dim=a.dim, weight_decay=a.weight_decay)
