@@ -18,8 +18,6 @@ from graphattn.nn.manifold import (
     sqdist_to_all,
 )
 
-torch.set_default_dtype(torch.float64)
-
 
 @pytest.fixture(autouse=True)
 def _float64():
