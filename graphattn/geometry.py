@@ -328,7 +328,7 @@ def edge_vectors(pos: Tensor, edge_index: Tensor,
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
         got = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)
         raise ValueError(f"edge_index must have shape [2, E], got {got}")
-    vec = pos[edge_index[0]] - pos[edge_index[1]]
+    vec = pos.index_select(0, edge_index[0]) - pos.index_select(0, edge_index[1])
     if shift is not None:
         if shift.shape != vec.shape:
             raise ValueError(f"shift must have shape [E, 3] = {list(vec.shape)}, "

@@ -96,6 +96,10 @@ inline void prefetch_row(const T* p, int64_t n) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
 }
 
+// Width of the per-destination record the backward's pass A packs for pass B:
+// [lse_i (H), delta_i (H), and for 'additive' the scalar q_i (H)].
+constexpr int64_t stats_width(int64_t kind, int64_t H) { return (kind == ADDITIVE ? 3 : 2) * H; }
+
 struct Dims {
   int64_t Nd, Ns, E, H, D, Dv;
 };
@@ -284,8 +288,8 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
   static_assert(std::is_same<acc_t, scalar_t>::value,
                 "the packed row statistics hold accumulator values in scalar_t");
   // Per destination row, packed so that pass B fetches one short record per edge instead of
-  // one cache line per array: [lse_i (H), delta_i (H), and for 'additive' q_i (H)].
-  const int64_t S = (KIND == ADDITIVE ? 3 : 2) * dm.H;
+  // one cache line per array (stats_width).
+  const int64_t S = stats_width(KIND, dm.H);
   const int64_t H = dm.H, D = dm.D, Dv = dm.Dv, E = dm.E;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
@@ -519,8 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
   at::Tensor gatt = has_att ? at::empty_like(att) : at::empty({0}, q.options());
   at::Tensor gbias = has_bias ? at::empty_like(bias) : at::empty({0}, q.options());
   const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor stats = at::empty({dm.Nd, (kind == ADDITIVE ? 3 : 2) * dm.H},
-                               q.options().dtype(acc_dtype));
+  at::Tensor stats = at::empty({dm.Nd, stats_width(kind, dm.H)}, q.options().dtype(acc_dtype));
 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
     using acc_t = typename Acc<scalar_t>::type;

@@ -300,7 +300,7 @@ def run(full: bool, runs_dir: Path, progress: bool, resume: bool = False,
     real = data is not None
     dim = (40 if real else 20) if dim is None else dim
     weight_decay = (1e-5 if real else 0.0) if weight_decay is None else weight_decay
-    if data is not None:
+    if real:
         kg = load_tkg(data)
         label = Path(data).name
         res = run_comparison(kg, label, Path(runs_dir) / "tkg" / label, progress, resume,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import ops
+from ...geometry import edge_vectors
 from ...index import EdgeGraph
 
 __all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]
@@ -199,15 +200,7 @@ class EdgeGeometry(nn.Module):
         self.envelope = PolynomialCutoff(cutoff)
 
     def forward(self, pos: Tensor, edge_index: Tensor, shift: Tensor | None = None) -> dict:
-        o3, _ = _e3nn()
-        src, dst = edge_index[0], edge_index[1]
-        vec = pos.index_select(0, src) - pos.index_select(0, dst)
-        if shift is not None:
-            if shift.shape != vec.shape:
-                raise ValueError(f"'shift' must be [E, 3] = {list(vec.shape)}, "
-                                 f"got {list(shift.shape)}")
-            vec = vec + shift.to(vec.dtype)
-        r = vec.norm(dim=-1)
+        vec, r = edge_vectors(pos, edge_index, shift)
         if r.numel() and bool((r == 0).any()):
             raise ValueError("two atoms joined by an edge sit at the same position (r = 0)")
         fc = self.envelope(r)
