@@ -52,6 +52,10 @@ class EdgeGraph:
         kept (Tensor, optional): for graphs built with ``self_loops=True``, the ids (in the
             original ``edge_index``) of the non-loop edges, which come first; the
             ``min(num_src, num_dst)`` added loops follow them.
+        presorted (bool): the caller's edges were already sorted by destination, so ``perm``
+            is the identity and :meth:`to_csr` / :meth:`from_csr` return their input
+            unchanged (no gather forward, no scatter into zeros backward). Set by
+            :func:`build_graph` outside ``torch.compile``.
     """
 
     ptr: Tensor
@@ -65,6 +69,7 @@ class EdgeGraph:
     num_dst: int
     edge_index: Tensor | None = None
     kept: Tensor | None = None
+    presorted: bool = False
 
     @property
     def num_edges(self) -> int:
@@ -76,10 +81,14 @@ class EdgeGraph:
 
     def to_csr(self, edge_values: Tensor) -> Tensor:
         """Reorders a per-edge tensor from the caller's order into CSR order."""
+        if self.presorted:
+            return edge_values
         return edge_values.index_select(0, self.perm)
 
     def from_csr(self, csr_values: Tensor) -> Tensor:
         """Reorders a per-edge tensor from CSR order back to the caller's order."""
+        if self.presorted:
+            return csr_values
         out = torch.empty_like(csr_values)
         return out.index_copy_(0, self.perm, csr_values)
 
@@ -130,7 +139,8 @@ def validate_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
 
 
 def _build(
-    edge_index: Tensor, num_src: int, num_dst: int, kept: Tensor | None = None
+    edge_index: Tensor, num_src: int, num_dst: int, kept: Tensor | None = None,
+    presorted: bool = False,
 ) -> EdgeGraph:
     src, dst = edge_index[0], edge_index[1]
     # stable sorts keep the caller's order among equal keys (deterministic CSR)
@@ -155,6 +165,7 @@ def _build(
         num_dst=num_dst,
         edge_index=edge_index,
         kept=kept,
+        presorted=presorted,
     )
 
 
@@ -233,7 +244,9 @@ def build_graph(
         with_loops, kept = _with_self_loops(edge_index, int(num_src), int(num_dst))
         graph = _build(with_loops, int(num_src), int(num_dst), kept)
     else:
-        graph = _build(edge_index, int(num_src), int(num_dst))
+        dst = edge_index[1]
+        presorted = dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())
+        graph = _build(edge_index, int(num_src), int(num_dst), presorted=presorted)
     if key is not None:
         _CACHE[key] = (weakref.ref(edge_index), graph)
         if len(_CACHE) > _CACHE_SIZE:

@@ -13,6 +13,10 @@ conformers (energies and forces), same split and same wall-clock budget per mode
   closed-path work of the trained models (an atom moved around a circle; zero for a
   conservative field, up to quadrature error).
 
+Both kinds train with Adam whose learning rate follows a cosine over the wall-clock budget
+(elapsed / budget, from ``lr`` down to ``lr * lr_final``): with a time budget the schedule
+must be a function of time, not of epochs, and every model gets the same one.
+
 Each writes ``metrics.json``, ``learning_curves.png`` and ``parity.png`` under ``runs/<name>``.
 """
 
@@ -36,6 +40,7 @@ class PotentialConfig:
     budget_s: float = 45.0  # wall-clock training budget per model
     batch_size: int = 32
     lr: float = 2e-3
+    lr_final: float = 0.02  # cosine decay over the wall-clock budget to lr * lr_final
     cutoff: float = 5.0
     force_weight: float = 10.0
     seed: int = 0
@@ -138,6 +143,10 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
     while time.perf_counter() - t0 < cfg.budget_s:
         model.train()
         for b in train_loader:
+            frac = min((time.perf_counter() - t0) / cfg.budget_s, 1.0)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * (cfg.lr_final + (1 - cfg.lr_final)
+                                        * 0.5 * (1 + math.cos(math.pi * frac)))
             ref = _ref_energy(b.z, b.batch, refs, b.num_graphs)
             target = ((b.y.view(-1).double() - ref) / scale).float()
             e, f = model(b.z, b.pos.clone(), b.batch)

@@ -24,6 +24,30 @@ def test_csr_and_csc_views_are_consistent():
     assert torch.equal(g.from_csr(g.to_csr(x)), x)
 
 
+def test_presorted_edges_skip_the_reorder_and_give_the_same_results():
+    from graphattn import ops
+
+    ei = ragged_edge_index(12)
+    order = torch.sort(ei[1], stable=True).indices
+    sorted_ei = ei[:, order]
+    g, gs = build_graph(ei, 12, cache=False), build_graph(sorted_ei, 12, cache=False)
+    assert not g.presorted and gs.presorted
+    assert torch.equal(gs.perm, torch.arange(ei.size(1)))
+    x = torch.randn(ei.size(1), 3, requires_grad=True)
+    assert gs.to_csr(x) is x and gs.from_csr(x) is x
+    # the same edges in either order: same softmax (per edge) and the same aggregate
+    s = torch.randn(ei.size(1), 2, requires_grad=True)
+    p, ps = ops.segment_softmax(s, g), ops.segment_softmax(s[order], gs)
+    torch.testing.assert_close(ps, p[order])
+    a, a_s = ops.aggregate(x, g), ops.aggregate(x[order], gs)
+    torch.testing.assert_close(a_s, a)
+    w = torch.randn(ei.size(1), 2)
+    ga = torch.autograd.grad((a * a).sum() + (p * w).sum(), (x, s))
+    gb = torch.autograd.grad((a_s * a_s).sum() + (ps * w[order]).sum(), (x, s))
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(v, u)
+
+
 def test_cache_hits_same_tensor_and_misses_after_inplace_change():
     clear_graph_cache()
     ei = ragged_edge_index(12)

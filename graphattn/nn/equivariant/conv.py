@@ -28,8 +28,10 @@ from torch import Tensor, nn
 from ... import ops
 from ...geometry import edge_vectors
 from ...index import EdgeGraph
+from .products import DepthwiseTensorProduct, depthwise_tensor_product
 
-__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]
+__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first",
+           "DepthwiseTensorProduct"]
 
 
 def _e3nn():
@@ -56,20 +58,30 @@ def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Ten
     ``u mod H``. Returns ``[E, num_irreps]`` (repeats and slices only, so the backward is a
     cheap sum)."""
     H = alpha.shape[1]
+    if all(mul % H == 0 for mul, _ in blocks):  # every entry starts at head 0: one repeat
+        return alpha.repeat(1, sum(mul for mul, _ in blocks) // H)
     parts = [alpha.repeat(1, -(-mul // H))[:, :mul] for mul, _ in blocks]
     return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
 
-def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
+def channel_expansion(blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    """The 0/1 matrix ``[num_irreps, dim]`` that copies each channel's factor onto the
+    ``2l + 1`` components of its irrep copy (``blocks`` from :func:`irreps_blocks`)."""
+    rows = torch.cat([torch.arange(mul).repeat_interleave(d) + sum(m for m, _ in blocks[:k])
+                      for k, (mul, d) in enumerate(blocks)])
+    return torch.nn.functional.one_hot(rows, int(rows.max()) + 1 if rows.numel() else 0).T.to(
+        torch.get_default_dtype())
+
+
+def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...],
+                   expansion: Tensor | None = None) -> Tensor:
     r"""``m [E, dim]`` with every channel (all ``2l + 1`` components of one irrep copy) of the
     irreps ``blocks`` multiplied by its factor in ``coef [E, num_irreps]``: equivariant
-    whenever ``coef`` is invariant. Broadcasts per block instead of gathering columns."""
-    out, c, i = [], 0, 0
-    for mul, d in blocks:
-        out.append((m[:, i: i + mul * d].view(-1, mul, d) * coef[:, c: c + mul, None])
-                   .reshape(-1, mul * d))
-        c, i = c + mul, i + mul * d
-    return torch.cat(out, -1) if len(out) > 1 else out[0]
+    whenever ``coef`` is invariant. The factors are spread to the components by one small
+    matrix product with :func:`channel_expansion` (pass it as ``expansion`` to reuse it), so
+    ``m`` is touched by a single multiplication, forward and backward."""
+    P = channel_expansion(blocks) if expansion is None else expansion
+    return m * (coef @ P.to(coef.dtype))
 
 
 def scalar_irreps_first(irreps) -> tuple:
@@ -83,32 +95,6 @@ def scalar_irreps_first(irreps) -> tuple:
     if len(irreps) == 0 or str(irreps[0].ir) != "0e":
         raise ValueError(f"'irreps' must start with scalars (0e), got {irreps}")
     return irreps, irreps[0].mul
-
-
-def depthwise_tensor_product(irreps_in, irreps_sh, keep) -> tuple:
-    r"""Channel-wise (``"uvu"``) tensor product of node features with edge harmonics, as in
-    NequIP: every input channel meets every harmonic, outputs kept when their irrep is in
-    ``keep``; one weight per path and channel (predicted per edge from the radial basis).
-    Channel mixing happens afterwards in an :class:`e3nn.o3.Linear`, so the per-edge cost is
-    ``O(channels)``, not ``O(channels^2)`` as with a fully connected product.
-
-    Returns ``(tp, irreps_mid)``."""
-    o3, _ = _e3nn()
-    irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
-    keep = {ir for _, ir in o3.Irreps(keep)}
-    mid, instructions = [], []
-    for i, (mul, ir_in) in enumerate(irreps_in):
-        for j, (_, ir_sh) in enumerate(irreps_sh):
-            for ir_out in ir_in * ir_sh:
-                if ir_out in keep:
-                    instructions.append((i, j, len(mid), "uvu", True))
-                    mid.append((mul, ir_out))
-    mid = o3.Irreps(mid)
-    mid_sorted, perm, _ = mid.sort()
-    instructions = [(a, b, perm[c], mode, w) for a, b, c, mode, w in instructions]
-    tp = o3.TensorProduct(irreps_in, irreps_sh, mid_sorted, instructions,
-                          shared_weights=False, internal_weights=False)
-    return tp, mid_sorted
 
 
 class EquivariantAttentionConv(nn.Module):
@@ -138,12 +124,13 @@ class EquivariantAttentionConv(nn.Module):
         self.irreps_node, self.n_scalars = scalar_irreps_first(irreps_node)
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         self.heads, self.gated_messages = int(heads), gated_messages
-        self.tp, self.irreps_mid = depthwise_tensor_product(self.irreps_node, self.irreps_sh,
-                                                            self.irreps_node)
+        self.tp = DepthwiseTensorProduct(self.irreps_node, self.irreps_sh, self.irreps_node)
+        self.irreps_mid = self.tp.irreps_out
         self.radial = enn.FullyConnectedNet([num_basis, radial_hidden, self.tp.weight_numel],
                                             torch.nn.functional.silu)
         n_ch = self.irreps_mid.num_irreps
         self.mid_blocks = irreps_blocks(self.irreps_mid)
+        self.register_buffer("channel_map", channel_expansion(self.mid_blocks), persistent=False)
         if gated_messages:
             self.msg_gate = enn.FullyConnectedNet(
                 [2 * self.n_scalars + num_basis, radial_hidden, n_ch], torch.nn.functional.silu)
@@ -171,7 +158,7 @@ class EquivariantAttentionConv(nn.Module):
             g = torch.sigmoid(self.msg_gate(
                 torch.cat([s.index_select(0, dst), s.index_select(0, src), radial], -1)))
             coef = coef * g
-        m = scale_channels(m, coef, self.mid_blocks)
+        m = scale_channels(m, coef, self.mid_blocks, self.channel_map)
         agg = ops.aggregate(m, graph, "sum")
         return x + self.gate(self.lin(agg))
 

@@ -46,6 +46,7 @@ from .conv import (
     irreps_blocks,
     scalar_irreps_first,
 )
+from .products import IrrepsLinear
 
 __all__ = ["MLANet", "MLANetInteraction", "default_irreps"]
 
@@ -98,9 +99,14 @@ class MLANetInteraction(nn.Module):
                                              radial_hidden, gated_messages)
         if geometric:
             key = o3.Irreps([(heads * max(4 >> l, 1), (l, (-1) ** l)) for l in range(lmax + 1)])
-            self.irreps_key, self.key_blocks = key, irreps_blocks(key)
+            self.irreps_key = key
+            # copy u of every key irrep belongs to head u mod H: [key dim, H] 0/1 map
+            owner = [u % self.heads for mul, d in irreps_blocks(key) for u in range(mul)
+                     for _ in range(d)]
+            self.register_buffer("head_map", torch.nn.functional.one_hot(
+                torch.tensor(owner), self.heads).to(torch.get_default_dtype()), persistent=False)
             self.q_geo = o3.Linear(self.irreps_node, key)
-            self.k_geo = o3.Linear(self.conv.irreps_mid, key)
+            self.k_geo = IrrepsLinear(self.conv.irreps_mid, key)  # per edge
             self.key_scale = 1.0 / math.sqrt(key.dim / heads)
 
     def tau(self) -> Tensor:
@@ -128,12 +134,9 @@ class MLANetInteraction(nn.Module):
     def _head_sums(self, qk: Tensor) -> Tensor:
         """``[E, key dim] -> [E, H]``: the sum over each key irrep's components (an invariant
         dot product) and over the irrep copies of a head (copy ``u`` belongs to head
-        ``u mod H``; every multiplicity is a multiple of ``H``)."""
-        E, H, out, i = qk.shape[0], self.heads, 0, 0
-        for mul, d in self.key_blocks:
-            out = out + qk[:, i: i + mul * d].view(E, mul // H, H, d).sum((1, 3))
-            i += mul * d
-        return out
+        ``u mod H``; every multiplicity is a multiple of ``H``), as one product with the 0/1
+        ``head_map``."""
+        return qk @ self.head_map.to(qk.dtype)
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):

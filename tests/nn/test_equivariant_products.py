@@ -1,0 +1,78 @@
+"""The block-wise tensor product and linear map equal e3nn's modules they replace (values and
+gradients, float64), and stay equivariant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("e3nn")
+from e3nn import o3  # noqa: E402
+from e3nn.util.test import assert_equivariant  # noqa: E402
+
+from graphattn.nn.equivariant.products import (  # noqa: E402
+    DepthwiseTensorProduct,
+    IrrepsLinear,
+    depthwise_tensor_product,
+)
+
+CASES = [("32x0e+8x1o+4x2e", 2), ("6x0e+4x0e+5x1o+3x2e", 2), ("8x0e+3x1o", 1),
+         ("4x0e+2x1o+2x2e+1x3o", 3), ("5x0e+2x1e+3x1o", 2)]
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _grads(out, inputs, probe):
+    return torch.autograd.grad((out * probe).sum(), inputs)
+
+
+@pytest.mark.parametrize("irreps,lmax", CASES)
+def test_depthwise_tensor_product_equals_e3nn(irreps, lmax):
+    irreps, sh = o3.Irreps(irreps), o3.Irreps.spherical_harmonics(lmax)
+    ref, mid = depthwise_tensor_product(irreps, sh, irreps)
+    tp = DepthwiseTensorProduct(irreps, sh, irreps)
+    assert tp.irreps_out == mid and tp.weight_numel == ref.weight_numel
+    E = 9
+    x = torch.randn(E, irreps.dim, requires_grad=True)
+    y = o3.spherical_harmonics(sh, torch.randn(E, 3), True, "component").requires_grad_(True)
+    w = torch.randn(E, ref.weight_numel, requires_grad=True)
+    a, b = ref(x, y, w), tp(x, y, w)
+    torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+    probe = torch.randn_like(a)
+    for ga, gb in zip(_grads(a, (x, y, w), probe), _grads(b, (x, y, w), probe)):
+        torch.testing.assert_close(gb, ga, atol=1e-12, rtol=1e-12)
+    # a wrong Clebsch-Gordan contraction (e.g. a transposed w3j) would break this
+    assert_equivariant(lambda x_, y_: tp(x_, y_, w.detach()), args_in=[x.detach(), y.detach()],
+                       irreps_in=[irreps, sh], irreps_out=[mid], tolerance=1e-9)
+
+
+@pytest.mark.parametrize("irreps,lmax", CASES)
+def test_irreps_linear_equals_e3nn(irreps, lmax):
+    _, mid = depthwise_tensor_product(o3.Irreps(irreps), o3.Irreps.spherical_harmonics(lmax),
+                                      o3.Irreps(irreps))
+    out_irreps = o3.Irreps("8x0e+4x1o+4x2e+2x1e")
+    lin, ref = IrrepsLinear(mid, out_irreps), o3.Linear(mid, out_irreps)
+    with torch.no_grad():
+        lin.weight.normal_()
+        ref.weight.copy_(lin.weight)
+    x = torch.randn(2, 5, mid.dim, requires_grad=True)
+    a, b = ref(x), lin(x)
+    torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+    probe = torch.randn_like(a)
+    ga = _grads(a, (x, ref.weight), probe)
+    gb = _grads(b, (x, lin.weight), probe)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(v, u, atol=1e-12, rtol=1e-12)
+    assert_equivariant(lin, irreps_in=[mid], irreps_out=[out_irreps], tolerance=1e-9)
+
+
+def test_bad_sh_irreps_raise():
+    with pytest.raises(ValueError, match="irreps_sh"):
+        DepthwiseTensorProduct("4x0e+2x1o", "2x0e+1x1o", "4x0e+2x1o")
