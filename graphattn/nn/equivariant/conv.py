@@ -30,8 +30,7 @@ from ...geometry import edge_vectors
 from ...index import EdgeGraph
 from .products import DepthwiseTensorProduct, depthwise_tensor_product
 
-__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first",
-           "DepthwiseTensorProduct"]
+__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]
 
 
 def _e3nn():
