@@ -21,6 +21,16 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for one test (gradcheck, equivariance to 1e-9), restored
+    afterwards so that it never leaks into the tests collected after it."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Runs a test body once per available path of the core (the ``disable_native`` switch)."""

@@ -28,13 +28,7 @@ from graphattn.nn.equivariant.mlanet import _ptr  # noqa: E402
 IRREPS = o3.Irreps(default_irreps(8, 4, 2))
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _radius(pos: torch.Tensor, r: float, batch: torch.Tensor | None = None) -> torch.Tensor:

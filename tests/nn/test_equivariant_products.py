@@ -20,13 +20,7 @@ CASES = [("32x0e+8x1o+4x2e", 2), ("6x0e+4x0e+5x1o+3x2e", 2), ("8x0e+3x1o", 1),
          ("4x0e+2x1o+2x2e+1x3o", 3), ("5x0e+2x1e+3x1o", 2)]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _grads(out, inputs, probe):

@@ -18,12 +18,7 @@ from graphattn.nn.manifold import (
     sqdist_to_all,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _points(n=6, d=4, scale=0.3, seed=0):

@@ -28,20 +28,9 @@ from torch import Tensor, nn
 from ... import ops
 from ...geometry import edge_vectors
 from ...index import EdgeGraph
-from .products import DepthwiseTensorProduct, depthwise_tensor_product
+from .products import DepthwiseTensorProduct, _e3nn, depthwise_tensor_product
 
 __all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]
-
-
-def _e3nn():
-    try:
-        import e3nn  # noqa: F401
-        from e3nn import nn as enn
-        from e3nn import o3
-    except ModuleNotFoundError as e:  # pragma: no cover - e3nn is in the equivariant extra
-        raise ModuleNotFoundError("graphattn.nn.equivariant needs e3nn: "
-                                  "pip install 'graphattn[equivariant]'") from e
-    return o3, enn
 
 
 def irreps_blocks(irreps) -> tuple[tuple[int, int], ...]:

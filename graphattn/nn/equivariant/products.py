@@ -21,13 +21,15 @@ from torch import Tensor, nn
 __all__ = ["DepthwiseTensorProduct", "IrrepsLinear", "depthwise_tensor_product"]
 
 
-def _o3():
+def _e3nn():
+    """``(e3nn.o3, e3nn.nn)``, or an error naming the extra that installs e3nn."""
     try:
+        from e3nn import nn as enn
         from e3nn import o3
     except ModuleNotFoundError as e:  # pragma: no cover - e3nn is in the equivariant extra
         raise ModuleNotFoundError("graphattn.nn.equivariant needs e3nn: "
                                   "pip install 'graphattn[equivariant]'") from e
-    return o3
+    return o3, enn
 
 
 def depthwise_tensor_product(irreps_in, irreps_sh, keep) -> tuple:
@@ -39,7 +41,7 @@ def depthwise_tensor_product(irreps_in, irreps_sh, keep) -> tuple:
 
     Returns ``(tp, irreps_mid)`` with ``tp`` an :class:`e3nn.o3.TensorProduct`
     (:class:`DepthwiseTensorProduct` evaluates the same map faster)."""
-    o3 = _o3()
+    o3, _ = _e3nn()
     irreps_in, irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_sh)
     keep = {ir for _, ir in o3.Irreps(keep)}
     mid, instructions = [], []
@@ -79,7 +81,7 @@ class DepthwiseTensorProduct(nn.Module):
 
     def __init__(self, irreps_in, irreps_sh, keep) -> None:
         super().__init__()
-        o3 = _o3()
+        o3, _ = _e3nn()
         ref, self.irreps_out = depthwise_tensor_product(irreps_in, irreps_sh, keep)
         self.irreps_in, self.irreps_sh = ref.irreps_in1, ref.irreps_in2
         self.weight_numel = int(ref.weight_numel)
@@ -149,7 +151,7 @@ class IrrepsLinear(nn.Module):
 
     def __init__(self, irreps_in, irreps_out) -> None:
         super().__init__()
-        o3 = _o3()
+        o3, _ = _e3nn()
         ref = o3.Linear(irreps_in, irreps_out)
         self.irreps_in, self.irreps_out = ref.irreps_in, ref.irreps_out
         self.weight = ref.weight
