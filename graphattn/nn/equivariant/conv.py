@@ -52,24 +52,24 @@ def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Ten
     return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
 
-def channel_expansion(blocks: tuple[tuple[int, int], ...]) -> Tensor:
-    """The 0/1 matrix ``[num_irreps, dim]`` that copies each channel's factor onto the
-    ``2l + 1`` components of its irrep copy (``blocks`` from :func:`irreps_blocks`)."""
-    rows = torch.cat([torch.arange(mul).repeat_interleave(d) + sum(m for m, _ in blocks[:k])
-                      for k, (mul, d) in enumerate(blocks)])
-    return torch.nn.functional.one_hot(rows, int(rows.max()) + 1 if rows.numel() else 0).T.to(
-        torch.get_default_dtype())
+def channel_index(blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    """``[dim]`` int64: the channel (irrep copy) that owns each component of the irreps
+    ``blocks`` (:func:`irreps_blocks`); ``coef.index_select(1, channel_index(blocks))`` copies
+    each channel's factor onto its ``2l + 1`` components."""
+    starts = [sum(m for m, _ in blocks[:k]) for k in range(len(blocks))]
+    parts = [torch.arange(mul).repeat_interleave(d) + c0 for (mul, d), c0 in zip(blocks, starts)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
 def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...],
-                   expansion: Tensor | None = None) -> Tensor:
+                   index: Tensor | None = None) -> Tensor:
     r"""``m [E, dim]`` with every channel (all ``2l + 1`` components of one irrep copy) of the
     irreps ``blocks`` multiplied by its factor in ``coef [E, num_irreps]``: equivariant
-    whenever ``coef`` is invariant. The factors are spread to the components by one small
-    matrix product with :func:`channel_expansion` (pass it as ``expansion`` to reuse it), so
-    ``m`` is touched by a single multiplication, forward and backward."""
-    P = channel_expansion(blocks) if expansion is None else expansion
-    return m * (coef @ P.to(coef.dtype))
+    whenever ``coef`` is invariant. The factors are spread to the components by one column
+    gather with :func:`channel_index` (pass it as ``index`` to reuse it; its backward is one
+    ``index_add``), so ``m`` is touched by a single multiplication, forward and backward."""
+    idx = channel_index(blocks) if index is None else index
+    return m * coef.index_select(1, idx.to(coef.device))
 
 
 def scalar_irreps_first(irreps) -> tuple:
@@ -118,7 +118,7 @@ class EquivariantAttentionConv(nn.Module):
                                             torch.nn.functional.silu)
         n_ch = self.irreps_mid.num_irreps
         self.mid_blocks = irreps_blocks(self.irreps_mid)
-        self.register_buffer("channel_map", channel_expansion(self.mid_blocks), persistent=False)
+        self.register_buffer("channel_of", channel_index(self.mid_blocks), persistent=False)
         if gated_messages:
             self.msg_gate = enn.FullyConnectedNet(
                 [2 * self.n_scalars + num_basis, radial_hidden, n_ch], torch.nn.functional.silu)
@@ -146,7 +146,7 @@ class EquivariantAttentionConv(nn.Module):
             g = torch.sigmoid(self.msg_gate(
                 torch.cat([s.index_select(0, dst), s.index_select(0, src), radial], -1)))
             coef = coef * g
-        m = scale_channels(m, coef, self.mid_blocks, self.channel_map)
+        m = scale_channels(m, coef, self.mid_blocks, self.channel_of)
         agg = ops.aggregate(m, graph, "sum")
         return x + self.gate(self.lin(agg))
 
