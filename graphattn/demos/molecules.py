@@ -42,7 +42,7 @@ class PotentialConfig:
     batch_size: int = 32
     lr: float = 2e-3
     lr_final: float = 0.02  # cosine decay over the wall-clock budget to lr * lr_final
-    model_lr: dict = field(default_factory=dict)  # peak lr per model kind (default: lr)
+    model_lr: dict[str, float] = field(default_factory=dict)  # peak lr per kind (else lr)
     cutoff: float = 5.0
     force_weight: float = 10.0
     seed: int = 0

@@ -103,8 +103,10 @@ class GaussianDynamicAttention(nn.Module):
         if self.kernel == "dot":
             return (q.index_select(0, dst) * k.index_select(0, src)).sum(-1) / math.sqrt(D)
         k_src = k.index_select(0, src)
-        base = k if self.stats == "keys" else feats
-        base_e = k_src if self.stats == "keys" else feats.index_select(0, src)
+        if self.stats == "keys":
+            base, base_e = k, k_src
+        else:
+            base, base_e = feats, feats.index_select(0, src)
         mu = ops.aggregate(base_e.flatten(1), graph, "mean").view(-1, *base.shape[1:])
         dev = (base_e - mu.index_select(0, dst)).pow(2)
         diff = (q.index_select(0, dst) - k_src).pow(2)

@@ -6,9 +6,10 @@ each slice allocates a zero tensor as wide as the whole input and copies one blo
 On per-edge tensors (``[E, dim]``, ``E`` ~ 10^4 per molecular batch) those fills and copies
 were a fifth of an MLANet training step on the CPU. The modules below compute the same
 functions with the same parameters and normalisation (they read the paths, path weights and
-weight layout from the e3nn module they replace; the tests compare them to it) but cut their
-inputs with one :func:`torch.split`, whose backward is a single concatenation, and fold every
-constant into one product with the (small) weight tensor.
+weight layout from the e3nn module they replace; the tests compare them to it) without
+slices: the tensor product cuts its inputs with one :func:`torch.split`, whose backward is a
+single concatenation, and folds every constant into one product with the (small) weight
+tensor; the linear map is one dense matrix product.
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ class DepthwiseTensorProduct(nn.Module):
             (mul, ir1), (_, ir2), (_, ir3) = (self.irreps_in[ins.i_in1],
                                               self.irreps_sh[ins.i_in2],
                                               self.irreps_out[ins.i_out])
-            if ir1.l == 0 or ir2.l == 0:
-                kind, c = "scale", 1.0 / math.sqrt(ir3.dim)
+            if ir1.l == 0:
+                kind, c = "x_scalar", 1.0 / math.sqrt(ir3.dim)
+            elif ir2.l == 0:
+                kind, c = "y_scalar", 1.0 / math.sqrt(ir3.dim)
             elif ir3.l == 0:
                 kind, c = "dot", 1.0 / math.sqrt(ir1.dim)
             else:
@@ -105,7 +108,7 @@ class DepthwiseTensorProduct(nn.Module):
                 # [d2, d1 * d3]: y @ C gives the per-edge [d1, d3] operator
                 self.register_buffer(f"w3j_{p}", C.permute(1, 0, 2).reshape(ir2.dim, -1),
                                      persistent=False)
-            paths.append((ins.i_in1, ins.i_in2, kind, ir1.l, mul, ir1.dim, ir3.dim))
+            paths.append((ins.i_in1, ins.i_in2, kind, mul, ir1.dim, ir3.dim))
             const += [float(ins.path_weight) * c] * mul
             slot_path[ins.i_out] = p
         if sorted(slot_path) != list(range(len(self.irreps_out))):
@@ -122,11 +125,11 @@ class DepthwiseTensorProduct(nn.Module):
         ws = torch.split(weight * self.path_const.to(weight.dtype), self.w_sizes, -1)
         outs = []
         for p in self.slot_path:
-            i1, i2, kind, l1, mul, d1, d3 = self.paths[p]
+            i1, i2, kind, mul, d1, d3 = self.paths[p]
             a, b, w = xs[i1], ys[i2], ws[p]
-            if kind == "scale" and l1 == 0:  # x scalar: w x_u Y_k
+            if kind == "x_scalar":  # w x_u Y_k
                 r = (a * w).unsqueeze(-1) * b.unsqueeze(1)
-            elif kind == "scale":  # Y scalar: w Y x_{u,i}
+            elif kind == "y_scalar":  # w Y x_{u,i}
                 r = a.view(E, mul, d1) * (w * b).unsqueeze(-1)
             elif kind == "dot":  # l_3 = 0: w <x_u, Y>
                 r = (a.view(E, mul, d1) * b.unsqueeze(1)).sum(-1) * w
@@ -174,9 +177,7 @@ class IrrepsLinear(nn.Module):
         for off, m_in, m_out, d, i0, o0, c in self.paths:
             W = self.weight[off: off + m_in * m_out].view(m_in, m_out) * c
             block = W if d == 1 else torch.kron(W, torch.eye(d, dtype=W.dtype, device=W.device))
-            M = M.index_put((torch.arange(i0, i0 + m_in * d, device=M.device)[:, None],
-                             torch.arange(o0, o0 + m_out * d, device=M.device)[None, :]),
-                            block, accumulate=True)
+            M[i0: i0 + m_in * d, o0: o0 + m_out * d] = block  # one path per irreps pair
         return M
 
     def forward(self, x: Tensor) -> Tensor:
