@@ -29,6 +29,9 @@ from pathlib import Path
 
 from graphattn.memory import status_kb as _status_kb
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sections import sections  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("gat", "gatv2", "transformer")
 
@@ -291,10 +294,8 @@ def main() -> int:
     if not a.quick:
         out = Path(a.out)
         old = out.read_text() if out.exists() else ""
-        begin, end = "<!-- tokens:begin -->", "<!-- tokens:end -->"
-        if begin in old and end in old:  # keep the section benchmarks/tokens.py wrote
-            md = md.rstrip() + "\n\n" + old[old.index(begin): old.index(end) + len(end)] + "\n"
-        out.write_text(md)
+        kept = sections(old)  # the sections other scripts wrote (tokens.py, attention_cuda.py)
+        out.write_text("\n\n".join([md.rstrip(), *kept]) + "\n")
         print(f"wrote {a.out}")
     return 0
 

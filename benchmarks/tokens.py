@@ -27,8 +27,11 @@ from pathlib import Path
 
 from graphattn.memory import status_kb as _status_kb
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sections import markers, write_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- tokens:begin -->", "<!-- tokens:end -->"
+BEGIN, END = markers("tokens")
 
 
 
@@ -126,15 +129,6 @@ def render(a, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -166,7 +160,7 @@ def main() -> int:
     text = render(a, rows)
     print(text)
     if not a.quick:
-        write_section(Path(a.out), text)
+        write_section(Path(a.out), "tokens", text)
     return 0
 
 

@@ -16,6 +16,10 @@
 #include <omp.h>
 #endif
 
+#ifdef WITH_CUDA
+#include <cuda.h>  // CUDA_VERSION
+#endif
+
 TORCH_LIBRARY(graphattn, m) {
   m.def("segment_softmax(Tensor scores, Tensor ptr) -> Tensor");
   m.def("segment_softmax_backward(Tensor out, Tensor grad_out, Tensor ptr) -> Tensor");

@@ -4,8 +4,9 @@ Every op is functional (tensors in, tensors out) and works on an
 :class:`~graphattn.index.EdgeGraph` (destination-sorted CSR, built once per ``edge_index``
 and cached). Two implementations stand behind each op:
 
-* ``native``: the fused C++/OpenMP kernels of ``graphattn._C`` (``torch.ops.graphattn.*``),
-  which never materialise an ``[E, H, C]`` tensor, forward or backward;
+* ``native``: the fused kernels of ``graphattn._C`` (``torch.ops.graphattn.*``): C++/OpenMP
+  on the CPU and CUDA on the GPU (when built with a CUDA toolkit), which never materialise
+  an ``[E, H, C]`` tensor, forward or backward;
 * ``reference``: pure torch (:mod:`graphattn.ops._reference`), the fallback when the
   extension is not built and the oracle of the tests.
 
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 _BACKENDS = ("auto", "reference", "native")
+_CUDA_MAX_HEAD_DIM = 256  # kMaxHeadDim of csrc/cuda/edge_attention.cuh
 _state = threading.local()
 
 
@@ -86,7 +88,11 @@ class set_backend:
 
 
 def backend() -> str:
-    """The path the ops take for CPU float32/float64 inputs now: ``native`` or ``reference``."""
+    """The path the ops take for float32/float64 inputs now: ``native`` or ``reference``.
+
+    ``native`` covers CUDA tensors only when the extension was built with CUDA
+    (``graphattn.ops._native.CUDA_VERSION > 0``); otherwise CUDA inputs take the reference path.
+    """
     req = _requested()
     if req == "reference" or not _native.WITH_EXT:
         return "reference"
@@ -304,9 +310,12 @@ def edge_attention(
         get zeros, never NaN.
 
     .. note::
-        The native path keeps peak extra memory at :math:`O(E \cdot H)` (the backward stores
-        the edge probabilities and score gradients) against :math:`O(E \cdot H \cdot D_v)`
-        for the reference path and PyG. It runs for float32/float64 CPU tensors.
+        The native path keeps peak extra memory at :math:`O(N \cdot H \cdot D)`: it never
+        materialises a per-edge tensor wider than ``[E, H]`` (the returned weights and the
+        bias gradient), against :math:`O(E \cdot H \cdot D_v)` for the reference path and
+        PyG. It runs for float32/float64 tensors on the CPU (C++/OpenMP) and, when the
+        extension was built with CUDA, on the GPU (one warp per row and head; head dims up to
+        256 there, larger heads take the reference path).
     """
     for t, n in ((q, "q"), (k, "k"), (v, "v")):
         _check_tensor(t, n)
@@ -370,7 +379,9 @@ def edge_attention(
         raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
     scale = float(q.size(2)) ** -0.5 if scale is None else float(scale)
 
-    if _use_native(q) and not (dropout > 0 and training):
+    # the CUDA kernels hold a head in registers: head dims up to 256 (documented fall-back)
+    fits = q.device.type != "cuda" or max(q.size(2), v.size(2)) <= _CUDA_MAX_HEAD_DIM
+    if _use_native(q) and fits and not (dropout > 0 and training):
         out, _, w = torch.ops.graphattn.edge_attention(
             q,
             k,

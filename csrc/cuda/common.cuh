@@ -1,0 +1,105 @@
+// Shared by the CUDA kernels: input validation for device tensors (every index is checked
+// for dtype, contiguity, device and range before a kernel reads through it; each message
+// names the argument), warp reductions and the accumulation type.
+//
+// The range checks run as small reductions on the device followed by one host sync per
+// checked index, the price of an error message instead of an illegal memory access.
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace graphattn {
+namespace cuda {
+
+constexpr int kWarp = 32;
+constexpr int kBlock = 256;  // threads per block: 8 warps
+
+inline void check_index(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, "graphattn: '", name,
+              "' must be an int64 tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1, "graphattn: '", name, "' must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "graphattn: '", name, "' must be contiguous");
+  TORCH_CHECK(t.device() == device, "graphattn: '", name, "' must be on ", device, " (like the "
+              "features), got ", t.device());
+}
+
+// ptr must start at 0, end at num_edges and be non-decreasing.
+inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name,
+                      const at::Device& device) {
+  check_index(ptr, name, device);
+  TORCH_CHECK(ptr.numel() >= 1, "graphattn: '", name, "' must have at least one entry");
+  const int64_t n = ptr.numel() - 1;
+  // [ptr[0], ptr[-1], number of decreasing steps] in one transfer
+  at::Tensor steps = n > 0 ? (ptr.slice(0, 1) < ptr.slice(0, 0, n)).sum() : at::zeros({}, ptr.options());
+  const at::Tensor h = at::stack({ptr[0], ptr[n], steps.to(at::kLong)}).cpu();
+  const int64_t* v = h.data_ptr<int64_t>();
+  TORCH_CHECK(v[0] == 0, "graphattn: '", name, "[0]' must be 0, got ", v[0]);
+  TORCH_CHECK(v[1] == num_edges, "graphattn: '", name, "[-1]' must equal the number of edges (",
+              num_edges, "), got ", v[1]);
+  TORCH_CHECK(v[2] == 0, "graphattn: '", name, "' must be non-decreasing (a destination-sorted CSR)");
+}
+
+// every entry of idx must lie in [lo, bound).
+inline void check_range(const at::Tensor& idx, int64_t bound, const char* name,
+                        const at::Device& device, int64_t lo = 0) {
+  check_index(idx, name, device);
+  if (idx.numel() == 0) return;
+  const auto mm = at::aminmax(idx);
+  const at::Tensor h = at::stack({std::get<0>(mm), std::get<1>(mm)}).cpu();
+  const int64_t* v = h.data_ptr<int64_t>();
+  TORCH_CHECK(v[0] >= lo, "graphattn: '", name, "' holds ", v[0], ", outside the valid range [",
+              lo, ", ", bound, ")");
+  TORCH_CHECK(v[1] < bound, "graphattn: '", name, "' holds ", v[1], ", outside the valid range [",
+              lo, ", ", bound, ")");
+}
+
+inline void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                        const at::Device& device) {
+  TORCH_CHECK(t.scalar_type() == dtype, "graphattn: '", name, "' must have dtype ", dtype,
+              " (same as q), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == device, "graphattn: '", name, "' must be on ", device, ", got ",
+              t.device());
+}
+
+// accumulation type: at least float32, double for double.
+template <typename scalar_t>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <typename T>
+__device__ __forceinline__ T dev_exp(T x) {
+  return exp(x);
+}
+template <>
+__device__ __forceinline__ float dev_exp<float>(float x) {
+  return expf(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+inline int64_t blocks_for(int64_t threads) {
+  return (threads + kBlock - 1) / kBlock;
+}
+
+}  // namespace cuda
+}  // namespace graphattn
