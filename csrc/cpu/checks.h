@@ -1,10 +1,13 @@
-// Input validation shared by the CPU kernels: every index is checked (dtype, contiguity,
-// range) before any kernel reads through it, and every message names the argument.
+// Index validation of the CPU kernels: every index is checked (dtype, contiguity, range)
+// on the host before any kernel reads through it, and every message names the argument.
+// Shapes and dtypes: ../attention_shapes.h (shared with the CUDA kernels).
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <string>
+
+#include "../attention_shapes.h"
 
 namespace graphattn {
 
@@ -44,21 +47,5 @@ inline void check_range(const at::Tensor& idx, int64_t bound, const char* name) 
     }
   }
 }
-
-inline void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype) {
-  TORCH_CHECK(t.scalar_type() == dtype, "graphattn: '", name, "' must have dtype ", dtype,
-              " (same as q), got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU kernel");
-}
-
-// accumulation type: at least float32, double for double.
-template <typename scalar_t>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
 
 }  // namespace graphattn

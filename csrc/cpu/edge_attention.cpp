@@ -31,10 +31,6 @@
 namespace graphattn {
 namespace {
 
-constexpr int64_t DOT = 0;
-constexpr int64_t ADDITIVE = 1;
-constexpr int64_t V2 = 2;
-
 template <typename T>
 inline T lrelu(T x, T slope) {
   return x > T(0) ? x : x * slope;
@@ -100,53 +96,11 @@ inline void prefetch_row(const T* p, int64_t n) {
 // [lse_i (H), delta_i (H), and for 'additive' the scalar q_i (H)].
 constexpr int64_t stats_width(int64_t kind, int64_t H) { return (kind == ADDITIVE ? 3 : 2) * H; }
 
-struct Dims {
-  int64_t Nd, Ns, E, H, D, Dv;
-};
-
 Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
                   const at::Tensor& ptr, const at::Tensor& src, int64_t kind) {
-  TORCH_CHECK(kind == DOT || kind == ADDITIVE || kind == V2,
-              "graphattn: 'kind' must be 0 (dot), 1 (additive) or 2 (v2), got ", kind);
-  TORCH_CHECK(q.dim() == 3, "graphattn: 'q' must have shape [N_dst, H, D], got ", q.sizes());
-  TORCH_CHECK(k.dim() == 3, "graphattn: 'k' must have shape [N_src, H, D], got ", k.sizes());
-  TORCH_CHECK(v.dim() == 3, "graphattn: 'v' must have shape [N_src, H, Dv], got ", v.sizes());
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
-              "graphattn: 'q' must be float32 or float64, got ", q.scalar_type());
-  check_float(k, "k", q.scalar_type());
-  check_float(v, "v", q.scalar_type());
   TORCH_CHECK(q.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
-  Dims d{};
-  d.Nd = ptr.numel() - 1;
-  d.Ns = k.size(0);
-  d.E = src.numel();
-  d.H = q.size(1);
-  d.D = q.size(2);
-  d.Dv = v.size(2);
-  TORCH_CHECK(q.size(0) == d.Nd, "graphattn: 'q' has ", q.size(0),
-              " rows but 'ptr' describes ", d.Nd, " destination nodes");
-  TORCH_CHECK(v.size(0) == d.Ns, "graphattn: 'v' has ", v.size(0), " rows but 'k' has ", d.Ns);
-  TORCH_CHECK(k.size(1) == d.H && v.size(1) == d.H, "graphattn: q, k, v must have the same number "
-              "of heads, got ", d.H, ", ", k.size(1), ", ", v.size(1));
-  TORCH_CHECK(k.size(2) == d.D, "graphattn: 'k' must have head dim ", d.D, " like 'q', got ",
-              k.size(2));
-  if (kind == ADDITIVE) {
-    TORCH_CHECK(d.D == 1, "graphattn: kind 'additive' takes per-head scalars q, k of shape "
-                "[N, H, 1], got head dim ", d.D);
-  }
-  if (kind == V2) {
-    TORCH_CHECK(att.has_value() && att->defined(), "graphattn: kind 'v2' needs 'att' [H, D]");
-    TORCH_CHECK(att->dim() == 2 && att->size(0) == d.H && att->size(1) == d.D,
-                "graphattn: 'att' must have shape [", d.H, ", ", d.D, "], got ", att->sizes());
-    check_float(*att, "att", q.scalar_type());
-  }
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == d.E && bias->size(1) == d.H,
-                "graphattn: 'bias' must have shape [E, H] = [", d.E, ", ", d.H, "], got ",
-                bias->sizes());
-    check_float(*bias, "bias", q.scalar_type());
-  }
+  const Dims d = check_attention_shapes(q, k, v, att, bias, ptr.numel() - 1, src.numel(), kind);
   check_ptr(ptr, d.E, "ptr");
   check_range(src, d.Ns, "src");
   return d;
@@ -245,14 +199,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
     const at::Tensor& /*csc_eid*/, const at::Tensor& /*csc_dst*/, int64_t kind, double scale,
     double negative_slope, bool return_weights) {
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
-  const at::Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  const bool has_att = att_.has_value() && att_->defined() && kind == V2;
-  const bool has_bias = bias_.has_value() && bias_->defined();
-  const at::Tensor att = has_att ? att_->contiguous() : at::Tensor();
-  const at::Tensor bias = has_bias ? bias_->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({dm.Nd, dm.H, dm.Dv}, q.options());
-  at::Tensor lse = at::empty({dm.Nd, dm.H}, q.options());
-  at::Tensor weights = at::empty({return_weights ? dm.E : 0, dm.H}, q.options());
+  const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
+  const bool has_att = in.has_att, has_bias = in.has_bias;
+  at::Tensor out, lse, weights;
+  std::tie(out, lse, weights) = forward_outputs(dm, q, return_weights);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention", [&] {
     const scalar_t* attp = has_att ? att.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
@@ -488,35 +439,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
     double scale, double negative_slope, bool kv_shared) {
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
-  TORCH_CHECK(!kv_shared || k_.sizes() == v_.sizes(), "graphattn: 'kv_shared' needs 'k' and 'v' "
-              "of the same shape, got ", k_.sizes(), " and ", v_.sizes());
-  TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({dm.Nd, dm.H, dm.Dv}),
-              "graphattn: 'grad_out' must have shape [N_dst, H, Dv], got ", grad_out_.sizes());
-  TORCH_CHECK(lse_.sizes() == at::IntArrayRef({dm.Nd, dm.H}),
-              "graphattn: 'lse' must have shape [N_dst, H], got ", lse_.sizes());
-  check_float(grad_out_, "grad_out", q_.scalar_type());
-  check_float(lse_, "lse", q_.scalar_type());
+  const bool has_gw = check_backward_shapes(dm, q_, k_, v_, grad_out_, grad_weights_, lse_,
+                                            csc_ptr, csc_eid, csc_dst, kv_shared);
   check_ptr(csc_ptr, dm.E, "csc_ptr");
-  TORCH_CHECK(csc_ptr.numel() == dm.Ns + 1, "graphattn: 'csc_ptr' must have N_src + 1 = ",
-              dm.Ns + 1, " entries, got ", csc_ptr.numel());
-  TORCH_CHECK(csc_eid.numel() == dm.E && csc_dst.numel() == dm.E,
-              "graphattn: 'csc_eid' and 'csc_dst' must have E = ", dm.E, " entries");
   check_range(csc_eid, dm.E, "csc_eid");
   check_range(csc_dst, dm.Nd, "csc_dst");
-  const bool has_gw = grad_weights_.has_value() && grad_weights_->defined() &&
-                      grad_weights_->numel() > 0;
-  if (has_gw) {
-    TORCH_CHECK(grad_weights_->sizes() == at::IntArrayRef({dm.E, dm.H}),
-                "graphattn: 'grad_weights' must have shape [E, H], got ", grad_weights_->sizes());
-    check_float(*grad_weights_, "grad_weights", q_.scalar_type());
-  }
-  const at::Tensor go = grad_out_.contiguous(), q = q_.contiguous(), k = k_.contiguous(),
-                   v = v_.contiguous(), lse = lse_.contiguous();
+  const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
+  const bool has_att = in.has_att, has_bias = in.has_bias;
+  const at::Tensor go = grad_out_.contiguous(), lse = lse_.contiguous();
   const at::Tensor gw = has_gw ? grad_weights_->contiguous() : at::Tensor();
-  const bool has_att = att_.has_value() && att_->defined() && kind == V2;
-  const bool has_bias = bias_.has_value() && bias_->defined();
-  const at::Tensor att = has_att ? att_->contiguous() : at::Tensor();
-  const at::Tensor bias = has_bias ? bias_->contiguous() : at::Tensor();
 
   at::Tensor gq = at::zeros_like(q), gk = at::empty_like(k);
   at::Tensor gv = kv_shared ? at::empty({0}, v.options()) : at::empty_like(v);

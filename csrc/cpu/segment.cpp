@@ -65,7 +65,7 @@ at::Tensor segment_softmax_backward_cpu(const at::Tensor& out_, const at::Tensor
   check_edge_tensor(out_, ptr, "out");
   TORCH_CHECK(grad_.sizes() == out_.sizes(), "graphattn: 'grad_out' must have shape ",
               out_.sizes(), ", got ", grad_.sizes());
-  check_float(grad_, "grad_out", out_.scalar_type());
+  check_float(grad_, "grad_out", out_.scalar_type(), out_.device());
   const at::Tensor out = out_.contiguous(), grad = grad_.contiguous();
   const int64_t N = ptr.numel() - 1, E = out.size(0), H = out.size(1);
   at::Tensor gin = at::empty_like(out);
@@ -88,14 +88,6 @@ at::Tensor segment_softmax_backward_cpu(const at::Tensor& out_, const at::Tensor
     });
   });
   return gin;
-}
-
-int reduce_code(const std::string& reduce) {
-  if (reduce == "sum") return 0;
-  if (reduce == "mean") return 1;
-  if (reduce == "max") return 2;
-  TORCH_CHECK(false, "graphattn: 'reduce' must be 'sum', 'mean' or 'max', got '", reduce, "'");
-  return -1;
 }
 
 std::tuple<at::Tensor, at::Tensor> segment_reduce_cpu(const at::Tensor& src_,

@@ -1,6 +1,6 @@
-// Shared by the CUDA kernels: input validation for device tensors (every index is checked
+// Shared by the CUDA kernels: index validation for device tensors (every index is checked
 // for dtype, contiguity, device and range before a kernel reads through it; each message
-// names the argument), warp reductions and the accumulation type.
+// names the argument) and warp reductions. Shapes and dtypes: ../attention_shapes.h.
 //
 // The range checks run as small reductions on the device followed by one host sync per
 // checked index, the price of an error message instead of an illegal memory access.
@@ -12,6 +12,8 @@
 
 #include <cstdint>
 #include <limits>
+
+#include "../attention_shapes.h"
 
 namespace graphattn {
 namespace cuda {
@@ -57,24 +59,6 @@ inline void check_range(const at::Tensor& idx, int64_t bound, const char* name,
   TORCH_CHECK(v[1] < bound, "graphattn: '", name, "' holds ", v[1], ", outside the valid range [",
               lo, ", ", bound, ")");
 }
-
-inline void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype,
-                        const at::Device& device) {
-  TORCH_CHECK(t.scalar_type() == dtype, "graphattn: '", name, "' must have dtype ", dtype,
-              " (same as q), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == device, "graphattn: '", name, "' must be on ", device, ", got ",
-              t.device());
-}
-
-// accumulation type: at least float32, double for double.
-template <typename scalar_t>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T x) {

@@ -24,36 +24,31 @@ __global__ void __launch_bounds__(kBlock)
                    scalar_t* __restrict__ out, scalar_t* __restrict__ lse,
                    scalar_t* __restrict__ weights) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
   const int64_t H = dm.H, D = dm.D, Dv = dm.Dv;
-  if (w >= dm.Nd * H) return;  // uniform across the warp
-  const int64_t i = w / H, h = w % H;
+  int64_t i, h;
+  int lane;
+  if (!warp_task(dm.Nd, H, i, h, lane)) return;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
 
   acc_t qr[T], kr[T], ar[T], vr[T], acc[T];
   acc_t qs = 0;
-  if constexpr (KIND == ADDITIVE) {
-    qs = acc_t(q[i * H + h]);
-  } else {
-    load_row<T>(q + (i * H + h) * D, D, lane, qr);
-  }
+  load_head<KIND, T>(q, i, H, h, D, lane, qr, qs);
   if constexpr (KIND == V2) load_row<T>(att + h * D, D, lane, ar);
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] = 0;
 
+  // the score of in-edge e (source j); leaves k_j's head in kr
+  auto score_of = [&](int64_t e, int64_t j) -> acc_t {
+    acc_t ks = 0;
+    load_head<KIND, T>(k, j, H, h, D, lane, kr, ks);
+    const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+    return score_regs<KIND, T, acc_t>(qr, kr, ar, qs, ks, scale, slope, b);
+  };
   const int64_t e0 = ptr[i], e1 = ptr[i + 1];
   acc_t m = neg_inf<acc_t>(), l = 0;
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t j = src[e];
-    acc_t ks = 0;
-    if constexpr (KIND == ADDITIVE) {
-      ks = acc_t(k[j * H + h]);
-    } else {
-      load_row<T>(k + (j * H + h) * D, D, lane, kr);
-    }
-    const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-    const acc_t s = score_regs<KIND, T, acc_t>(qr, kr, ar, qs, ks, scale, slope, b);
+    const acc_t s = score_of(e, j);
     if (!(s > neg_inf<acc_t>())) continue;  // a masked edge adds nothing
     const acc_t m_new = s > m ? s : m;
     const acc_t corr = dev_exp<acc_t>(m - m_new);  // 0 for the first live edge (m = -inf)
@@ -67,25 +62,14 @@ __global__ void __launch_bounds__(kBlock)
   // empty or fully masked neighbourhood: zeros and lse = -inf, never NaN
   const bool live = l > acc_t(0);
   const acc_t inv = live ? acc_t(1) / l : acc_t(0);
-  scalar_t* o = out + (i * H + h) * Dv;
 #pragma unroll
-  for (int t = 0; t < T; ++t) {
-    const int64_t c = lane + kWarp * t;
-    if (c < Dv) o[c] = scalar_t(acc[t] * inv);
-  }
+  for (int t = 0; t < T; ++t) acc[t] *= inv;
+  store_row<T>(out + (i * H + h) * Dv, Dv, lane, acc);
   const acc_t lsei = live ? m + log(l) : neg_inf<acc_t>();
   if (lane == 0) lse[i * H + h] = scalar_t(lsei);
   if (weights) {
     for (int64_t e = e0; e < e1; ++e) {
-      const int64_t j = src[e];
-      acc_t ks = 0;
-      if constexpr (KIND == ADDITIVE) {
-        ks = acc_t(k[j * H + h]);
-      } else {
-        load_row<T>(k + (j * H + h) * D, D, lane, kr);
-      }
-      const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-      const acc_t s = score_regs<KIND, T, acc_t>(qr, kr, ar, qs, ks, scale, slope, b);
+      const acc_t s = score_of(e, src[e]);
       // from the row's max and sum in registers, not the rounded lse: exp(s - lse) would
       // carry the rounding of lse (an ulp of the max, 1e-3 at scores of 1e4 in float32)
       if (lane == 0) weights[e * H + h] = live ? scalar_t(dev_exp<acc_t>(s - m) * inv) : scalar_t(0);
@@ -101,14 +85,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cuda(
     double negative_slope, bool return_weights) {
   const c10::cuda::CUDAGuard guard(q_.device());
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
-  const at::Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
-  const bool has_att = att_.has_value() && att_->defined() && kind == V2;
-  const bool has_bias = bias_.has_value() && bias_->defined();
-  const at::Tensor att = has_att ? att_->contiguous() : at::Tensor();
-  const at::Tensor bias = has_bias ? bias_->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({dm.Nd, dm.H, dm.Dv}, q.options());
-  at::Tensor lse = at::empty({dm.Nd, dm.H}, q.options());
-  at::Tensor weights = at::empty({return_weights ? dm.E : 0, dm.H}, q.options());
+  const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
+  const bool has_att = in.has_att, has_bias = in.has_bias;
+  at::Tensor out, lse, weights;
+  std::tie(out, lse, weights) = forward_outputs(dm, q, return_weights);
   const int64_t warps = dm.Nd * dm.H;
   if (warps == 0) return {out, lse, weights};
   const auto stream = c10::cuda::getCurrentCUDAStream();

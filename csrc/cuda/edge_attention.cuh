@@ -12,9 +12,6 @@
 namespace graphattn {
 namespace cuda {
 
-constexpr int64_t DOT = 0;
-constexpr int64_t ADDITIVE = 1;
-constexpr int64_t V2 = 2;
 constexpr int64_t kMaxHeadDim = 32 * 8;
 
 template <typename T>
@@ -26,6 +23,17 @@ __device__ __forceinline__ T dlrelu(T x, T slope) {
   return x > T(0) ? T(1) : slope;
 }
 
+// The (row, head) of this thread's warp and its lane; false for the warps past the end.
+__device__ __forceinline__ bool warp_task(int64_t rows, int64_t H, int64_t& row, int64_t& h,
+                                          int& lane) {
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  lane = threadIdx.x % kWarp;
+  if (w >= rows * H) return false;  // uniform across the warp
+  row = w / H;
+  h = w % H;
+  return true;
+}
+
 // reg[t] = row[lane + 32 t] (0 beyond n)
 template <int T, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void load_row(const scalar_t* __restrict__ row, int64_t n, int lane,
@@ -34,6 +42,42 @@ __device__ __forceinline__ void load_row(const scalar_t* __restrict__ row, int64
   for (int t = 0; t < T; ++t) {
     const int64_t d = lane + kWarp * t;
     reg[t] = d < n ? acc_t(row[d]) : acc_t(0);
+  }
+}
+
+// row[lane + 32 t] = reg[t] (for the entries below n)
+template <int T, typename out_t, typename acc_t>
+__device__ __forceinline__ void store_row(out_t* __restrict__ row, int64_t n, int lane,
+                                          const acc_t (&reg)[T]) {
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const int64_t d = lane + kWarp * t;
+    if (d < n) row[d] = out_t(reg[t]);
+  }
+}
+
+// Head h of row r of x [rows, H, D] into registers: the per-head scalar (in every lane) for
+// 'additive', the lane-strided entries otherwise.
+template <int KIND, int T, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_head(const scalar_t* __restrict__ x, int64_t r, int64_t H,
+                                          int64_t h, int64_t D, int lane, acc_t (&reg)[T],
+                                          acc_t& scalar) {
+  if constexpr (KIND == ADDITIVE) {
+    scalar = acc_t(x[r * H + h]);
+  } else {
+    load_row<T>(x + (r * H + h) * D, D, lane, reg);
+  }
+}
+
+// The inverse of load_head: the per-head scalar is reg[0] (written by lane 0) for 'additive'.
+template <int KIND, int T, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_head(scalar_t* __restrict__ x, int64_t r, int64_t H,
+                                           int64_t h, int64_t D, int lane,
+                                           const acc_t (&reg)[T]) {
+  if constexpr (KIND == ADDITIVE) {
+    if (lane == 0) x[r * H + h] = scalar_t(reg[0]);
+  } else {
+    store_row<T>(x + (r * H + h) * D, D, lane, reg);
   }
 }
 
@@ -61,10 +105,6 @@ __device__ __forceinline__ acc_t score_regs(const acc_t (&qr)[T], const acc_t (&
   }
 }
 
-struct Dims {
-  int64_t Nd, Ns, E, H, D, Dv;
-};
-
 inline int chunks_for(int64_t n) {
   return n <= 32 ? 1 : n <= 64 ? 2 : n <= 128 ? 4 : 8;
 }
@@ -73,52 +113,13 @@ inline Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const c10::optional<at::Tensor>& att,
                          const c10::optional<at::Tensor>& bias, const at::Tensor& ptr,
                          const at::Tensor& src, int64_t kind) {
-  TORCH_CHECK(kind == DOT || kind == ADDITIVE || kind == V2,
-              "graphattn: 'kind' must be 0 (dot), 1 (additive) or 2 (v2), got ", kind);
-  TORCH_CHECK(q.dim() == 3, "graphattn: 'q' must have shape [N_dst, H, D], got ", q.sizes());
-  TORCH_CHECK(k.dim() == 3, "graphattn: 'k' must have shape [N_src, H, D], got ", k.sizes());
-  TORCH_CHECK(v.dim() == 3, "graphattn: 'v' must have shape [N_src, H, Dv], got ", v.sizes());
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
-              "graphattn: 'q' must be float32 or float64, got ", q.scalar_type());
   TORCH_CHECK(q.is_cuda(), "graphattn: 'q' must be a CUDA tensor for the CUDA kernel");
-  const at::Device dev = q.device();
-  check_float(k, "k", q.scalar_type(), dev);
-  check_float(v, "v", q.scalar_type(), dev);
-  Dims d{};
-  d.Nd = ptr.numel() - 1;
-  d.Ns = k.size(0);
-  d.E = src.numel();
-  d.H = q.size(1);
-  d.D = q.size(2);
-  d.Dv = v.size(2);
-  TORCH_CHECK(q.size(0) == d.Nd, "graphattn: 'q' has ", q.size(0),
-              " rows but 'ptr' describes ", d.Nd, " destination nodes");
-  TORCH_CHECK(v.size(0) == d.Ns, "graphattn: 'v' has ", v.size(0), " rows but 'k' has ", d.Ns);
-  TORCH_CHECK(k.size(1) == d.H && v.size(1) == d.H, "graphattn: q, k, v must have the same "
-              "number of heads, got ", d.H, ", ", k.size(1), ", ", v.size(1));
-  TORCH_CHECK(k.size(2) == d.D, "graphattn: 'k' must have head dim ", d.D, " like 'q', got ",
-              k.size(2));
+  const Dims d = check_attention_shapes(q, k, v, att, bias, ptr.numel() - 1, src.numel(), kind);
   TORCH_CHECK(d.D <= kMaxHeadDim && d.Dv <= kMaxHeadDim, "graphattn: the CUDA kernel takes head "
               "dims up to ", kMaxHeadDim, ", got D = ", d.D, ", Dv = ", d.Dv,
               " (graphattn.ops.edge_attention routes larger heads to the reference path)");
-  if (kind == ADDITIVE) {
-    TORCH_CHECK(d.D == 1, "graphattn: kind 'additive' takes per-head scalars q, k of shape "
-                "[N, H, 1], got head dim ", d.D);
-  }
-  if (kind == V2) {
-    TORCH_CHECK(att.has_value() && att->defined(), "graphattn: kind 'v2' needs 'att' [H, D]");
-    TORCH_CHECK(att->dim() == 2 && att->size(0) == d.H && att->size(1) == d.D,
-                "graphattn: 'att' must have shape [", d.H, ", ", d.D, "], got ", att->sizes());
-    check_float(*att, "att", q.scalar_type(), dev);
-  }
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 2 && bias->size(0) == d.E && bias->size(1) == d.H,
-                "graphattn: 'bias' must have shape [E, H] = [", d.E, ", ", d.H, "], got ",
-                bias->sizes());
-    check_float(*bias, "bias", q.scalar_type(), dev);
-  }
-  check_ptr(ptr, d.E, "ptr", dev);
-  check_range(src, d.Ns, "src", dev);
+  check_ptr(ptr, d.E, "ptr", q.device());
+  check_range(src, d.Ns, "src", q.device());
   return d;
 }
 

@@ -44,11 +44,10 @@ __global__ void __launch_bounds__(kBlock)
                         typename Acc<scalar_t>::type* __restrict__ gatt_rows,
                         typename Acc<scalar_t>::type* __restrict__ delta) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
   const int64_t H = dm.H, D = dm.D, Dv = dm.Dv;
-  if (w >= dm.Nd * H) return;
-  const int64_t i = w / H, h = w % H;
+  int64_t i, h;
+  int lane;
+  if (!warp_task(dm.Nd, H, i, h, lane)) return;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t l = acc_t(lse[i * H + h]);
   const int64_t e0 = ptr[i], e1 = ptr[i + 1];
@@ -59,39 +58,27 @@ __global__ void __launch_bounds__(kBlock)
   for (int t = 0; t < T; ++t) g[t] = ga[t] = 0;
   acc_t dl = 0;
   if (l > neg_inf<acc_t>()) {  // else a fully masked (or empty) row: nothing flows back
-    if constexpr (KIND == ADDITIVE) {
-      qs = acc_t(q[i * H + h]);
-    } else {
-      load_row<T>(q + (i * H + h) * D, D, lane, qr);
-    }
+    load_head<KIND, T>(q, i, H, h, D, lane, qr, qs);
     if constexpr (KIND == V2) load_row<T>(att + h * D, D, lane, ar);
     load_row<T>(go + (i * H + h) * Dv, Dv, lane, gor);
+    // p_e, dp_e and the bias of in-edge e; leaves k_j (kr or ks) and v_j (vr) in registers
+    auto edge_terms = [&](int64_t e, acc_t& b, acc_t& p, acc_t& dp) {
+      const int64_t j = src[e];
+      load_head<KIND, T>(k, j, H, h, D, lane, kr, ks);
+      load_row<T>(v + (j * H + h) * Dv, Dv, lane, vr);
+      b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
+      prob_dp<KIND, T>(qr, kr, ar, qs, ks, gor, vr, scale, slope, b, l, gw, e * H + h, p, dp);
+    };
     // walk 1: delta_i
     for (int64_t e = e0; e < e1; ++e) {
-      const int64_t j = src[e];
-      if constexpr (KIND == ADDITIVE) {
-        ks = acc_t(k[j * H + h]);
-      } else {
-        load_row<T>(k + (j * H + h) * D, D, lane, kr);
-      }
-      load_row<T>(v + (j * H + h) * Dv, Dv, lane, vr);
-      const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-      acc_t p, dp;
-      prob_dp<KIND, T>(qr, kr, ar, qs, ks, gor, vr, scale, slope, b, l, gw, e * H + h, p, dp);
+      acc_t b, p, dp;
+      edge_terms(e, b, p, dp);
       dl += p * dp;
     }
     // walk 2: ds_e -> grad q_i, grad bias_e, grad att
     for (int64_t e = e0; e < e1; ++e) {
-      const int64_t j = src[e];
-      if constexpr (KIND == ADDITIVE) {
-        ks = acc_t(k[j * H + h]);
-      } else {
-        load_row<T>(k + (j * H + h) * D, D, lane, kr);
-      }
-      load_row<T>(v + (j * H + h) * Dv, Dv, lane, vr);
-      const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-      acc_t p, dp;
-      prob_dp<KIND, T>(qr, kr, ar, qs, ks, gor, vr, scale, slope, b, l, gw, e * H + h, p, dp);
+      acc_t b, p, dp;
+      edge_terms(e, b, p, dp);
       acc_t ds = p * (dp - dl);
       if constexpr (KIND == ADDITIVE) {
         ds *= dlrelu<acc_t>(qs + ks + b, slope);
@@ -110,24 +97,8 @@ __global__ void __launch_bounds__(kBlock)
       if (gbias && lane == 0) gbias[e * H + h] = scalar_t(ds);
     }
   }
-  if constexpr (KIND == ADDITIVE) {
-    if (lane == 0) gq[i * H + h] = scalar_t(g[0]);
-  } else {
-    scalar_t* gqo = gq + (i * H + h) * D;
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const int64_t d = lane + kWarp * t;
-      if (d < D) gqo[d] = scalar_t(g[t]);
-    }
-  }
-  if constexpr (KIND == V2) {
-    acc_t* gar = gatt_rows + (i * H + h) * D;
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const int64_t d = lane + kWarp * t;
-      if (d < D) gar[d] = ga[t];
-    }
-  }
+  store_head<KIND, T>(gq, i, H, h, D, lane, g);
+  if constexpr (KIND == V2) store_row<T>(gatt_rows + (i * H + h) * D, D, lane, ga);
   if (lane == 0) delta[i * H + h] = dl;
 }
 
@@ -143,20 +114,15 @@ __global__ void __launch_bounds__(kBlock)
                         double slope_, scalar_t* __restrict__ gk, scalar_t* __restrict__ gv,
                         bool kv_shared) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
   const int64_t H = dm.H, D = dm.D, Dv = dm.Dv;
-  if (w >= dm.Ns * H) return;
-  const int64_t j = w / H, h = w % H;
+  int64_t j, h;
+  int lane;
+  if (!warp_task(dm.Ns, H, j, h, lane)) return;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
 
   acc_t qr[T], kr[T], ar[T], vr[T], gor[T], gkr[T], gvr[T];
   acc_t qs = 0, ks = 0;
-  if constexpr (KIND == ADDITIVE) {
-    ks = acc_t(k[j * H + h]);
-  } else {
-    load_row<T>(k + (j * H + h) * D, D, lane, kr);
-  }
+  load_head<KIND, T>(k, j, H, h, D, lane, kr, ks);
   if constexpr (KIND == V2) load_row<T>(att + h * D, D, lane, ar);
   load_row<T>(v + (j * H + h) * Dv, Dv, lane, vr);
 #pragma unroll
@@ -165,11 +131,7 @@ __global__ void __launch_bounds__(kBlock)
     const int64_t e = ceid[c], i = cdst[c];
     const acc_t l = acc_t(lse[i * H + h]);
     if (!(l > neg_inf<acc_t>())) continue;
-    if constexpr (KIND == ADDITIVE) {
-      qs = acc_t(q[i * H + h]);
-    } else {
-      load_row<T>(q + (i * H + h) * D, D, lane, qr);
-    }
+    load_head<KIND, T>(q, i, H, h, D, lane, qr, qs);
     load_row<T>(go + (i * H + h) * Dv, Dv, lane, gor);
     const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
     acc_t p, dp;
@@ -187,25 +149,13 @@ __global__ void __launch_bounds__(kBlock)
       for (int t = 0; t < T; ++t) gkr[t] += ds * ar[t] * dlrelu<acc_t>(qr[t] + kr[t], slope);
     }
   }
-  if constexpr (KIND == ADDITIVE) {
-    if (lane == 0) gk[j * H + h] = scalar_t(gkr[0]);
+  if (kv_shared) {  // k is v (same shape, so D == Dv): one gradient, grad k + grad v
+#pragma unroll
+    for (int t = 0; t < T; ++t) gkr[t] += gvr[t];
   } else {
-    scalar_t* gko = gk + (j * H + h) * D;
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const int64_t d = lane + kWarp * t;
-      // k is v (same shape, so D == Dv): one gradient, grad k + grad v
-      if (d < D) gko[d] = scalar_t(kv_shared ? gkr[t] + gvr[t] : gkr[t]);
-    }
+    store_row<T>(gv + (j * H + h) * Dv, Dv, lane, gvr);
   }
-  if (!kv_shared) {
-    scalar_t* gvo = gv + (j * H + h) * Dv;
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const int64_t c = lane + kWarp * t;
-      if (c < Dv) gvo[c] = scalar_t(gvr[t]);
-    }
-  }
+  store_head<KIND, T>(gk, j, H, h, D, lane, gkr);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -221,35 +171,16 @@ edge_attention_backward_cuda(const at::Tensor& grad_out_,
   const c10::cuda::CUDAGuard guard(q_.device());
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
   const at::Device dev = q_.device();
-  TORCH_CHECK(!kv_shared || k_.sizes() == v_.sizes(), "graphattn: 'kv_shared' needs 'k' and "
-              "'v' of the same shape, got ", k_.sizes(), " and ", v_.sizes());
-  TORCH_CHECK(grad_out_.sizes() == at::IntArrayRef({dm.Nd, dm.H, dm.Dv}),
-              "graphattn: 'grad_out' must have shape [N_dst, H, Dv], got ", grad_out_.sizes());
-  TORCH_CHECK(lse_.sizes() == at::IntArrayRef({dm.Nd, dm.H}),
-              "graphattn: 'lse' must have shape [N_dst, H], got ", lse_.sizes());
-  check_float(grad_out_, "grad_out", q_.scalar_type(), dev);
-  check_float(lse_, "lse", q_.scalar_type(), dev);
+  const bool has_gw = check_backward_shapes(dm, q_, k_, v_, grad_out_, grad_weights_, lse_,
+                                            csc_ptr, csc_eid, csc_dst, kv_shared);
   check_ptr(csc_ptr, dm.E, "csc_ptr", dev);
-  TORCH_CHECK(csc_ptr.numel() == dm.Ns + 1, "graphattn: 'csc_ptr' must have N_src + 1 = ",
-              dm.Ns + 1, " entries, got ", csc_ptr.numel());
-  TORCH_CHECK(csc_eid.numel() == dm.E && csc_dst.numel() == dm.E,
-              "graphattn: 'csc_eid' and 'csc_dst' must have E = ", dm.E, " entries");
   check_range(csc_eid, dm.E, "csc_eid", dev);
   check_range(csc_dst, dm.Nd, "csc_dst", dev);
-  const bool has_gw =
-      grad_weights_.has_value() && grad_weights_->defined() && grad_weights_->numel() > 0;
-  if (has_gw) {
-    TORCH_CHECK(grad_weights_->sizes() == at::IntArrayRef({dm.E, dm.H}),
-                "graphattn: 'grad_weights' must have shape [E, H], got ", grad_weights_->sizes());
-    check_float(*grad_weights_, "grad_weights", q_.scalar_type(), dev);
-  }
-  const at::Tensor go = grad_out_.contiguous(), q = q_.contiguous(), k = k_.contiguous(),
-                   v = v_.contiguous(), lse = lse_.contiguous();
+  const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
+  const bool has_att = in.has_att, has_bias = in.has_bias;
+  const at::Tensor go = grad_out_.contiguous(), lse = lse_.contiguous();
   const at::Tensor gw = has_gw ? grad_weights_->contiguous() : at::Tensor();
-  const bool has_att = att_.has_value() && att_->defined() && kind == V2;
-  const bool has_bias = bias_.has_value() && bias_->defined();
-  const at::Tensor att = has_att ? att_->contiguous() : at::Tensor();
-  const at::Tensor bias = has_bias ? bias_->contiguous() : at::Tensor();
 
   const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor gq = at::empty_like(q), gk = at::empty_like(k);

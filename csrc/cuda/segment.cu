@@ -106,14 +106,6 @@ __global__ void reduce_backward_kernel(const scalar_t* __restrict__ g,
   }
 }
 
-int reduce_code(const std::string& reduce) {
-  if (reduce == "sum") return 0;
-  if (reduce == "mean") return 1;
-  if (reduce == "max") return 2;
-  TORCH_CHECK(false, "graphattn: 'reduce' must be 'sum', 'mean' or 'max', got '", reduce, "'");
-  return -1;
-}
-
 at::Tensor segment_softmax_cuda(const at::Tensor& scores_, const at::Tensor& ptr) {
   const c10::cuda::CUDAGuard guard(scores_.device());
   check_edge_tensor(scores_, ptr, "scores");
