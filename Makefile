@@ -6,9 +6,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,13 @@ test-slow: setup
 bench: setup
 	$(BIN)/graphattn bench attention
 	$(BIN)/graphattn bench tokens
+
+# On a machine with a GPU and a CUDA build of torch (its own python, no .venv): build the CUDA
+# kernels in place, test them and time them against PyG (the GPU section of BENCHMARKS.md).
+gpu-check:
+	$(PY) setup.py build_ext --inplace
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/attention_cuda.py
 
 lint: setup
 	$(BIN)/ruff check graphattn tests benchmarks examples setup.py
