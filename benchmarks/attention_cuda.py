@@ -164,7 +164,7 @@ def render(rows: list[dict], checks: list[str], bw: float, a: argparse.Namespace
         f"Made by `{cmd}` on {time.strftime('%Y-%m-%d')}: {torch.cuda.get_device_name()}, "
         f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"PyG {torch_geometric.__version__}. "
-        "Same layers and sizes as above, float32, one process; median of "
+        "Same layers as above at the sizes below, float32, one process; median of "
         f"{a.iters} synchronised steps after {a.warmup} warm-up steps; peak extra memory = "
         "`torch.cuda.max_memory_allocated()` during the steps minus the memory allocated "
         "before them. `native` is graphattn's CUDA kernels (one warp per row and head, online "
