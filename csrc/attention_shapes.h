@@ -7,6 +7,7 @@
 
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 namespace graphattn {
 
@@ -28,6 +29,21 @@ template <>
 struct Acc<double> {
   using type = double;
 };
+
+// CUDA kernels hold a head in registers, at most 8 chunks of 32 lanes (csrc/cuda/); exposed
+// to Python as graphattn._C.cuda_max_head_dim(), whose ops route wider heads elsewhere.
+constexpr int64_t kCudaMaxHeadDim = 32 * 8;
+
+// An index tensor's dtype, rank, layout and device (its contents are checked by each backend
+// where the index lives: cpu/checks.h, cuda/common.cuh).
+inline void check_index(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, "graphattn: '", name,
+              "' must be an int64 tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1, "graphattn: '", name, "' must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "graphattn: '", name, "' must be contiguous");
+  TORCH_CHECK(t.device() == device, "graphattn: '", name, "' must be on ", device, " (like the "
+              "features), got ", t.device());
+}
 
 inline void check_float(const at::Tensor& t, const char* name, at::ScalarType dtype,
                         const at::Device& device) {
@@ -113,6 +129,14 @@ inline bool check_backward_shapes(const Dims& dm, const at::Tensor& q, const at:
   return has_gw;
 }
 
+// Calls f(std::integral_constant<int, KIND>{}) for the score kind (checked beforehand).
+template <typename F>
+void dispatch_kind(int64_t kind, F&& f) {
+  if (kind == DOT) f(std::integral_constant<int, DOT>{});
+  else if (kind == ADDITIVE) f(std::integral_constant<int, ADDITIVE>{});
+  else f(std::integral_constant<int, V2>{});
+}
+
 // q, k, v (and att for 'v2', bias when given) made contiguous for a kernel.
 struct AttentionInputs {
   at::Tensor q, k, v, att, bias;
@@ -139,6 +163,27 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_outputs(const Dims
                                                                       bool return_weights) {
   return {at::empty({dm.Nd, dm.H, dm.Dv}, q.options()), at::empty({dm.Nd, dm.H}, q.options()),
           at::empty({return_weights ? dm.E : 0, dm.H}, q.options())};
+}
+
+// Per-edge values of the segment ops: [E, F], float32 or float64.
+inline void check_edge_values(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, "graphattn: '", name, "' must have shape [E, F], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "graphattn: '", name, "' must be float32 or float64, got ", t.scalar_type());
+}
+
+// grad_out [N, F] of segment_reduce (N = ptr.numel() - 1) and, for 'max', its argmax.
+inline void check_reduce_backward_shapes(const at::Tensor& grad, const at::Tensor& ptr,
+                                         const at::Tensor& arg, int code) {
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == ptr.numel() - 1,
+              "graphattn: 'grad_out' must have shape [N, F] with N = ", ptr.numel() - 1,
+              ", got ", grad.sizes());
+  if (code == 2) {
+    TORCH_CHECK(arg.sizes() == grad.sizes() && arg.scalar_type() == at::kLong &&
+                    arg.device() == grad.device(),
+                "graphattn: 'arg' must be an int64 tensor of shape ", grad.sizes(), " on ",
+                grad.device());
+  }
 }
 
 // segment reductions: 0 sum, 1 mean, 2 max

@@ -12,6 +12,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "attention_shapes.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -67,4 +69,6 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "graphattn native kernels (operators are registered under torch.ops.graphattn)";
   m.def("with_openmp", &with_openmp, "whether the extension was compiled with OpenMP");
   m.def("cuda_version", &cuda_version, "CUDA version the extension was built with, -1 if none");
+  m.def("cuda_max_head_dim", [] { return graphattn::kCudaMaxHeadDim; },
+        "widest head (D and Dv) the CUDA edge_attention kernels take");
 }

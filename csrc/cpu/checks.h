@@ -11,17 +11,9 @@
 
 namespace graphattn {
 
-inline void check_index(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kLong, "graphattn: '", name,
-              "' must be an int64 tensor, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1, "graphattn: '", name, "' must be 1-D, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "graphattn: '", name, "' must be contiguous");
-  TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU kernel");
-}
-
 // ptr must start at 0, end at num_edges and be non-decreasing.
 inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name) {
-  check_index(ptr, name);
+  check_index(ptr, name, at::kCPU);
   TORCH_CHECK(ptr.numel() >= 1, "graphattn: '", name, "' must have at least one entry");
   const int64_t* p = ptr.data_ptr<int64_t>();
   const int64_t n = ptr.numel() - 1;
@@ -35,7 +27,7 @@ inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name
 
 // every entry of idx must lie in [0, bound).
 inline void check_range(const at::Tensor& idx, int64_t bound, const char* name) {
-  check_index(idx, name);
+  check_index(idx, name, at::kCPU);
   const int64_t* p = idx.data_ptr<int64_t>();
   const int64_t n = idx.numel();
   bool ok = true;

@@ -208,15 +208,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
     const scalar_t* attp = has_att ? att.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* wp = return_weights ? weights.data_ptr<scalar_t>() : nullptr;
-    auto run = [&](auto kind_tag) {
+    dispatch_kind(kind, [&](auto kind_tag) {
       forward_kernel<decltype(kind_tag)::value, scalar_t>(
           dm, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), attp, bp,
           ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), scale, negative_slope,
           out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), wp);
-    };
-    if (kind == DOT) run(std::integral_constant<int, DOT>{});
-    else if (kind == ADDITIVE) run(std::integral_constant<int, ADDITIVE>{});
-    else run(std::integral_constant<int, V2>{});
+    });
   });
   return {out, lse, weights};
 }
@@ -464,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     const scalar_t* gwp = has_gw ? gw.data_ptr<scalar_t>() : nullptr;
     scalar_t* gattp = has_att ? gatt.data_ptr<scalar_t>() : nullptr;
     scalar_t* gbp = has_bias ? gbias.data_ptr<scalar_t>() : nullptr;
-    auto run = [&](auto kind_tag) {
+    dispatch_kind(kind, [&](auto kind_tag) {
       backward_kernel<decltype(kind_tag)::value, scalar_t>(
           dm, go.data_ptr<scalar_t>(), gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
           v.data_ptr<scalar_t>(), attp, bp, lse.data_ptr<scalar_t>(),
@@ -473,10 +470,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
           gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(),
           kv_shared ? nullptr : gv.data_ptr<scalar_t>(), gattp, gbp, stats.data_ptr<acc_t>(),
           kv_shared);
-    };
-    if (kind == DOT) run(std::integral_constant<int, DOT>{});
-    else if (kind == ADDITIVE) run(std::integral_constant<int, ADDITIVE>{});
-    else run(std::integral_constant<int, V2>{});
+    });
   });
   return {gq, gk, gv, gatt, gbias};
 }

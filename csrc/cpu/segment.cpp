@@ -20,9 +20,7 @@ int64_t grain_for(int64_t rows, int64_t E, int64_t F) {
 }
 
 void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name) {
-  TORCH_CHECK(t.dim() == 2, "graphattn: '", name, "' must have shape [E, F], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "graphattn: '", name, "' must be float32 or float64, got ", t.scalar_type());
+  check_edge_values(t, name);
   TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU");
   check_ptr(ptr, t.size(0), "ptr");
 }
@@ -143,15 +141,9 @@ at::Tensor segment_reduce_backward_cpu(const at::Tensor& grad_, const at::Tensor
   const std::string reduce(reduce_);
   const int code = reduce_code(reduce);
   check_ptr(ptr, num_edges, "ptr");
-  TORCH_CHECK(grad_.dim() == 2 && grad_.size(0) == ptr.numel() - 1,
-              "graphattn: 'grad_out' must have shape [N, F] with N = ", ptr.numel() - 1,
-              ", got ", grad_.sizes());
+  check_reduce_backward_shapes(grad_, ptr, arg, code);
   const at::Tensor grad = grad_.contiguous();
   const int64_t N = ptr.numel() - 1, F = grad.size(1);
-  if (code == 2) {
-    TORCH_CHECK(arg.sizes() == grad.sizes() && arg.scalar_type() == at::kLong,
-                "graphattn: 'arg' must be an int64 tensor of shape ", grad.sizes());
-  }
   at::Tensor gin = at::zeros({num_edges, F}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "graphattn::segment_reduce_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();

@@ -21,15 +21,6 @@ namespace cuda {
 constexpr int kWarp = 32;
 constexpr int kBlock = 256;  // threads per block: 8 warps
 
-inline void check_index(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.scalar_type() == at::kLong, "graphattn: '", name,
-              "' must be an int64 tensor, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1, "graphattn: '", name, "' must be 1-D, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "graphattn: '", name, "' must be contiguous");
-  TORCH_CHECK(t.device() == device, "graphattn: '", name, "' must be on ", device, " (like the "
-              "features), got ", t.device());
-}
-
 // ptr must start at 0, end at num_edges and be non-decreasing.
 inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name,
                       const at::Device& device) {
@@ -46,18 +37,18 @@ inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name
   TORCH_CHECK(v[2] == 0, "graphattn: '", name, "' must be non-decreasing (a destination-sorted CSR)");
 }
 
-// every entry of idx must lie in [lo, bound).
+// every entry of idx must lie in [0, bound).
 inline void check_range(const at::Tensor& idx, int64_t bound, const char* name,
-                        const at::Device& device, int64_t lo = 0) {
+                        const at::Device& device) {
   check_index(idx, name, device);
   if (idx.numel() == 0) return;
   const auto mm = at::aminmax(idx);
   const at::Tensor h = at::stack({std::get<0>(mm), std::get<1>(mm)}).cpu();
   const int64_t* v = h.data_ptr<int64_t>();
-  TORCH_CHECK(v[0] >= lo, "graphattn: '", name, "' holds ", v[0], ", outside the valid range [",
-              lo, ", ", bound, ")");
-  TORCH_CHECK(v[1] < bound, "graphattn: '", name, "' holds ", v[1], ", outside the valid range [",
-              lo, ", ", bound, ")");
+  TORCH_CHECK(v[0] >= 0, "graphattn: '", name, "' holds ", v[0], ", outside the valid range [0, ",
+              bound, ")");
+  TORCH_CHECK(v[1] < bound, "graphattn: '", name, "' holds ", v[1], ", outside the valid range [0, ",
+              bound, ")");
 }
 
 template <typename T>

@@ -12,8 +12,6 @@
 namespace graphattn {
 namespace cuda {
 
-constexpr int64_t kMaxHeadDim = 32 * 8;
-
 template <typename T>
 __device__ __forceinline__ T lrelu(T x, T slope) {
   return x > T(0) ? x : x * slope;
@@ -115,8 +113,8 @@ inline Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const at::Tensor& src, int64_t kind) {
   TORCH_CHECK(q.is_cuda(), "graphattn: 'q' must be a CUDA tensor for the CUDA kernel");
   const Dims d = check_attention_shapes(q, k, v, att, bias, ptr.numel() - 1, src.numel(), kind);
-  TORCH_CHECK(d.D <= kMaxHeadDim && d.Dv <= kMaxHeadDim, "graphattn: the CUDA kernel takes head "
-              "dims up to ", kMaxHeadDim, ", got D = ", d.D, ", Dv = ", d.Dv,
+  TORCH_CHECK(d.D <= kCudaMaxHeadDim && d.Dv <= kCudaMaxHeadDim, "graphattn: the CUDA kernel takes head "
+              "dims up to ", kCudaMaxHeadDim, ", got D = ", d.D, ", Dv = ", d.Dv,
               " (graphattn.ops.edge_attention routes larger heads to the reference path)");
   check_ptr(ptr, d.E, "ptr", q.device());
   check_range(src, d.Ns, "src", q.device());
@@ -126,17 +124,14 @@ inline Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Ten
 // Calls f(std::integral_constant<int, KIND>, std::integral_constant<int, T>).
 template <typename F>
 void dispatch_kind_chunks(int64_t kind, int chunks, F&& f) {
-  auto with_t = [&](auto kind_tag) {
+  dispatch_kind(kind, [&](auto kind_tag) {
     switch (chunks) {
       case 1: f(kind_tag, std::integral_constant<int, 1>{}); break;
       case 2: f(kind_tag, std::integral_constant<int, 2>{}); break;
       case 4: f(kind_tag, std::integral_constant<int, 4>{}); break;
       default: f(kind_tag, std::integral_constant<int, 8>{}); break;
     }
-  };
-  if (kind == DOT) with_t(std::integral_constant<int, DOT>{});
-  else if (kind == ADDITIVE) with_t(std::integral_constant<int, ADDITIVE>{});
-  else with_t(std::integral_constant<int, V2>{});
+  });
 }
 
 }  // namespace cuda

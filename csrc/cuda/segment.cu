@@ -13,9 +13,7 @@ namespace cuda {
 namespace {
 
 void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name) {
-  TORCH_CHECK(t.dim() == 2, "graphattn: '", name, "' must have shape [E, F], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "graphattn: '", name, "' must be float32 or float64, got ", t.scalar_type());
+  check_edge_values(t, name);
   TORCH_CHECK(t.is_cuda(), "graphattn: '", name, "' must be a CUDA tensor for the CUDA kernel");
   check_ptr(ptr, t.size(0), "ptr", t.device());
 }
@@ -169,19 +167,10 @@ at::Tensor segment_reduce_backward_cuda(const at::Tensor& grad_, const at::Tenso
   const int code = reduce_code(std::string(reduce_));
   TORCH_CHECK(grad_.is_cuda(), "graphattn: 'grad_out' must be a CUDA tensor for the CUDA kernel");
   check_ptr(ptr, num_edges, "ptr", grad_.device());
-  TORCH_CHECK(grad_.dim() == 2 && grad_.size(0) == ptr.numel() - 1,
-              "graphattn: 'grad_out' must have shape [N, F] with N = ", ptr.numel() - 1,
-              ", got ", grad_.sizes());
+  check_reduce_backward_shapes(grad_, ptr, arg_, code);
   const at::Tensor grad = grad_.contiguous();
   const int64_t N = ptr.numel() - 1, F = grad.size(1);
-  at::Tensor arg;
-  if (code == 2) {
-    TORCH_CHECK(arg_.sizes() == grad.sizes() && arg_.scalar_type() == at::kLong &&
-                    arg_.device() == grad.device(),
-                "graphattn: 'arg' must be an int64 tensor of shape ", grad.sizes(), " on ",
-                grad.device());
-    arg = arg_.contiguous();
-  }
+  const at::Tensor arg = code == 2 ? arg_.contiguous() : at::Tensor();
   at::Tensor gin = at::zeros({num_edges, F}, grad.options());
   if (N * F == 0) return gin;
   at::Tensor bad = at::zeros({1}, grad.options().dtype(at::kInt));

@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 _BACKENDS = ("auto", "reference", "native")
-_CUDA_MAX_HEAD_DIM = 256  # kMaxHeadDim of csrc/cuda/edge_attention.cuh
 _state = threading.local()
 
 
@@ -380,7 +379,7 @@ def edge_attention(
     scale = float(q.size(2)) ** -0.5 if scale is None else float(scale)
 
     # the CUDA kernels hold a head in registers: head dims up to 256 (documented fall-back)
-    fits = q.device.type != "cuda" or max(q.size(2), v.size(2)) <= _CUDA_MAX_HEAD_DIM
+    fits = q.device.type != "cuda" or max(q.size(2), v.size(2)) <= _native.CUDA_MAX_HEAD_DIM
     if _use_native(q) and fits and not (dropout > 0 and training):
         out, _, w = torch.ops.graphattn.edge_attention(
             q,

@@ -15,6 +15,7 @@ REBUILD = 'pip install --no-build-isolation -e ".[all,dev]"  (or: make setup)'
 WITH_EXT = False
 WITH_OPENMP = False
 CUDA_VERSION = -1
+CUDA_MAX_HEAD_DIM = 0  # widest head the CUDA kernels take (from _C)
 LOAD_ERROR: str | None = None
 
 if os.environ.get("GRAPHATTN_NO_EXT", "0").lower() in {"1", "true", "yes", "on"}:
@@ -26,6 +27,7 @@ else:
         WITH_EXT = hasattr(torch.ops.graphattn, "edge_attention")
         WITH_OPENMP = bool(_C.with_openmp())
         CUDA_VERSION = int(_C.cuda_version())
+        CUDA_MAX_HEAD_DIM = int(_C.cuda_max_head_dim())
         if CUDA_VERSION > 0 and torch.version.cuda is not None:
             major = int(str(torch.version.cuda).split(".")[0])
             if major != CUDA_VERSION // 1000:

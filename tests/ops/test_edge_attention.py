@@ -374,3 +374,12 @@ def test_backend_switch():
     if not ops.native_available():
         with pytest.raises(RuntimeError, match="not built"):
             ops.set_backend("native")
+
+
+@native_only
+def test_extension_reports_the_cuda_head_dim_bound():
+    """graphattn.ops routes CUDA heads wider than this to the reference path; the bound comes
+    from the extension (csrc/attention_shapes.h), built with CUDA or not."""
+    from graphattn.ops import _native
+
+    assert _native.CUDA_MAX_HEAD_DIM == 256
