@@ -36,6 +36,38 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("gat", "gatv2", "transformer")
 
 
+def make_layer(impl: str, layer: str, F: int, C: int, H: int):
+    """PyG's layer of kind ``layer`` (``impl="pyg"``) or graphattn's ``GraphAttention`` of
+    the same kind (whichever backend is set)."""
+    if impl == "pyg":
+        from torch_geometric.nn import GATConv, GATv2Conv, TransformerConv
+
+        cls = {"gat": GATConv, "gatv2": GATv2Conv, "transformer": TransformerConv}[layer]
+        return cls(F, C, heads=H)
+    from graphattn.nn import GraphAttention
+
+    return GraphAttention(F, C, heads=H, mode=layer)
+
+
+def fused_op(layer: str, edge_index, N: int, H: int, C: int):
+    """A callable running ``graphattn.ops.edge_attention`` (native) alone on random q, k, v of
+    the layer's score kind, on the device of ``edge_index`` (for the bandwidth floor)."""
+    import torch
+
+    from graphattn import ops
+    from graphattn.index import build_graph
+
+    ops.set_backend("native")
+    dev = edge_index.device
+    g = build_graph(edge_index, N)
+    kind = {"gat": "additive", "gatv2": "v2", "transformer": "dot"}[layer]
+    D = 1 if kind == "additive" else C
+    q, k = torch.randn(N, H, D, device=dev), torch.randn(N, H, D, device=dev)
+    v = torch.randn(N, H, C, device=dev)
+    att = torch.randn(H, C, device=dev) if kind == "v2" else None
+    return lambda: ops.edge_attention(q, k, v, g, kind, att=att)
+
+
 # ---------------------------------------------------------------------------------------------
 # worker: one configuration in this process
 # ---------------------------------------------------------------------------------------------
@@ -48,32 +80,16 @@ def worker(a: argparse.Namespace) -> dict:
     N, E, F, H, C = a.nodes, a.edges, a.in_channels, a.heads, a.channels
     x = torch.randn(N, F)
     edge_index = torch.randint(0, N, (2, E), dtype=torch.long)
-    if a.impl == "pyg":
-        from torch_geometric.nn import GATConv, GATv2Conv, TransformerConv
+    if a.impl in ("pyg", "native", "reference"):
+        if a.impl != "pyg":
+            from graphattn import ops
 
-        cls = {"gat": GATConv, "gatv2": GATv2Conv, "transformer": TransformerConv}[a.layer]
-        model = cls(F, C, heads=H)
-        run = lambda: model(x, edge_index)  # noqa: E731
-    elif a.impl in ("native", "reference"):
-        from graphattn import ops
-        from graphattn.nn import GraphAttention
-
-        ops.set_backend(a.impl)
-        model = GraphAttention(F, C, heads=H, mode=a.layer)
+            ops.set_backend(a.impl)
+        model = make_layer(a.impl, a.layer, F, C, H)
         run = lambda: model(x, edge_index)  # noqa: E731
     elif a.impl == "op":  # the fused op alone, inputs precomputed (for the bandwidth floor)
-        from graphattn import ops
-        from graphattn.index import build_graph
-
-        ops.set_backend("native")
-        g = build_graph(edge_index, N)
-        kind = {"gat": "additive", "gatv2": "v2", "transformer": "dot"}[a.layer]
-        D = 1 if kind == "additive" else C
-        q, k = torch.randn(N, H, D), torch.randn(N, H, D)
-        v = torch.randn(N, H, C)
-        att = torch.randn(H, C) if kind == "v2" else None
         model = torch.nn.Identity()
-        run = lambda: ops.edge_attention(q, k, v, g, kind, att=att)  # noqa: E731
+        run = fused_op(a.layer, edge_index, N, H, C)
     else:
         raise ValueError(a.impl)
     model.train(a.backward)
@@ -180,8 +196,8 @@ def floor_bytes(layer: str, N: int, E: int, H: int, C: int) -> int:
     return E * per_edge + N * per_node
 
 
-def correctness(a) -> list[str]:
-    """Checks each graphattn path against PyG before timing anything."""
+def correctness(device: str = "cpu") -> list[str]:
+    """Checks each graphattn path against PyG on ``device`` before timing anything."""
     import torch
     from torch_geometric.nn import GATConv, GATv2Conv, TransformerConv
 
@@ -189,11 +205,11 @@ def correctness(a) -> list[str]:
     from graphattn.nn import GraphAttention
 
     torch.manual_seed(0)
-    x, ei = torch.randn(500, 32), torch.randint(0, 500, (2, 4000))
+    x, ei = torch.randn(500, 32).to(device), torch.randint(0, 500, (2, 4000)).to(device)
     lines = []
     for layer, cls in zip(LAYERS, (GATConv, GATv2Conv, TransformerConv)):
-        ref = cls(32, 16, heads=4)
-        ours = GraphAttention(32, 16, heads=4, mode=layer)
+        ref = cls(32, 16, heads=4).to(device)
+        ours = GraphAttention(32, 16, heads=4, mode=layer).to(device)
         ours.load_state_dict(ref.state_dict())
         want = ref(x, ei)
         for impl in ("reference", "native") if ops.native_available() else ("reference",):
@@ -245,7 +261,7 @@ def main() -> int:
     if not ops.native_available():
         print("warning: graphattn._C is not built; only the reference path is measured")
     print("correctness against PyG:")
-    checks = correctness(a)
+    checks = correctness()
     for line in checks:
         print("  " + line)
     sizes = [(2_000, 20_000)] if a.quick else [(20_000, 200_000), (100_000, 1_000_000)]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sections import markers, write_section  # noqa: E402
-from attention import LAYERS, floor_bytes  # noqa: E402
+from attention import LAYERS, correctness, floor_bytes, fused_op, make_layer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = markers("cuda")
@@ -75,51 +75,21 @@ def time_step(run, backward: bool, params, warmup: int, iters: int) -> dict:
     return {"ms": statistics.median(times), "peak_mb": peak / 2**20}
 
 
-def correctness() -> list[str]:
-    import torch
-    from torch_geometric.nn import GATConv, GATv2Conv, TransformerConv
-
-    from graphattn import ops
-    from graphattn.nn import GraphAttention
-
-    torch.manual_seed(0)
-    x = torch.randn(500, 32, device="cuda")
-    ei = torch.randint(0, 500, (2, 4000), device="cuda")
-    lines = []
-    for layer, cls in zip(LAYERS, (GATConv, GATv2Conv, TransformerConv)):
-        ref = cls(32, 16, heads=4).cuda()
-        ours = GraphAttention(32, 16, heads=4, mode=layer).cuda()
-        ours.load_state_dict(ref.state_dict())
-        want = ref(x, ei)
-        for impl in ("reference", "native"):
-            with ops.set_backend(impl):
-                err = (ours(x, ei) - want).abs().max().item()
-            assert err < 1e-4, f"{layer}/{impl} differs from PyG by {err}"
-            lines.append(f"{layer}/{impl}: max |graphattn - PyG| = {err:.1e}")
-    return lines
-
-
 def bench(layer: str, N: int, E: int, a: argparse.Namespace) -> list[dict]:
     import torch
-    from torch_geometric.nn import GATConv, GATv2Conv, TransformerConv
 
     from graphattn import ops
-    from graphattn.index import build_graph
-    from graphattn.nn import GraphAttention
 
     torch.manual_seed(0)
     F, H, C = 128, 4, 32
     x = torch.randn(N, F, device="cuda")
     ei = torch.randint(0, N, (2, E), device="cuda")
     rows = []
-    cls = {"gat": GATConv, "gatv2": GATv2Conv, "transformer": TransformerConv}[layer]
     impls = ["pyg", "native"] + (["reference"] if E <= a.max_reference_edges else [])
     for impl in impls:
-        if impl == "pyg":
-            model = cls(F, C, heads=H).cuda()
-        else:
-            model = GraphAttention(F, C, heads=H, mode=layer).cuda()
+        if impl != "pyg":
             ops.set_backend(impl)
+        model = make_layer(impl, layer, F, C, H).cuda()
         for backward in (False, True):
             try:
                 r = time_step(lambda m=model: m(x, ei), backward, list(model.parameters()),
@@ -135,15 +105,7 @@ def bench(layer: str, N: int, E: int, a: argparse.Namespace) -> list[dict]:
         del model
         torch.cuda.empty_cache()
     # the fused op alone on precomputed q, k, v (no linear layers), forward
-    ops.set_backend("native")
-    g = build_graph(ei, N)
-    kind = {"gat": "additive", "gatv2": "v2", "transformer": "dot"}[layer]
-    D = 1 if kind == "additive" else C
-    q, k = torch.randn(N, H, D, device="cuda"), torch.randn(N, H, D, device="cuda")
-    v = torch.randn(N, H, C, device="cuda")
-    att = torch.randn(H, C, device="cuda") if kind == "v2" else None
-    r = time_step(lambda: ops.edge_attention(q, k, v, g, kind, att=att), False, [], a.warmup,
-                  a.iters)
+    r = time_step(fused_op(layer, ei, N, H, C), False, [], a.warmup, a.iters)
     rows.append({"impl": "op", "layer": layer, "nodes": N, "edges": E, "mode": "fwd", **r})
     print(json.dumps(rows[-1]), flush=True)
     ops.set_backend("auto")
@@ -227,7 +189,7 @@ def main() -> int:
     if not torch.cuda.is_available() or _native.CUDA_VERSION <= 0:
         print("attention_cuda: needs a GPU and graphattn._C built with CUDA", file=sys.stderr)
         return 2
-    checks = correctness()
+    checks = correctness("cuda")
     bw = copy_gbps()
     sizes = [(20_000, 200_000), (100_000, 1_000_000)]
     if not a.quick:
