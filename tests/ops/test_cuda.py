@@ -16,6 +16,7 @@ from graphattn.index import build_graph
 from graphattn.ops import _native
 from tests.conftest import GRAPHS, ragged_edge_index
 from tests.ops.test_edge_attention import TOL, TOL_GRAD, make_inputs
+from tests.ops.test_edge_attention import _run as run_op
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and ops.native_available() and _native.CUDA_VERSION > 0),
@@ -29,15 +30,11 @@ def _to(inputs, device):
             for t in inputs]
 
 
-def _run(kind, ei, n, inputs, gout, gw_scale, device, backend_name):
-    """Forward + gradients of a loss on the output and (if gw_scale) the returned weights."""
+def _run(kind, ei, n, inputs, gout, weights_in_loss, device, backend_name):
+    """test_edge_attention's forward + gradients on ``device``, results back on the CPU."""
     g = build_graph(ei.to(device), n, cache=False)
-    q, k, v, att, b = _to(inputs, device)
-    with ops.set_backend(backend_name):
-        out, w = ops.edge_attention(q, k, v, g, kind, bias=b, att=att, return_weights=True)
-    loss = (out * gout.to(device)).sum() + gw_scale * (w * w).sum()
-    params = [t for t in (q, k, v, att, b) if t is not None]
-    grads = torch.autograd.grad(loss, params)
+    out, w, grads = run_op(kind, g, _to(inputs, device), weights_in_loss, backend_name,
+                           gout.to(device))
     return [t.cpu() for t in (out, w, *grads)]
 
 
@@ -46,9 +43,9 @@ def _compare(kind, ei, n, H, D, Dv, dtype, n_src=None):
     inputs = make_inputs(kind, n_src, n, ei.size(1), H, D, Dv=Dv, dtype=dtype)
     gout = torch.randn(n, H, Dv, dtype=dtype)
     nodes = n if n_src == n else (n_src, n)
-    for gw_scale in (0.0, 1.0):
-        got = _run(kind, ei, nodes, inputs, gout, gw_scale, CUDA, "native")
-        ref = _run(kind, ei, nodes, inputs, gout, gw_scale, "cpu", "reference")
+    for weights_in_loss in (False, True):
+        got = _run(kind, ei, nodes, inputs, gout, weights_in_loss, CUDA, "native")
+        ref = _run(kind, ei, nodes, inputs, gout, weights_in_loss, "cpu", "reference")
         torch.testing.assert_close(got[0], ref[0], **TOL[dtype])
         torch.testing.assert_close(got[1], ref[1], **TOL[dtype])
         for a, b in zip(got[2:], ref[2:]):
