@@ -248,6 +248,8 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="runs of every PyG and native configuration, in turn; the fastest counts")
     p.add_argument("--quick", action="store_true", help="small sizes, print only")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
@@ -266,30 +268,37 @@ def main() -> int:
         print("  " + line)
     sizes = [(2_000, 20_000)] if a.quick else [(20_000, 200_000), (100_000, 1_000_000)]
     impls = ["reference"] + (["native"] if ops.native_available() else [])
+    # (row key, impl, layer, N, E, backward, THP); the reference path runs in the first round
+    # only (it is not a target), everything else once per round
+    specs = []
+    for N, E in sizes:
+        for layer in LAYERS:
+            for mode, bw in (("fwd", False), ("fb", True)):
+                specs += [(f"pyg{thp}_{mode}", "pyg", layer, N, E, bw, thp) for thp in "01"]
+                specs.append((f"reference_{mode}", "reference", layer, N, E, bw, "0"))
+                if "native" in impls:  # the native path under both allocators too
+                    specs += [(f"native{thp}_{mode}", "native", layer, N, E, bw, thp)
+                              for thp in "01"]
+            if "native" in impls:
+                specs += [(f"op{thp}_fwd", "op", layer, N, E, False, thp) for thp in "01"]
+    best: dict[tuple, dict] = {}
+    for rnd in range(a.rounds):
+        for key, impl, layer, N, E, bw, thp in specs:
+            if impl == "reference" and rnd > 0:
+                continue
+            r = run_config(a, impl, layer, N, E, bw, thp)
+            print(json.dumps({"round": rnd, **r}), flush=True)
+            k = (layer, N, E, key)
+            if "median_ms" in r and (k not in best or r["median_ms"] < best[k]["median_ms"]):
+                best[k] = r
     rows = []
     for N, E in sizes:
         for layer in LAYERS:
             row = {"layer": layer, "N": N, "E": E}
-            for mode, bw in (("fwd", False), ("fb", True)):
-                for thp in ("0", "1"):
-                    r = run_config(a, "pyg", layer, N, E, bw, thp)
-                    print(json.dumps(r), flush=True)
-                    row[f"pyg{thp}_{mode}"] = r.get("median_ms")
-                    row[f"pyg{thp}_{mode}_mem"] = r.get("peak_extra_mb")
-                r = run_config(a, "reference", layer, N, E, bw)
-                print(json.dumps(r), flush=True)
-                row[f"reference_{mode}"] = r.get("median_ms")
-                # the native path under both allocator settings too: the same rule as PyG
-                for thp in ("0", "1") if "native" in impls else ():
-                    r = run_config(a, "native", layer, N, E, bw, thp)
-                    print(json.dumps(r), flush=True)
-                    row[f"native{thp}_{mode}"] = r.get("median_ms")
-                    row[f"native{thp}_{mode}_mem"] = r.get("peak_extra_mb")
-            if ops.native_available():
-                for thp in ("0", "1"):
-                    r = run_config(a, "op", layer, N, E, False, thp)
-                    print(json.dumps(r), flush=True)
-                    row[f"op{thp}_fwd"] = r.get("median_ms")
+            for (lay, n, e, key), r in best.items():
+                if (lay, n, e) == (layer, N, E):
+                    row[key] = r["median_ms"]
+                    row[f"{key}_mem"] = r["peak_extra_mb"]
             rows.append(row)
 
     bw1 = triad_gbps(1)
@@ -339,11 +348,15 @@ def render(a, rows, sweep, checks, bw1, bw2, bw) -> str:
         f"{platform.python_version()}. Random graphs, H={a.heads} heads x C={a.channels} channels, "
         f"{a.in_channels} input channels, float32, median of {a.iters} runs after {a.warmup} "
         "warm-up runs, each configuration in a fresh process (peak extra memory = peak RSS "
-        "(VmHWM) minus RSS after the inputs and the model exist). PyG runs with the default "
-        "allocator and with `THP_MEM_ALLOC_ENABLE=1`, and so does graphattn's native path (huge "
-        "pages cut the TLB misses of its random row gathers); the ratios compare the faster "
-        "setting of each, time and memory both from that setting. graphattn `native` is the "
-        "fused C++/OpenMP path, `reference` the pure-torch path (default allocator); both are "
+        "(VmHWM) minus RSS after the inputs and the model exist). Every PyG and native "
+        f"configuration runs {a.rounds} time(s), all configurations in turn, and the fastest "
+        "median counts (with its memory): on this shared machine the same configuration's "
+        "median drifts by up to 1.7x within minutes, for PyG and graphattn alike. PyG runs "
+        "with the default allocator and with `THP_MEM_ALLOC_ENABLE=1`, and so does "
+        "graphattn's native path (huge pages cut the TLB misses of its random row gathers); "
+        "the ratios compare the faster setting of each, time and memory both from that "
+        "setting. graphattn `native` is the fused C++/OpenMP path, `reference` the pure-torch "
+        "path (default allocator, first round only); both are "
         "the same `GraphAttention` layer (self-loops added for gat/gatv2 as in PyG).",
         "",
         "Correctness checked first (same weights, 500 nodes / 4,000 edges): "

@@ -14,8 +14,14 @@
 //     grad q_i (and the per-edge grad bias, and grad att for v2).
 //   pass B (by source rows, through the CSC view): the same recomputation from the q_i and
 //     dO_i rows it gathers anyway; grad v_j = sum_e p_e dO_i and grad k_j from ds_e. Pass A
-//     packs lse_i, delta_i (and the scalar q_i of 'additive') into one short record per
-//     destination, so pass B's random reads per edge are dO_i, q_i and that record.
+//     packs lse_i and delta_i into one short record per destination, so pass B's random
+//     reads per edge are dO_i, q_i and that record.
+// 'additive' (GAT) scores need no row gather (q_i, k_j are one scalar per head), so its
+// backward gathers rows once instead of twice: by source rows first (dO_i gathered: dp_e and
+// grad v_j), then by destination rows over the [E, H] dp values (delta_i, ds_e, grad q_i),
+// then one short pass by source rows for grad k_j = sum_e ds_e (backward_additive).
+// grad_out is read in place when each of its rows is contiguous, whatever the row stride (0
+// for the broadcast gradient of out.sum()): no [N, H, Dv] copy of it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -92,9 +98,24 @@ inline void prefetch_row(const T* p, int64_t n) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
 }
 
-// Width of the per-destination record the backward's pass A packs for pass B:
-// [lse_i (H), delta_i (H), and for 'additive' the scalar q_i (H)].
-constexpr int64_t stats_width(int64_t kind, int64_t H) { return (kind == ADDITIVE ? 3 : 2) * H; }
+// Width of the per-destination record the backward packs for its passes by source rows:
+// [lse_i (H), delta_i (H)] ('dot', 'v2') or [lse_i (H), q_i (H)] ('additive').
+constexpr int64_t stats_width(int64_t H) { return 2 * H; }
+
+// grad_out's rows as (tensor, row stride): read in place when each row's [H, Dv] block is
+// contiguous, whatever the stride between rows (0 for a broadcast gradient such as that of
+// out.sum()); a broadcast gradient with a non-contiguous row becomes one contiguous row.
+struct RowView {
+  at::Tensor t;
+  int64_t stride;
+};
+inline RowView row_view(const at::Tensor& g) {
+  const int64_t N = g.size(0), H = g.size(1), Dv = g.size(2);
+  const bool row_contig = (Dv <= 1 || g.stride(2) == 1) && (H <= 1 || g.stride(1) == Dv);
+  if (N > 0 && row_contig) return {g, g.stride(0)};
+  if (N > 0 && g.stride(0) == 0) return {g.select(0, 0).contiguous(), 0};
+  return {g.contiguous(), H * Dv};
+}
 
 Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
@@ -224,8 +245,10 @@ inline acc_t dlrelu_bf(acc_t z, acc_t slope) {
   return slope + (acc_t(1) - slope) * acc_t(z > acc_t(0));
 }
 
+// Backward of the 'dot' and 'v2' kinds (file header): two passes, each gathering rows.
 template <int KIND, typename scalar_t>
-void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, const scalar_t* q,
+void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
+                     const scalar_t* q,
                      const scalar_t* k, const scalar_t* v, const scalar_t* att,
                      const scalar_t* bias, const scalar_t* lse,
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
@@ -235,9 +258,10 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
   using acc_t = typename Acc<scalar_t>::type;
   static_assert(std::is_same<acc_t, scalar_t>::value,
                 "the packed row statistics hold accumulator values in scalar_t");
+  static_assert(KIND != ADDITIVE, "'additive' has its own backward (backward_additive)");
   // Per destination row, packed so that pass B fetches one short record per edge instead of
   // one cache line per array (stats_width).
-  const int64_t S = stats_width(KIND, dm.H);
+  const int64_t S = stats_width(dm.H);
   const int64_t H = dm.H, D = dm.D, Dv = dm.Dv, E = dm.E;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
@@ -259,16 +283,6 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
     *dp_out = dp;
     return fast_exp<acc_t>(sc - l);
   };
-  // gradient of the score before the bias (after the LeakyReLU for 'additive')
-  auto score_grad = [&](acc_t p, acc_t dp, acc_t dl, const scalar_t* qih, const scalar_t* kjh,
-                        int64_t e, int64_t h) -> acc_t {
-    acc_t ds = p * (dp - dl);
-    if constexpr (KIND == ADDITIVE) {
-      const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-      ds *= dlrelu_bf<acc_t>(acc_t(qih[0]) + acc_t(kjh[0]) + b, slope);
-    }
-    return ds;
-  };
 
   // per-thread partial sums of grad att (v2 only), reduced in thread order afterwards
   const int64_t nthreads = at::get_num_threads();
@@ -283,16 +297,18 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
     for (int64_t i = begin; i < end; ++i) {
       const int64_t e0 = ptr[i], deg = ptr[i + 1] - e0;
       const scalar_t* qi = q + i * H * D;
-      const scalar_t* goi = go + i * H * Dv;
+      const scalar_t* goi = go + i * gos;
       const scalar_t* li = lse + i * H;
       scalar_t* st = stats + i * S;
       acc_t* dli = st + H;
       for (int64_t h = 0; h < H; ++h) {
         st[h] = li[h];
         dli[h] = 0;
-        if constexpr (KIND == ADDITIVE) st[2 * H + h] = qi[h];
       }
-      if (deg == 0) continue;
+      if (deg == 0) {  // no in-edge: zero gradient
+        std::fill(gq + i * H * D, gq + (i + 1) * H * D, scalar_t(0));
+        continue;
+      }
       if (static_cast<int64_t>(Pb.size()) < deg * H) {
         Pb.resize(deg * H);
         DPb.resize(deg * H);
@@ -331,14 +347,12 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
         for (int64_t h = 0; h < H; ++h) {
           const scalar_t* qih = qi + h * D;
           const scalar_t* kjh = kj + h * D;
-          const acc_t ds = score_grad(Pb[t * H + h], DPb[t * H + h], dli[h], qih, kjh, e, h);
+          const acc_t ds = Pb[t * H + h] * (DPb[t * H + h] - dli[h]);
           acc_t* __restrict__ g = gqi.data() + h * D;
           if constexpr (KIND == DOT) {
             const acc_t f = ds * scale;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) g[d] += f * acc_t(kjh[d]);
-          } else if constexpr (KIND == ADDITIVE) {
-            g[0] += ds;
           } else {
             const scalar_t* ah = att + h * D;
             acc_t* __restrict__ ga = gatt_t + h * D;
@@ -370,17 +384,16 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
       for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
         if (t + kPrefetch < E) {
           const int64_t in = cdst[t + kPrefetch];
-          prefetch_row(go + in * H * Dv, H * Dv);
-          if constexpr (KIND != ADDITIVE) prefetch_row(q + in * H * D, H * D);
+          prefetch_row(go + in * gos, H * Dv);
+          prefetch_row(q + in * H * D, H * D);
           prefetch_row(stats + in * S, S);
           if (bias) prefetch_row(bias + ceid[t + kPrefetch] * H, H);
         }
         const int64_t e = ceid[t];
         const int64_t i = cdst[t];
-        const scalar_t* goi = go + i * H * Dv;
+        const scalar_t* goi = go + i * gos;
         const scalar_t* st = stats + i * S;
-        // 'additive': q_i (D = 1) is read from the packed record
-        const scalar_t* qi = KIND == ADDITIVE ? st + 2 * H : q + i * H * D;
+        const scalar_t* qi = q + i * H * D;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t l = acc_t(st[h]);
           if (!(l > NEG_INF)) continue;
@@ -390,7 +403,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
           const scalar_t* goih = goi + h * Dv;
           acc_t dp;
           const acc_t p = prob_dp(qih, kjh, ah, goih, vj + h * Dv, e, h, l, &dp);
-          const acc_t ds = score_grad(p, dp, st[H + h], qih, kjh, e, h);
+          const acc_t ds = p * (dp - st[H + h]);
           acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
 #pragma omp simd
           for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
@@ -399,8 +412,6 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
             const acc_t f = ds * scale;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) gk_h[d] += f * acc_t(qih[d]);
-          } else if constexpr (KIND == ADDITIVE) {
-            gk_h[0] += ds;
           } else {
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d)
@@ -428,6 +439,140 @@ void backward_kernel(const Dims& dm, const scalar_t* go, const scalar_t* gw, con
   }
 }
 
+// Backward of 'additive' (GAT): s_e = LeakyReLU(q_i + k_j + b_e) with one scalar per head,
+// so no score needs a row gather and the rows are gathered once (file header):
+//   B1 (source rows, CSC): p_e from the record [lse_i, q_i], dp_e = dO_i . v_j (+ gw_e) into
+//      dpb[e]; grad v_j = sum_e p_e dO_i.
+//   A  (destination rows, CSR, dpb read in order): p_e again, delta_i = sum_e p_e dp_e,
+//      ds_e = p_e (dp_e - delta_i) LeakyReLU'(z_e) into dpb[e] (in place); grad q_i = sum ds_e.
+//   B2 (source rows, CSC): grad k_j = sum_e ds_e.
+// dpb is [E, H]: the bias gradient when there is a bias (it ends as ds), else a temporary.
+template <typename scalar_t>
+void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
+                       const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                       const scalar_t* bias, const scalar_t* lse, const int64_t* ptr,
+                       const int64_t* src, const int64_t* cptr, const int64_t* ceid,
+                       const int64_t* cdst, double slope_, scalar_t* gq, scalar_t* gk,
+                       scalar_t* gv, scalar_t* dpb, scalar_t* stats, bool kv_shared) {
+  using acc_t = typename Acc<scalar_t>::type;
+  static_assert(std::is_same<acc_t, scalar_t>::value,
+                "the packed row statistics hold accumulator values in scalar_t");
+  const int64_t H = dm.H, Dv = dm.Dv, E = dm.E, S = stats_width(H);
+  const acc_t slope = acc_t(slope_);
+  const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
+  auto grain = [&](int64_t rows) {  // about 4096 edges per task
+    return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, E / std::max<int64_t>(1, rows)));
+  };
+  const int64_t grain_d = grain(dm.Nd), grain_s = grain(dm.Ns);
+  auto pre = [&](int64_t e, int64_t h, acc_t qi, acc_t kj) -> acc_t {  // z_e before LeakyReLU
+    return qi + kj + (bias ? acc_t(bias[e * H + h]) : acc_t(0));
+  };
+
+  // record [lse_i, q_i] of each destination: one short random read per edge in B1
+  at::parallel_for(0, dm.Nd, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        stats[i * S + h] = lse[i * H + h];
+        stats[i * S + H + h] = q[i * H + h];
+      }
+  });
+
+  // ---- B1: source rows -> dp_e, grad v ------------------------------------------------------
+  at::parallel_for(0, dm.Ns, grain_s, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gvj(H * Dv);
+    for (int64_t j = begin; j < end; ++j) {
+      std::fill(gvj.begin(), gvj.end(), acc_t(0));
+      const scalar_t* kj = k + j * H;
+      const scalar_t* vj = v + j * H * Dv;
+      for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
+        if (t + kPrefetch < E) {
+          const int64_t in = cdst[t + kPrefetch], en = ceid[t + kPrefetch];
+          prefetch_row(go + in * gos, H * Dv);
+          prefetch_row(stats + in * S, S);
+          __builtin_prefetch(dpb + en * H, 1, 1);
+          if (bias) prefetch_row(bias + en * H, H);
+          if (gw) prefetch_row(gw + en * H, H);
+        }
+        const int64_t e = ceid[t], i = cdst[t];
+        const scalar_t* goi = go + i * gos;
+        const scalar_t* st = stats + i * S;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t l = acc_t(st[h]);
+          if (!(l > NEG_INF)) {  // fully masked row: nothing flows back
+            dpb[e * H + h] = 0;
+            continue;
+          }
+          const acc_t p = fast_exp<acc_t>(lrelu<acc_t>(pre(e, h, st[H + h], kj[h]), slope) - l);
+          const scalar_t* __restrict__ goih = goi + h * Dv;
+          const scalar_t* __restrict__ vjh = vj + h * Dv;
+          acc_t dp = 0;
+#pragma omp simd reduction(+ : dp)
+          for (int64_t c = 0; c < Dv; ++c) dp += acc_t(goih[c]) * acc_t(vjh[c]);
+          dpb[e * H + h] = scalar_t(dp + (gw ? acc_t(gw[e * H + h]) : acc_t(0)));
+          acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
+#pragma omp simd
+          for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
+        }
+      }
+      scalar_t* gvo = (kv_shared ? gk : gv) + j * H * Dv;  // k is v: B2 adds grad k
+      for (int64_t t = 0; t < H * Dv; ++t) gvo[t] = scalar_t(gvj[t]);
+    }
+  });
+
+  // ---- A: destination rows -> delta, ds (in dpb), grad q -----------------------------------
+  at::parallel_for(0, dm.Nd, grain_d, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> Pb, Zb, dl(H), gqi(H);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t e0 = ptr[i], deg = ptr[i + 1] - e0;
+      const scalar_t* li = lse + i * H;
+      const scalar_t* qi = q + i * H;
+      if (static_cast<int64_t>(Pb.size()) < deg * H) {
+        Pb.resize(deg * H);
+        Zb.resize(deg * H);
+      }
+      std::fill(dl.begin(), dl.end(), acc_t(0));
+      std::fill(gqi.begin(), gqi.end(), acc_t(0));
+      for (int64_t t = 0; t < deg; ++t) {
+        const int64_t e = e0 + t;
+        const scalar_t* kj = k + src[e] * H;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t l = acc_t(li[h]);
+          const acc_t z = pre(e, h, qi[h], kj[h]);
+          const acc_t p = l > NEG_INF ? fast_exp<acc_t>(lrelu<acc_t>(z, slope) - l) : acc_t(0);
+          Pb[t * H + h] = p;
+          Zb[t * H + h] = z;
+          dl[h] += p * acc_t(dpb[e * H + h]);
+        }
+      }
+      for (int64_t t = 0; t < deg; ++t) {
+        const int64_t e = e0 + t;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t ds = Pb[t * H + h] * (acc_t(dpb[e * H + h]) - dl[h]) *
+                           dlrelu_bf<acc_t>(Zb[t * H + h], slope);
+          dpb[e * H + h] = scalar_t(ds);
+          gqi[h] += ds;
+        }
+      }
+      for (int64_t h = 0; h < H; ++h) gq[i * H + h] = scalar_t(gqi[h]);
+    }
+  });
+
+  // ---- B2: source rows -> grad k = sum of ds over out-edges ---------------------------------
+  at::parallel_for(0, dm.Ns, grain_s, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> gkj(H);
+    for (int64_t j = begin; j < end; ++j) {
+      std::fill(gkj.begin(), gkj.end(), acc_t(0));
+      for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
+        if (t + kPrefetch < E) prefetch_row(dpb + ceid[t + kPrefetch] * H, H);
+        const scalar_t* ds = dpb + ceid[t] * H;
+        for (int64_t h = 0; h < H; ++h) gkj[h] += acc_t(ds[h]);
+      }
+      for (int64_t h = 0; h < H; ++h)
+        gk[j * H + h] = scalar_t((kv_shared ? acc_t(gk[j * H + h]) : acc_t(0)) + gkj[h]);
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_cpu(
     const at::Tensor& grad_out_, const c10::optional<at::Tensor>& grad_weights_,
     const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
@@ -444,15 +589,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
   const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
   const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
   const bool has_att = in.has_att, has_bias = in.has_bias;
-  const at::Tensor go = grad_out_.contiguous(), lse = lse_.contiguous();
+  const RowView go = row_view(grad_out_);
+  const at::Tensor lse = lse_.contiguous();
   const at::Tensor gw = has_gw ? grad_weights_->contiguous() : at::Tensor();
 
-  at::Tensor gq = at::zeros_like(q), gk = at::empty_like(k);
+  at::Tensor gq = at::empty_like(q), gk = at::empty_like(k);
   at::Tensor gv = kv_shared ? at::empty({0}, v.options()) : at::empty_like(v);
   at::Tensor gatt = has_att ? at::empty_like(att) : at::empty({0}, q.options());
   at::Tensor gbias = has_bias ? at::empty_like(bias) : at::empty({0}, q.options());
   const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor stats = at::empty({dm.Nd, stats_width(kind, dm.H)}, q.options().dtype(acc_dtype));
+  at::Tensor stats = at::empty({dm.Nd, stats_width(dm.H)}, q.options().dtype(acc_dtype));
+  // 'additive': the [E, H] buffer of dp_e then ds_e (the bias gradient itself when there is one)
+  at::Tensor dpb;
+  if (kind == ADDITIVE && !has_bias) dpb = at::empty({dm.E, dm.H}, q.options().dtype(acc_dtype));
 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
     using acc_t = typename Acc<scalar_t>::type;
@@ -461,15 +610,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     const scalar_t* gwp = has_gw ? gw.data_ptr<scalar_t>() : nullptr;
     scalar_t* gattp = has_att ? gatt.data_ptr<scalar_t>() : nullptr;
     scalar_t* gbp = has_bias ? gbias.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gop = go.t.data_ptr<scalar_t>();
+    scalar_t* gvp = kv_shared ? nullptr : gv.data_ptr<scalar_t>();
     dispatch_kind(kind, [&](auto kind_tag) {
-      backward_kernel<decltype(kind_tag)::value, scalar_t>(
-          dm, go.data_ptr<scalar_t>(), gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-          v.data_ptr<scalar_t>(), attp, bp, lse.data_ptr<scalar_t>(),
-          ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
-          csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
-          gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(),
-          kv_shared ? nullptr : gv.data_ptr<scalar_t>(), gattp, gbp, stats.data_ptr<acc_t>(),
-          kv_shared);
+      constexpr int K = decltype(kind_tag)::value;
+      if constexpr (K == ADDITIVE) {
+        backward_additive<scalar_t>(
+            dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+            v.data_ptr<scalar_t>(), bp, lse.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(),
+            src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(), csc_eid.data_ptr<int64_t>(),
+            csc_dst.data_ptr<int64_t>(), negative_slope, gq.data_ptr<scalar_t>(),
+            gk.data_ptr<scalar_t>(), gvp, has_bias ? gbp : dpb.data_ptr<acc_t>(),
+            stats.data_ptr<acc_t>(), kv_shared);
+      } else {
+        backward_kernel<K, scalar_t>(
+            dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+            v.data_ptr<scalar_t>(), attp, bp, lse.data_ptr<scalar_t>(),
+            ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
+            csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
+            gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gvp, gattp, gbp,
+            stats.data_ptr<acc_t>(), kv_shared);
+      }
     });
   });
   return {gq, gk, gv, gatt, gbias};

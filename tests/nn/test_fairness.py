@@ -245,7 +245,8 @@ def test_ugid_on_counterfactual_pair_reduces_discrepancy(minilm):
     loss_fn = UGIDLoss(lambda_log=0.0, lambda_anchor=0.0)
     with torch.no_grad():
         g = extract_graph(model, ba, Sa)
-        assert loss_fn(g, g, layers=[5])["total"] == 0
+        # zero up to rounding (1 - cos(h, h) is a few ulp, whose sign depends on the CPU)
+        assert 0 <= float(loss_fn(g, g, layers=[5])["total"]) < 1e-6
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for _ in range(8):

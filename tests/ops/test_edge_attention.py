@@ -132,6 +132,42 @@ def test_native_bipartite_and_non_contiguous_inputs():
     assert res["native"][0][n_dst - 1].abs().sum() == 0  # destination without in-edges
 
 
+# Losses whose gradient reaches the op in each layout the native backward reads differently:
+# broadcast rows (stride 0; the fully broadcast one has non-contiguous rows), rows of a wider
+# tensor (row stride > H * Dv), and rows that are not contiguous (copied).
+GRAD_LAYOUTS = {
+    "sum": lambda out, c: out.sum(),
+    "broadcast-row": lambda out, c: (out.sum(0) * c["row"]).sum(),
+    "wider-rows": lambda out, c: (torch.cat([out.flatten(1), c["extra"]], 1) * c["wide"]).sum(),
+    "transposed-rows": lambda out, c: (out.transpose(1, 2) * c["t"]).sum(),
+}
+
+
+@native_only
+@pytest.mark.parametrize("layout", sorted(GRAD_LAYOUTS))
+@pytest.mark.parametrize("kind", ["dot", "additive", "v2"])
+def test_native_backward_reads_grad_out_in_any_layout(kind, layout):
+    ei = ragged_edge_index(20)
+    g = build_graph(ei, 20, cache=False)
+    H, Dv = 4, 6
+    inputs = make_inputs(kind, 20, 20, ei.size(1), H, 3, Dv=Dv)
+    c = {
+        "row": torch.randn(H, Dv, dtype=torch.float64),
+        "extra": torch.randn(20, 5, dtype=torch.float64),
+        "wide": torch.randn(20, H * Dv + 5, dtype=torch.float64),
+        "t": torch.randn(20, Dv, H, dtype=torch.float64),
+    }
+    params = [t for t in inputs if t is not None]
+    grads = {}
+    for name in ("native", "reference"):
+        q, k, v, att, b = inputs
+        with ops.set_backend(name):
+            out = ops.edge_attention(q, k, v, g, kind, bias=b, att=att)
+        grads[name] = torch.autograd.grad(GRAD_LAYOUTS[layout](out, c), params)
+    for x, y in zip(grads["native"], grads["reference"]):
+        torch.testing.assert_close(x, y)
+
+
 @pytest.mark.parametrize("kind", ["dot", "additive", "v2"])
 def test_gradcheck_float64(backend, kind):
     ei = ragged_edge_index(8)

@@ -136,7 +136,8 @@ def node_invariance_loss(hidden: Tensor, hidden_cf: Tensor, sensitive: Tensor | 
     B, T = hidden.shape[0], hidden.shape[-2]
     keep = _keep_mask(sensitive, mask, (B, T), hidden.device)
     if distance == "cos":
-        d = 1.0 - F.cosine_similarity(hidden, hidden_cf, dim=-1, eps=1e-8)
+        # cos of a vector with itself can round to just above 1: a distance is never negative
+        d = (1.0 - F.cosine_similarity(hidden, hidden_cf, dim=-1, eps=1e-8)).clamp_min(0.0)
     else:
         d = (hidden - hidden_cf).pow(2).sum(-1)
     w = keep.view(B, *([1] * (hidden.dim() - 3)), T).to(d.dtype).expand_as(d)
