@@ -101,24 +101,13 @@ inline Dims check_attention_shapes(const at::Tensor& q, const at::Tensor& k, con
 }
 
 // The backward's extra inputs (shapes only); returns whether grad_weights takes part.
-inline bool check_backward_shapes(const Dims& dm, const at::Tensor& q, const at::Tensor& k,
-                                  const at::Tensor& v, const at::Tensor& grad_out,
-                                  const c10::optional<at::Tensor>& grad_weights,
-                                  const at::Tensor& lse, const at::Tensor& csc_ptr,
-                                  const at::Tensor& csc_eid, const at::Tensor& csc_dst,
-                                  bool kv_shared) {
-  TORCH_CHECK(!kv_shared || k.sizes() == v.sizes(), "graphattn: 'kv_shared' needs 'k' and 'v' "
-              "of the same shape, got ", k.sizes(), " and ", v.sizes());
+// grad_out [N_dst, H, Dv] and the optional grad_weights [E, H]; returns whether the latter
+// is given.
+inline bool check_grad_shapes(const Dims& dm, const at::Tensor& q, const at::Tensor& grad_out,
+                              const c10::optional<at::Tensor>& grad_weights) {
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({dm.Nd, dm.H, dm.Dv}),
               "graphattn: 'grad_out' must have shape [N_dst, H, Dv], got ", grad_out.sizes());
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef({dm.Nd, dm.H}),
-              "graphattn: 'lse' must have shape [N_dst, H], got ", lse.sizes());
   check_float(grad_out, "grad_out", q.scalar_type(), q.device());
-  check_float(lse, "lse", q.scalar_type(), q.device());
-  TORCH_CHECK(csc_ptr.numel() == dm.Ns + 1, "graphattn: 'csc_ptr' must have N_src + 1 = ",
-              dm.Ns + 1, " entries, got ", csc_ptr.numel());
-  TORCH_CHECK(csc_eid.numel() == dm.E && csc_dst.numel() == dm.E,
-              "graphattn: 'csc_eid' and 'csc_dst' must have E = ", dm.E, " entries");
   const bool has_gw =
       grad_weights.has_value() && grad_weights->defined() && grad_weights->numel() > 0;
   if (has_gw) {
@@ -126,6 +115,35 @@ inline bool check_backward_shapes(const Dims& dm, const at::Tensor& q, const at:
                 "graphattn: 'grad_weights' must have shape [E, H], got ", grad_weights->sizes());
     check_float(*grad_weights, "grad_weights", q.scalar_type(), q.device());
   }
+  return has_gw;
+}
+
+// the CSC view's sizes (its values are range-checked by each backend)
+inline void check_csc_shapes(const Dims& dm, const at::Tensor& csc_ptr, const at::Tensor& csc_eid,
+                             const at::Tensor& csc_dst) {
+  TORCH_CHECK(csc_ptr.numel() == dm.Ns + 1, "graphattn: 'csc_ptr' must have N_src + 1 = ",
+              dm.Ns + 1, " entries, got ", csc_ptr.numel());
+  TORCH_CHECK(csc_eid.numel() == dm.E && csc_dst.numel() == dm.E,
+              "graphattn: 'csc_eid' and 'csc_dst' must have E = ", dm.E, " entries");
+}
+
+inline void check_kv_shared(const at::Tensor& k, const at::Tensor& v, bool kv_shared) {
+  TORCH_CHECK(!kv_shared || k.sizes() == v.sizes(), "graphattn: 'kv_shared' needs 'k' and 'v' "
+              "of the same shape, got ", k.sizes(), " and ", v.sizes());
+}
+
+inline bool check_backward_shapes(const Dims& dm, const at::Tensor& q, const at::Tensor& k,
+                                  const at::Tensor& v, const at::Tensor& grad_out,
+                                  const c10::optional<at::Tensor>& grad_weights,
+                                  const at::Tensor& lse, const at::Tensor& csc_ptr,
+                                  const at::Tensor& csc_eid, const at::Tensor& csc_dst,
+                                  bool kv_shared) {
+  check_kv_shared(k, v, kv_shared);
+  const bool has_gw = check_grad_shapes(dm, q, grad_out, grad_weights);
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({dm.Nd, dm.H}),
+              "graphattn: 'lse' must have shape [N_dst, H], got ", lse.sizes());
+  check_float(lse, "lse", q.scalar_type(), q.device());
+  check_csc_shapes(dm, csc_ptr, csc_eid, csc_dst);
   return has_gw;
 }
 

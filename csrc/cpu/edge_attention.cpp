@@ -246,6 +246,10 @@ inline acc_t dlrelu_bf(acc_t z, acc_t slope) {
 }
 
 // Backward of the 'dot' and 'v2' kinds (file header): two passes, each gathering rows.
+// passes: kDstPass (A: grad q, grad att, grad bias and the record [lse_i, delta_i] in stats),
+// kSrcPass (B: grad k, grad v from that record), or both; the outputs of a pass not run may
+// be null.
+constexpr int kDstPass = 1, kSrcPass = 2;
 template <int KIND, typename scalar_t>
 void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
                      const scalar_t* q,
@@ -254,7 +258,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
                      const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
                      scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
-                     scalar_t* stats, bool kv_shared) {
+                     scalar_t* stats, bool kv_shared, int passes) {
   using acc_t = typename Acc<scalar_t>::type;
   static_assert(std::is_same<acc_t, scalar_t>::value,
                 "the packed row statistics hold accumulator values in scalar_t");
@@ -291,7 +295,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   // ---- pass A: destination rows -> delta, grad q, grad bias, grad att ---------------------
   // delta_i = sum_e p_e dp_e, which equals rowsum(dO_i * O_i) (+ sum_e p_e gw_e): it is formed
   // from the dp values this pass needs anyway, so the forward output need not be saved.
-  at::parallel_for(0, dm.Nd, grain, [&](int64_t begin, int64_t end) {
+  if (passes & kDstPass) at::parallel_for(0, dm.Nd, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gqi(H * D), Pb, DPb;
     acc_t* gatt_t = KIND == V2 ? gatt_local.data() + at::get_thread_num() * H * D : nullptr;
     for (int64_t i = begin; i < end; ++i) {
@@ -371,6 +375,17 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
     }
   });
 
+  if constexpr (KIND == V2) {
+    if (passes & kDstPass) {
+      for (int64_t t = 0; t < H * D; ++t) {
+        acc_t sum = 0;
+        for (int64_t th = 0; th < nthreads; ++th) sum += gatt_local[th * H * D + t];
+        gatt[t] = scalar_t(sum);
+      }
+    }
+  }
+  if (!(passes & kSrcPass)) return;
+
   // ---- pass B: source rows via the CSC view -> grad k, grad v ----------------------------
   const int64_t avg_out = std::max<int64_t>(1, E / std::max<int64_t>(1, dm.Ns));
   const int64_t grain_b = std::max<int64_t>(1, 4096 / avg_out);
@@ -429,14 +444,6 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
       }
     }
   });
-
-  if constexpr (KIND == V2) {
-    for (int64_t t = 0; t < H * D; ++t) {
-      acc_t sum = 0;
-      for (int64_t th = 0; th < nthreads; ++th) sum += gatt_local[th * H * D + t];
-      gatt[t] = scalar_t(sum);
-    }
-  }
 }
 
 // Backward of 'additive' (GAT): s_e = LeakyReLU(q_i + k_j + b_e) with one scalar per head,
@@ -573,67 +580,148 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_cpu(
-    const at::Tensor& grad_out_, const c10::optional<at::Tensor>& grad_weights_,
-    const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
-    const c10::optional<at::Tensor>& att_, const c10::optional<at::Tensor>& bias_,
-    const at::Tensor& lse_, const at::Tensor& ptr, const at::Tensor& src,
-    const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
-    double scale, double negative_slope, bool kv_shared) {
+struct BackwardOut {
+  at::Tensor gq, gk, gv, gatt, gbias, stats;
+};
+
+// The backward's host side for every entry point: checks, contiguous inputs, outputs, kernel.
+// passes = kDstPass | kSrcPass is the whole backward; kDstPass alone returns grad q, grad att,
+// grad bias and stats (row_stats = lse); kSrcPass alone returns grad k, grad v (row_stats =
+// the stats of the first). The CSC view is used (and checked) by kSrcPass only.
+BackwardOut backward_cpu(const at::Tensor& grad_out_,
+                         const c10::optional<at::Tensor>& grad_weights_, const at::Tensor& q_,
+                         const at::Tensor& k_, const at::Tensor& v_,
+                         const c10::optional<at::Tensor>& att_,
+                         const c10::optional<at::Tensor>& bias_, const at::Tensor& row_stats,
+                         const at::Tensor& ptr, const at::Tensor& src, const at::Tensor* csc_ptr,
+                         const at::Tensor* csc_eid, const at::Tensor* csc_dst, int64_t kind,
+                         double scale, double negative_slope, bool kv_shared, int passes) {
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
-  const bool has_gw = check_backward_shapes(dm, q_, k_, v_, grad_out_, grad_weights_, lse_,
-                                            csc_ptr, csc_eid, csc_dst, kv_shared);
-  check_ptr(csc_ptr, dm.E, "csc_ptr");
-  check_range(csc_eid, dm.E, "csc_eid");
-  check_range(csc_dst, dm.Nd, "csc_dst");
+  check_kv_shared(k_, v_, kv_shared);
+  const bool has_gw = check_grad_shapes(dm, q_, grad_out_, grad_weights_);
+  const bool dst_pass = passes & kDstPass, src_pass = passes & kSrcPass;
+  const int64_t H = dm.H, S = stats_width(H);
+  if (dst_pass) {  // row_stats is lse [N_dst, H]
+    TORCH_CHECK(row_stats.sizes() == at::IntArrayRef({dm.Nd, H}),
+                "graphattn: 'lse' must have shape [N_dst, H], got ", row_stats.sizes());
+    check_float(row_stats, "lse", q_.scalar_type(), q_.device());
+  } else {  // row_stats is the [N_dst, 2H] record of edge_attention_backward_dst
+    TORCH_CHECK(row_stats.sizes() == at::IntArrayRef({dm.Nd, S}),
+                "graphattn: 'stats' must have shape [N_dst, 2 * H] (from "
+                "edge_attention_backward_dst), got ", row_stats.sizes());
+    check_float(row_stats, "stats", q_.scalar_type(), q_.device());
+  }
+  if (src_pass) {
+    check_csc_shapes(dm, *csc_ptr, *csc_eid, *csc_dst);
+    check_ptr(*csc_ptr, dm.E, "csc_ptr");
+    check_range(*csc_eid, dm.E, "csc_eid");
+    check_range(*csc_dst, dm.Nd, "csc_dst");
+  }
   const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
   const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
   const bool has_att = in.has_att, has_bias = in.has_bias;
   const RowView go = row_view(grad_out_);
-  const at::Tensor lse = lse_.contiguous();
+  const at::Tensor rs = row_stats.contiguous();
   const at::Tensor gw = has_gw ? grad_weights_->contiguous() : at::Tensor();
+  const auto none = q.options();
 
-  at::Tensor gq = at::empty_like(q), gk = at::empty_like(k);
-  at::Tensor gv = kv_shared ? at::empty({0}, v.options()) : at::empty_like(v);
-  at::Tensor gatt = has_att ? at::empty_like(att) : at::empty({0}, q.options());
-  at::Tensor gbias = has_bias ? at::empty_like(bias) : at::empty({0}, q.options());
-  const auto acc_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor stats = at::empty({dm.Nd, stats_width(dm.H)}, q.options().dtype(acc_dtype));
+  BackwardOut o;
+  o.gq = dst_pass ? at::empty_like(q) : at::empty({0}, none);
+  o.gk = src_pass ? at::empty_like(k) : at::empty({0}, none);
+  o.gv = src_pass && !kv_shared ? at::empty_like(v) : at::empty({0}, none);
+  o.gatt = dst_pass && has_att ? at::empty_like(att) : at::empty({0}, none);
+  o.gbias = dst_pass && has_bias ? at::empty_like(bias) : at::empty({0}, none);
+  // the accumulator type is scalar_t itself (float, double): the record shares q's dtype
+  o.stats = dst_pass ? at::empty({dm.Nd, S}, none) : rs;
   // 'additive': the [E, H] buffer of dp_e then ds_e (the bias gradient itself when there is one)
   at::Tensor dpb;
-  if (kind == ADDITIVE && !has_bias) dpb = at::empty({dm.E, dm.H}, q.options().dtype(acc_dtype));
+  if (kind == ADDITIVE && !has_bias) dpb = at::empty({dm.E, H}, none);
 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
-    using acc_t = typename Acc<scalar_t>::type;
+    auto ptr_or_null = [](const at::Tensor& t) -> scalar_t* {
+      return t.numel() ? t.data_ptr<scalar_t>() : nullptr;
+    };
+    auto idx = [](const at::Tensor* t) -> const int64_t* {
+      return t ? t->data_ptr<int64_t>() : nullptr;
+    };
     const scalar_t* attp = has_att ? att.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
     const scalar_t* gwp = has_gw ? gw.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gattp = has_att ? gatt.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gbp = has_bias ? gbias.data_ptr<scalar_t>() : nullptr;
     const scalar_t* gop = go.t.data_ptr<scalar_t>();
-    scalar_t* gvp = kv_shared ? nullptr : gv.data_ptr<scalar_t>();
+    const scalar_t* lsep = dst_pass ? rs.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gqp = dst_pass ? o.gq.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gkp = src_pass ? o.gk.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gvp = src_pass && !kv_shared ? o.gv.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gattp = dst_pass && has_att ? o.gatt.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gbp = dst_pass && has_bias ? o.gbias.data_ptr<scalar_t>() : nullptr;
+    // a record given by the caller is only read (pass B)
+    scalar_t* statsp = const_cast<scalar_t*>(o.stats.data_ptr<scalar_t>());
     dispatch_kind(kind, [&](auto kind_tag) {
       constexpr int K = decltype(kind_tag)::value;
-      if constexpr (K == ADDITIVE) {
+      if constexpr (K == ADDITIVE) {  // the entry points give it both passes
         backward_additive<scalar_t>(
             dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-            v.data_ptr<scalar_t>(), bp, lse.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(),
-            src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(), csc_eid.data_ptr<int64_t>(),
-            csc_dst.data_ptr<int64_t>(), negative_slope, gq.data_ptr<scalar_t>(),
-            gk.data_ptr<scalar_t>(), gvp, has_bias ? gbp : dpb.data_ptr<acc_t>(),
-            stats.data_ptr<acc_t>(), kv_shared);
+            v.data_ptr<scalar_t>(), bp, lsep, ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
+            idx(csc_ptr), idx(csc_eid), idx(csc_dst), negative_slope, gqp, gkp, gvp,
+            has_bias ? gbp : ptr_or_null(dpb), statsp, kv_shared);
       } else {
         backward_kernel<K, scalar_t>(
             dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-            v.data_ptr<scalar_t>(), attp, bp, lse.data_ptr<scalar_t>(),
-            ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(),
-            csc_eid.data_ptr<int64_t>(), csc_dst.data_ptr<int64_t>(), scale, negative_slope,
-            gq.data_ptr<scalar_t>(), gk.data_ptr<scalar_t>(), gvp, gattp, gbp,
-            stats.data_ptr<acc_t>(), kv_shared);
+            v.data_ptr<scalar_t>(), attp, bp, lsep, ptr.data_ptr<int64_t>(),
+            src.data_ptr<int64_t>(), idx(csc_ptr), idx(csc_eid), idx(csc_dst), scale,
+            negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, kv_shared, passes);
       }
     });
   });
-  return {gq, gk, gv, gatt, gbias};
+  return o;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_cpu(
+    const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_weights,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& lse, const at::Tensor& ptr, const at::Tensor& src,
+    const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
+    double scale, double negative_slope, bool kv_shared) {
+  const BackwardOut o =
+      backward_cpu(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src, &csc_ptr, &csc_eid,
+                   &csc_dst, kind, scale, negative_slope, kv_shared, kDstPass | kSrcPass);
+  return {o.gq, o.gk, o.gv, o.gatt, o.gbias};
+}
+
+// The two passes of the 'dot' / 'v2' backward as separate ops, so that a caller can consume
+// grad q before grad k and grad v exist (graphattn.ops.projected_attention).
+void check_split_kind(int64_t kind, const char* op) {
+  TORCH_CHECK(kind == DOT || kind == V2, "graphattn: ", op,
+              " takes the kinds 0 (dot) and 2 (v2), got ", kind,
+              " ('additive' has a one-gather backward: edge_attention_backward)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_dst_cpu(
+    const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_weights,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& lse, const at::Tensor& ptr, const at::Tensor& src, int64_t kind,
+    double scale, double negative_slope) {
+  check_split_kind(kind, "edge_attention_backward_dst");
+  const BackwardOut o = backward_cpu(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src,
+                                     nullptr, nullptr, nullptr, kind, scale, negative_slope,
+                                     false, kDstPass);
+  return {o.gq, o.gatt, o.gbias, o.stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> edge_attention_backward_src_cpu(
+    const at::Tensor& grad_out, const c10::optional<at::Tensor>& grad_weights,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
+    const at::Tensor& stats, const at::Tensor& ptr, const at::Tensor& src,
+    const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
+    double scale, double negative_slope, bool kv_shared) {
+  check_split_kind(kind, "edge_attention_backward_src");
+  const BackwardOut o =
+      backward_cpu(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, &csc_ptr,
+                   &csc_eid, &csc_dst, kind, scale, negative_slope, kv_shared, kSrcPass);
+  return {o.gk, o.gv};
 }
 
 }  // namespace
@@ -641,6 +729,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
 TORCH_LIBRARY_IMPL(graphattn, CPU, m) {
   m.impl("edge_attention", &edge_attention_cpu);
   m.impl("edge_attention_backward", &edge_attention_backward_cpu);
+  m.impl("edge_attention_backward_dst", &edge_attention_backward_dst_cpu);
+  m.impl("edge_attention_backward_src", &edge_attention_backward_src_cpu);
 }
 
 }  // namespace graphattn

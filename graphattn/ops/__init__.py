@@ -38,6 +38,7 @@ __all__ = [
     "segment_sum",
     "set_backend",
     "native_available",
+    "projected_attention",
     "split_heads",
 ]
 
@@ -417,3 +418,6 @@ def edge_attention(
         assert weights is not None
         return out, graph.from_csr(weights)
     return out
+
+
+from .projected import projected_attention  # noqa: E402  (uses the helpers above)

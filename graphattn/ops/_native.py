@@ -95,6 +95,19 @@ if WITH_EXT:
         gv = v.new_empty(0) if kv_shared else torch.empty_like(v)
         return torch.empty_like(q), torch.empty_like(k), gv, gatt, gbias
 
+    @torch.library.register_fake("graphattn::edge_attention_backward_dst")
+    def _ea_bwd_dst_fake(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src, kind, scale,
+                         negative_slope):
+        gatt = torch.empty_like(att) if att is not None else q.new_empty(0)
+        gbias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
+        return torch.empty_like(q), gatt, gbias, q.new_empty(ptr.shape[0] - 1, 2 * q.shape[1])
+
+    @torch.library.register_fake("graphattn::edge_attention_backward_src")
+    def _ea_bwd_src_fake(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, csc_ptr,
+                         csc_eid, csc_dst, kind, scale, negative_slope, kv_shared=False):
+        gv = v.new_empty(0) if kv_shared else torch.empty_like(v)
+        return torch.empty_like(k), gv
+
     @torch.library.register_fake("graphattn::segment_softmax")
     def _ss_fake(scores, ptr):
         return torch.empty_like(scores)

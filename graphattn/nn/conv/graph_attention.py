@@ -358,6 +358,17 @@ class GraphAttention(MessagePassing):
         else:
             if x_dst is None:
                 raise ValueError("mode 'transformer' needs destination features 'x_dst'")
+            lins = (self.lin_query, self.lin_key, self.lin_value)
+            if e is None and not want_w and drop == 0.0 and not any(
+                isinstance(lin.weight, UninitializedParameter) for lin in lins
+            ):
+                # projections and attention in one autograd node whose backward frees
+                # grad q before grad k, grad v exist (ops.projected_attention)
+                out = ops.projected_attention(
+                    x_dst, x_src, *(t for lin in lins for t in (lin.weight, lin.bias)), graph, H,
+                    scale=1.0 / math.sqrt(C),
+                )
+                return self._finish(out, x_dst, graph, None)
             q = self.lin_query(x_dst).view(-1, H, C)
             k = self.lin_key(x_src).view(-1, H, C)
             v = self.lin_value(x_src).view(-1, H, C)
@@ -383,8 +394,16 @@ class GraphAttention(MessagePassing):
                     (e * w_used.unsqueeze(-1)).reshape(-1, H * C), graph
                 ).view(-1, H, C)
                 out = (out, w) if want_w else out
+        alpha = None
         if want_w:
             out, alpha = out
+        return self._finish(out, x_dst, graph, alpha)
+
+    def _finish(self, out: Tensor, x_dst: Tensor | None, graph: EdgeGraph,
+                alpha: Tensor | None) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Heads concatenated (or averaged), skip / residual and bias added; with ``alpha``,
+        also ``(edge_index, alpha)``."""
+        H, C = self.heads, self.out_channels
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
 
         if self.mode == "transformer":
@@ -400,7 +419,7 @@ class GraphAttention(MessagePassing):
                 out = out + self.res(x_dst)
             if self.bias is not None:
                 out = out + self.bias
-        if want_w:
+        if alpha is not None:
             ei = graph.edge_index
             if ei is None:  # a hand-built EdgeGraph: report edges in CSR order's caller order
                 ei = torch.stack([graph.from_csr(graph.src), graph.from_csr(graph.dst)])

@@ -1,0 +1,243 @@
+"""The split backward ops (destination pass, source pass) and ops.projected_attention, whose
+backward frees grad q before grad k and grad v exist."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from graphattn import ops
+from graphattn.index import build_graph
+from graphattn.nn import GraphAttention
+from tests.conftest import ragged_edge_index
+from tests.ops.test_edge_attention import make_inputs
+
+native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._C not built")
+OPS = torch.ops.graphattn if ops.native_available() else None
+
+
+def _fused_and_split(kind, kv_shared, gw):
+    ei = ragged_edge_index(16)
+    g = build_graph(ei, 16, cache=False)
+    q, k, v, att, b = make_inputs(kind, 16, 16, ei.size(1), 4, 6, Dv=6, grad=False)
+    if kv_shared:
+        v = k
+    bias = g.to_csr(b)
+    code = ops.KINDS[kind]
+    _, lse, _ = OPS.edge_attention(q, k, v, att, bias, g.ptr, g.src, g.csc_ptr, g.csc_eid,
+                                   g.csc_dst, code, 0.4, 0.2, False)
+    go = torch.randn(16, 4, 6, dtype=torch.float64)
+    w = torch.randn(ei.size(1), 4, dtype=torch.float64) if gw else None
+    fused = OPS.edge_attention_backward(go, w, q, k, v, att, bias, lse, g.ptr, g.src, g.csc_ptr,
+                                        g.csc_eid, g.csc_dst, code, 0.4, 0.2, kv_shared)
+    gq, gatt, gbias, stats = OPS.edge_attention_backward_dst(go, w, q, k, v, att, bias, lse,
+                                                             g.ptr, g.src, code, 0.4, 0.2)
+    gk, gv = OPS.edge_attention_backward_src(go, w, q, k, v, att, bias, stats, g.ptr, g.src,
+                                             g.csc_ptr, g.csc_eid, g.csc_dst, code, 0.4, 0.2,
+                                             kv_shared)
+    return fused, (gq, gk, gv, gatt, gbias), (g, q, k, v, att, bias, lse, go, stats)
+
+
+@native_only
+@pytest.mark.parametrize("kind", ["dot", "v2"])
+@pytest.mark.parametrize("kv_shared", [False, True])
+@pytest.mark.parametrize("gw", [False, True])
+def test_split_passes_equal_the_fused_backward(kind, kv_shared, gw):
+    fused, split, _ = _fused_and_split(kind, kv_shared, gw)
+    for a, b in zip(fused, split):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same kernel code, bit for bit
+
+
+@native_only
+def test_split_passes_check_their_input():
+    _, _, (g, q, k, v, att, bias, lse, go, stats) = _fused_and_split("dot", False, False)
+    with pytest.raises(RuntimeError, match="kinds 0 \\(dot\\) and 2 \\(v2\\)"):
+        OPS.edge_attention_backward_dst(go, None, q, k, v, None, None, lse, g.ptr, g.src, 1,
+                                        0.4, 0.2)
+    with pytest.raises(RuntimeError, match="'stats' must have shape"):
+        OPS.edge_attention_backward_src(go, None, q, k, v, None, None, lse, g.ptr, g.src,
+                                        g.csc_ptr, g.csc_eid, g.csc_dst, 0, 0.4, 0.2)
+    with pytest.raises(RuntimeError, match="'lse' must have shape"):
+        OPS.edge_attention_backward_dst(go, None, q, k, v, None, None, stats, g.ptr, g.src, 0,
+                                        0.4, 0.2)
+    bad = g.csc_dst.clone()
+    bad[3] = 999
+    with pytest.raises(RuntimeError, match="'csc_dst' holds 999"):
+        OPS.edge_attention_backward_src(go, None, q, k, v, None, None, stats, g.ptr, g.src,
+                                        g.csc_ptr, g.csc_eid, bad, 0, 0.4, 0.2)
+
+
+@native_only
+@pytest.mark.parametrize("kind", [0, 2])
+def test_split_passes_opcheck(kind):
+    name = {0: "dot", 2: "v2"}[kind]
+    _, _, (g, q, k, v, att, bias, lse, go, stats) = _fused_and_split(name, False, True)
+    w = torch.randn(g.num_edges, 4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_dst.default,
+                          (go, w, q, k, v, att, bias, lse, g.ptr, g.src, kind, 0.4, 0.2))
+    torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_src.default,
+                          (go, w, q, k, v, att, bias, stats, g.ptr, g.src, g.csc_ptr, g.csc_eid,
+                           g.csc_dst, kind, 0.4, 0.2, False))
+
+
+# ---- projected_attention --------------------------------------------------------------------
+def _params(n_src, n_dst, F_src, F_dst, H, C, biases=True):
+    t = dict(dtype=torch.float64, requires_grad=True)
+    x_src = torch.randn(n_src, F_src, **t)
+    x_dst = x_src if n_dst is None else torch.randn(n_dst, F_dst, **t)
+    ws = [(torch.randn(H * C, f, dtype=torch.float64) * 0.5).requires_grad_()
+          for f in (F_dst, F_src, F_src)]
+    bs = [torch.randn(H * C, **t) if biases else None for _ in range(3)]
+    return x_dst, x_src, ws, bs
+
+
+def _composition(x_dst, x_src, ws, bs, g, H, scale):
+    q = F.linear(x_dst, ws[0], bs[0]).view(x_dst.size(0), H, -1)
+    k = F.linear(x_src, ws[1], bs[1]).view(x_src.size(0), H, -1)
+    v = F.linear(x_src, ws[2], bs[2]).view(x_src.size(0), H, -1)
+    return ops.edge_attention(q, k, v, g, "dot", scale=scale)
+
+
+def _projected(x_dst, x_src, ws, bs, g, H, scale):
+    return ops.projected_attention(x_dst, x_src, ws[0], bs[0], ws[1], bs[1], ws[2], bs[2], g, H,
+                                   scale=scale)
+
+
+@pytest.mark.parametrize("bipartite", [False, True])
+@pytest.mark.parametrize("biases", [False, True])
+def test_projected_attention_equals_the_composition(backend, bipartite, biases):
+    H, C = 2, 3
+    if bipartite:
+        ei = torch.stack([torch.randint(0, 9, (50,)), torch.randint(0, 6, (50,))])
+        g = build_graph(ei, (9, 7), cache=False)  # destination 6 has no in-edge
+        x_dst, x_src, ws, bs = _params(9, 7, 5, 4, H, C, biases)
+    else:
+        ei = ragged_edge_index(12)
+        g = build_graph(ei, 12, cache=False)
+        x_dst, x_src, ws, bs = _params(12, None, 5, 5, H, C, biases)
+    leaves = [t for t in (x_dst, x_src, *ws, *bs) if t is not None]
+    leaves = list({id(t): t for t in leaves}.values())
+    go = torch.randn(x_dst.size(0), H, C, dtype=torch.float64)
+    res = []
+    for fn in (_projected, _composition):
+        out = fn(x_dst, x_src, ws, bs, g, H, 0.7)
+        res.append((out, *torch.autograd.grad((out * go).sum(), leaves)))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b)
+
+
+@native_only
+def test_projected_attention_gradcheck_and_double_backward():
+    ei = ragged_edge_index(8)
+    g = build_graph(ei, 8, cache=False)
+    x_dst, x_src, ws, bs = _params(8, 6, 3, 4, 2, 2)
+    g = build_graph(torch.stack([ei[0], ei[1] % 6]), (8, 6), cache=False)
+    with ops.set_backend("native"):
+        assert torch.autograd.gradcheck(
+            lambda xd, xs, w0, b0, w1, b1, w2, b2: _projected(xd, xs, (w0, w1, w2),
+                                                               (b0, b1, b2), g, 2, 0.5),
+            (x_dst, x_src, ws[0], bs[0], ws[1], bs[1], ws[2], bs[2]))
+        # create_graph=True (a gradient penalty): the second derivatives of the composition
+        go = torch.randn(6, 2, 2, dtype=torch.float64)
+        res = []
+        for fn in (_projected, _composition):
+            out = fn(x_dst, x_src, ws, bs, g, 2, 0.5)
+            (gx,) = torch.autograd.grad((out * go).sum(), x_src, create_graph=True)
+            res.append(torch.autograd.grad(gx.pow(2).sum(), ws + [x_dst]))
+        for a, b in zip(*res):
+            torch.testing.assert_close(a, b)
+
+
+class LiveBigTensors(TorchDispatchMode):
+    """Peak number of elements held at once by the storages of at least ``min_numel``
+    elements that ops produce while the mode is on. A storage counts while any tensor made
+    on it (views included, each once) is alive (weak references)."""
+
+    def __init__(self, min_numel: int):
+        super().__init__()
+        self.min_numel, self.refs, self.size, self.peak = min_numel, {}, {}, 0
+
+    def _drop(self, key):
+        self.refs[key] -= 1
+        if not self.refs[key]:
+            del self.refs[key], self.size[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel:
+                key = t.untyped_storage().data_ptr()
+                self.refs[key] = self.refs.get(key, 0) + 1
+                self.size[key] = t.untyped_storage().nbytes() // t.element_size()
+                weakref.finalize(t, self._drop, key)
+        self.peak = max(self.peak, sum(self.size.values()))
+        return out
+
+
+@native_only
+def test_projected_attention_backward_holds_two_gradients_not_three():
+    N, H, C = 300, 4, 8
+    ei = torch.randint(0, N, (2, 3000))
+    g = build_graph(ei, N, cache=False)
+    x_dst, x_src, ws, bs = _params(N, None, 16, 16, H, C)
+    x_src.requires_grad_(False)
+    unit = N * H * C
+    peaks = {}
+    with ops.set_backend("native"):
+        for fn in (_projected, _composition):
+            out = fn(x_dst, x_src, ws, bs, g, H, 0.5)
+            loss = out.pow(2).sum()  # its gradient (one unit) lives through the backward
+            with LiveBigTensors(unit) as probe:
+                loss.backward()
+            peaks[fn.__name__] = probe.peak / unit
+    # the composition's attention node returns grad q, grad k, grad v together: the check
+    # sees them (and so can fail); projected_attention never holds more than two of them
+    # (units of N * H * C elements; a broadcast scalar gradient adds one element)
+    assert peaks["_composition"] >= 4, peaks
+    assert peaks["_projected"] < 3.5, peaks
+
+
+@native_only
+def test_transformer_layer_takes_projected_attention(monkeypatch):
+    calls, real = [], ops.projected_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "projected_attention", spy)
+    layer = GraphAttention(8, 4, heads=2, mode="transformer")
+    x, ei = torch.randn(20, 8), torch.randint(0, 20, (2, 80))
+    with ops.set_backend("native"):
+        out = layer(x, ei)
+        assert calls, "the transformer layer did not use ops.projected_attention"
+        calls.clear()
+        layer(x, ei, return_attention_weights=True)  # needs the weights: the general path
+        assert not calls
+    with ops.set_backend("reference"):
+        torch.testing.assert_close(layer(x, ei), out)
+
+
+def test_projected_attention_rejects_bad_input():
+    g = build_graph(ragged_edge_index(6), 6, cache=False)
+    x = torch.randn(6, 4)
+    w, b = torch.randn(8, 4), torch.randn(8)
+    with pytest.raises(ValueError, match="'x_dst' must be a 2-D tensor"):
+        ops.projected_attention(x[0], x, w, b, w, b, w, b, g, 2)
+    with pytest.raises(ValueError, match="'weight_k' takes 4 input features but its input has 3"):
+        ops.projected_attention(x, x[:, :3], w, b, w, b, w, b, g, 2)
+    with pytest.raises(ValueError, match="not a multiple of heads=3"):
+        ops.projected_attention(x, x, w, b, w, b, w, b, g, 3)
+    with pytest.raises(ValueError, match="'bias_v' must have shape \\[8\\]"):
+        ops.projected_attention(x, x, w, b, w, b, w, b[:5], g, 2)
+    with pytest.raises(TypeError, match="'weight_q' must have the dtype"):
+        ops.projected_attention(x, x, w.double(), b, w, b, w, b, g, 2)
+    with pytest.raises(ValueError, match="'graph' joins \\(6, 6\\) nodes"):
+        ops.projected_attention(x[:5], x, w, b, w, b, w, b, g, 2)
+    with pytest.raises(TypeError, match="'graph' must be a graphattn EdgeGraph"):
+        ops.projected_attention(x, x, w, b, w, b, w, b, "graph", 2)
