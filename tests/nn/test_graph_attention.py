@@ -48,6 +48,33 @@ def test_equals_pyg_outputs_weights_and_gradients(backend, mode, edge_dim, conca
 
 
 @pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("extra", [False, True])
+def test_training_step_without_weights_equals_pyg(backend, mode, concat, extra):
+    """The plain call (no returned weights, no edge features): the transformer's projected
+    attention and the in-place skip / residual / bias, gradients included, with and without
+    the input's gradient; `extra` = residual for GAT/GATv2, root weight off for Transformer."""
+    N = 14
+    ei = ragged_edge_index(N)
+    x = torch.randn(N, 16, requires_grad=True)
+    kw = dict(heads=4, concat=concat)
+    if extra:
+        kw.update(root_weight=False) if mode == "transformer" else kw.update(residual=True)
+    ref = PYG[mode](16, 8, **kw)
+    ours = GraphAttention(16, 8, mode=mode, **kw)
+    names = list(dict(ours.named_parameters()))  # PyG keeps an unused lin_skip without root
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items() if k in names})
+    gout = torch.randn(N, 32 if concat else 8)
+    grads = []
+    for layer in (ref, ours):
+        params = dict(layer.named_parameters())
+        out = layer(x, ei)
+        grads.append((out, *torch.autograd.grad((out * gout).sum(), [x, *map(params.get, names)])))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
 def test_bipartite_equals_pyg(backend, mode):
     n_src, n_dst = 9, 6
     ei = torch.stack([torch.randint(0, n_src, (30,)), torch.randint(0, n_dst, (30,))])

@@ -403,22 +403,31 @@ class GraphAttention(MessagePassing):
                 alpha: Tensor | None) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """Heads concatenated (or averaged), skip / residual and bias added; with ``alpha``,
         also ``(edge_index, alpha)``."""
-        H, C = self.heads, self.out_channels
-        out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
+        # `out` [N, H, C] is this layer's own tensor and no backward saved it: the skip,
+        # residual and bias are added into it in place (on the tensor itself, never on a view
+        # of it, which autograd would have to copy), without another [N, H * C] buffer
+        if not self.concat:
+            out = out.mean(dim=1)
+        shape = out.shape
+
+        def add(t: Tensor) -> Tensor:
+            return out.add_(t.view(-1, *shape[1:]) if t.dim() == 2 else t.view(shape[1:]))
 
         if self.mode == "transformer":
             if self.lin_skip is not None:
                 x_r = self.lin_skip(x_dst)
                 if self.lin_beta is not None:
+                    out = out.reshape(-1, x_r.size(-1))
                     b = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
                     out = b * x_r + (1 - b) * out
                 else:
-                    out = out + x_r
+                    out = add(x_r)
         else:
             if self.res is not None and x_dst is not None:
-                out = out + self.res(x_dst)
+                out = add(self.res(x_dst))
             if self.bias is not None:
-                out = out + self.bias
+                out = add(self.bias)
+        out = out.reshape(shape[0], -1)
         if alpha is not None:
             ei = graph.edge_index
             if ei is None:  # a hand-built EdgeGraph: report edges in CSR order's caller order
