@@ -41,6 +41,11 @@ template <typename T>
 inline T lrelu(T x, T slope) {
   return x > T(0) ? x : x * slope;
 }
+// the same without a branch (vectorises; -inf stays -inf)
+template <typename T>
+inline T lrelu_bf(T x, T slope) {
+  return std::max(x, T(0)) + slope * std::min(x, T(0));
+}
 
 // Score of the edge j -> i for one head. qi/kj point at the head's D entries.
 template <int KIND, typename scalar_t, typename acc_t>
@@ -446,21 +451,24 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   });
 }
 
-// Backward of 'additive' (GAT): s_e = LeakyReLU(q_i + k_j + b_e) with one scalar per head,
-// so no score needs a row gather and the rows are gathered once (file header):
-//   B1 (source rows, CSC): p_e from the record [lse_i, q_i], dp_e = dO_i . v_j (+ gw_e) into
-//      dpb[e]; grad v_j = sum_e p_e dO_i.
-//   A  (destination rows, CSR, dpb read in order): p_e again, delta_i = sum_e p_e dp_e,
-//      ds_e = p_e (dp_e - delta_i) LeakyReLU'(z_e) into dpb[e] (in place); grad q_i = sum ds_e.
+// Backward of 'additive' (GAT): s_e = LeakyReLU(z_e), z_e = q_i + k_j + b_e, one scalar per
+// head, so no score needs a row gather and the rows are gathered once (file header):
+//   B1 (source rows, CSC): p_e from the record [lse_i, q_i], dp_e = dO_i . v_j (+ gw_e);
+//      grad v_j = sum_e p_e dO_i; the edge's record in eb: u_e = p_e dp_e and p_e carrying
+//      LeakyReLU'(z_e) in its sign (negative: slope, positive: 1).
+//   A  (destination rows, CSR, eb streamed in order): delta_i = sum_e u_e,
+//      ds_e = LeakyReLU'(z_e) (u_e - p_e delta_i) into eb (in place, and into the bias
+//      gradient); grad q_i = sum_e ds_e. No gather and no exponential.
 //   B2 (source rows, CSC): grad k_j = sum_e ds_e.
-// dpb is [E, H]: the bias gradient when there is a bias (it ends as ds), else a temporary.
+// eb is [E, 2H] (32 bytes per edge at H = 4), the one per-edge buffer of this backward.
 template <typename scalar_t>
 void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
                        const scalar_t* q, const scalar_t* k, const scalar_t* v,
                        const scalar_t* bias, const scalar_t* lse, const int64_t* ptr,
                        const int64_t* src, const int64_t* cptr, const int64_t* ceid,
                        const int64_t* cdst, double slope_, scalar_t* gq, scalar_t* gk,
-                       scalar_t* gv, scalar_t* dpb, scalar_t* stats, bool kv_shared) {
+                       scalar_t* gv, scalar_t* gbias, scalar_t* eb, scalar_t* stats,
+                       bool kv_shared) {
   using acc_t = typename Acc<scalar_t>::type;
   static_assert(std::is_same<acc_t, scalar_t>::value,
                 "the packed row statistics hold accumulator values in scalar_t");
@@ -475,11 +483,15 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
     return qi + kj + (bias ? acc_t(bias[e * H + h]) : acc_t(0));
   };
 
-  // record [lse_i, q_i] of each destination: one short random read per edge in B1
+  // record [lse_i, q_i] of each destination: one short random read per edge in B1. A fully
+  // masked head (lse = -inf) is stored as +inf, so that exp(s - lse) is 0 without a branch
+  // and the head loops below vectorise.
+  const acc_t POS_INF = std::numeric_limits<acc_t>::infinity();
   at::parallel_for(0, dm.Nd, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
       for (int64_t h = 0; h < H; ++h) {
-        stats[i * S + h] = lse[i * H + h];
+        const acc_t l = acc_t(lse[i * H + h]);
+        stats[i * S + h] = scalar_t(l > NEG_INF ? l : POS_INF);
         stats[i * S + H + h] = q[i * H + h];
       }
   });
@@ -496,26 +508,25 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
           const int64_t in = cdst[t + kPrefetch], en = ceid[t + kPrefetch];
           prefetch_row(go + in * gos, H * Dv);
           prefetch_row(stats + in * S, S);
-          __builtin_prefetch(dpb + en * H, 1, 1);
+          __builtin_prefetch(eb + en * 2 * H, 1, 1);
           if (bias) prefetch_row(bias + en * H, H);
           if (gw) prefetch_row(gw + en * H, H);
         }
         const int64_t e = ceid[t], i = cdst[t];
         const scalar_t* goi = go + i * gos;
         const scalar_t* st = stats + i * S;
+        scalar_t* rec = eb + e * 2 * H;
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t l = acc_t(st[h]);
-          if (!(l > NEG_INF)) {  // fully masked row: nothing flows back
-            dpb[e * H + h] = 0;
-            continue;
-          }
-          const acc_t p = fast_exp<acc_t>(lrelu<acc_t>(pre(e, h, st[H + h], kj[h]), slope) - l);
+          // p = 0 on a fully masked head (record holds +inf): then ds = 0
+          const acc_t z = pre(e, h, st[H + h], kj[h]);
+          const acc_t p = fast_exp<acc_t>(lrelu_bf<acc_t>(z, slope) - acc_t(st[h]));
           const scalar_t* __restrict__ goih = goi + h * Dv;
           const scalar_t* __restrict__ vjh = vj + h * Dv;
           acc_t dp = 0;
 #pragma omp simd reduction(+ : dp)
           for (int64_t c = 0; c < Dv; ++c) dp += acc_t(goih[c]) * acc_t(vjh[c]);
-          dpb[e * H + h] = scalar_t(dp + (gw ? acc_t(gw[e * H + h]) : acc_t(0)));
+          rec[h] = scalar_t(p * (dp + (gw ? acc_t(gw[e * H + h]) : acc_t(0))));
+          rec[H + h] = scalar_t(std::copysign(p, z > acc_t(0) ? acc_t(1) : acc_t(-1)));
           acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
 #pragma omp simd
           for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
@@ -526,41 +537,34 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
     }
   });
 
-  // ---- A: destination rows -> delta, ds (in dpb), grad q -----------------------------------
+  // ---- A: destination rows -> delta, ds (in eb), grad q -----------------------------------
   at::parallel_for(0, dm.Nd, grain_d, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> Pb, Zb, dl(H), gqi(H);
+    std::vector<acc_t> dl(H), gqi(H);
+    acc_t* __restrict__ d = dl.data();
+    acc_t* __restrict__ g = gqi.data();
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t e0 = ptr[i], deg = ptr[i + 1] - e0;
-      const scalar_t* li = lse + i * H;
-      const scalar_t* qi = q + i * H;
-      if (static_cast<int64_t>(Pb.size()) < deg * H) {
-        Pb.resize(deg * H);
-        Zb.resize(deg * H);
-      }
+      const int64_t e0 = ptr[i], e1 = ptr[i + 1];
       std::fill(dl.begin(), dl.end(), acc_t(0));
       std::fill(gqi.begin(), gqi.end(), acc_t(0));
-      for (int64_t t = 0; t < deg; ++t) {
-        const int64_t e = e0 + t;
-        const scalar_t* kj = k + src[e] * H;
-        for (int64_t h = 0; h < H; ++h) {
-          const acc_t l = acc_t(li[h]);
-          const acc_t z = pre(e, h, qi[h], kj[h]);
-          const acc_t p = l > NEG_INF ? fast_exp<acc_t>(lrelu<acc_t>(z, slope) - l) : acc_t(0);
-          Pb[t * H + h] = p;
-          Zb[t * H + h] = z;
-          dl[h] += p * acc_t(dpb[e * H + h]);
-        }
+      for (int64_t e = e0; e < e1; ++e) {
+        const scalar_t* __restrict__ rec = eb + e * 2 * H;
+#pragma omp simd
+        for (int64_t h = 0; h < H; ++h) d[h] += acc_t(rec[h]);
       }
-      for (int64_t t = 0; t < deg; ++t) {
-        const int64_t e = e0 + t;
+      for (int64_t e = e0; e < e1; ++e) {
+        scalar_t* __restrict__ rec = eb + e * 2 * H;
+#pragma omp simd
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t ds = Pb[t * H + h] * (acc_t(dpb[e * H + h]) - dl[h]) *
-                           dlrelu_bf<acc_t>(Zb[t * H + h], slope);
-          dpb[e * H + h] = scalar_t(ds);
-          gqi[h] += ds;
+          const acc_t sp = acc_t(rec[H + h]);
+          const acc_t f = std::signbit(sp) ? slope : acc_t(1);
+          const acc_t ds = f * (acc_t(rec[h]) - std::abs(sp) * d[h]);
+          rec[h] = scalar_t(ds);
+          g[h] += ds;
         }
+        if (gbias)
+          for (int64_t h = 0; h < H; ++h) gbias[e * H + h] = rec[h];
       }
-      for (int64_t h = 0; h < H; ++h) gq[i * H + h] = scalar_t(gqi[h]);
+      for (int64_t h = 0; h < H; ++h) gq[i * H + h] = scalar_t(g[h]);
     }
   });
 
@@ -570,8 +574,8 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
     for (int64_t j = begin; j < end; ++j) {
       std::fill(gkj.begin(), gkj.end(), acc_t(0));
       for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
-        if (t + kPrefetch < E) prefetch_row(dpb + ceid[t + kPrefetch] * H, H);
-        const scalar_t* ds = dpb + ceid[t] * H;
+        if (t + kPrefetch < E) prefetch_row(eb + ceid[t + kPrefetch] * 2 * H, H);
+        const scalar_t* ds = eb + ceid[t] * 2 * H;
         for (int64_t h = 0; h < H; ++h) gkj[h] += acc_t(ds[h]);
       }
       for (int64_t h = 0; h < H; ++h)
@@ -633,9 +637,9 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
   o.gbias = dst_pass && has_bias ? at::empty_like(bias) : at::empty({0}, none);
   // the accumulator type is scalar_t itself (float, double): the record shares q's dtype
   o.stats = dst_pass ? at::empty({dm.Nd, S}, none) : rs;
-  // 'additive': the [E, H] buffer of dp_e then ds_e (the bias gradient itself when there is one)
-  at::Tensor dpb;
-  if (kind == ADDITIVE && !has_bias) dpb = at::empty({dm.E, H}, none);
+  // 'additive': the [E, 2H] per-edge record of its backward (backward_additive)
+  at::Tensor eb;
+  if (kind == ADDITIVE) eb = at::empty({dm.E, 2 * H}, none);
 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
     auto ptr_or_null = [](const at::Tensor& t) -> scalar_t* {
@@ -662,8 +666,8 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
         backward_additive<scalar_t>(
             dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
             v.data_ptr<scalar_t>(), bp, lsep, ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
-            idx(csc_ptr), idx(csc_eid), idx(csc_dst), negative_slope, gqp, gkp, gvp,
-            has_bias ? gbp : ptr_or_null(dpb), statsp, kv_shared);
+            idx(csc_ptr), idx(csc_eid), idx(csc_dst), negative_slope, gqp, gkp, gvp, gbp,
+            ptr_or_null(eb), statsp, kv_shared);
       } else {
         backward_kernel<K, scalar_t>(
             dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
