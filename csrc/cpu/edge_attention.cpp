@@ -17,9 +17,10 @@
 //     packs lse_i and delta_i into one short record per destination, so pass B's random
 //     reads per edge are dO_i, q_i and that record.
 // 'additive' (GAT) scores need no row gather (q_i, k_j are one scalar per head), so its
-// backward gathers rows once instead of twice: by source rows first (dO_i gathered: dp_e and
-// grad v_j), then by destination rows over the [E, H] dp values (delta_i, ds_e, grad q_i),
-// then one short pass by source rows for grad k_j = sum_e ds_e (backward_additive).
+// backward gathers rows once instead of twice: by source rows first (dO_i gathered: dp_e,
+// grad v_j and a per-edge record [E, 2H]), then by destination rows streaming that record
+// (delta_i, ds_e, grad q_i), then one short pass by source rows for grad k_j = sum_e ds_e
+// (backward_additive).
 // grad_out is read in place when each of its rows is contiguous, whatever the row stride (0
 // for the broadcast gradient of out.sum()): no [N, H, Dv] copy of it.
 #include <ATen/ATen.h>
@@ -37,13 +38,9 @@
 namespace graphattn {
 namespace {
 
+// LeakyReLU without a branch, so that the loops around it vectorise (-inf stays -inf)
 template <typename T>
 inline T lrelu(T x, T slope) {
-  return x > T(0) ? x : x * slope;
-}
-// the same without a branch (vectorises; -inf stays -inf)
-template <typename T>
-inline T lrelu_bf(T x, T slope) {
   return std::max(x, T(0)) + slope * std::min(x, T(0));
 }
 
@@ -64,8 +61,7 @@ inline acc_t edge_score(const scalar_t* __restrict__ qi, const scalar_t* __restr
 #pragma omp simd reduction(+ : s)
     for (int64_t d = 0; d < D; ++d) {
       const acc_t z = acc_t(qi[d]) + acc_t(kj[d]);
-      // branch-free LeakyReLU so that the loop vectorises
-      s += acc_t(att_h[d]) * (std::max(z, acc_t(0)) + slope * std::min(z, acc_t(0)));
+      s += acc_t(att_h[d]) * lrelu<acc_t>(z, slope);
     }
     return s + b;
   }
@@ -246,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
 
 // d score / d (pre-activation) of the LeakyReLU kinds, branch-free
 template <typename acc_t>
-inline acc_t dlrelu_bf(acc_t z, acc_t slope) {
+inline acc_t dlrelu(acc_t z, acc_t slope) {
   return slope + (acc_t(1) - slope) * acc_t(z > acc_t(0));
 }
 
@@ -368,8 +364,8 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) {
               const acc_t z = acc_t(qih[d]) + acc_t(kjh[d]);
-              g[d] += ds * acc_t(ah[d]) * dlrelu_bf<acc_t>(z, slope);
-              ga[d] += ds * (std::max(z, acc_t(0)) + slope * std::min(z, acc_t(0)));
+              g[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(z, slope);
+              ga[d] += ds * lrelu<acc_t>(z, slope);
             }
           }
           if (gbias) gbias[e * H + h] = scalar_t(ds);
@@ -435,7 +431,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
           } else {
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d)
-              gk_h[d] += ds * acc_t(ah[d]) * dlrelu_bf<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
+              gk_h[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
           }
         }
       }
@@ -519,7 +515,7 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
         for (int64_t h = 0; h < H; ++h) {
           // p = 0 on a fully masked head (record holds +inf): then ds = 0
           const acc_t z = pre(e, h, st[H + h], kj[h]);
-          const acc_t p = fast_exp<acc_t>(lrelu_bf<acc_t>(z, slope) - acc_t(st[h]));
+          const acc_t p = fast_exp<acc_t>(lrelu<acc_t>(z, slope) - acc_t(st[h]));
           const scalar_t* __restrict__ goih = goi + h * Dv;
           const scalar_t* __restrict__ vjh = vj + h * Dv;
           acc_t dp = 0;

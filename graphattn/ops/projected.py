@@ -101,8 +101,7 @@ def _check_linear(x: Tensor, w: Tensor, b: Tensor | None, name: str, heads: int)
     if b is not None:
         _check_tensor(b, f"bias_{name}")
     if w.dim() != 2:
-        raise ValueError(f"'weight_{name}' must be a 2-D tensor [out, in], got "
-                         f"{getattr(w, 'shape', type(w).__name__)}")
+        raise ValueError(f"'weight_{name}' must be a 2-D tensor [out, in], got {list(w.shape)}")
     if w.size(1) != x.size(1):
         raise ValueError(f"'weight_{name}' takes {w.size(1)} input features but its input "
                          f"has {x.size(1)}")
@@ -153,8 +152,7 @@ def projected_attention(
 
     for t, n in ((x_dst, "x_dst"), (x_src, "x_src")):
         if _check_tensor(t, n).dim() != 2:
-            raise ValueError(f"'{n}' must be a 2-D tensor [N, F], got "
-                             f"{getattr(t, 'shape', type(t).__name__)}")
+            raise ValueError(f"'{n}' must be a 2-D tensor [N, F], got {list(t.shape)}")
     if not isinstance(heads, int) or heads < 1:
         raise ValueError(f"'heads' must be a positive int, got {heads!r}")
     _check_linear(x_dst, weight_q, bias_q, "q", heads)
