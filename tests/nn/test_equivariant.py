@@ -369,3 +369,21 @@ def test_mlanet_runs_under_torch_compile():
             assert len(g1) == len(g0)
             for a, b in zip(g1, g0):
                 torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_message_gate_equals_gate_mlp_on_concatenated_pair():
+    """The split first layer of the message gate computes e3nn's FullyConnectedNet on
+    [s_i, s_j, R] (values and gradients): a change of e3nn's layer layout fails here."""
+    from graphattn.nn.equivariant.conv import EquivariantAttentionConv
+
+    conv = EquivariantAttentionConv(IRREPS, lmax=2, num_basis=6, heads=2)
+    s = torch.randn(7, conv.n_scalars, requires_grad=True)
+    radial = torch.randn(20, 6, requires_grad=True)
+    src, dst = torch.randint(0, 7, (20,)), torch.randint(0, 7, (20,))
+    got = conv.message_gate(s, src, dst, radial)
+    want = torch.sigmoid(conv.msg_gate(torch.cat([s[dst], s[src], radial], -1)))
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    params = [s, radial, *conv.msg_gate.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        torch.testing.assert_close(a, b)

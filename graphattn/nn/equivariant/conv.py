@@ -52,24 +52,19 @@ def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Ten
     return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
 
 
-def channel_index(blocks: tuple[tuple[int, int], ...]) -> Tensor:
-    """``[dim]`` int64: the channel (irrep copy) that owns each component of the irreps
-    ``blocks`` (:func:`irreps_blocks`); ``coef.index_select(1, channel_index(blocks))`` copies
-    each channel's factor onto its ``2l + 1`` components."""
-    starts = [sum(m for m, _ in blocks[:k]) for k in range(len(blocks))]
-    parts = [torch.arange(mul).repeat_interleave(d) + c0 for (mul, d), c0 in zip(blocks, starts)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-
-
-def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...],
-                   index: Tensor | None = None) -> Tensor:
+def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
     r"""``m [E, dim]`` with every channel (all ``2l + 1`` components of one irrep copy) of the
     irreps ``blocks`` multiplied by its factor in ``coef [E, num_irreps]``: equivariant
-    whenever ``coef`` is invariant. The factors are spread to the components by one column
-    gather with :func:`channel_index` (pass it as ``index`` to reuse it; its backward is one
-    ``index_add``), so ``m`` is touched by a single multiplication, forward and backward."""
-    idx = channel_index(blocks) if index is None else index
-    return m * coef.index_select(1, idx.to(coef.device))
+    whenever ``coef`` is invariant. Each ``(mul, 2l + 1)`` block is one broadcast product
+    ``[E, mul, 2l + 1] * [E, mul, 1]``; the blocks are cut with :func:`torch.split` (views;
+    backward one concatenation) and joined with one :func:`torch.cat` (backward views), so
+    nothing as wide as ``m`` is gathered or scattered to spread the factors."""
+    E = m.shape[0]
+    ms = torch.split(m, [mul * d for mul, d in blocks], -1)
+    cs = torch.split(coef, [mul for mul, _ in blocks], -1)
+    out = [mb * c if d == 1 else (mb.view(E, mul, d) * c.unsqueeze(-1)).view(E, mul * d)
+           for mb, c, (mul, d) in zip(ms, cs, blocks)]
+    return torch.cat(out, -1) if len(out) > 1 else out[0]
 
 
 def scalar_irreps_first(irreps) -> tuple:
@@ -118,7 +113,6 @@ class EquivariantAttentionConv(nn.Module):
                                             torch.nn.functional.silu)
         n_ch = self.irreps_mid.num_irreps
         self.mid_blocks = irreps_blocks(self.irreps_mid)
-        self.register_buffer("channel_of", channel_index(self.mid_blocks), persistent=False)
         if gated_messages:
             self.msg_gate = enn.FullyConnectedNet(
                 [2 * self.n_scalars + num_basis, radial_hidden, n_ch], torch.nn.functional.silu)
@@ -135,6 +129,22 @@ class EquivariantAttentionConv(nn.Module):
         geometric keys are a linear map of them)."""
         return self.tp(x.index_select(0, src), sh, self.radial(radial))
 
+    def message_gate(self, s: Tensor, src: Tensor, dst: Tensor, radial: Tensor) -> Tensor:
+        r""":math:`\sigma(g(s_i, s_j, R(r_{ij})))`, ``[E, num channels]``: the gate MLP ``g``
+        applied to ``[s_i, s_j, R]`` with its first (linear) layer split by input block,
+        :math:`W [s_i; s_j; R] = (s W_i)_i + (s W_j)_j + R W_R`, so the node products are taken
+        once per node and gathered, and no ``[E, 2 n_scalars + B]`` input is built (same
+        function as ``msg_gate(torch.cat([s_i, s_j, R], -1))``, tested)."""
+        first, *rest = list(self.msg_gate)
+        C = self.n_scalars
+        w = first.weight / (first.h_in * first.var_in) ** 0.5  # e3nn's weight normalisation
+        h = torch.addmm((s @ w[:C]).index_select(0, dst) + (s @ w[C: 2 * C]).index_select(0, src),
+                        radial, w[2 * C:])
+        h = first.act(h) * first.var_out ** 0.5
+        for layer in rest:
+            h = layer(h)
+        return torch.sigmoid(h)
+
     def forward(self, x: Tensor, alpha: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
                 radial: Tensor, sh: Tensor, edge_features: Tensor | None = None) -> Tensor:
         if alpha.dim() != 2 or alpha.shape[1] != self.heads:
@@ -143,10 +153,8 @@ class EquivariantAttentionConv(nn.Module):
         coef = heads_to_channels(alpha, self.mid_blocks)  # [E, channels]
         if self.gated_messages:
             s = x[:, : self.n_scalars]
-            g = torch.sigmoid(self.msg_gate(
-                torch.cat([s.index_select(0, dst), s.index_select(0, src), radial], -1)))
-            coef = coef * g
-        m = scale_channels(m, coef, self.mid_blocks, self.channel_of)
+            coef = coef * self.message_gate(s, src, dst, radial)
+        m = scale_channels(m, coef, self.mid_blocks)
         agg = ops.aggregate(m, graph, "sum")
         return x + self.gate(self.lin(agg))
 
