@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from graphattn.demos.molecules import PotentialConfig, run_mmff, run_qm9
+from graphattn.demos.molecules import QM9_CUTOFF, PotentialConfig, run_mmff, run_qm9
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__,
@@ -29,7 +29,7 @@ if __name__ == "__main__":
     a = p.parse_args()
     drop = ("curve", "net", "pred", "true")
     if a.only in (None, "qm9"):
-        cfg = PotentialConfig(budget_s=900.0) if a.full else PotentialConfig()
+        cfg = PotentialConfig(budget_s=900.0 if a.full else 45.0, cutoff=QM9_CUTOFF)
         cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg
         n = a.molecules or (20000 if a.full else 2000)
         rows = run_qm9(cfg, n, Path(a.runs_dir) / "qm9", progress=True)
