@@ -329,6 +329,8 @@ def test_channel_broadcasts_match_explicit_column_maps():
     coef = heads_to_channels(alpha, blocks) * g
     torch.testing.assert_close(scale_channels(m, coef, blocks),
                                m * g[:, channel] * alpha[:, head])
+    m_t = m.t().contiguous().t()  # column-major: every block a strided view
+    torch.testing.assert_close(scale_channels(m_t, coef, blocks), scale_channels(m, coef, blocks))
     layer = MLANetInteraction(IRREPS, lmax=2, heads=2)
     key_head = []
     for mul, ir in layer.irreps_key:
