@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from graphattn.demos.molecules import QM9_CUTOFF, PotentialConfig, run_mmff, run_qm9
+from graphattn.demos.molecules import mmff_setup, qm9_setup, run_mmff, run_qm9
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__,
@@ -29,16 +29,14 @@ if __name__ == "__main__":
     a = p.parse_args()
     drop = ("curve", "net", "pred", "true")
     if a.only in (None, "qm9"):
-        cfg = PotentialConfig(budget_s=900.0 if a.full else 45.0, cutoff=QM9_CUTOFF)
+        cfg, n = qm9_setup(a.full)
         cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg
-        n = a.molecules or (20000 if a.full else 2000)
-        rows = run_qm9(cfg, n, Path(a.runs_dir) / "qm9", progress=True)
+        rows = run_qm9(cfg, a.molecules or n, Path(a.runs_dir) / "qm9", progress=True)
         print(tabulate([{k: v for k, v in r.items() if k not in drop} for r in rows],
                        headers="keys", tablefmt="github", floatfmt=".1f"))
     if a.only in (None, "mmff"):
-        cfg = PotentialConfig(budget_s=480.0) if a.full else PotentialConfig(budget_s=40.0)
+        cfg, molecules, confs = mmff_setup(a.full)
         cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg
-        rows = run_mmff(cfg, 200 if a.full else 40, 6 if a.full else 4,
-                        Path(a.runs_dir) / "mmff", progress=True)
+        rows = run_mmff(cfg, molecules, confs, Path(a.runs_dir) / "mmff", progress=True)
         print(tabulate([{k: v for k, v in r.items() if k not in drop} for r in rows],
                        headers="keys", tablefmt="github", floatfmt=".4g"))
