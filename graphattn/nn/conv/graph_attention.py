@@ -295,13 +295,18 @@ class GraphAttention(MessagePassing):
             h_src = lin_s(x_src).view(-1, H, C)
             # a_src = <att_src, W x_j> per head, computed as x_j @ (att_src^T W): the same
             # numbers without an [N, H, C] temporary (and its [N, H, C] gradient)
-            a_src = x_src @ _fold(lin_s.weight, self.att_src).t()
-            if x_dst is not None:
-                if isinstance(lin_d.weight, UninitializedParameter):
-                    lin_d(x_dst)  # materialise a lazy lin_dst (in_channels=-1)
-                a_dst = x_dst @ _fold(lin_d.weight, self.att_dst).t()
+            if x_dst is x_src and lin_d is lin_s:  # one pass over x for both: [N, 2H]
+                a = x_src @ torch.cat([_fold(lin_s.weight, self.att_src),
+                                       _fold(lin_s.weight, self.att_dst)]).t()
+                a_src, a_dst = a[:, :H], a[:, H:]
             else:
-                a_dst = h_src.new_zeros(n_dst, H)
+                a_src = x_src @ _fold(lin_s.weight, self.att_src).t()
+                if x_dst is not None:
+                    if isinstance(lin_d.weight, UninitializedParameter):
+                        lin_d(x_dst)  # materialise a lazy lin_dst (in_channels=-1)
+                    a_dst = x_dst @ _fold(lin_d.weight, self.att_dst).t()
+                else:
+                    a_dst = h_src.new_zeros(n_dst, H)
             bias = (e * self.att_edge).sum(-1) if e is not None else None
             out = ops.edge_attention(
                 a_dst,
