@@ -27,7 +27,7 @@ if __name__ == "__main__":
     p.add_argument("--budget", type=float, help="seconds of training per model")
     p.add_argument("--molecules", type=int, help="QM9 subset size")
     a = p.parse_args()
-    drop = ("curve", "net", "pred", "true")
+    drop = ("curve", "net", "pred", "true", "guards")
     if a.only in (None, "qm9"):
         cfg, n = qm9_setup(a.full)
         cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg

@@ -55,3 +55,64 @@ def test_pockets_demo_end_to_end(tmp_path):
     for s in res["models"].values():
         assert len(s["folds"]) == len(res["complexes"]) >= 6
         assert 0 <= s["dcc_success"] <= 1
+
+
+def test_guarded_step_skips_non_finite_and_clips_the_gradient_norm():
+    from graphattn.demos.molecules import guarded_step
+
+    lin = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in lin.parameters()]
+    loss = lin(torch.full((2, 3), float("nan"))).sum()
+    assert guarded_step(lin, opt, loss, 1.0) == "skipped"
+    assert all(torch.equal(a, p) for a, p in zip(before, lin.parameters()))
+    # inf in the gradient only (finite loss): skipped as well
+    x = torch.tensor([[1.0, 2.0, 3.0]], requires_grad=False)
+    loss = (lin(x) * torch.tensor(0.0)).sum() + lin.weight.sum() * 0
+    lin.weight.register_hook(lambda g: g + float("inf"))
+    assert guarded_step(lin, opt, loss, 1.0) == "skipped"
+    assert all(torch.equal(a, p) for a, p in zip(before, lin.parameters()))
+    lin = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    before = torch.cat([p.detach().flatten() for p in lin.parameters()])
+    loss = 1e4 * lin(torch.ones(1, 3)).sum()  # gradient norm 2e4
+    assert guarded_step(lin, opt, loss, 1.0) == "clipped"
+    step = torch.cat([p.detach().flatten() for p in lin.parameters()]) - before
+    assert step.norm().item() == pytest.approx(0.1 * 1.0, rel=1e-5)  # lr x clip
+    loss = 1e-3 * lin(torch.ones(1, 3)).sum()
+    assert guarded_step(lin, opt, loss, 1.0) == "ok"
+
+
+def test_training_returns_to_the_best_state_when_validation_diverges(monkeypatch):
+    from torch_geometric.data import Data
+
+    from graphattn.demos import molecules as M
+
+    g = torch.Generator().manual_seed(0)
+    mols = [Data(z=torch.tensor([6, 1, 1]), pos=torch.randn(3, 3, generator=g) * 1.5,
+                 y=torch.randn(1, generator=g)) for _ in range(6)]
+    scores = iter([100.0, 5000.0] + [200.0] * 1000)  # epoch 2 'diverges' (> 10x best)
+    states = []
+
+    def fake_evaluate(model, loader, refs, scale, with_forces):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"energy_mae_meV": next(scores), "pred": [], "true": []}
+
+    monkeypatch.setattr(M, "_evaluate", fake_evaluate)
+    loaded = []
+    load = M.Potential.load_state_dict
+
+    def spy_load(self, state, *args, **kwargs):
+        loaded.append({k: v.clone() for k, v in state.items()})
+        return load(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(M.Potential, "load_state_dict", spy_load)
+    cfg = M.PotentialConfig(budget_s=0.5, schnet_hidden=8, schnet_interactions=1, lr=1e-2)
+    refs = torch.zeros(7, dtype=torch.float64)
+    row = M.train_potential("schnet", mols, mols, mols, refs, 1.0, cfg, False)
+    assert row["guards"]["restarts"] == 1 and row["epochs"] >= 3
+    # the restart (and the final reload) put back the state of the best, first, epoch
+    assert len(loaded) == 2
+    for state in loaded:
+        assert all(torch.equal(state[k], v) for k, v in states[0].items())
+    assert not all(torch.equal(states[1][k], v) for k, v in states[0].items())

@@ -182,6 +182,30 @@ def test_pooling_semantics_two_far_copies():
     assert not torch.allclose(e2, 2 * e1)  # not size-extensive, as the paper's pooling implies
 
 
+def test_readout_shortcut_keeps_gradients_when_the_pooling_mlp_is_dead():
+    """E = MLP(P) + w^T P: with every SiLU unit of the MLP far negative (the failure seen on
+    QM9 at a high learning rate), the energy still responds to the atoms' features and the
+    embedding still receives a gradient; without the shortcut it is a constant."""
+    z, pos = _molecule(n=6, seed=3)
+    ei = _radius(pos, 4.0)
+    grads = {}
+    for shortcut in (True, False):
+        torch.manual_seed(0)
+        model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=1, heads=2,
+                       cutoff=4.0, readout_shortcut=shortcut)
+        with torch.no_grad():
+            model.head[0].bias.fill_(-60.0)  # every hidden unit dead
+        out = model(z, pos, edge_index=ei)["energy"]
+        out.sum().backward()
+        grads[shortcut] = model.embed.weight.grad.abs().max().item()
+        pooled = torch.randn(3, 24)
+        want = model.head(pooled).squeeze(-1) + (
+            model.head_shortcut(pooled).squeeze(-1) if shortcut else 0.0)
+        torch.testing.assert_close(model.readout(pooled), want)
+    assert grads[True] > 1e-3
+    assert grads[False] < 1e-12
+
+
 def test_attention_normalised_and_paths_off_is_cutoff_weighted_mean():
     cutoff = 4.0
     geo = EdgeGeometry(cutoff, 2, 6)

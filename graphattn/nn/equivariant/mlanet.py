@@ -23,12 +23,16 @@ continuously, and as a factor, so that a node's last neighbour fades out instead
 weight 1 up to :math:`r_c`; the energy is then continuous (and smooth) as an atom crosses
 :math:`r_c`. The softmax itself (:math:`p`) sums to 1 over each neighbourhood.
 
-Readout (multi-perspective pooling):
-:math:`E = \mathrm{MLP}([\sum_i s_i, \operatorname{mean}_i s_i, \max_i s_i]) + \sum_i
-E^{ref}_{Z_i}`, with direct forces :math:`F_i = W_{1o} x_i` or, with
-``conservative=True``, :math:`F = -\partial E/\partial r`. The sum branch makes the readout
-size-dependent but the mean and max branches do not, so the energy is not size-extensive
-(asserted in the tests, as the paper's pooling implies).
+Readout (multi-perspective pooling), with :math:`P = [\sum_i s_i, \operatorname{mean}_i s_i,
+\max_i s_i]`: :math:`E = \mathrm{MLP}(P) + w^\top P + \sum_i E^{ref}_{Z_i}`, with direct forces
+:math:`F_i = W_{1o} x_i` or, with ``conservative=True``, :math:`F = -\partial E/\partial r`.
+The linear shortcut :math:`w^\top P` (``readout_shortcut``, ours, not from the paper) keeps the
+readout trainable when every SiLU unit of the MLP dies: the sum branch is ~20x larger than the
+others on molecules, and at QM9's learning rate the MLP's units all went negative within 20
+Adam steps for one seed in three, leaving a constant prediction (4,000 molecules, 10 epochs:
+858 meV, against 196-210 for the other seeds; with the shortcut 199-212 for all three). The
+sum branch makes the readout size-dependent but the mean and max branches do not, so the
+energy is not size-extensive (asserted in the tests, as the paper's pooling implies).
 """
 
 from __future__ import annotations
@@ -174,6 +178,8 @@ class MLANet(nn.Module):
         charge (bool): embed the total charge of each structure (``charge`` in forward).
         atom_refs (Tensor, optional): ``[num_species]`` per-element energies added to
             :math:`E` (fit them with least squares on the training set).
+        readout_shortcut (bool): add the linear term :math:`w^\top P` beside the pooling MLP
+            (module docstring). (default: :obj:`True`)
         chemical, geometric (bool): attention paths of every interaction.
 
     Shapes:
@@ -190,7 +196,7 @@ class MLANet(nn.Module):
                  lmax: int = 2, num_layers: int = 3, heads: int = 4, num_basis: int = 8,
                  cutoff: float = 5.0, conservative: bool = False, charge: bool = False,
                  max_charge: int = 4, atom_refs: Tensor | None = None, chemical: bool = True,
-                 geometric: bool = True) -> None:
+                 geometric: bool = True, readout_shortcut: bool = True) -> None:
         super().__init__()
         o3, enn = _e3nn()
         self.irreps = o3.Irreps(default_irreps(channels, l_channels, lmax))
@@ -205,6 +211,7 @@ class MLANet(nn.Module):
                               geometric=geometric) for _ in range(num_layers))
         self.head = nn.Sequential(nn.Linear(3 * channels, channels), nn.SiLU(),
                                   nn.Linear(channels, 1))
+        self.head_shortcut = nn.Linear(3 * channels, 1) if readout_shortcut else None
         self.force_head = o3.Linear(self.irreps, "1x1o")
         refs = torch.zeros(num_species) if atom_refs is None else atom_refs.detach().clone()
         if refs.shape != (num_species,):
@@ -236,6 +243,14 @@ class MLANet(nn.Module):
         return torch.cat([ops.segment_sum(h, ptr), ops.segment_mean(h, ptr),
                           ops.segment_max(h, ptr)[0]], -1)
 
+    def readout(self, pooled: Tensor) -> Tensor:
+        r""":math:`\mathrm{MLP}(P) + w^\top P`, ``[B, 3C] -> [B]`` (without the atom
+        references)."""
+        e = self.head(pooled)
+        if self.head_shortcut is not None:
+            e = e + self.head_shortcut(pooled)
+        return e.squeeze(-1)
+
     def forward(self, z: Tensor, pos: Tensor, batch: Tensor | None = None,
                 edge_index: Tensor | None = None, shift: Tensor | None = None,
                 charge: Tensor | None = None) -> dict[str, Tensor]:
@@ -261,7 +276,7 @@ class MLANet(nn.Module):
             x = layer(x, edge_index, geom)
         h = x[:, : self.channels]
         ptr = _ptr(batch, B)
-        energy = self.head(self.pool(h, ptr)).squeeze(-1) + ops.segment_sum(
+        energy = self.readout(self.pool(h, ptr)) + ops.segment_sum(
             self.atom_refs[z].unsqueeze(-1).to(h.dtype), ptr).squeeze(-1)
         if self.conservative:
             (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=self.training)
