@@ -32,6 +32,7 @@ test-slow: setup
 bench: setup
 	$(BIN)/graphattn bench attention
 	$(BIN)/graphattn bench tokens
+	$(BIN)/graphattn bench machine
 
 # On a machine with a GPU and a CUDA build of torch (its own python, no .venv): build the CUDA
 # kernels in place, test them and time them against PyG (the GPU section of BENCHMARKS.md).
