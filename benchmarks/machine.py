@@ -79,15 +79,20 @@ def gathers(N: int, E: int, H: int, C: int, iters: int) -> dict:
             "bag_gbps": read / t_bag / 1e6, "op_gbps": read / t_op / 1e6}
 
 
-def gathers_in_process(N: int, E: int, iters: int, threads: int, env: dict) -> dict:
-    """``gathers`` in a fresh process (the allocator setting is read at torch's start)."""
-    cmd = [sys.executable, __file__, "--gather-worker", str(N), str(E), "--iters", str(iters),
-           "--threads", str(threads)]
+def run_json(cmd: list[str], env: dict) -> dict:
+    """Runs ``cmd`` in a fresh process with ``env`` added (allocator settings are read at
+    torch's start) and returns the JSON of its last output line."""
     res = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
                          timeout=1800)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def gathers_in_process(N: int, E: int, iters: int, threads: int, env: dict) -> dict:
+    """``gathers`` in a fresh process."""
+    return run_json([sys.executable, __file__, "--gather-worker", str(N), str(E), "--iters",
+                     str(iters), "--threads", str(threads)], env)
 
 
 def fresh_pages(N: int, F_: int, iters: int) -> dict:
@@ -105,14 +110,9 @@ def fresh_pages(N: int, F_: int, iters: int) -> dict:
 
 def retention(layer: str, N: int, E: int, threads: int, env: dict) -> dict:
     """One fwd+bwd configuration of attention.py's worker (native) in a fresh process."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "attention.py"), "--worker", "--impl",
-           "native", "--layer", layer, "--nodes", str(N), "--edges", str(E), "--backward",
-           "--threads", str(threads)]
-    res = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
-                         timeout=1800)
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-2000:])
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, str(ROOT / "benchmarks" / "attention.py"), "--worker",
+                     "--impl", "native", "--layer", layer, "--nodes", str(N), "--edges", str(E),
+                     "--backward", "--threads", str(threads)], env)
 
 
 def main() -> int:
