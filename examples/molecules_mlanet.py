@@ -5,6 +5,7 @@ forces; direct vs conservative MLANet), same split and wall-clock budget per mod
     python examples/molecules_mlanet.py                       # demo size (as `graphattn demo`)
     python examples/molecules_mlanet.py --full                # 20k QM9 molecules, 15 min each
     python examples/molecules_mlanet.py --only qm9 --molecules 5000 --budget 300
+    python examples/molecules_mlanet.py --only qm9 --molecules 4000 --epochs 20   # per epoch
 
 Writes runs/qm9/ and runs/mmff/ (metrics.json, learning_curves.png, parity.png).
 Implementation: graphattn/demos/molecules.py.
@@ -26,17 +27,20 @@ if __name__ == "__main__":
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--budget", type=float, help="seconds of training per model")
     p.add_argument("--molecules", type=int, help="QM9 subset size")
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of a time budget")
     a = p.parse_args()
     drop = ("curve", "net", "pred", "true", "guards")
     if a.only in (None, "qm9"):
         cfg, n = qm9_setup(a.full)
         cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg
+        cfg = replace(cfg, epochs=a.epochs) if a.epochs else cfg
         rows = run_qm9(cfg, a.molecules or n, Path(a.runs_dir) / "qm9", progress=True)
         print(tabulate([{k: v for k, v in r.items() if k not in drop} for r in rows],
                        headers="keys", tablefmt="github", floatfmt=".1f"))
     if a.only in (None, "mmff"):
         cfg, molecules, confs = mmff_setup(a.full)
         cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg
+        cfg = replace(cfg, epochs=a.epochs) if a.epochs else cfg
         rows = run_mmff(cfg, molecules, confs, Path(a.runs_dir) / "mmff", progress=True)
         print(tabulate([{k: v for k, v in r.items() if k not in drop} for r in rows],
                        headers="keys", tablefmt="github", floatfmt=".4g"))

@@ -1,7 +1,9 @@
 """Molecular and binding-site examples: short end-to-end runs (slow) and the closed-path work
-helper on an exactly conservative toy field."""
+helper on an exactly conservative toy field; the training loop's guards and its epoch mode."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -116,3 +118,29 @@ def test_training_returns_to_the_best_state_when_validation_diverges(monkeypatch
     for state in loaded:
         assert all(torch.equal(state[k], v) for k, v in states[0].items())
     assert not all(torch.equal(states[1][k], v) for k, v in states[0].items())
+
+
+def test_training_by_epochs_runs_that_many_with_the_cosine_over_the_steps(monkeypatch):
+    from torch_geometric.data import Data
+
+    from graphattn.demos import molecules as M
+
+    g = torch.Generator().manual_seed(1)
+    mols = [Data(z=torch.tensor([6, 1, 1]), pos=torch.randn(3, 3, generator=g) * 1.5,
+                 y=torch.randn(1, generator=g)) for _ in range(10)]
+    lrs = []
+    step = M.guarded_step
+
+    def spy(model, opt, loss, clip):
+        lrs.append(opt.param_groups[0]["lr"])
+        return step(model, opt, loss, clip)
+
+    monkeypatch.setattr(M, "guarded_step", spy)
+    cfg = M.PotentialConfig(budget_s=1e-9, epochs=3, batch_size=4, schnet_hidden=8,
+                            schnet_interactions=1, lr=1e-2, lr_final=0.1)
+    refs = torch.zeros(7, dtype=torch.float64)
+    row = M.train_potential("schnet", mols, mols, mols, refs, 1.0, cfg, False)
+    assert row["epochs"] == 3 and len(row["curve"]) == 3  # the time budget is not used
+    assert len(lrs) == 9  # 3 epochs x 3 batches of <= 4
+    want = [1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 9))) for k in range(9)]
+    assert lrs == pytest.approx(want)

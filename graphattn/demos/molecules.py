@@ -16,7 +16,9 @@ conformers (energies and forces), same split and same wall-clock budget per mode
 
 Every model trains with Adam whose learning rate follows a cosine over the wall-clock budget
 (elapsed / budget, from its peak down to ``lr_final`` of it): with a time budget the schedule
-must be a function of time, not of epochs. The peak is ``lr`` unless ``model_lr`` names one
+must be a function of time, not of epochs (with ``epochs`` set instead, the run is that many
+epochs with the cosine over the steps: a comparison per epoch, independent of the machine's
+speed and drift). The peak is ``lr`` unless ``model_lr`` names one
 for the model; on QM9 each model gets its own (:data:`QM9_LR`, chosen on validation MAE).
 Two guards keep a diverging run from ending the comparison (:func:`guarded_step`): a step with
 a non-finite loss or gradient is skipped and the gradient norm is clipped at ``grad_clip``;
@@ -45,6 +47,7 @@ from . import register
 @dataclass
 class PotentialConfig:
     budget_s: float = 45.0  # wall-clock training budget per model
+    epochs: int | None = None  # instead of budget_s: this many epochs, cosine over the steps
     batch_size: int = 32
     lr: float = 2e-3
     lr_final: float = 0.02  # cosine decay over the wall-clock budget to lr * lr_final
@@ -175,8 +178,8 @@ def guarded_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor,
 
 def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale: float,
                     cfg: PotentialConfig, with_forces: bool, progress: bool = False) -> dict:
-    """Trains one model for ``cfg.budget_s`` seconds of wall clock; returns test metrics at
-    the best validation epoch plus the learning curve."""
+    """Trains one model for ``cfg.budget_s`` seconds of wall clock (or ``cfg.epochs`` epochs);
+    returns test metrics at the best validation epoch plus the learning curve."""
     from torch_geometric.loader import DataLoader
 
     torch.manual_seed(cfg.seed)
@@ -189,10 +192,22 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
     test_loader = DataLoader(test_set, batch_size=64)
     guard = {"ok": 0, "clipped": 0, "skipped": 0, "restarts": 0}
     curve, best, best_state, epochs, t0 = [], math.inf, None, 0, time.perf_counter()
-    while time.perf_counter() - t0 < cfg.budget_s:
+    total_steps = cfg.epochs * len(train_loader) if cfg.epochs else 0
+    step = 0
+
+    def running() -> bool:
+        if cfg.epochs:
+            return epochs < cfg.epochs
+        return time.perf_counter() - t0 < cfg.budget_s
+
+    while running():
         model.train()
         for b in train_loader:
-            frac = min((time.perf_counter() - t0) / cfg.budget_s, 1.0)
+            if cfg.epochs:  # by steps: the result does not depend on the machine's speed
+                frac = step / total_steps
+            else:
+                frac = min((time.perf_counter() - t0) / cfg.budget_s, 1.0)
+            step += 1
             for group in opt.param_groups:
                 group["lr"] = lr * (cfg.lr_final + (1 - cfg.lr_final)
                                         * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -203,7 +218,7 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
             if with_forces:
                 loss = loss + cfg.force_weight * (f - b.force / scale).abs().mean()
             guard[guarded_step(model, opt, loss, cfg.grad_clip)] += 1
-            if time.perf_counter() - t0 > cfg.budget_s:
+            if not cfg.epochs and time.perf_counter() - t0 > cfg.budget_s:
                 break
         epochs += 1
         val = _evaluate(model, val_loader, refs, scale, with_forces)
@@ -344,7 +359,8 @@ def run_qm9(cfg: PotentialConfig, subset: int | None, out_dir: Path,
               f"{scale * 1000:.0f} meV after atom references", flush=True)
     rows = [train_potential(k, train_set, val_set, test_set, refs, scale, cfg, False, progress)
             for k in ("mlanet-direct", "schnet")]
-    _plots(rows, out_dir, f"QM9 U0, {len(tr)} training molecules, {cfg.budget_s:.0f} s each")
+    each = f"{cfg.epochs} epochs" if cfg.epochs else f"{cfg.budget_s:.0f} s"
+    _plots(rows, out_dir, f"QM9 U0, {len(tr)} training molecules, {each} each")
     rows.append(reference_row(test_set, refs, False))
     _save(rows, out_dir, {"config": asdict(cfg), "molecules": len(ds),
                           "split": [len(tr), len(va), len(te)], "residual_std_meV": scale * 1e3})
