@@ -30,17 +30,17 @@ if __name__ == "__main__":
     p.add_argument("--epochs", type=int, help="train this many epochs instead of a time budget")
     a = p.parse_args()
     drop = ("curve", "net", "pred", "true", "guards")
+    # the flags given override both comparisons' configurations
+    over = {k: v for k, v in (("budget_s", a.budget), ("epochs", a.epochs)) if v}
     if a.only in (None, "qm9"):
         cfg, n = qm9_setup(a.full)
-        cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg
-        cfg = replace(cfg, epochs=a.epochs) if a.epochs else cfg
+        cfg = replace(cfg, **over)
         rows = run_qm9(cfg, a.molecules or n, Path(a.runs_dir) / "qm9", progress=True)
         print(tabulate([{k: v for k, v in r.items() if k not in drop} for r in rows],
                        headers="keys", tablefmt="github", floatfmt=".1f"))
     if a.only in (None, "mmff"):
         cfg, molecules, confs = mmff_setup(a.full)
-        cfg = replace(cfg, budget_s=a.budget) if a.budget else cfg
-        cfg = replace(cfg, epochs=a.epochs) if a.epochs else cfg
+        cfg = replace(cfg, **over)
         rows = run_mmff(cfg, molecules, confs, Path(a.runs_dir) / "mmff", progress=True)
         print(tabulate([{k: v for k, v in r.items() if k not in drop} for r in rows],
                        headers="keys", tablefmt="github", floatfmt=".4g"))

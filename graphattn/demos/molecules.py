@@ -192,21 +192,21 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
     test_loader = DataLoader(test_set, batch_size=64)
     guard = {"ok": 0, "clipped": 0, "skipped": 0, "restarts": 0}
     curve, best, best_state, epochs, t0 = [], math.inf, None, 0, time.perf_counter()
-    total_steps = cfg.epochs * len(train_loader) if cfg.epochs else 0
-    step = 0
+    if len(train_loader) == 0:
+        raise ValueError("'train_set' is empty")
+    step, total_steps = 0, (cfg.epochs or 0) * len(train_loader)
 
-    def running() -> bool:
+    def done() -> float:
+        """Fraction of the run behind us: of its steps with ``cfg.epochs`` (independent of
+        the machine's speed), else of the wall-clock budget."""
         if cfg.epochs:
-            return epochs < cfg.epochs
-        return time.perf_counter() - t0 < cfg.budget_s
+            return step / total_steps
+        return (time.perf_counter() - t0) / cfg.budget_s
 
-    while running():
+    while done() < 1:
         model.train()
         for b in train_loader:
-            if cfg.epochs:  # by steps: the result does not depend on the machine's speed
-                frac = step / total_steps
-            else:
-                frac = min((time.perf_counter() - t0) / cfg.budget_s, 1.0)
+            frac = min(done(), 1.0)
             step += 1
             for group in opt.param_groups:
                 group["lr"] = lr * (cfg.lr_final + (1 - cfg.lr_final)
@@ -218,7 +218,7 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
             if with_forces:
                 loss = loss + cfg.force_weight * (f - b.force / scale).abs().mean()
             guard[guarded_step(model, opt, loss, cfg.grad_clip)] += 1
-            if not cfg.epochs and time.perf_counter() - t0 > cfg.budget_s:
+            if done() >= 1:
                 break
         epochs += 1
         val = _evaluate(model, val_loader, refs, scale, with_forces)
