@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -144,7 +145,9 @@ at::Tensor segment_reduce_backward_cpu(const at::Tensor& grad_, const at::Tensor
   check_reduce_backward_shapes(grad_, ptr, arg, code);
   const at::Tensor grad = grad_.contiguous();
   const int64_t N = ptr.numel() - 1, F = grad.size(1);
-  at::Tensor gin = at::zeros({num_edges, F}, grad.options());
+  // ptr covers every edge exactly once (check_ptr), so each row of gin is written below: no
+  // zero fill beforehand (for max, each segment zeroes its own rows, in the same pass)
+  at::Tensor gin = at::empty({num_edges, F}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "graphattn::segment_reduce_backward", [&] {
     const scalar_t* g = grad.data_ptr<scalar_t>();
     scalar_t* gi = gin.data_ptr<scalar_t>();
@@ -156,6 +159,7 @@ at::Tensor segment_reduce_backward_cpu(const at::Tensor& grad_, const at::Tensor
         const int64_t deg = p[i + 1] - p[i];
         if (deg == 0) continue;
         if (code == 2) {
+          std::fill(gi + p[i] * F, gi + p[i + 1] * F, scalar_t(0));
           for (int64_t f = 0; f < F; ++f) {
             const int64_t e = a[i * F + f];
             TORCH_CHECK(e >= p[i] && e < p[i + 1], "graphattn: 'arg' holds ", e,

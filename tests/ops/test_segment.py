@@ -170,3 +170,26 @@ def test_native_double_backward_equals_reference():
                 res[name] += [gx, torch.autograd.grad(gx.square().sum(), x)[0]]
     for a, b in zip(res["native"], res["reference"]):
         torch.testing.assert_close(a, b)
+
+
+@native_only
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_segment_reduce_backward_writes_every_row(reduce):
+    """The native backward allocates its [E, F] gradient without a zero fill (every edge lies in
+    one segment): each row must still be written, zeros for the edges that are not a segment's
+    argmax. A NaN-filled block of the same size is freed just before, so that stale memory
+    handed back by the allocator would show."""
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False)
+    E, F = ei.size(1), 64
+    x = torch.randn(E, F, dtype=torch.float64)
+    _, arg = ops._segment(x, g.ptr, reduce)
+    grad = torch.randn(12, F, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    with ops.set_backend("reference"):
+        ops._segment(xr, g.ptr, reduce)[0].backward(grad)
+    for _ in range(3):
+        junk = torch.full((E, F), float("nan"), dtype=torch.float64)
+        del junk
+        gin = torch.ops.graphattn.segment_reduce_backward(grad, g.ptr, arg, reduce, E)
+        torch.testing.assert_close(gin, xr.grad)
