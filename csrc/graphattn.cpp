@@ -29,6 +29,14 @@ TORCH_LIBRARY(graphattn, m) {
   m.def(
       "segment_reduce_backward(Tensor grad_out, Tensor ptr, Tensor arg, str reduce, "
       "SymInt num_edges) -> Tensor");
+  // Channel-scaled sum over each destination's in-edges (csrc/cpu/scaled_aggregate.cpp):
+  // out[i, c] = sum_e coef[e, k(c)] messages[e, c], channels cut by the blocks (muls, dims).
+  m.def(
+      "scaled_aggregate(Tensor messages, Tensor coef, Tensor ptr, int[] muls, int[] dims) "
+      "-> Tensor");
+  m.def(
+      "scaled_aggregate_backward(Tensor grad_out, Tensor messages, Tensor coef, Tensor ptr, "
+      "int[] muls, int[] dims, bool need_messages, bool need_coef) -> (Tensor, Tensor)");
   // The forward of edge_attention takes the CSC view only so that its autograd formula
   // (registered from Python) can hand it to the backward; the forward kernel ignores it.
   // kv_shared (backward): k and v are the same tensor (GATv2, self-attention on one

@@ -29,6 +29,7 @@ from ._reference import KINDS
 __all__ = [
     "EdgeGraph",
     "aggregate",
+    "aggregate_scaled",
     "backend",
     "build_graph",
     "edge_attention",
@@ -253,6 +254,65 @@ def aggregate(messages: Tensor, graph: EdgeGraph, reduce: str = "sum") -> Tensor
             f"'messages' must have {graph.num_edges} rows (one per edge), got {messages.size(0)}"
         )
     return _segment(graph.to_csr(messages), graph.ptr, reduce)[0]
+
+
+def _check_blocks(blocks: object, messages: Tensor, coef: Tensor) -> tuple[tuple[int, int], ...]:
+    try:
+        b = tuple((int(mul), int(d)) for mul, d in blocks)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"'blocks' must be a sequence of (mul, dim) pairs, got {blocks!r}"
+        ) from None
+    if not b or any(mul < 0 or d < 1 for mul, d in b):
+        raise ValueError(f"'blocks' must be non-empty (mul >= 0, dim >= 1) pairs, got {b}")
+    F, K = sum(mul * d for mul, d in b), sum(mul for mul, _ in b)
+    if messages.dim() != 2 or messages.size(1) != F:
+        raise ValueError(f"'messages' must have shape [E, {F}] (sum of mul * dim over 'blocks' "
+                         f"{b}), got {list(messages.shape)}")
+    if coef.dim() != 2 or coef.shape != (messages.size(0), K):
+        raise ValueError(f"'coef' must have shape [E={messages.size(0)}, {K}] (one factor per "
+                         f"channel of 'blocks'), got {list(coef.shape)}")
+    return b
+
+
+def aggregate_scaled(messages: Tensor, coef: Tensor, graph: EdgeGraph,
+                     blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    r"""Sum over each destination's in-edges of messages whose channels are scaled per edge:
+
+    .. math::
+        \mathbf{o}_i[c] = \sum_{e = (j \to i)} w_e[k(c)]\, \mathbf{m}_e[c]
+
+    where the columns of ``messages`` are cut into ``blocks`` ``(mul, d)`` (``mul`` channels of
+    ``d`` consecutive columns each, e.g. an e3nn irreps layout ``(mul, 2l + 1)``) and channel
+    :math:`k(c)` takes its factor from ``coef``: equivariant whenever ``coef`` is invariant.
+    Equals ``aggregate(scale_channels(messages, coef, blocks), graph)``; the native CPU kernel
+    never writes the scaled ``[E, F]`` messages and its backward is one pass over the edges
+    (the reference path, and the CUDA device, compute the scaled messages).
+
+    Args:
+        messages (Tensor): ``[E, F]`` with ``F = sum(mul * d)``, in the caller's edge order.
+        coef (Tensor): ``[E, K]`` with ``K = sum(mul)``, same dtype and order.
+        graph (EdgeGraph): the edge set.
+        blocks: ``((mul, d), ...)``.
+
+    Returns:
+        Tensor ``[num_dst, F]``.
+    """
+    _check_tensor(messages, "messages")
+    _check_tensor(coef, "coef")
+    _check_same(coef, messages, "coef", "messages")
+    graph = _check_graph(graph, messages)
+    if messages.size(0) != graph.num_edges:
+        raise ValueError(
+            f"'messages' must have {graph.num_edges} rows (one per edge), got {messages.size(0)}"
+        )
+    b = _check_blocks(blocks, messages, coef)
+    m, c = graph.to_csr(messages), graph.to_csr(coef)
+    if _use_native(m) and m.device.type == "cpu":
+        return torch.ops.graphattn.scaled_aggregate(
+            m, c, graph.ptr, [mul for mul, _ in b], [d for _, d in b]
+        )
+    return _reference.scaled_aggregate(m, c, graph.ptr, b)
 
 
 # ---- fused edge attention -------------------------------------------------------------------

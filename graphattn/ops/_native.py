@@ -265,3 +265,36 @@ if WITH_EXT:
     torch.library.register_autograd(
         "graphattn::segment_reduce", _sr_backward, setup_context=_sr_setup
     )
+
+    @torch.library.register_fake("graphattn::scaled_aggregate")
+    def _sa_fake(messages, coef, ptr, muls, dims):
+        return messages.new_empty(ptr.shape[0] - 1, messages.shape[1])
+
+    @torch.library.register_fake("graphattn::scaled_aggregate_backward")
+    def _sa_bwd_fake(grad_out, messages, coef, ptr, muls, dims, need_messages, need_coef):
+        return (messages.new_empty(messages.shape[0] if need_messages else 0, messages.shape[1]),
+                coef.new_empty(coef.shape[0] if need_coef else 0, coef.shape[1]))
+
+    def _sa_setup(ctx, inputs, output):
+        messages, coef, ptr, muls, dims = inputs
+        ctx.save_for_backward(messages, coef, ptr)
+        ctx.muls, ctx.dims = list(muls), list(dims)
+
+    def _sa_backward(ctx, grad_out):
+        messages, coef, ptr = ctx.saved_tensors
+        need_m, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            from . import _reference
+
+            blocks = tuple(zip(ctx.muls, ctx.dims))
+            g = grad_out.index_select(0, _segments(ptr, messages.shape[0]))
+            gm = _reference.scale_channels(g, coef, blocks) if need_m else None
+            gc = _reference.channel_dots(messages, g, blocks) if need_c else None
+            return gm, gc, None, None, None
+        gm, gc = ops.scaled_aggregate_backward(grad_out, messages, coef, ptr, ctx.muls,
+                                               ctx.dims, need_m, need_c)
+        return gm if need_m else None, gc if need_c else None, None, None, None
+
+    torch.library.register_autograd(
+        "graphattn::scaled_aggregate", _sa_backward, setup_context=_sa_setup
+    )

@@ -63,6 +63,36 @@ def segment_reduce(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tenso
     return out, None
 
 
+def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    r"""``m [E, F]`` with every channel of the ``blocks`` (``(mul, d)``: ``mul`` channels of
+    ``d`` consecutive columns) multiplied by its factor in ``coef [E, sum mul]``. Each block is
+    one broadcast product ``[E, mul, d] * [E, mul, 1]``; the blocks are cut with
+    :func:`torch.split` and joined with one :func:`torch.cat`."""
+    E = m.shape[0]
+    ms = torch.split(m, [mul * d for mul, d in blocks], -1)
+    cs = torch.split(coef, [mul for mul, _ in blocks], -1)
+    out = [mb * c if d == 1 else (mb.view(E, mul, d) * c.unsqueeze(-1)).view(E, mul * d)
+           for mb, c, (mul, d) in zip(ms, cs, blocks)]
+    return torch.cat(out, -1) if len(out) > 1 else out[0]
+
+
+def channel_dots(m: Tensor, g: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    """``[E, sum mul]``: per channel of the ``blocks``, the dot product of its ``d`` columns in
+    ``m`` and ``g`` (both ``[E, F]``): the gradient of :func:`scale_channels` for ``coef``."""
+    E = m.shape[0]
+    ms = torch.split(m, [mul * d for mul, d in blocks], -1)
+    gs = torch.split(g, [mul * d for mul, d in blocks], -1)
+    out = [mb * gb if d == 1 else (mb.reshape(E, mul, d) * gb.reshape(E, mul, d)).sum(-1)
+           for mb, gb, (mul, d) in zip(ms, gs, blocks)]
+    return torch.cat(out, -1) if len(out) > 1 else out[0]
+
+
+def scaled_aggregate(m: Tensor, coef: Tensor, ptr: Tensor,
+                     blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    """Sum over the CSR segments ``ptr`` of :func:`scale_channels` ``(m, coef, blocks)``."""
+    return segment_reduce(scale_channels(m, coef, blocks), ptr, "sum")[0]
+
+
 def edge_scores(
     q: Tensor,
     k: Tensor,

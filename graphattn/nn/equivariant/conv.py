@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ... import ops
 from ...geometry import edge_vectors
 from ...index import EdgeGraph
+from ...ops._reference import scale_channels  # noqa: F401  (re-exported: the reference form)
 from .products import DepthwiseTensorProduct, _e3nn, depthwise_tensor_product
 
 __all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]
@@ -50,21 +51,6 @@ def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Ten
         return alpha.repeat(1, sum(mul for mul, _ in blocks) // H)
     parts = [alpha.repeat(1, -(-mul // H))[:, :mul] for mul, _ in blocks]
     return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-
-
-def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
-    r"""``m [E, dim]`` with every channel (all ``2l + 1`` components of one irrep copy) of the
-    irreps ``blocks`` multiplied by its factor in ``coef [E, num_irreps]``: equivariant
-    whenever ``coef`` is invariant. Each ``(mul, 2l + 1)`` block is one broadcast product
-    ``[E, mul, 2l + 1] * [E, mul, 1]``; the blocks are cut with :func:`torch.split` (views;
-    backward one concatenation) and joined with one :func:`torch.cat` (backward views), so
-    nothing as wide as ``m`` is gathered or scattered to spread the factors."""
-    E = m.shape[0]
-    ms = torch.split(m, [mul * d for mul, d in blocks], -1)
-    cs = torch.split(coef, [mul for mul, _ in blocks], -1)
-    out = [mb * c if d == 1 else (mb.view(E, mul, d) * c.unsqueeze(-1)).view(E, mul * d)
-           for mb, c, (mul, d) in zip(ms, cs, blocks)]
-    return torch.cat(out, -1) if len(out) > 1 else out[0]
 
 
 def scalar_irreps_first(irreps) -> tuple:
@@ -154,8 +140,8 @@ class EquivariantAttentionConv(nn.Module):
         if self.gated_messages:
             s = x[:, : self.n_scalars]
             coef = coef * self.message_gate(s, src, dst, radial)
-        m = scale_channels(m, coef, self.mid_blocks)
-        agg = ops.aggregate(m, graph, "sum")
+        # sum_j coef_ij * m_ij channel by channel, without writing the scaled messages
+        agg = ops.aggregate_scaled(m, coef, graph, self.mid_blocks)
         return x + self.gate(self.lin(agg))
 
 

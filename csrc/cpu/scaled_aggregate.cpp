@@ -1,0 +1,197 @@
+// Channel-scaled aggregation over a destination-sorted CSR (graphattn.ops.aggregate_scaled):
+//
+//   out[i, c] = sum_{e in row i} coef[e, k(c)] * m[e, c]
+//
+// where the F columns of m are cut into blocks (mul_b, d_b): block b holds mul_b channels of
+// d_b consecutive columns each (an irreps layout: d = 2l + 1), and channel u of block b takes
+// the factor coef[e, K_b + u] (K_b = mul_0 + ... + mul_{b-1}). The scaled [E, F] messages are
+// never written: forward and backward are one pass each over the edges of every destination
+// row (no atomics), the backward giving
+//
+//   grad m[e, c]    = coef[e, k(c)] * grad_out[i, c]
+//   grad coef[e, k] = sum_{c in channel k} m[e, c] * grad_out[i, c].
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+
+namespace graphattn {
+namespace {
+
+struct Blocks {
+  std::vector<int64_t> mul, dim;
+  int64_t F = 0, K = 0;
+};
+
+Blocks check_blocks(at::IntArrayRef muls, at::IntArrayRef dims) {
+  TORCH_CHECK(muls.size() == dims.size() && !muls.empty(),
+              "graphattn: 'muls' and 'dims' must be non-empty and of equal length, got ",
+              muls.size(), " and ", dims.size());
+  Blocks b;
+  for (size_t t = 0; t < muls.size(); ++t) {
+    TORCH_CHECK(muls[t] >= 0 && dims[t] >= 1, "graphattn: block ", t,
+                " must have mul >= 0 and dim >= 1, got (", muls[t], ", ", dims[t], ")");
+    b.mul.push_back(muls[t]);
+    b.dim.push_back(dims[t]);
+    b.F += muls[t] * dims[t];
+    b.K += muls[t];
+  }
+  return b;
+}
+
+void check_inputs(const at::Tensor& m, const at::Tensor& coef, const at::Tensor& ptr,
+                  const Blocks& b) {
+  check_edge_values(m, "messages");
+  check_edge_values(coef, "coef");
+  TORCH_CHECK(m.device().is_cpu() && coef.device().is_cpu(),
+              "graphattn: 'messages' and 'coef' must be on the CPU");
+  TORCH_CHECK(coef.scalar_type() == m.scalar_type(), "graphattn: 'coef' must have the dtype of "
+              "'messages' (", m.scalar_type(), "), got ", coef.scalar_type());
+  TORCH_CHECK(m.size(1) == b.F, "graphattn: 'messages' must have ", b.F,
+              " columns (sum of mul * dim over the blocks), got ", m.size(1));
+  TORCH_CHECK(coef.size(0) == m.size(0) && coef.size(1) == b.K, "graphattn: 'coef' must have "
+              "shape [E=", m.size(0), ", K=", b.K, "] (K = sum of the muls), got ", coef.sizes());
+  check_ptr(ptr, m.size(0), "ptr");
+}
+
+int64_t grain_for(int64_t rows, int64_t E, int64_t F) {
+  const int64_t per_row = std::max<int64_t>(1, (E / std::max<int64_t>(1, rows)) * F);
+  return std::max<int64_t>(1, 16384 / per_row);
+}
+
+// w[c] = coef_e[k(c)]: the factor of every column (F values, in L1)
+template <typename scalar_t, typename acc_t>
+inline void expand_coef(const Blocks& b, const scalar_t* ce, acc_t* w) {
+  int64_t c0 = 0, k0 = 0;
+  for (size_t t = 0; t < b.mul.size(); ++t) {
+    const int64_t mul = b.mul[t], d = b.dim[t];
+    for (int64_t u = 0; u < mul; ++u)
+      for (int64_t r = 0; r < d; ++r) w[c0 + u * d + r] = acc_t(ce[k0 + u]);
+    c0 += mul * d;
+    k0 += mul;
+  }
+}
+
+template <typename scalar_t>
+void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, const int64_t* p,
+                    int64_t N, int64_t E, scalar_t* o) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t F = b.F, K = b.K;
+  at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(F), w(F);
+    for (int64_t i = begin; i < end; ++i) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t e = p[i]; e < p[i + 1]; ++e) {
+        expand_coef(b, cp + e * K, w.data());  // the edge's factor of every column
+        const scalar_t* me = mp + e * F;
+        acc_t* __restrict__ a = acc.data();
+        const acc_t* __restrict__ we = w.data();
+#pragma omp simd
+        for (int64_t c = 0; c < F; ++c) a[c] += we[c] * acc_t(me[c]);
+      }
+      scalar_t* oi = o + i * F;
+      for (int64_t c = 0; c < F; ++c) oi[c] = scalar_t(acc[c]);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const Blocks& b, const scalar_t* gp, const scalar_t* mp, const scalar_t* cp,
+                     const int64_t* p, int64_t N, int64_t E, scalar_t* gmp, scalar_t* gcp) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t F = b.F, K = b.K;
+  at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* gi = gp + i * F;
+      for (int64_t e = p[i]; e < p[i + 1]; ++e) {
+        int64_t c0 = 0, k0 = 0;
+        for (size_t t = 0; t < b.mul.size(); ++t) {
+          const int64_t mul = b.mul[t], d = b.dim[t];
+          const scalar_t* cb = cp + e * K + k0;
+          const scalar_t* gb = gi + c0;
+          if (gmp) {
+            scalar_t* __restrict__ o = gmp + e * F + c0;
+            if (d == 1) {
+#pragma omp simd
+              for (int64_t u = 0; u < mul; ++u) o[u] = scalar_t(acc_t(cb[u]) * acc_t(gb[u]));
+            } else {
+              for (int64_t u = 0; u < mul; ++u)
+                for (int64_t r = 0; r < d; ++r)
+                  o[u * d + r] = scalar_t(acc_t(cb[u]) * acc_t(gb[u * d + r]));
+            }
+          }
+          if (gcp) {
+            const scalar_t* mb = mp + e * F + c0;
+            scalar_t* __restrict__ o = gcp + e * K + k0;
+            if (d == 1) {
+#pragma omp simd
+              for (int64_t u = 0; u < mul; ++u) o[u] = scalar_t(acc_t(mb[u]) * acc_t(gb[u]));
+            } else {
+              for (int64_t u = 0; u < mul; ++u) {
+                acc_t s = 0;
+                for (int64_t r = 0; r < d; ++r) s += acc_t(mb[u * d + r]) * acc_t(gb[u * d + r]);
+                o[u] = scalar_t(s);
+              }
+            }
+          }
+          c0 += mul * d;
+          k0 += mul;
+        }
+      }
+    }
+  });
+}
+
+at::Tensor scaled_aggregate_cpu(const at::Tensor& m_, const at::Tensor& coef_,
+                                const at::Tensor& ptr, at::IntArrayRef muls,
+                                at::IntArrayRef dims) {
+  const Blocks b = check_blocks(muls, dims);
+  check_inputs(m_, coef_, ptr, b);
+  const at::Tensor m = m_.contiguous(), coef = coef_.contiguous();
+  const int64_t N = ptr.numel() - 1, E = m.size(0);
+  at::Tensor out = at::empty({N, b.F}, m.options());
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "graphattn::scaled_aggregate", [&] {
+    forward_kernel<scalar_t>(b, m.data_ptr<scalar_t>(), coef.data_ptr<scalar_t>(),
+                             ptr.data_ptr<int64_t>(), N, E, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
+    const at::Tensor& grad_, const at::Tensor& m_, const at::Tensor& coef_,
+    const at::Tensor& ptr, at::IntArrayRef muls, at::IntArrayRef dims, bool need_messages,
+    bool need_coef) {
+  const Blocks b = check_blocks(muls, dims);
+  check_inputs(m_, coef_, ptr, b);
+  const int64_t N = ptr.numel() - 1, E = m_.size(0), F = b.F, K = b.K;
+  TORCH_CHECK(grad_.dim() == 2 && grad_.size(0) == N && grad_.size(1) == F,
+              "graphattn: 'grad_out' must have shape [N=", N, ", F=", F, "], got ",
+              grad_.sizes());
+  TORCH_CHECK(grad_.scalar_type() == m_.scalar_type() && grad_.device().is_cpu(),
+              "graphattn: 'grad_out' must be a CPU tensor of dtype ", m_.scalar_type());
+  const at::Tensor g = grad_.contiguous(), m = m_.contiguous(), coef = coef_.contiguous();
+  // every edge lies in one row (check_ptr), so every row of both gradients is written
+  at::Tensor gm = need_messages ? at::empty({E, F}, m.options()) : m.new_empty({0, F});
+  at::Tensor gc = need_coef ? at::empty({E, K}, m.options()) : m.new_empty({0, K});
+  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "graphattn::scaled_aggregate_backward", [&] {
+    backward_kernel<scalar_t>(b, g.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+                              coef.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(), N, E,
+                              need_messages ? gm.data_ptr<scalar_t>() : nullptr,
+                              need_coef ? gc.data_ptr<scalar_t>() : nullptr);
+  });
+  return {gm, gc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphattn, CPU, m) {
+  m.impl("scaled_aggregate", &scaled_aggregate_cpu);
+  m.impl("scaled_aggregate_backward", &scaled_aggregate_backward_cpu);
+}
+
+}  // namespace graphattn
