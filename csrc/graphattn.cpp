@@ -37,6 +37,15 @@ TORCH_LIBRARY(graphattn, m) {
   m.def(
       "scaled_aggregate_backward(Tensor grad_out, Tensor messages, Tensor coef, Tensor ptr, "
       "int[] muls, int[] dims, bool need_messages, bool need_coef) -> (Tensor, Tensor)");
+  // Channel-wise tensor product of per-edge features x with harmonics y and per-edge weights
+  // (csrc/cpu/tensor_product.cpp); meta [P, 9] and coupling describe the paths.
+  m.def(
+      "depthwise_tp(Tensor x, Tensor y, Tensor weight, Tensor coupling, Tensor meta, "
+      "SymInt out_dim) -> Tensor");
+  m.def(
+      "depthwise_tp_backward(Tensor grad_out, Tensor x, Tensor y, Tensor weight, "
+      "Tensor coupling, Tensor meta, bool need_x, bool need_y, bool need_weight) "
+      "-> (Tensor, Tensor, Tensor)");
   // The forward of edge_attention takes the CSC view only so that its autograd formula
   // (registered from Python) can hand it to the backward; the forward kernel ignores it.
   // kv_shared (backward): k and v are the same tensor (GATv2, self-attention on one

@@ -266,6 +266,43 @@ if WITH_EXT:
         "graphattn::segment_reduce", _sr_backward, setup_context=_sr_setup
     )
 
+    @torch.library.register_fake("graphattn::depthwise_tp")
+    def _tp_fake(x, y, weight, coupling, meta, out_dim):
+        return x.new_empty(x.shape[0], out_dim)
+
+    @torch.library.register_fake("graphattn::depthwise_tp_backward")
+    def _tp_bwd_fake(grad_out, x, y, weight, coupling, meta, need_x, need_y, need_weight):
+        return (torch.empty_like(x) if need_x else x.new_empty(0, x.shape[1]),
+                torch.empty_like(y) if need_y else y.new_empty(0, y.shape[1]),
+                torch.empty_like(weight) if need_weight else weight.new_empty(0, weight.shape[1]))
+
+    def _tp_setup(ctx, inputs, output):
+        x, y, weight, coupling, meta, out_dim = inputs
+        ctx.save_for_backward(x, y, weight, coupling, meta)
+        ctx.out_dim = out_dim
+
+    def _tp_backward(ctx, grad_out):
+        x, y, weight, coupling, meta = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference form
+            from . import _reference
+
+            ins = (x, y, weight)
+            wanted = [t for t, n in zip(ins, need) if n]
+            out = _reference.depthwise_tp(x, y, weight, coupling, meta, ctx.out_dim)
+            res = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True,
+                                           allow_unused=True))
+            grads = [(next(res) if n else None) for n in need]
+            grads = [torch.zeros_like(t) if n and g is None else g
+                     for t, n, g in zip(ins, need, grads)]
+            return (*grads, None, None, None)
+        gx, gy, gw = ops.depthwise_tp_backward(grad_out, x, y, weight, coupling, meta, *need)
+        return (*(g if n else None for g, n in zip((gx, gy, gw), need)), None, None, None)
+
+    torch.library.register_autograd(
+        "graphattn::depthwise_tp", _tp_backward, setup_context=_tp_setup
+    )
+
     @torch.library.register_fake("graphattn::scaled_aggregate")
     def _sa_fake(messages, coef, ptr, muls, dims):
         return messages.new_empty(ptr.shape[0] - 1, messages.shape[1])

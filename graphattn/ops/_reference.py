@@ -93,6 +93,26 @@ def scaled_aggregate(m: Tensor, coef: Tensor, ptr: Tensor,
     return segment_reduce(scale_channels(m, coef, blocks), ptr, "sum")[0]
 
 
+def depthwise_tp(x: Tensor, y: Tensor, weight: Tensor, coupling: Tensor, meta: Tensor,
+                 out_dim: int) -> Tensor:
+    r"""Channel-wise tensor product from its path table (the oracle of the native
+    ``depthwise_tp``): for every row ``(x_p, y_p, o_p, w_p, c_p, mul, d1, d2, d3)`` of ``meta``,
+    :math:`out[e, o_p + u d_3 + k] = w[e, w_p + u] \sum_{i,j} C_p[i, j, k]\, x[e, x_p + u d_1 + i]
+    \, y[e, y_p + j]` with :math:`C_p` = ``coupling[c_p : c_p + d1 d2 d3]`` as
+    ``[d1, d2, d3]``. Plain autograd (any order)."""
+    E = x.shape[0]
+    outs = []
+    for xo, yo, _, wo, co, mul, d1, d2, d3 in meta.tolist():
+        C = coupling[co: co + d1 * d2 * d3].view(d1, d2, d3).to(x.dtype)
+        op = torch.einsum("ijk,ej->eik", C, y[:, yo: yo + d2])
+        r = torch.einsum("eui,eik->euk", x[:, xo: xo + mul * d1].reshape(E, mul, d1), op)
+        outs.append((r * weight[:, wo: wo + mul].unsqueeze(-1)).reshape(E, mul * d3))
+    out = torch.cat(outs, -1) if outs else x.new_zeros(E, 0)
+    if out.shape[1] != out_dim:
+        raise ValueError(f"'meta' covers {out.shape[1]} output columns, expected {out_dim}")
+    return out
+
+
 def edge_scores(
     q: Tensor,
     k: Tensor,

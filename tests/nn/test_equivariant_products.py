@@ -1,5 +1,5 @@
-"""The block-wise tensor product and linear map equal e3nn's modules they replace (values and
-gradients, float64), and stay equivariant."""
+"""The block-wise tensor product (native kernel and torch form) and linear map equal e3nn's
+modules they replace (values and gradients, float64), and stay equivariant."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ pytest.importorskip("e3nn")
 from e3nn import o3  # noqa: E402
 from e3nn.util.test import assert_equivariant  # noqa: E402
 
+from graphattn import ops  # noqa: E402
 from graphattn.nn.equivariant.products import (  # noqa: E402
     DepthwiseTensorProduct,
     IrrepsLinear,
@@ -28,7 +29,7 @@ def _grads(out, inputs, probe):
 
 
 @pytest.mark.parametrize("irreps,lmax", CASES)
-def test_depthwise_tensor_product_equals_e3nn(irreps, lmax):
+def test_depthwise_tensor_product_equals_e3nn(backend, irreps, lmax):
     irreps, sh = o3.Irreps(irreps), o3.Irreps.spherical_harmonics(lmax)
     ref, mid = depthwise_tensor_product(irreps, sh, irreps)
     tp = DepthwiseTensorProduct(irreps, sh, irreps)
@@ -70,3 +71,48 @@ def test_irreps_linear_equals_e3nn(irreps, lmax):
 def test_bad_sh_irreps_raise():
     with pytest.raises(ValueError, match="irreps_sh"):
         DepthwiseTensorProduct("4x0e+2x1o", "2x0e+1x1o", "4x0e+2x1o")
+
+
+native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._C not built")
+
+
+@native_only
+@pytest.mark.parametrize("irreps,lmax", [("3x0e+2x1o+1x2e", 2), ("2x0e+1x1o+1x2e+1x3o", 3)])
+def test_native_tensor_product_second_order_and_opcheck(irreps, lmax):
+    """Second derivatives through the native op (its backward under create_graph is the
+    reference form's), and torch.library.opcheck of the op (fake, autograd registration)."""
+    irreps, sh = o3.Irreps(irreps), o3.Irreps.spherical_harmonics(lmax)
+    tp = DepthwiseTensorProduct(irreps, sh, irreps)
+    E = 3
+    x = torch.randn(E, irreps.dim, requires_grad=True)
+    y = torch.randn(E, sh.dim, requires_grad=True)
+    w = torch.randn(E, tp.weight_numel, requires_grad=True)
+    assert torch.autograd.gradgradcheck(tp, (x, y, w))
+    wc = w * tp.path_const
+    torch.library.opcheck(torch.ops.graphattn.depthwise_tp.default,
+                          (x, y, wc.detach().requires_grad_(), tp.coupling, tp.meta, tp.dim_out))
+
+
+@native_only
+def test_native_tensor_product_refuses_bad_tables():
+    """Called directly, the C++ op checks its path table against the inputs and names what is
+    wrong instead of reading out of bounds."""
+    tp = DepthwiseTensorProduct("4x0e+2x1o", "1x0e+1x1o", "4x0e+2x1o")
+    E = 3
+    x, y = torch.randn(E, tp.irreps_in.dim), torch.randn(E, tp.irreps_sh.dim)
+    w = torch.randn(E, tp.weight_numel)
+    op = torch.ops.graphattn.depthwise_tp
+    bad = tp.meta.clone()
+    bad[0, 0] = 1000  # x offset past the features
+    with pytest.raises(RuntimeError, match="'meta' row 0 addresses outside the inputs"):
+        op(x, y, w, tp.coupling, bad, tp.dim_out)
+    with pytest.raises(RuntimeError, match="'meta' covers"):
+        op(x, y, w, tp.coupling, tp.meta, tp.dim_out + 1)
+    with pytest.raises(RuntimeError, match="'y' must have shape"):
+        op(x, y[:2], w, tp.coupling, tp.meta, tp.dim_out)
+    with pytest.raises(RuntimeError, match="'weight' must be a CPU tensor of dtype"):
+        op(x, y, w.float(), tp.coupling, tp.meta, tp.dim_out)
+    shared = tp.meta.clone()
+    shared[1, 3] = shared[0, 3]  # two paths reading the same weights
+    with pytest.raises(RuntimeError, match="share weight column"):
+        op(x, y, w, tp.coupling, shared, tp.dim_out)
