@@ -156,7 +156,9 @@ void tp_backward(const std::vector<Path>& paths, const scalar_t* g, const scalar
   using acc_t = typename Acc<scalar_t>::type;
   at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
     acc_t op[kMaxD * kMaxD], G[kMaxD * kMaxD];
-    std::vector<acc_t> gxe(Dx), gye(Dy);
+    int64_t max_mul = 0;
+    for (const Path& t : paths) max_mul = std::max(max_mul, t.mul);
+    std::vector<acc_t> gxe(Dx), gye(Dy), gop(max_mul);
     for (int64_t e = begin; e < end; ++e) {
       const scalar_t* xe = x + e * Dx;
       const scalar_t* ye = y + e * Dy;
@@ -170,18 +172,40 @@ void tp_backward(const std::vector<Path>& paths, const scalar_t* g, const scalar
         const scalar_t* gu = ge + t.o;
         if (gy) std::fill(G, G + t.d1 * t.d3, acc_t(0));
         if (t.d1 == 1) {  // scalar input channels: (x_u op)[k] = x[u] op[k]
-          const int64_t d3 = t.d3;
-          for (int64_t u = 0; u < t.mul; ++u) {
-            const acc_t wu = acc_t(we[t.w + u]), xv = acc_t(xu[u]);
-            acc_t go = 0;  // sum_k g[u, k] op[k]
-            for (int64_t k = 0; k < d3; ++k) {
-              const acc_t gk = acc_t(gu[u * d3 + k]);
-              go += gk * op[k];
-              if (gy) G[k] += wu * xv * gk;
+          const int64_t d3 = t.d3, mul = t.mul;
+          const scalar_t* __restrict__ wv = we + t.w;
+          acc_t* __restrict__ go = gop.data();  // go[u] = sum_k g[u, k] op[k]
+          if (d3 == 1) {
+            const acc_t o0 = op[0];
+#pragma omp simd
+            for (int64_t u = 0; u < mul; ++u) go[u] = acc_t(gu[u]) * o0;
+          } else if (d3 == 3) {
+            const acc_t o0 = op[0], o1 = op[1], o2 = op[2];
+#pragma omp simd
+            for (int64_t u = 0; u < mul; ++u)
+              go[u] = acc_t(gu[3 * u]) * o0 + acc_t(gu[3 * u + 1]) * o1 + acc_t(gu[3 * u + 2]) * o2;
+          } else {
+            for (int64_t u = 0; u < mul; ++u) {
+              acc_t s = 0;
+              for (int64_t k = 0; k < d3; ++k) s += acc_t(gu[u * d3 + k]) * op[k];
+              go[u] = s;
             }
-            if (gw) gw[e * W + t.w + u] = scalar_t(xv * go);
-            if (gx) gxe[t.x + u] += wu * go;
           }
+          if (gw) {
+            scalar_t* __restrict__ o = gw + e * W + t.w;
+#pragma omp simd
+            for (int64_t u = 0; u < mul; ++u) o[u] = scalar_t(acc_t(xu[u]) * go[u]);
+          }
+          if (gx) {
+            acc_t* __restrict__ o = gxe.data() + t.x;
+#pragma omp simd
+            for (int64_t u = 0; u < mul; ++u) o[u] += acc_t(wv[u]) * go[u];
+          }
+          if (gy)
+            for (int64_t u = 0; u < mul; ++u) {
+              const acc_t wx = acc_t(wv[u]) * acc_t(xu[u]);
+              for (int64_t k = 0; k < d3; ++k) G[k] += wx * acc_t(gu[u * d3 + k]);
+            }
         } else if (t.d3 == 1) {  // scalar output channels: out[u] = w[u] <x_u, op>
           const int64_t d1 = t.d1;
           for (int64_t u = 0; u < t.mul; ++u) {
