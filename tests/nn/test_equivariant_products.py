@@ -43,6 +43,11 @@ def test_depthwise_tensor_product_equals_e3nn(backend, irreps, lmax):
     probe = torch.randn_like(a)
     for ga, gb in zip(_grads(a, (x, y, w), probe), _grads(b, (x, y, w), probe)):
         torch.testing.assert_close(gb, ga, atol=1e-12, rtol=1e-12)
+    # harmonics without a gradient (energy-only training): the native kernel where built
+    b = tp(x, y.detach(), w)
+    torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+    for ga, gb in zip(_grads(a, (x, w), probe), _grads(b, (x, w), probe)):
+        torch.testing.assert_close(gb, ga, atol=1e-12, rtol=1e-12)
     # a wrong Clebsch-Gordan contraction (e.g. a transposed w3j) would break this
     assert_equivariant(lambda x_, y_: tp(x_, y_, w.detach()), args_in=[x.detach(), y.detach()],
                        irreps_in=[irreps, sh], irreps_out=[mid], tolerance=1e-9)
@@ -87,7 +92,17 @@ def test_native_tensor_product_second_order_and_opcheck(irreps, lmax):
     x = torch.randn(E, irreps.dim, requires_grad=True)
     y = torch.randn(E, sh.dim, requires_grad=True)
     w = torch.randn(E, tp.weight_numel, requires_grad=True)
-    assert torch.autograd.gradgradcheck(tp, (x, y, w))
+
+    def native(x, y, w):
+        return torch.ops.graphattn.depthwise_tp(x, y, w * tp.path_const, tp.coupling, tp.meta,
+                                                tp.dim_out)
+
+    torch.testing.assert_close(native(x, y, w), tp.forward_torch(x, y, w))
+    assert torch.autograd.gradgradcheck(native, (x, y, w))
+    # the module takes the kernel when the harmonics carry no gradient, and the torch form
+    # (native torch second derivatives, for conservative forces) when they do
+    assert "depthwise_tp" in tp(x, y.detach(), w).grad_fn.name()
+    assert "depthwise_tp" not in tp(x, y, w).grad_fn.name()
     wc = w * tp.path_const
     torch.library.opcheck(torch.ops.graphattn.depthwise_tp.default,
                           (x, y, wc.detach().requires_grad_(), tp.coupling, tp.meta, tp.dim_out))

@@ -162,7 +162,10 @@ class DepthwiseTensorProduct(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, weight: Tensor) -> Tensor:
         w = weight * self.path_const.to(weight.dtype)
-        if _native_tp(x, y, w):
+        # harmonics with a gradient mean forces -dE/dr, usually trained on (double backward):
+        # the torch form's second derivatives are torch's own, the kernel's would recompute
+        # the reference form (2x slower per conservative step), so it serves the first case only
+        if not y.requires_grad and _native_tp(x, y, w):
             # one pass per edge (csrc/cpu/tensor_product.cpp), same function
             return torch.ops.graphattn.depthwise_tp(x, y, w, self.coupling, self.meta,
                                                     self.dim_out)
