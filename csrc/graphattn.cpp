@@ -46,6 +46,12 @@ TORCH_LIBRARY(graphattn, m) {
       "depthwise_tp_backward(Tensor grad_out, Tensor x, Tensor y, Tensor weight, "
       "Tensor coupling, Tensor meta, bool need_x, bool need_y, bool need_weight) "
       "-> (Tensor, Tensor, Tensor)");
+  // Scores of destination queries q [N_dst, H, F] against per-edge keys k [E, F]
+  // (csrc/cpu/edge_dot.cpp): s[e, h] = q[dst(e), h] . k[e].
+  m.def("edge_query_dot(Tensor q, Tensor k, Tensor ptr) -> Tensor");
+  m.def(
+      "edge_query_dot_backward(Tensor grad_out, Tensor q, Tensor k, Tensor ptr, bool need_q, "
+      "bool need_k) -> (Tensor, Tensor)");
   // The forward of edge_attention takes the CSC view only so that its autograd formula
   // (registered from Python) can hand it to the backward; the forward kernel ignores it.
   // kv_shared (backward): k and v are the same tensor (GATv2, self-attention on one

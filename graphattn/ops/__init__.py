@@ -1,4 +1,5 @@
-r"""The attention core: edge softmax, fused edge attention and segment reductions.
+r"""The attention core: edge softmax, fused edge attention, segment reductions and the
+channel-scaled aggregation of the equivariant layers.
 
 Every op is functional (tensors in, tensors out) and works on an
 :class:`~graphattn.index.EdgeGraph` (destination-sorted CSR, built once per ``edge_index``
@@ -6,7 +7,8 @@ and cached). Two implementations stand behind each op:
 
 * ``native``: the fused kernels of ``graphattn._C`` (``torch.ops.graphattn.*``): C++/OpenMP
   on the CPU and CUDA on the GPU (when built with a CUDA toolkit), which never materialise
-  an ``[E, H, C]`` tensor, forward or backward;
+  an ``[E, H, C]`` tensor, forward or backward (:func:`aggregate_scaled` has a CPU kernel
+  only; on the GPU it takes the reference form);
 * ``reference``: pure torch (:mod:`graphattn.ops._reference`), the fallback when the
   extension is not built and the oracle of the tests.
 
@@ -33,6 +35,7 @@ __all__ = [
     "backend",
     "build_graph",
     "edge_attention",
+    "edge_query_dot",
     "segment_max",
     "segment_mean",
     "segment_softmax",
@@ -313,6 +316,44 @@ def aggregate_scaled(messages: Tensor, coef: Tensor, graph: EdgeGraph,
             m, c, graph.ptr, [mul for mul, _ in b], [d for _, d in b]
         )
     return _reference.scaled_aggregate(m, c, graph.ptr, b)
+
+
+def edge_query_dot(q: Tensor, k: Tensor, graph: EdgeGraph) -> Tensor:
+    r"""Scores of per-node queries against per-edge keys, every head against one key row:
+
+    .. math::
+        s_{e}^{(h)} = \mathbf{q}_i^{(h)} \cdot \mathbf{k}_e, \qquad e = (j \to i).
+
+    For keys that are a linear map of per-edge features, :math:`\mathbf{k}_e = W^\top
+    \mathbf{m}_e`, pass :math:`W \mathbf{q}_i` and the features: the map is applied once per
+    node instead of once per edge (MLANet's geometric attention). The native CPU kernel goes by
+    destination rows, forward and backward, without an ``[E, H, F]`` temporary (the reference
+    path, and the GPU, build it).
+
+    Args:
+        q (Tensor): ``[num_dst, H, F]``.
+        k (Tensor): ``[E, F]``, in the caller's edge order.
+        graph (EdgeGraph): the edge set.
+
+    Returns:
+        Tensor ``[E, H]`` in the caller's edge order.
+    """
+    _check_tensor(q, "q")
+    _check_tensor(k, "k")
+    _check_same(q, k, "q", "k")
+    graph = _check_graph(graph, k)
+    if q.dim() != 3 or q.size(0) != graph.num_dst:
+        raise ValueError(f"'q' must have shape [num_dst={graph.num_dst}, H, F], got "
+                         f"{list(q.shape)}")
+    if k.dim() != 2 or k.size(0) != graph.num_edges or k.size(1) != q.size(2):
+        raise ValueError(f"'k' must have shape [E={graph.num_edges}, F={q.size(2)}], got "
+                         f"{list(k.shape)}")
+    kc = graph.to_csr(k)
+    if _use_native(kc) and kc.device.type == "cpu":
+        s = torch.ops.graphattn.edge_query_dot(q, kc, graph.ptr)
+    else:
+        s = _reference.edge_query_dot(q, kc, graph.dst)
+    return graph.from_csr(s)
 
 
 # ---- fused edge attention -------------------------------------------------------------------

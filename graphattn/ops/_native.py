@@ -266,6 +266,37 @@ if WITH_EXT:
         "graphattn::segment_reduce", _sr_backward, setup_context=_sr_setup
     )
 
+    @torch.library.register_fake("graphattn::edge_query_dot")
+    def _eqd_fake(q, k, ptr):
+        return k.new_empty(k.shape[0], q.shape[1])
+
+    @torch.library.register_fake("graphattn::edge_query_dot_backward")
+    def _eqd_bwd_fake(grad_out, q, k, ptr, need_q, need_k):
+        return (torch.empty_like(q) if need_q else q.new_empty(0, q.shape[1], q.shape[2]),
+                torch.empty_like(k) if need_k else k.new_empty(0, k.shape[1]))
+
+    def _eqd_setup(ctx, inputs, output):
+        q, k, ptr = inputs
+        ctx.save_for_backward(q, k, ptr)
+
+    def _eqd_backward(ctx, grad_out):
+        q, k, ptr = ctx.saved_tensors
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            seg = _segments(ptr, k.shape[0])
+            gq = gk = None
+            if need_q:
+                gq = torch.zeros_like(q).index_add(0, seg, grad_out.unsqueeze(-1) * k.unsqueeze(1))
+            if need_k:
+                gk = (grad_out.unsqueeze(-1) * q.index_select(0, seg)).sum(1)
+            return gq, gk, None
+        gq, gk = ops.edge_query_dot_backward(grad_out, q, k, ptr, need_q, need_k)
+        return gq if need_q else None, gk if need_k else None, None
+
+    torch.library.register_autograd(
+        "graphattn::edge_query_dot", _eqd_backward, setup_context=_eqd_setup
+    )
+
     @torch.library.register_fake("graphattn::depthwise_tp")
     def _tp_fake(x, y, weight, coupling, meta, out_dim):
         return x.new_empty(x.shape[0], out_dim)

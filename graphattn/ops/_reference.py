@@ -93,6 +93,12 @@ def scaled_aggregate(m: Tensor, coef: Tensor, ptr: Tensor,
     return segment_reduce(scale_channels(m, coef, blocks), ptr, "sum")[0]
 
 
+def edge_query_dot(q: Tensor, k: Tensor, dst: Tensor) -> Tensor:
+    """``s[e, h] = q[dst[e], h] . k[e]`` for ``q [N, H, F]`` and per-edge ``k [E, F]`` (an
+    ``[E, H, F]`` temporary)."""
+    return (q.index_select(0, dst) * k.unsqueeze(1)).sum(-1)
+
+
 def depthwise_tp(x: Tensor, y: Tensor, weight: Tensor, coupling: Tensor, meta: Tensor,
                  out_dim: int) -> Tensor:
     r"""Channel-wise tensor product from its path table (the oracle of the native

@@ -24,6 +24,7 @@ from graphattn.nn.equivariant import (  # noqa: E402
     default_irreps,
 )
 from graphattn.nn.equivariant.mlanet import _ptr  # noqa: E402
+from tests.conftest import BACKENDS  # noqa: E402
 
 IRREPS = o3.Irreps(default_irreps(8, 4, 2))
 
@@ -355,14 +356,22 @@ def test_channel_broadcasts_match_explicit_column_maps():
                                m * g[:, channel] * alpha[:, head])
     m_t = m.t().contiguous().t()  # column-major: every block a strided view
     torch.testing.assert_close(scale_channels(m_t, coef, blocks), scale_channels(m, coef, blocks))
+    # MLANet's geometric logits: the key map folded into per-node queries gives the per-head
+    # sums of q_i * (W^k m_ij) over the components of each head's key irreps
     layer = MLANetInteraction(IRREPS, lmax=2, heads=2)
     key_head = []
     for mul, ir in layer.irreps_key:
         for u in range(mul):
             key_head += [u % 2] * ir.dim
-    qk = torch.randn(E, layer.irreps_key.dim)
+    N = 5
+    ei = torch.randint(0, N, (2, E))
+    x, feats = torch.randn(N, layer.irreps_node.dim), torch.randn(E, layer.conv.irreps_mid.dim)
+    qk = layer.q_geo(x)[ei[1]] * layer.k_geo(feats)
     want = torch.zeros(E, 2).index_add_(1, torch.tensor(key_head), qk)
-    torch.testing.assert_close(layer._head_sums(qk), want)
+    for name in BACKENDS:
+        with ops.set_backend(name):
+            got = ops.edge_query_dot(layer.geo_queries(x), feats, ops.build_graph(ei, N))
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.slow

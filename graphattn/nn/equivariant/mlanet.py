@@ -117,7 +117,7 @@ class MLANetInteraction(nn.Module):
         return torch.nn.functional.softplus(self.temperature) + 0.1
 
     def logits(self, x: Tensor, edge_index: Tensor, geom: dict,
-               edge_features: Tensor | None = None) -> Tensor:
+               edge_features: Tensor | None = None, graph=None) -> Tensor:
         """:math:`a^{chem} + a^{geo}`, ``[E, H]``."""
         src, dst = edge_index[0], edge_index[1]
         a = x.new_zeros(edge_index.shape[1], self.heads)
@@ -130,17 +130,24 @@ class MLANetInteraction(nn.Module):
         if self.geometric:
             if edge_features is None:
                 edge_features = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
-            k = self.k_geo(edge_features)  # keys: neighbour features rotated by the edge
-            qk = self.q_geo(x).index_select(0, dst) * k  # per-component products
-            a = a + self._head_sums(qk) * self.key_scale / self.tau()
+            if graph is None:
+                graph = ops.build_graph(edge_index, x.shape[0], cache=False)
+            # <W^q x_i, W^k m_ij>_h = <Q_ih, m_ij>: the key map folded into the queries, once
+            # per node, instead of applied to every edge's features
+            a = a + ops.edge_query_dot(self.geo_queries(x), edge_features, graph) * (
+                self.key_scale / self.tau())
         return a
 
-    def _head_sums(self, qk: Tensor) -> Tensor:
-        """``[E, key dim] -> [E, H]``: the sum over each key irrep's components (an invariant
-        dot product) and over the irrep copies of a head (copy ``u`` belongs to head
-        ``u mod H``; every multiplicity is a multiple of ``H``), as one product with the 0/1
-        ``head_map``."""
-        return qk @ self.head_map.to(qk.dtype)
+    def geo_queries(self, x: Tensor) -> Tensor:
+        r""":math:`Q_{i,h} = M\,(W^q x_i \odot \mathbb{1}_h)`, ``[N, H, dim irreps_mid]``: the
+        geometric query of head :math:`h` (its key irreps' components; copy ``u`` of each key
+        irrep belongs to head ``u mod H``, the 0/1 ``head_map``) mapped back through the key
+        map's matrix :math:`M` (:meth:`IrrepsLinear.matrix`), so that
+        :math:`\langle Q_{i,h}, m_{ij}\rangle = \sum_{c \in h} (W^q x_i)_c\,(M^\top m_{ij})_c`,
+        the invariant per-head inner product of the module docstring."""
+        q = self.q_geo(x)  # [N, key dim]
+        M = self.k_geo.matrix().to(q.dtype)  # [dim mid, key dim]
+        return torch.einsum("nk,kh,ck->nhc", q, self.head_map.to(q.dtype), M)
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
@@ -149,7 +156,7 @@ class MLANetInteraction(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         feats = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
         logf = torch.log(geom["fc"].clamp_min(1e-30)).unsqueeze(-1)
-        p = ops.segment_softmax(self.logits(x, edge_index, geom, feats) + logf, graph)
+        p = ops.segment_softmax(self.logits(x, edge_index, geom, feats, graph) + logf, graph)
         alpha = p * geom["fc"].unsqueeze(-1)
         out = self.conv(x, alpha, graph, src, dst, geom["radial"], geom["sh"], feats)
         return (out, p) if return_attention else out
