@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "grain.h"
 
 namespace graphattn {
 namespace {
@@ -36,16 +37,11 @@ void check_dot_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   check_ptr(ptr, k.size(0), "ptr");
 }
 
-int64_t dot_grain(int64_t rows, int64_t E, int64_t F) {
-  const int64_t per_row = std::max<int64_t>(1, (E / std::max<int64_t>(1, rows)) * F);
-  return std::max<int64_t>(1, 16384 / per_row);
-}
-
 template <typename scalar_t>
 void dot_forward(const scalar_t* q, const scalar_t* k, const int64_t* p, int64_t N, int64_t H,
                  int64_t F, int64_t E, scalar_t* s) {
   using acc_t = typename Acc<scalar_t>::type;
-  at::parallel_for(0, N, dot_grain(N, E, F), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
       for (int64_t e = p[i]; e < p[i + 1]; ++e) {
         const scalar_t* __restrict__ ke = k + e * F;
@@ -64,7 +60,7 @@ template <typename scalar_t>
 void dot_backward(const scalar_t* g, const scalar_t* q, const scalar_t* k, const int64_t* p,
                   int64_t N, int64_t H, int64_t F, int64_t E, scalar_t* gq, scalar_t* gk) {
   using acc_t = typename Acc<scalar_t>::type;
-  at::parallel_for(0, N, dot_grain(N, E, F), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gqi(gq ? H * F : 0), gke(F);
     for (int64_t i = begin; i < end; ++i) {
       if (gq) std::fill(gqi.begin(), gqi.end(), acc_t(0));

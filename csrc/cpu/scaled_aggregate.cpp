@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "grain.h"
 
 namespace graphattn {
 namespace {
@@ -59,11 +60,6 @@ void check_inputs(const at::Tensor& m, const at::Tensor& coef, const at::Tensor&
   check_ptr(ptr, m.size(0), "ptr");
 }
 
-int64_t grain_for(int64_t rows, int64_t E, int64_t F) {
-  const int64_t per_row = std::max<int64_t>(1, (E / std::max<int64_t>(1, rows)) * F);
-  return std::max<int64_t>(1, 16384 / per_row);
-}
-
 // w[c] = coef_e[k(c)]: the factor of every column (F values, in L1)
 template <typename scalar_t, typename acc_t>
 inline void expand_coef(const Blocks& b, const scalar_t* ce, acc_t* w) {
@@ -82,7 +78,7 @@ void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, con
                     int64_t N, int64_t E, scalar_t* o) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t F = b.F, K = b.K;
-  at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(F), w(F);
     for (int64_t i = begin; i < end; ++i) {
       std::fill(acc.begin(), acc.end(), acc_t(0));
@@ -105,7 +101,7 @@ void backward_kernel(const Blocks& b, const scalar_t* gp, const scalar_t* mp, co
                      const int64_t* p, int64_t N, int64_t E, scalar_t* gmp, scalar_t* gcp) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t F = b.F, K = b.K;
-  at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* gi = gp + i * F;
       for (int64_t e = p[i]; e < p[i + 1]; ++e) {

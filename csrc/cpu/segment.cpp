@@ -11,14 +11,10 @@
 #include <vector>
 
 #include "checks.h"
+#include "grain.h"
 
 namespace graphattn {
 namespace {
-
-int64_t grain_for(int64_t rows, int64_t E, int64_t F) {
-  const int64_t per_row = std::max<int64_t>(1, (E / std::max<int64_t>(1, rows)) * F);
-  return std::max<int64_t>(1, 16384 / per_row);
-}
 
 void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name) {
   check_edge_values(t, name);
@@ -37,7 +33,7 @@ at::Tensor segment_softmax_cpu(const at::Tensor& scores_, const at::Tensor& ptr)
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t* p = ptr.data_ptr<int64_t>();
     const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
-    at::parallel_for(0, N, grain_for(N, E, H), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, row_grain(N, E, H), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> mx(H), sum(H);
       for (int64_t i = begin; i < end; ++i) {
         std::fill(mx.begin(), mx.end(), NEG_INF);
@@ -74,7 +70,7 @@ at::Tensor segment_softmax_backward_cpu(const at::Tensor& out_, const at::Tensor
     const scalar_t* g = grad.data_ptr<scalar_t>();
     scalar_t* gi = gin.data_ptr<scalar_t>();
     const int64_t* p = ptr.data_ptr<int64_t>();
-    at::parallel_for(0, N, grain_for(N, E, H), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, row_grain(N, E, H), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> dot(H);
       for (int64_t i = begin; i < end; ++i) {
         std::fill(dot.begin(), dot.end(), acc_t(0));
@@ -105,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> segment_reduce_cpu(const at::Tensor& src_,
     scalar_t* o = out.data_ptr<scalar_t>();
     int64_t* a = code == 2 ? arg.data_ptr<int64_t>() : nullptr;
     const int64_t* p = ptr.data_ptr<int64_t>();
-    at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(F);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t deg = p[i + 1] - p[i];
@@ -154,7 +150,7 @@ at::Tensor segment_reduce_backward_cpu(const at::Tensor& grad_, const at::Tensor
     const int64_t* p = ptr.data_ptr<int64_t>();
     const at::Tensor argc = code == 2 ? arg.contiguous() : arg;
     const int64_t* a = code == 2 ? argc.data_ptr<int64_t>() : nullptr;
-    at::parallel_for(0, N, grain_for(N, num_edges, F), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, row_grain(N, num_edges, F), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t deg = p[i + 1] - p[i];
         if (deg == 0) continue;

@@ -277,15 +277,21 @@ std::vector<acc_t> coupling_values(const at::Tensor& coupling) {
   return std::vector<acc_t>(p, p + c.numel());
 }
 
+// x, y, weight: [E, *] CPU tensors of one float dtype; returns E
+int64_t check_tp_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w) {
+  TORCH_CHECK(x.dim() == 2, "graphattn: 'x' must have shape [E, dim], got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "graphattn: 'x' must be float32 or float64, got ", x.scalar_type());
+  const int64_t E = x.size(0);
+  check_rows(x, E, x.scalar_type(), "x");
+  check_rows(y, E, x.scalar_type(), "y");
+  check_rows(w, E, x.scalar_type(), "weight");
+  return E;
+}
+
 at::Tensor depthwise_tp_cpu(const at::Tensor& x_, const at::Tensor& y_, const at::Tensor& w_,
                             const at::Tensor& coupling, const at::Tensor& meta, int64_t out_dim) {
-  TORCH_CHECK(x_.dim() == 2, "graphattn: 'x' must have shape [E, dim], got ", x_.sizes());
-  TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
-              "graphattn: 'x' must be float32 or float64, got ", x_.scalar_type());
-  const int64_t E = x_.size(0);
-  check_rows(x_, E, x_.scalar_type(), "x");
-  check_rows(y_, E, x_.scalar_type(), "y");
-  check_rows(w_, E, x_.scalar_type(), "weight");
+  const int64_t E = check_tp_inputs(x_, y_, w_);
   const at::Tensor x = x_.contiguous(), y = y_.contiguous(), w = w_.contiguous();
   const int64_t Dx = x.size(1), Dy = y.size(1), W = w.size(1);
   const std::vector<Path> paths = read_meta(meta, coupling, Dx, Dy, out_dim, W);
@@ -303,13 +309,7 @@ at::Tensor depthwise_tp_cpu(const at::Tensor& x_, const at::Tensor& y_, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_tp_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& y_, const at::Tensor& w_,
     const at::Tensor& coupling, const at::Tensor& meta, bool need_x, bool need_y, bool need_w) {
-  TORCH_CHECK(x_.dim() == 2, "graphattn: 'x' must have shape [E, dim], got ", x_.sizes());
-  TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
-              "graphattn: 'x' must be float32 or float64, got ", x_.scalar_type());
-  const int64_t E = x_.size(0);
-  check_rows(x_, E, x_.scalar_type(), "x");
-  check_rows(y_, E, x_.scalar_type(), "y");
-  check_rows(w_, E, x_.scalar_type(), "weight");
+  const int64_t E = check_tp_inputs(x_, y_, w_);
   check_rows(grad_, E, x_.scalar_type(), "grad_out");
   const at::Tensor g = grad_.contiguous(), x = x_.contiguous(), y = y_.contiguous(),
                    w = w_.contiguous();
