@@ -41,7 +41,7 @@ template <typename scalar_t>
 void dot_forward(const scalar_t* q, const scalar_t* k, const int64_t* p, int64_t N, int64_t H,
                  int64_t F, int64_t E, scalar_t* s) {
   using acc_t = typename Acc<scalar_t>::type;
-  at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, row_grain(N, E, H * F), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
       for (int64_t e = p[i]; e < p[i + 1]; ++e) {
         const scalar_t* __restrict__ ke = k + e * F;
@@ -60,7 +60,7 @@ template <typename scalar_t>
 void dot_backward(const scalar_t* g, const scalar_t* q, const scalar_t* k, const int64_t* p,
                   int64_t N, int64_t H, int64_t F, int64_t E, scalar_t* gq, scalar_t* gk) {
   using acc_t = typename Acc<scalar_t>::type;
-  at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, row_grain(N, E, H * F), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gqi(gq ? H * F : 0), gke(F);
     for (int64_t i = begin; i < end; ++i) {
       if (gq) std::fill(gqi.begin(), gqi.end(), acc_t(0));

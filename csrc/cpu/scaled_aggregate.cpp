@@ -12,6 +12,7 @@
 //   grad coef[e, k] = sum_{c in channel k} m[e, c] * grad_out[i, c].
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/safe_numerics.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -37,10 +38,12 @@ Blocks check_blocks(at::IntArrayRef muls, at::IntArrayRef dims) {
   for (size_t t = 0; t < muls.size(); ++t) {
     TORCH_CHECK(muls[t] >= 0 && dims[t] >= 1, "graphattn: block ", t,
                 " must have mul >= 0 and dim >= 1, got (", muls[t], ", ", dims[t], ")");
+    int64_t cols = 0;
+    TORCH_CHECK(!c10::mul_overflows(muls[t], dims[t], &cols) &&
+                    !c10::add_overflows(b.F, cols, &b.F) && !c10::add_overflows(b.K, muls[t], &b.K),
+                "graphattn: the blocks' sizes overflow int64 at block ", t);
     b.mul.push_back(muls[t]);
     b.dim.push_back(dims[t]);
-    b.F += muls[t] * dims[t];
-    b.K += muls[t];
   }
   return b;
 }

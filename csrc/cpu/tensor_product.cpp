@@ -48,12 +48,19 @@ std::vector<Path> read_meta(const at::Tensor& meta, const at::Tensor& coupling, 
   for (int64_t r = 0; r < m.size(0); ++r) {
     const int64_t* q = p + r * kMetaCols;
     Path t{q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8]};
-    TORCH_CHECK(t.mul >= 0 && t.d1 >= 1 && t.d2 >= 1 && t.d3 >= 1 && t.d1 <= kMaxD &&
-                    t.d3 <= kMaxD && t.x >= 0 && t.y >= 0 && t.o >= 0 && t.w >= 0 && t.c >= 0 &&
-                    t.x + t.mul * t.d1 <= Dx && t.y + t.d2 <= Dy && t.o + t.mul * t.d3 <= Dout &&
-                    t.w + t.mul <= W && t.c + t.d1 * t.d2 * t.d3 <= coupling.numel(),
+    TORCH_CHECK(t.d1 >= 1 && t.d3 >= 1 && t.d1 <= kMaxD && t.d3 <= kMaxD, "graphattn: 'meta' row ",
+                r, " has irrep dimensions d1 = ", t.d1, ", d3 = ", t.d3, "; the kernel takes 1 to ",
+                kMaxD, " (l <= 7)");
+    // each bound is checked before it enters a product or a sum, so nothing can overflow: mul
+    // <= W and d2 <= Dy are tensor sizes, d1, d3 <= kMaxD
+    const int64_t NC = coupling.numel();
+    TORCH_CHECK(t.mul >= 0 && t.mul <= W && t.d2 >= 1 && t.d2 <= Dy && t.x >= 0 && t.x <= Dx &&
+                    t.y >= 0 && t.y <= Dy && t.o >= 0 && t.o <= Dout && t.w >= 0 && t.w <= W &&
+                    t.c >= 0 && t.c <= NC && t.mul * t.d1 <= Dx - t.x && t.d2 <= Dy - t.y &&
+                    t.mul * t.d3 <= Dout - t.o && t.mul <= W - t.w &&
+                    t.d1 * t.d2 * t.d3 <= NC - t.c,
                 "graphattn: 'meta' row ", r, " addresses outside the inputs (x ", Dx, ", y ", Dy,
-                ", out ", Dout, ", w ", W, " columns, ", coupling.numel(), " coupling entries)");
+                ", out ", Dout, ", w ", W, " columns, ", NC, " coupling entries)");
     TORCH_CHECK(t.o == covered, "graphattn: 'meta' rows must tile the output in order: row ", r,
                 " starts at column ", t.o, ", expected ", covered);
     covered += t.mul * t.d3;

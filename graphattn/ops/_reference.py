@@ -71,7 +71,7 @@ def scale_channels(m: Tensor, coef: Tensor, blocks: tuple[tuple[int, int], ...])
     E = m.shape[0]
     ms = torch.split(m, [mul * d for mul, d in blocks], -1)
     cs = torch.split(coef, [mul for mul, _ in blocks], -1)
-    out = [mb * c if d == 1 else (mb.view(E, mul, d) * c.unsqueeze(-1)).view(E, mul * d)
+    out = [mb * c if d == 1 else (mb.reshape(E, mul, d) * c.unsqueeze(-1)).view(E, mul * d)
            for mb, c, (mul, d) in zip(ms, cs, blocks)]
     return torch.cat(out, -1) if len(out) > 1 else out[0]
 

@@ -127,7 +127,20 @@ def test_native_tensor_product_refuses_bad_tables():
         op(x, y[:2], w, tp.coupling, tp.meta, tp.dim_out)
     with pytest.raises(RuntimeError, match="'weight' must be a CPU tensor of dtype"):
         op(x, y, w.float(), tp.coupling, tp.meta, tp.dim_out)
+    huge = torch.tensor([[0, 0, 0, 2**62, 0, 2**62, 4, 1, 4]])  # offsets that would wrap
+    with pytest.raises(RuntimeError, match="addresses outside the inputs"):
+        op(torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(100), huge, 0)
     shared = tp.meta.clone()
     shared[1, 3] = shared[0, 3]  # two paths reading the same weights
     with pytest.raises(RuntimeError, match="share weight column"):
         op(x, y, w, tp.coupling, shared, tp.dim_out)
+
+
+def test_high_degrees_take_the_torch_form():
+    """Irreps beyond the kernel's l <= 7 (coupling held on the stack) fall back to the torch
+    form instead of failing."""
+    tp = DepthwiseTensorProduct("2x8e", "1x0e+1x1o", "8e+8o+7o")
+    assert not tp.native_ok
+    x, y = torch.randn(3, tp.irreps_in.dim), torch.randn(3, 4)
+    w = torch.randn(3, tp.weight_numel)
+    torch.testing.assert_close(tp(x, y, w), tp.forward_torch(x, y, w))

@@ -130,6 +130,22 @@ def test_native_checks_name_the_argument():
         op(m, coef, torch.cat([g.ptr[:-1], g.ptr[-1:] - 1]), [5, 0, 3, 2], [1, 3, 3, 5])
     with pytest.raises(RuntimeError, match="'muls' and 'dims'"):
         op(m, coef, g.ptr, [5, 0, 3, 2], [1, 3, 3])
+    # sizes whose sum wraps around int64 to the width of the (empty) inputs
+    big = 2**63 - 1
+    with pytest.raises(RuntimeError, match="overflow int64"):
+        op(torch.zeros(2, 0), torch.zeros(2, 0), torch.tensor([0, 2]), [big, big, 2], [1, 1, 1])
     with pytest.raises(RuntimeError, match="'grad_out' must have shape"):
         torch.ops.graphattn.scaled_aggregate_backward(torch.randn(5, F), m, coef, g.ptr,
                                                       [5, 0, 3, 2], [1, 3, 3, 5], True, True)
+
+
+def test_non_contiguous_inputs(backend):
+    """Column-major messages and factors (every block a strided view), destination-sorted
+    edges (no reordering copy in front): the same result as contiguous inputs."""
+    ei = ragged_edge_index(8)
+    ei = ei[:, torch.argsort(ei[1], stable=True)]
+    g = build_graph(ei, 8, cache=False)
+    m, coef = torch.randn(ei.shape[1], F), torch.randn(ei.shape[1], K)
+    m_t, coef_t = m.t().contiguous().t(), coef.t().contiguous().t()
+    torch.testing.assert_close(ops.aggregate_scaled(m_t, coef_t, g, BLOCKS),
+                               ops.aggregate_scaled(m, coef, g, BLOCKS))

@@ -134,6 +134,8 @@ class DepthwiseTensorProduct(nn.Module):
         meta, coupling = self._path_table(o3)
         self.register_buffer("meta", meta, persistent=False)
         self.register_buffer("coupling", coupling, persistent=False)
+        # the kernel holds a path's [d1, d3] coupling on the stack: irreps up to l = 7
+        self.native_ok = bool((meta[:, 6] <= 15).all() and (meta[:, 8] <= 15).all())
 
     def _path_table(self, o3) -> tuple[Tensor, Tensor]:
         """The paths in output order for the native kernel: ``meta [P, 9]`` rows ``(x offset,
@@ -165,7 +167,7 @@ class DepthwiseTensorProduct(nn.Module):
         # harmonics with a gradient mean forces -dE/dr, usually trained on (double backward):
         # the torch form's second derivatives are torch's own, the kernel's would recompute
         # the reference form (2x slower per conservative step), so it serves the first case only
-        if not y.requires_grad and _native_tp(x, y, w):
+        if self.native_ok and not y.requires_grad and _native_tp(x, y, w):
             # one pass per edge (csrc/cpu/tensor_product.cpp), same function
             return torch.ops.graphattn.depthwise_tp(x, y, w, self.coupling, self.meta,
                                                     self.dim_out)
