@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from ... import ops
 from ...geometry import edge_vectors
 from ...index import EdgeGraph
-from ...ops._reference import scale_channels  # noqa: F401  (re-exported: the reference form)
 from .products import DepthwiseTensorProduct, _e3nn, depthwise_tensor_product
 
 __all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import ops
+from ...index import EdgeGraph
 from .conv import (
     EdgeGeometry,
     EquivariantAttentionConv,
@@ -117,8 +118,9 @@ class MLANetInteraction(nn.Module):
         return torch.nn.functional.softplus(self.temperature) + 0.1
 
     def logits(self, x: Tensor, edge_index: Tensor, geom: dict,
-               edge_features: Tensor | None = None, graph=None) -> Tensor:
-        """:math:`a^{chem} + a^{geo}`, ``[E, H]``."""
+               edge_features: Tensor | None = None, graph: EdgeGraph | None = None) -> Tensor:
+        """:math:`a^{chem} + a^{geo}`, ``[E, H]`` (``graph``: the edges' CSR, built from
+        ``edge_index`` when not given)."""
         src, dst = edge_index[0], edge_index[1]
         a = x.new_zeros(edge_index.shape[1], self.heads)
         if self.chemical:

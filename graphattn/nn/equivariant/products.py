@@ -163,12 +163,12 @@ class DepthwiseTensorProduct(nn.Module):
         return torch.tensor(rows, dtype=torch.long), torch.cat(blocks)
 
     def forward(self, x: Tensor, y: Tensor, weight: Tensor) -> Tensor:
-        w = weight * self.path_const.to(weight.dtype)
         # harmonics with a gradient mean forces -dE/dr, usually trained on (double backward):
         # the torch form's second derivatives are torch's own, the kernel's would recompute
         # the reference form (2x slower per conservative step), so it serves the first case only
-        if self.native_ok and not y.requires_grad and _native_tp(x, y, w):
+        if self.native_ok and not y.requires_grad and _native_tp(x, y, weight):
             # one pass per edge (csrc/cpu/tensor_product.cpp), same function
+            w = weight * self.path_const.to(weight.dtype)
             return torch.ops.graphattn.depthwise_tp(x, y, w, self.coupling, self.meta,
                                                     self.dim_out)
         return self.forward_torch(x, y, weight)
