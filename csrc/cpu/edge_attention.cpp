@@ -89,6 +89,21 @@ inline float fast_exp<float>(float x) {
   return x < -87.0f ? 0.0f : y * scale;
 }
 
+// Calls f(DC, DVC) with the head widths D, Dv as compile-time constants (std::integral_constant)
+// for the common sizes, (0, 0) (read at run time) otherwise.
+template <typename F>
+void dispatch_dims(const Dims& dm, F&& f) {
+  using I0 = std::integral_constant<int, 0>;
+  using I1 = std::integral_constant<int, 1>;
+  using I4 = std::integral_constant<int, 4>;
+  using I32 = std::integral_constant<int, 32>;
+  using I64 = std::integral_constant<int, 64>;
+  if (dm.D == 32 && dm.Dv == 32) return dm.H == 4 ? f(I4{}, I32{}, I32{}) : f(I0{}, I32{}, I32{});
+  if (dm.D == 64 && dm.Dv == 64) return f(I0{}, I64{}, I64{});
+  if (dm.D == 1 && dm.Dv == 32) return f(I0{}, I1{}, I32{});  // 'additive' (GAT) with C = 32
+  return f(I0{}, I0{}, I0{});
+}
+
 // software prefetch of a gathered row a few edges ahead: the kernels are bound by the
 // latency of random row reads, not by arithmetic.
 constexpr int64_t kPrefetch = 10;
@@ -128,13 +143,15 @@ Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   return d;
 }
 
-template <int KIND, typename scalar_t>
+template <int KIND, int HC, int DC, int DVC, typename scalar_t>
 void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const scalar_t* v,
                     const scalar_t* att, const scalar_t* bias, const int64_t* ptr,
                     const int64_t* src, double scale_, double slope_, scalar_t* out,
                     scalar_t* lse, scalar_t* weights) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t H = dm.H, D = dm.D, Dv = dm.Dv;
+  // head widths fixed at compile time for the common sizes (dispatch_dims): the per-head
+  // loops then unroll fully and their reductions need no remainder handling
+  const int64_t H = HC ? HC : dm.H, D = DC ? DC : dm.D, Dv = DVC ? DVC : dm.Dv;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
   const int64_t avg_deg = std::max<int64_t>(1, dm.E / std::max<int64_t>(1, dm.Nd));
@@ -230,12 +247,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
     const scalar_t* attp = has_att ? att.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* wp = return_weights ? weights.data_ptr<scalar_t>() : nullptr;
-    dispatch_kind(kind, [&](auto kind_tag) {
-      forward_kernel<decltype(kind_tag)::value, scalar_t>(
+    dispatch_kind(kind, [&](auto kind_tag) { dispatch_dims(dm, [&](auto hc, auto dc, auto dvc) {
+      forward_kernel<decltype(kind_tag)::value, decltype(hc)::value, decltype(dc)::value, decltype(dvc)::value,
+                     scalar_t>(
           dm, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), attp, bp,
           ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), scale, negative_slope,
           out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), wp);
-    });
+    }); });
   });
   return {out, lse, weights};
 }
@@ -251,7 +269,7 @@ inline acc_t dlrelu(acc_t z, acc_t slope) {
 // kSrcPass (B: grad k, grad v from that record), or both; the outputs of a pass not run may
 // be null.
 constexpr int kDstPass = 1, kSrcPass = 2;
-template <int KIND, typename scalar_t>
+template <int KIND, int HC, int DC, int DVC, typename scalar_t>
 void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
                      const scalar_t* q,
                      const scalar_t* k, const scalar_t* v, const scalar_t* att,
@@ -267,7 +285,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   // Per destination row, packed so that pass B fetches one short record per edge instead of
   // one cache line per array (stats_width).
   const int64_t S = stats_width(dm.H);
-  const int64_t H = dm.H, D = dm.D, Dv = dm.Dv, E = dm.E;
+  const int64_t H = HC ? HC : dm.H, D = DC ? DC : dm.D, Dv = DVC ? DVC : dm.Dv, E = dm.E;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
   const int64_t avg_deg = std::max<int64_t>(1, E / std::max<int64_t>(1, dm.Nd));
@@ -665,11 +683,13 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
             idx(csc_ptr), idx(csc_eid), idx(csc_dst), negative_slope, gqp, gkp, gvp, gbp,
             ptr_or_null(eb), statsp, kv_shared);
       } else {
-        backward_kernel<K, scalar_t>(
+        dispatch_dims(dm, [&](auto hc, auto dc, auto dvc) {
+        backward_kernel<K, decltype(hc)::value, decltype(dc)::value, decltype(dvc)::value, scalar_t>(
             dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
             v.data_ptr<scalar_t>(), attp, bp, lsep, ptr.data_ptr<int64_t>(),
             src.data_ptr<int64_t>(), idx(csc_ptr), idx(csc_eid), idx(csc_dst), scale,
             negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, kv_shared, passes);
+        });
       }
     });
   });
