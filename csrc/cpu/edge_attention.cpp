@@ -100,7 +100,8 @@ void dispatch_dims(const Dims& dm, F&& f) {
   using I64 = std::integral_constant<int, 64>;
   if (dm.D == 32 && dm.Dv == 32) return dm.H == 4 ? f(I4{}, I32{}, I32{}) : f(I0{}, I32{}, I32{});
   if (dm.D == 64 && dm.Dv == 64) return f(I0{}, I64{}, I64{});
-  if (dm.D == 1 && dm.Dv == 32) return f(I0{}, I1{}, I32{});  // 'additive' (GAT) with C = 32
+  if (dm.D == 1 && dm.Dv == 32)  // 'additive' (GAT) with C = 32
+    return dm.H == 4 ? f(I4{}, I1{}, I32{}) : f(I0{}, I1{}, I32{});
   return f(I0{}, I0{}, I0{});
 }
 
@@ -475,7 +476,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
 //      gradient); grad q_i = sum_e ds_e. No gather and no exponential.
 //   B2 (source rows, CSC): grad k_j = sum_e ds_e.
 // eb is [E, 2H] (32 bytes per edge at H = 4), the one per-edge buffer of this backward.
-template <typename scalar_t>
+template <int HC, int DVC, typename scalar_t>
 void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
                        const scalar_t* q, const scalar_t* k, const scalar_t* v,
                        const scalar_t* bias, const scalar_t* lse, const int64_t* ptr,
@@ -486,7 +487,7 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
   using acc_t = typename Acc<scalar_t>::type;
   static_assert(std::is_same<acc_t, scalar_t>::value,
                 "the packed row statistics hold accumulator values in scalar_t");
-  const int64_t H = dm.H, Dv = dm.Dv, E = dm.E, S = stats_width(H);
+  const int64_t H = HC ? HC : dm.H, Dv = DVC ? DVC : dm.Dv, E = dm.E, S = stats_width(H);
   const acc_t slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
   auto grain = [&](int64_t rows) {  // about 4096 edges per task
@@ -677,11 +678,13 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
     dispatch_kind(kind, [&](auto kind_tag) {
       constexpr int K = decltype(kind_tag)::value;
       if constexpr (K == ADDITIVE) {  // the entry points give it both passes
-        backward_additive<scalar_t>(
+        dispatch_dims(dm, [&](auto hc, auto, auto dvc) {
+        backward_additive<decltype(hc)::value, decltype(dvc)::value, scalar_t>(
             dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
             v.data_ptr<scalar_t>(), bp, lsep, ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
             idx(csc_ptr), idx(csc_eid), idx(csc_dst), negative_slope, gqp, gkp, gvp, gbp,
             ptr_or_null(eb), statsp, kv_shared);
+        });
       } else {
         dispatch_dims(dm, [&](auto hc, auto dc, auto dvc) {
         backward_kernel<K, decltype(hc)::value, decltype(dc)::value, decltype(dvc)::value, scalar_t>(
