@@ -89,8 +89,9 @@ inline float fast_exp<float>(float x) {
   return x < -87.0f ? 0.0f : y * scale;
 }
 
-// Calls f(DC, DVC) with the head widths D, Dv as compile-time constants (std::integral_constant)
-// for the common sizes, (0, 0) (read at run time) otherwise.
+// Calls f(HC, DC, DVC) with the head count H and the head widths D, Dv as compile-time
+// constants (std::integral_constant) for the common shapes; 0 for each one read at run time.
+// The kernels take them as template arguments (`HC ? HC : dm.H`, ...).
 template <typename F>
 void dispatch_dims(const Dims& dm, F&& f) {
   using I0 = std::integral_constant<int, 0>;
@@ -150,8 +151,8 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
                     const int64_t* src, double scale_, double slope_, scalar_t* out,
                     scalar_t* lse, scalar_t* weights) {
   using acc_t = typename Acc<scalar_t>::type;
-  // head widths fixed at compile time for the common sizes (dispatch_dims): the per-head
-  // loops then unroll fully and their reductions need no remainder handling
+  // head count and widths fixed at compile time for the common shapes (dispatch_dims): the
+  // per-head loops then unroll fully and their reductions need no remainder handling
   const int64_t H = HC ? HC : dm.H, D = DC ? DC : dm.D, Dv = DVC ? DVC : dm.Dv;
   const acc_t scale = acc_t(scale_), slope = acc_t(slope_);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
@@ -248,13 +249,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
     const scalar_t* attp = has_att ? att.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* wp = return_weights ? weights.data_ptr<scalar_t>() : nullptr;
-    dispatch_kind(kind, [&](auto kind_tag) { dispatch_dims(dm, [&](auto hc, auto dc, auto dvc) {
-      forward_kernel<decltype(kind_tag)::value, decltype(hc)::value, decltype(dc)::value, decltype(dvc)::value,
-                     scalar_t>(
-          dm, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), attp, bp,
-          ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), scale, negative_slope,
-          out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), wp);
-    }); });
+    dispatch_kind(kind, [&](auto kind_tag) {
+      dispatch_dims(dm, [&](auto hc, auto dc, auto dvc) {
+        forward_kernel<decltype(kind_tag)::value, decltype(hc)::value, decltype(dc)::value,
+                       decltype(dvc)::value, scalar_t>(
+            dm, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), attp,
+            bp, ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), scale, negative_slope,
+            out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), wp);
+      });
+    });
   });
   return {out, lse, weights};
 }
@@ -679,19 +682,20 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
       constexpr int K = decltype(kind_tag)::value;
       if constexpr (K == ADDITIVE) {  // the entry points give it both passes
         dispatch_dims(dm, [&](auto hc, auto, auto dvc) {
-        backward_additive<decltype(hc)::value, decltype(dvc)::value, scalar_t>(
-            dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-            v.data_ptr<scalar_t>(), bp, lsep, ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
-            idx(csc_ptr), idx(csc_eid), idx(csc_dst), negative_slope, gqp, gkp, gvp, gbp,
-            ptr_or_null(eb), statsp, kv_shared);
+          backward_additive<decltype(hc)::value, decltype(dvc)::value, scalar_t>(
+              dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+              v.data_ptr<scalar_t>(), bp, lsep, ptr.data_ptr<int64_t>(),
+              src.data_ptr<int64_t>(), idx(csc_ptr), idx(csc_eid), idx(csc_dst),
+              negative_slope, gqp, gkp, gvp, gbp, ptr_or_null(eb), statsp, kv_shared);
         });
       } else {
         dispatch_dims(dm, [&](auto hc, auto dc, auto dvc) {
-        backward_kernel<K, decltype(hc)::value, decltype(dc)::value, decltype(dvc)::value, scalar_t>(
-            dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-            v.data_ptr<scalar_t>(), attp, bp, lsep, ptr.data_ptr<int64_t>(),
-            src.data_ptr<int64_t>(), idx(csc_ptr), idx(csc_eid), idx(csc_dst), scale,
-            negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, kv_shared, passes);
+          backward_kernel<K, decltype(hc)::value, decltype(dc)::value, decltype(dvc)::value,
+                          scalar_t>(
+              dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+              v.data_ptr<scalar_t>(), attp, bp, lsep, ptr.data_ptr<int64_t>(),
+              src.data_ptr<int64_t>(), idx(csc_ptr), idx(csc_eid), idx(csc_dst), scale,
+              negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, kv_shared, passes);
         });
       }
     });

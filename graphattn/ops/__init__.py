@@ -7,8 +7,8 @@ and cached). Two implementations stand behind each op:
 
 * ``native``: the fused kernels of ``graphattn._C`` (``torch.ops.graphattn.*``): C++/OpenMP
   on the CPU and CUDA on the GPU (when built with a CUDA toolkit), which never materialise
-  an ``[E, H, C]`` tensor, forward or backward (:func:`aggregate_scaled` has a CPU kernel
-  only; on the GPU it takes the reference form);
+  an ``[E, H, C]`` tensor, forward or backward (:func:`aggregate_scaled` and
+  :func:`edge_query_dot` have CPU kernels only; on the GPU they take the reference form);
 * ``reference``: pure torch (:mod:`graphattn.ops._reference`), the fallback when the
   extension is not built and the oracle of the tests.
 
