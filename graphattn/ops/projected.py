@@ -9,7 +9,8 @@ r"""Dot-product edge attention of linear projections with a memory-lean backward
         \mathbf{k}^{(h)}_j\big)\, \mathbf{v}^{(h)}_j
 
 (the attention of PyG's ``TransformerConv``). The numbers are those of the composition
-``F.linear`` + :func:`graphattn.ops.edge_attention`; what differs is the backward on the
+:func:`graphattn.ops.linear` (``F.linear``, on oneDNN where that is faster) +
+:func:`graphattn.ops.edge_attention`; what differs is the backward on the
 native CPU path. There the attention backward runs as its two passes: the destination pass
 gives :math:`\partial\mathbf{q}`, which is turned into the gradients of :math:`W_q`,
 :math:`\mathbf{b}_q` and :math:`\mathbf{x}^{dst}` and freed before the source pass allocates
@@ -20,18 +21,18 @@ gives :math:`\partial\mathbf{q}`, which is turned into the gradients of :math:`W
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..index import EdgeGraph
+from .dense import input_grad, linear
 
 _DOT = 0
 
 
 def _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads):
-    q = F.linear(x_dst, wq, bq)
-    k = F.linear(x_src, wk, bk)
-    v = F.linear(x_src, wv, bv)
+    q = linear(x_dst, wq, bq)
+    k = linear(x_src, wk, bk)
+    v = linear(x_src, wv, bv)
     return (q.view(q.size(0), heads, -1), k.view(k.size(0), heads, -1),
             v.view(v.size(0), heads, -1))
 
@@ -78,7 +79,7 @@ class _ProjectedDotAttention(torch.autograd.Function):
         gq, _, _, stats = ops.edge_attention_backward_dst(grad_out, None, q, k, v, None, None,
                                                           lse, ptr, src, _DOT, scale, 0.2)
         g = gq.view(gq.size(0), -1)
-        g_xd = g @ wq if need[0] else None
+        g_xd = input_grad(g, wq) if need[0] else None
         g_wq = g.t() @ x_dst if need[2] else None
         g_bq = g.sum(0) if bq is not None and need[3] else None
         del gq, g
@@ -86,7 +87,7 @@ class _ProjectedDotAttention(torch.autograd.Function):
         gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, None, None, stats, ptr,
                                                  src, cp, ce, cd, _DOT, scale, 0.2, False)
         gk, gv = gk.view(gk.size(0), -1), gv.view(gv.size(0), -1)
-        g_xs = torch.addmm(gk @ wk, gv, wv) if need[1] else None
+        g_xs = input_grad(gk, wk).add_(input_grad(gv, wv)) if need[1] else None
         g_wk = gk.t() @ x_src if need[4] else None
         g_bk = gk.sum(0) if bk is not None and need[5] else None
         g_wv = gv.t() @ x_src if need[6] else None

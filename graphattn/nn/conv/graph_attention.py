@@ -19,6 +19,14 @@ from ...index import EdgeGraph, build_graph
 MODES = ("gat", "gatv2", "transformer")
 
 
+def _lin(lin: Linear, x: Tensor) -> Tensor:
+    """``lin(x)`` through :func:`graphattn.ops.linear` (oneDNN on the CPU where faster); a lazy
+    ``Linear`` (``in_channels=-1``) is called as it is, which materialises its weight."""
+    if isinstance(lin.weight, UninitializedParameter):
+        return lin(x)
+    return ops.linear(x, lin.weight, lin.bias)
+
+
 def _fold(weight: Tensor, att: Tensor) -> Tensor:
     """``[H, F]`` rows ``att_h^T W_h`` of a bias-free ``Linear(F, H*C)`` and ``att [1, H, C]``."""
     H, C = att.shape[-2:]
@@ -292,7 +300,7 @@ class GraphAttention(MessagePassing):
         if self.mode == "gat":
             lin_s = self.lin if self.lin is not None else self.lin_src
             lin_d = self.lin if self.lin is not None else self.lin_dst
-            h_src = lin_s(x_src).view(-1, H, C)
+            h_src = _lin(lin_s, x_src).view(-1, H, C)
             # a_src = <att_src, W x_j> per head, computed as x_j @ (att_src^T W): the same
             # numbers without an [N, H, C] temporary (and its [N, H, C] gradient)
             if x_dst is x_src and lin_d is lin_s:  # one pass over x for both: [N, 2H]
@@ -321,11 +329,13 @@ class GraphAttention(MessagePassing):
                 training=self.training,
             )
         elif self.mode == "gatv2":
-            h_l = self.lin_l(x_src).view(-1, H, C)
+            h_l = _lin(self.lin_l, x_src).view(-1, H, C)
             if x_dst is None:
                 raise ValueError("mode 'gatv2' needs destination features 'x_dst'")
             h_r = (
-                h_l if (self.share_weights and x_dst is x_src) else self.lin_r(x_dst).view(-1, H, C)
+                h_l
+                if (self.share_weights and x_dst is x_src)
+                else _lin(self.lin_r, x_dst).view(-1, H, C)
             )
             if e is None:
                 out = ops.edge_attention(
@@ -374,9 +384,9 @@ class GraphAttention(MessagePassing):
                     scale=1.0 / math.sqrt(C),
                 )
                 return self._finish(out, x_dst, graph, None)
-            q = self.lin_query(x_dst).view(-1, H, C)
-            k = self.lin_key(x_src).view(-1, H, C)
-            v = self.lin_value(x_src).view(-1, H, C)
+            q = _lin(self.lin_query, x_dst).view(-1, H, C)
+            k = _lin(self.lin_key, x_src).view(-1, H, C)
+            v = _lin(self.lin_value, x_src).view(-1, H, C)
             bias = None
             if e is not None:
                 bias = (q.index_select(0, graph.edge_index[1]) * e).sum(-1) / math.sqrt(C)
@@ -420,7 +430,7 @@ class GraphAttention(MessagePassing):
 
         if self.mode == "transformer":
             if self.lin_skip is not None:
-                x_r = self.lin_skip(x_dst)
+                x_r = _lin(self.lin_skip, x_dst)
                 if self.lin_beta is not None:
                     out = out.reshape(-1, x_r.size(-1))
                     b = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
@@ -429,7 +439,7 @@ class GraphAttention(MessagePassing):
                     out = add(x_r)
         else:
             if self.res is not None and x_dst is not None:
-                out = add(self.res(x_dst))
+                out = add(_lin(self.res, x_dst))
             if self.bias is not None:
                 out = add(self.bias)
         out = out.reshape(shape[0], -1)

@@ -1,0 +1,149 @@
+"""ops.linear: F.linear through oneDNN on the CPU (forward, gradients, double backward, gating),
+and the attention layers that project through it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graphattn import ops
+from graphattn.index import build_graph
+from graphattn.nn import GraphAttention
+from graphattn.ops import dense
+
+onednn = pytest.mark.skipif(not dense.onednn_available(), reason="torch built without oneDNN")
+
+# rows x in x out above dense.MIN_MACS, with in != out so that a transposed weight fails
+R, IN, OUT = 1024, 48, 80
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the calls that reach oneDNN's kernel (so a test knows the path it covered)."""
+    calls = []
+    real = dense._onednn_product
+
+    def spy(x, w, b):
+        calls.append(tuple(x.shape))
+        return real(x, w, b)
+
+    monkeypatch.setattr(dense, "_onednn_product", spy)
+    return calls
+
+
+def _operands(requires_grad=True, bias=True, strided=False):
+    x = torch.randn(R, IN + 16 if strided else IN)
+    x = x[:, 8: 8 + IN] if strided else x  # a non-contiguous view
+    w = torch.randn(OUT, IN)
+    b = torch.randn(OUT) if bias else None
+    for t in (x, w, b):
+        if t is not None:
+            t.requires_grad_(requires_grad)
+    return x, w, b
+
+
+@onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("strided", [False, True])
+def test_linear_equals_f_linear_with_gradients(counted, bias, strided):
+    x, w, b = _operands(bias=bias, strided=strided)
+    assert dense.use_onednn(x, w, b)
+    out = ops.linear(x, w, b)
+    go = torch.randn(R, OUT)
+    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], go)
+    ref = F.linear(x, w, b)
+    ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], go)
+    assert counted == [(R, IN), (R, OUT)]  # forward, and grad x as grad @ W
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
+
+
+@onednn
+def test_linear_double_backward_matches_f_linear(counted):
+    x, w, b = _operands()
+
+    def second_order(fn):
+        out = fn(x, w, b)
+        (gx,) = torch.autograd.grad((out * out).sum(), [x], create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum(), [x, w, b])
+
+    got, ref = second_order(ops.linear), second_order(F.linear)
+    assert counted  # the forward ran on oneDNN
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-2)
+
+
+@onednn
+def test_linear_only_takes_onednn_where_it_applies(counted):
+    x, w, b = _operands(requires_grad=False)
+    assert dense.use_onednn(x, w, b)
+    assert not dense.use_onednn(x.double(), w.double(), b.double())  # float64: F.linear
+    assert not dense.use_onednn(x[:8], w, b)  # below MIN_MACS
+    assert not dense.use_onednn(x.view(2, R // 2, IN), w, b)  # not 2-D
+    with ops.set_backend("reference"):  # the pure-torch backend stays pure torch
+        assert not dense.use_onednn(x, w, b)
+        torch.testing.assert_close(ops.linear(x, w, b), F.linear(x, w, b), rtol=0, atol=0)
+    assert counted == []
+    torch.testing.assert_close(ops.linear(x.double(), w.double(), b.double()),
+                               F.linear(x.double(), w.double(), b.double()))
+
+
+def test_linear_rejects_bad_shapes_like_f_linear():
+    x, w, b = _operands(requires_grad=False)
+    with pytest.raises(RuntimeError):
+        ops.linear(x, w.t().contiguous(), None)  # [in, out]: in mismatch, as F.linear says
+    with pytest.raises(RuntimeError):
+        ops.linear(x, w, torch.randn(OUT + 1))
+
+
+@onednn
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+def test_layers_project_through_onednn_with_the_reference_numbers(counted, mode):
+    N = 2048  # N x 64 x 64 above MIN_MACS
+    ei = torch.randint(0, N, (2, 8 * N))
+    layer = GraphAttention(64, 16, heads=4, mode=mode)
+    x = torch.randn(N, 64, requires_grad=True)
+
+    def run():
+        out = layer(x, ei)
+        go = torch.ones_like(out) / out.numel()
+        return (out, *torch.autograd.grad(out, [x, *layer.parameters()], go,
+                                          allow_unused=True))
+
+    got = run()
+    assert counted, f"{mode}: no projection reached oneDNN"
+    with ops.set_backend("reference"):
+        ref = run()
+    for g, r in zip(got, ref):
+        if r is None:
+            assert g is None
+            continue
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+@onednn
+def test_projected_attention_lean_backward_through_onednn(counted):
+    N = 2048
+    g = build_graph(torch.randint(0, N, (2, 8 * N)), N, cache=False)
+    x = torch.randn(N, 64, requires_grad=True)
+    # weights ~ 1/sqrt(in) (as initialised), so that the logits are O(1): large random ones
+    # make the softmax amplify the float32 rounding of either product
+    params = [(torch.randn(64, 64) / 8 if i % 2 == 0 else torch.randn(64)).requires_grad_()
+              for i in range(6)]
+
+    def run():
+        out = ops.projected_attention(x, x, *params, g, 4)
+        return (out, *torch.autograd.grad(out.square().sum(), [x, *params]))
+
+    got = run()
+    assert len(counted) >= 3 + 3  # q, k, v forward; grad x from grad q, grad k, grad v
+    with ops.set_backend("reference"):
+        ref = run()
+    # float32 sums over 2048 rows in another order; grad b_k is zero up to that rounding (a
+    # constant added to every key of a row leaves its softmax unchanged), so the tolerance is
+    # relative to the largest gradient
+    scale = max(float(r.detach().abs().max()) for r in ref)
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5 * scale)
