@@ -15,8 +15,9 @@ and cached). Two implementations stand behind each op:
 :func:`backend` tells which one runs; :class:`set_backend` forces one (globally, or as a
 context manager). The layers' dense projections go through :func:`linear` (``F.linear``, on
 oneDNN for large float32 CPU products, where torch's MKL path is 2x slower on AMD CPUs;
-:mod:`graphattn.ops.dense`), except with the backend forced to ``reference``. Per-edge tensors passed to and returned by the public ops are in the
-caller's edge order (the order of ``edge_index``).
+:mod:`graphattn.ops.dense`), except with the backend forced to ``reference``. Per-edge
+tensors passed to and returned by the public ops are in the caller's edge order (the order
+of ``edge_index``).
 """
 
 from __future__ import annotations

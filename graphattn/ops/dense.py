@@ -11,14 +11,19 @@ against 0.015 ms, its fixed cost per call).
 :func:`linear` is ``torch.nn.functional.linear`` with the same numbers up to float32 rounding
 (another summation order) and the same autograd: the forward product and the input gradient
 :math:`\partial x = \partial y\, W` run on oneDNN; the weight gradient
-:math:`\partial W = \partial y^\top x` stays on torch's ``mm`` (oneDNN's product with a
-transposed left operand measured no faster here), the bias gradient is a column sum. A
-backward with ``create_graph=True`` runs the differentiable torch formulas instead.
+:math:`\partial W = \partial y^\top x` stays on torch's ``mm``, the bias gradient is a
+column sum. (A weight gradient on oneDNN needs the rows, its reduction dimension, contiguous
+in one operand: with a native transpose, 0.25 ms for ``[20000, 128]``, and oneDNN's product,
+1.7-1.8 ms, it took 2.0 ms against 3.5 ms for ``mm`` alone, but inside the Transformer's
+training step at E = 200k the fresh transposed copies and oneDNN's reorders cost what it
+saved: 53-56 ms against 48-66 ms, so it was not kept.) A backward with
+``create_graph=True`` runs the differentiable torch formulas instead.
 
 oneDNN is used for float32 CPU tensors, 2-D inputs of at least :data:`MIN_MACS`
-multiply-adds, outside ``torch.compile`` / TorchScript, when torch was built with it, and
-unless the backend is forced to ``"reference"`` (:class:`graphattn.ops.set_backend`), whose
-layers stay pure torch; everything else is ``F.linear``.
+multiply-adds, outside ``torch.compile`` / TorchScript / CPU autocast, when torch was built
+with it, and unless the backend is forced to ``"reference"``
+(:class:`graphattn.ops.set_backend`), whose layers stay pure torch; everything else is
+``F.linear``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ def use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
         and _requested() != "reference"
         and not torch.jit.is_scripting()
         and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's operands
         and onednn_available()
     )
 

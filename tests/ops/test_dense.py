@@ -82,6 +82,9 @@ def test_linear_only_takes_onednn_where_it_applies(counted):
     assert not dense.use_onednn(x.double(), w.double(), b.double())  # float64: F.linear
     assert not dense.use_onednn(x[:8], w, b)  # below MIN_MACS
     assert not dense.use_onednn(x.view(2, R // 2, IN), w, b)  # not 2-D
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own F.linear (bfloat16)
+        assert not dense.use_onednn(x, w, b)
+        assert ops.linear(x, w, b).dtype == torch.bfloat16
     with ops.set_backend("reference"):  # the pure-torch backend stays pure torch
         assert not dense.use_onednn(x, w, b)
         torch.testing.assert_close(ops.linear(x, w, b), F.linear(x, w, b), rtol=0, atol=0)
