@@ -20,8 +20,8 @@ saved: 53-56 ms against 48-66 ms, so it was not kept.) A backward with
 ``create_graph=True`` runs the differentiable torch formulas instead.
 
 oneDNN is used for float32 CPU tensors, 2-D inputs of at least :data:`MIN_MACS`
-multiply-adds, outside ``torch.compile`` / TorchScript / CPU autocast, when torch was built
-with it, and unless the backend is forced to ``"reference"``
+multiply-adds, outside ``torch.compile`` / TorchScript / CPU autocast / ``torch.func``
+transforms, when torch was built with it, and unless the backend is forced to ``"reference"``
 (:class:`graphattn.ops.set_backend`), whose layers stay pure torch; everything else is
 ``F.linear``.
 """
@@ -50,6 +50,11 @@ def onednn_available() -> bool:
         return False
 
 
+def _functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
+
+
 def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -72,6 +77,7 @@ def use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
         and not torch.jit.is_scripting()
         and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's operands
+        and not _functorch_active()  # torch.func's vmap / grad: F.linear's own rules
         and onednn_available()
     )
 

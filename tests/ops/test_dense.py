@@ -93,6 +93,15 @@ def test_linear_only_takes_onednn_where_it_applies(counted):
                                F.linear(x.double(), w.double(), b.double()))
 
 
+def test_linear_under_torch_func_transforms():
+    # vmap and grad of torch.func take F.linear (its batching and derivative rules)
+    x, w, b = _operands(requires_grad=False)
+    g = torch.func.grad(lambda w: ops.linear(x, w, b).square().sum())(w)
+    torch.testing.assert_close(g, torch.func.grad(lambda w: F.linear(x, w, b).square().sum())(w))
+    xb = x.view(4, R // 4, IN)
+    torch.testing.assert_close(torch.vmap(lambda t: ops.linear(t, w, b))(xb), F.linear(xb, w, b))
+
+
 def test_linear_rejects_bad_shapes_like_f_linear():
     x, w, b = _operands(requires_grad=False)
     with pytest.raises(RuntimeError):
