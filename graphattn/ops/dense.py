@@ -19,11 +19,11 @@ training step at E = 200k the fresh transposed copies and oneDNN's reorders cost
 saved: 53-56 ms against 48-66 ms, so it was not kept.) A backward with
 ``create_graph=True`` runs the differentiable torch formulas instead.
 
-oneDNN is used for float32 CPU tensors, 2-D inputs of at least :data:`MIN_MACS`
+oneDNN is used for float32 strided CPU tensors, 2-D inputs of at least :data:`MIN_MACS`
 multiply-adds, outside ``torch.compile`` / TorchScript / CPU autocast / ``torch.func``
-transforms, when torch was built with it, and unless the backend is forced to ``"reference"``
-(:class:`graphattn.ops.set_backend`), whose layers stay pure torch; everything else is
-``F.linear``.
+transforms / forward-mode AD, when torch was built with it, and unless the backend is
+forced to ``"reference"`` (:class:`graphattn.ops.set_backend`), whose layers stay pure
+torch; everything else is ``F.linear``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,15 @@ def _functorch_active() -> bool:
     return bool(active()) if active is not None else False
 
 
+def _forward_ad_active() -> bool:
+    from torch.autograd import forward_ad
+
+    return getattr(forward_ad, "_current_level", -1) >= 0
+
+
 def _onednn_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    # the kernel reads the bias as a dense vector: a strided or expanded view is copied first
+    bias = None if bias is None else bias.contiguous()
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -71,13 +79,20 @@ def use_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
         and weight.dim() == 2
         and x.dim() == 2
         and x.size(1) == weight.size(1)
-        and (bias is None or (bias.dtype == torch.float32 and bias.shape == weight.shape[:1]))
+        and x.layout == torch.strided
+        and weight.layout == torch.strided
+        and (bias is None or (
+            bias.dtype == torch.float32
+            and bias.device.type == "cpu"
+            and bias.layout == torch.strided
+            and bias.shape == weight.shape[:1]))
         and x.size(0) * weight.size(0) * weight.size(1) >= MIN_MACS
         and _requested() != "reference"
         and not torch.jit.is_scripting()
         and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's operands
         and not _functorch_active()  # torch.func's vmap / grad: F.linear's own rules
+        and not _forward_ad_active()  # forward-mode AD (dual tensors): F.linear's jvp
         and onednn_available()
     )
 
@@ -103,7 +118,9 @@ def input_grad(grad: Tensor, weight: Tensor) -> Tensor:
 class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
+        need_x, need_w = ctx.needs_input_grad[:2]
+        # grad x needs W, grad W needs x: a frozen weight keeps x unsaved
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
         ctx.has_bias = bias is not None
         return _onednn_product(x, weight, bias)
 

@@ -98,8 +98,56 @@ def test_linear_under_torch_func_transforms():
     x, w, b = _operands(requires_grad=False)
     g = torch.func.grad(lambda w: ops.linear(x, w, b).square().sum())(w)
     torch.testing.assert_close(g, torch.func.grad(lambda w: F.linear(x, w, b).square().sum())(w))
-    xb = x.view(4, R // 4, IN)
+    xb = torch.randn(4, R, IN)  # each vmapped [R, IN] sample is above MIN_MACS on its own
+    assert not dense.onednn_available() or dense.use_onednn(xb[0], w, b)
     torch.testing.assert_close(torch.vmap(lambda t: ops.linear(t, w, b))(xb), F.linear(xb, w, b))
+
+
+@onednn
+def test_linear_reads_strided_and_expanded_bias(counted):
+    x, w, _ = _operands(requires_grad=False)
+    for b in (torch.randn(2 * OUT)[::2], torch.randn(1).expand(OUT)):
+        assert not b.is_contiguous()
+        torch.testing.assert_close(ops.linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    assert len(counted) == 2
+
+
+def test_linear_leaves_sparse_layouts_to_f_linear(counted):
+    x, w, b = _operands(requires_grad=False)
+    assert not dense.use_onednn(x.to_sparse(), w, b)
+    assert not dense.use_onednn(x, w.to_sparse(), b)
+    assert not dense.use_onednn(x, w, b.to_sparse())
+    torch.testing.assert_close(ops.linear(x.to_sparse(), w, b), F.linear(x, w, b),
+                               rtol=1e-5, atol=1e-4)
+    assert counted == []
+
+
+def test_linear_under_forward_mode_ad(counted):
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, b = _operands(requires_grad=False)
+    tx, tw = torch.randn_like(x), torch.randn_like(w)
+    with fwAD.dual_level():
+        out = ops.linear(fwAD.make_dual(x, tx), fwAD.make_dual(w, tw), b)
+        primal, tangent = fwAD.unpack_dual(out)
+    torch.testing.assert_close(primal, F.linear(x, w, b))
+    torch.testing.assert_close(tangent, F.linear(tx, w) + F.linear(x, tw), rtol=1e-5, atol=1e-4)
+    assert counted == []
+
+
+@onednn
+@pytest.mark.parametrize("frozen", ["weight", "input"])
+def test_linear_saves_only_what_its_backward_reads(counted, frozen):
+    x, w, b = _operands(requires_grad=False)
+    (w if frozen == "input" else x).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t,
+                                                  lambda t: t):
+        out = ops.linear(x, w, b)
+    out.sum().backward()
+    assert counted
+    # a frozen weight: grad x needs W only; a constant input: grad W needs x only
+    assert saved == ([w.shape] if frozen == "weight" else [x.shape])
 
 
 def test_linear_rejects_bad_shapes_like_f_linear():
@@ -159,3 +207,28 @@ def test_projected_attention_lean_backward_through_onednn(counted):
     scale = max(float(r.detach().abs().max()) for r in ref)
     for a, r in zip(got, ref):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+def test_layers_run_forward_hooks_of_their_projections(mode):
+    # a hook that doubles a projection's output is a projection with doubled W and b: a layer
+    # that read lin.weight directly (past the hook) would give the undoubled numbers
+    N = 2048
+    ei = torch.randint(0, N, (2, 8 * N))
+    torch.manual_seed(0)
+    hooked = GraphAttention(64, 16, heads=4, mode=mode)
+    doubled = GraphAttention(64, 16, heads=4, mode=mode)
+    doubled.load_state_dict(hooked.state_dict())
+    lins = {n: m for n, m in hooked.named_modules() if type(m).__name__ == "Linear"}
+    calls = []
+    for n, lin in lins.items():
+        lin.register_forward_hook(lambda m, i, o, n=n: calls.append(n) or 2 * o)
+    with torch.no_grad():
+        for n, m in doubled.named_modules():
+            if n in lins:
+                m.weight.mul_(2)
+                if m.bias is not None:
+                    m.bias.mul_(2)
+    x = torch.randn(N, 64)
+    torch.testing.assert_close(hooked(x, ei), doubled(x, ei), rtol=1e-4, atol=1e-4)
+    assert calls  # the hooks ran

@@ -19,10 +19,27 @@ from ...index import EdgeGraph, build_graph
 MODES = ("gat", "gatv2", "transformer")
 
 
+def _plain(lin: torch.nn.Module) -> bool:
+    """Whether ``lin(x)`` is exactly ``F.linear(x, lin.weight, lin.bias)``: PyG's or torch's
+    ``Linear`` itself (not a subclass with its own forward, e.g. a LoRA adapter), its weight
+    materialised (not lazy), and no forward hooks on it or on all modules (``weight_norm``'s
+    pre-hook, user hooks), which calling its weights directly would skip."""
+    from torch.nn.modules import module as nn_module
+
+    return (
+        type(lin).forward in (Linear.forward, torch.nn.Linear.forward)
+        and not isinstance(lin.weight, UninitializedParameter)
+        and not (lin._forward_hooks or lin._forward_pre_hooks)
+        and not getattr(nn_module, "_global_forward_hooks", None)
+        and not getattr(nn_module, "_global_forward_pre_hooks", None)
+    )
+
+
 def _lin(lin: Linear, x: Tensor) -> Tensor:
-    """``lin(x)`` through :func:`graphattn.ops.linear` (oneDNN on the CPU where faster); a lazy
-    ``Linear`` (``in_channels=-1``) is called as it is, which materialises its weight."""
-    if isinstance(lin.weight, UninitializedParameter):
+    """``lin(x)`` through :func:`graphattn.ops.linear` (oneDNN on the CPU where faster) when
+    that is the same computation (:func:`_plain`); else the module is called as it is (a lazy
+    ``Linear`` then materialises its weight, hooks and adapters run)."""
+    if not _plain(lin):
         return lin(x)
     return ops.linear(x, lin.weight, lin.bias)
 
@@ -301,17 +318,24 @@ class GraphAttention(MessagePassing):
             lin_s = self.lin if self.lin is not None else self.lin_src
             lin_d = self.lin if self.lin is not None else self.lin_dst
             h_src = _lin(lin_s, x_src).view(-1, H, C)
+            shared = x_dst is x_src and lin_d is lin_s
+            if not (_plain(lin_s) and _plain(lin_d)):
+                # hooks, adapters or a lazy lin_dst: scores from the modules' own outputs
+                a_src = (h_src * self.att_src).sum(-1)
+                if x_dst is None:
+                    a_dst = h_src.new_zeros(n_dst, H)
+                else:
+                    h_dst = h_src if shared else lin_d(x_dst).view(-1, H, C)
+                    a_dst = (h_dst * self.att_dst).sum(-1)
             # a_src = <att_src, W x_j> per head, computed as x_j @ (att_src^T W): the same
             # numbers without an [N, H, C] temporary (and its [N, H, C] gradient)
-            if x_dst is x_src and lin_d is lin_s:  # one pass over x for both: [N, 2H]
+            elif shared:  # one pass over x for both: [N, 2H]
                 a = x_src @ torch.cat([_fold(lin_s.weight, self.att_src),
                                        _fold(lin_s.weight, self.att_dst)]).t()
                 a_src, a_dst = a[:, :H], a[:, H:]
             else:
                 a_src = x_src @ _fold(lin_s.weight, self.att_src).t()
                 if x_dst is not None:
-                    if isinstance(lin_d.weight, UninitializedParameter):
-                        lin_d(x_dst)  # materialise a lazy lin_dst (in_channels=-1)
                     a_dst = x_dst @ _fold(lin_d.weight, self.att_dst).t()
                 else:
                     a_dst = h_src.new_zeros(n_dst, H)
@@ -374,9 +398,7 @@ class GraphAttention(MessagePassing):
             if x_dst is None:
                 raise ValueError("mode 'transformer' needs destination features 'x_dst'")
             lins = (self.lin_query, self.lin_key, self.lin_value)
-            if e is None and not want_w and drop == 0.0 and not any(
-                isinstance(lin.weight, UninitializedParameter) for lin in lins
-            ):
+            if e is None and not want_w and drop == 0.0 and all(_plain(lin) for lin in lins):
                 # projections and attention in one autograd node whose backward frees
                 # grad q before grad k, grad v exist (ops.projected_attention)
                 out = ops.projected_attention(
