@@ -56,6 +56,9 @@ class EdgeGraph:
             is the identity and :meth:`to_csr` / :meth:`from_csr` return their input
             unchanged (no gather forward, no scatter into zeros backward). Set by
             :func:`build_graph` outside ``torch.compile``.
+        iperm (Tensor, optional): ``[E]`` int64, the inverse of ``perm`` (CSR position of
+            each caller's edge), so that :meth:`to_csr` and :meth:`from_csr` are gathers
+            forward and backward (:class:`_Permute`).
     """
 
     ptr: Tensor
@@ -70,6 +73,7 @@ class EdgeGraph:
     edge_index: Tensor | None = None
     kept: Tensor | None = None
     presorted: bool = False
+    iperm: Tensor | None = None
 
     @property
     def num_edges(self) -> int:
@@ -83,12 +87,16 @@ class EdgeGraph:
         """Reorders a per-edge tensor from the caller's order into CSR order."""
         if self.presorted:
             return edge_values
+        if self.iperm is not None and _gather_permute():
+            return _Permute.apply(edge_values, self.perm, self.iperm)
         return edge_values.index_select(0, self.perm)
 
     def from_csr(self, csr_values: Tensor) -> Tensor:
         """Reorders a per-edge tensor from CSR order back to the caller's order."""
         if self.presorted:
             return csr_values
+        if self.iperm is not None and _gather_permute():
+            return _Permute.apply(csr_values, self.iperm, self.perm)
         out = torch.empty_like(csr_values)
         return out.index_copy_(0, self.perm, csr_values)
 
@@ -101,6 +109,40 @@ class EdgeGraph:
             f"EdgeGraph(num_src={self.num_src}, num_dst={self.num_dst}, "
             f"num_edges={self.num_edges}, device={self.device})"
         )
+
+
+class _Permute(torch.autograd.Function):
+    r"""``x.index_select(0, perm)`` for a permutation ``perm`` with inverse ``iperm``: the
+    gradient is the gather ``g.index_select(0, iperm)``, not ``index_select``'s general
+    backward (a scatter-add into zeros). At E = 200k, H = 4 on 2 threads the general forms
+    took 12 ms (to CSR) and 6 ms (back) of forward + backward against 1-2 ms as gathers.
+    Differentiable to any order, and under ``torch.func`` transforms; forward-mode AD and
+    ``torch.compile`` (which has its own backward) take the plain forms instead
+    (:func:`_gather_permute`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, perm: Tensor, iperm: Tensor) -> Tensor:
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, perm, iperm = inputs
+        ctx.save_for_backward(perm, iperm)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        perm, iperm = ctx.saved_tensors
+        return _Permute.apply(grad, iperm, perm), None, None
+
+
+def _gather_permute() -> bool:
+    """Whether :class:`_Permute` applies (eager, no forward-mode AD level open)."""
+    from torch.autograd import forward_ad
+
+    return (not torch.compiler.is_compiling()
+            and getattr(forward_ad, "_current_level", -1) < 0)
 
 
 def validate_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
@@ -153,6 +195,10 @@ def _build(
     nodes_s = torch.arange(num_src + 1, device=src.device, dtype=torch.long)
     csc_ptr = torch.searchsorted(src_csc, nodes_s)
     csc_dst = dst_csr.index_select(0, csc_eid)
+    iperm = None
+    if not presorted:
+        iperm = torch.empty_like(perm)
+        iperm[perm] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
     return EdgeGraph(
         ptr=ptr.contiguous(),
         src=src_csr.contiguous(),
@@ -166,6 +212,7 @@ def _build(
         edge_index=edge_index,
         kept=kept,
         presorted=presorted,
+        iperm=iperm,
     )
 
 

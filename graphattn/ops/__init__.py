@@ -17,7 +17,8 @@ context manager). The layers' dense projections go through :func:`linear` (``F.l
 oneDNN for large float32 CPU products, where torch's MKL path is 2x slower on AMD CPUs;
 :mod:`graphattn.ops.dense`), except with the backend forced to ``reference``. Per-edge
 tensors passed to and returned by the public ops are in the caller's edge order (the order
-of ``edge_index``).
+of ``edge_index``). Forward-mode AD (``torch.autograd.forward_ad``) and ``torch.func``
+transforms always take the reference path: the kernels carry reverse-mode formulas only.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ def backend() -> str:
 
 def _use_native(t: Tensor) -> bool:
     if backend() != "native":
+        return False
+    from .dense import _forward_ad_active, _functorch_active
+
+    if _forward_ad_active() or _functorch_active():
+        # the kernels have reverse-mode formulas only: forward-mode AD (dual tensors) and
+        # torch.func transforms (vmap, jvp, ...) take the differentiable torch form
         return False
     ok = t.device.type == "cpu" or (t.device.type == "cuda" and _native.CUDA_VERSION > 0)
     ok = ok and t.dtype in (torch.float32, torch.float64)
