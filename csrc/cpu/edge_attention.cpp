@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "fast_exp.h"
 
 namespace graphattn {
 namespace {
@@ -67,27 +68,8 @@ inline acc_t edge_score(const scalar_t* __restrict__ qi, const scalar_t* __restr
   }
 }
 
-// exp for the softmax: x <= 0 always (scores minus their row max). float uses a
-// Cephes-style polynomial (about 1 ulp, inlined and branch-free, so loops vectorise);
-// double keeps std::exp. -inf (masked edges) gives exactly 0.
-template <typename T>
-inline T fast_exp(T x) {
-  return std::exp(x);
-}
-template <>
-inline float fast_exp<float>(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float n = std::nearbyint(xc * 1.44269504088896341f);
-  const float f = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  const float z = f * f;
-  const float y = ((((((1.9875691500e-4f * f + 1.3981999507e-3f) * f + 8.3334519073e-3f) * f +
-                      4.1665795894e-2f) * f + 1.6666665459e-1f) * f + 5.0000001201e-1f) * z) +
-                  f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(float));
-  return x < -87.0f ? 0.0f : y * scale;
-}
+// The softmax exponentials use fast_exp (fast_exp.h); their argument is <= 0 here (scores
+// minus their row max, or minus the saved log-sum-exp).
 
 // Calls f(HC, DC, DVC) with the head count H and the head widths D, Dv as compile-time
 // constants (std::integral_constant) for the common shapes; 0 for each one read at run time.

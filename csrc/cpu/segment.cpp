@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "fast_exp.h"
 #include "grain.h"
 
 namespace graphattn {
@@ -22,34 +23,56 @@ void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* n
   check_ptr(ptr, t.size(0), "ptr");
 }
 
+// Softmax of the rows begin..end, HC heads as a compile-time constant (0: H at run time), so
+// that the head loops unroll and vectorise.
+template <int HC, typename scalar_t>
+void softmax_rows(const scalar_t* s, scalar_t* o, const int64_t* p, int64_t H_, int64_t begin,
+                  int64_t end) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t H = HC ? HC : H_;
+  const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
+  std::vector<acc_t> mx_v(HC ? 0 : H), sum_v(HC ? 0 : H);
+  acc_t mx_a[HC ? HC : 1], sum_a[HC ? HC : 1];
+  acc_t* __restrict__ mx = HC ? mx_a : mx_v.data();
+  acc_t* __restrict__ sum = HC ? sum_a : sum_v.data();
+  for (int64_t i = begin; i < end; ++i) {
+    for (int64_t h = 0; h < H; ++h) {
+      mx[h] = NEG_INF;
+      sum[h] = 0;
+    }
+    for (int64_t e = p[i]; e < p[i + 1]; ++e)
+      for (int64_t h = 0; h < H; ++h) mx[h] = std::max(mx[h], acc_t(s[e * H + h]));
+    // a head whose scores are all -inf: shift by 0, so exp(-inf) = 0 without a branch
+    for (int64_t h = 0; h < H; ++h) mx[h] = mx[h] > NEG_INF ? mx[h] : acc_t(0);
+    for (int64_t e = p[i]; e < p[i + 1]; ++e)
+#pragma omp simd
+      for (int64_t h = 0; h < H; ++h) {
+        const acc_t x = fast_exp<acc_t>(acc_t(s[e * H + h]) - mx[h]);
+        sum[h] += x;
+        o[e * H + h] = scalar_t(x);
+      }
+    // no (or only -inf) scores: zeros, never NaN
+    for (int64_t h = 0; h < H; ++h) sum[h] = sum[h] > acc_t(0) ? acc_t(1) / sum[h] : acc_t(0);
+    for (int64_t e = p[i]; e < p[i + 1]; ++e)
+#pragma omp simd
+      for (int64_t h = 0; h < H; ++h) o[e * H + h] = scalar_t(acc_t(o[e * H + h]) * sum[h]);
+  }
+}
+
 at::Tensor segment_softmax_cpu(const at::Tensor& scores_, const at::Tensor& ptr) {
   check_edge_tensor(scores_, ptr, "scores");
   const at::Tensor scores = scores_.contiguous();
   const int64_t N = ptr.numel() - 1, E = scores.size(0), H = scores.size(1);
   at::Tensor out = at::empty_like(scores);
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "graphattn::segment_softmax", [&] {
-    using acc_t = typename Acc<scalar_t>::type;
     const scalar_t* s = scores.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t* p = ptr.data_ptr<int64_t>();
-    const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
     at::parallel_for(0, N, row_grain(N, E, H), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> mx(H), sum(H);
-      for (int64_t i = begin; i < end; ++i) {
-        std::fill(mx.begin(), mx.end(), NEG_INF);
-        std::fill(sum.begin(), sum.end(), acc_t(0));
-        for (int64_t e = p[i]; e < p[i + 1]; ++e)
-          for (int64_t h = 0; h < H; ++h) mx[h] = std::max(mx[h], acc_t(s[e * H + h]));
-        for (int64_t e = p[i]; e < p[i + 1]; ++e)
-          for (int64_t h = 0; h < H; ++h) {
-            const acc_t x = mx[h] > NEG_INF ? std::exp(acc_t(s[e * H + h]) - mx[h]) : acc_t(0);
-            sum[h] += x;
-            o[e * H + h] = scalar_t(x);
-          }
-        for (int64_t e = p[i]; e < p[i + 1]; ++e)
-          for (int64_t h = 0; h < H; ++h)
-            o[e * H + h] = sum[h] > acc_t(0) ? scalar_t(acc_t(o[e * H + h]) / sum[h]) : scalar_t(0);
-      }
+      if (H == 1) return softmax_rows<1>(s, o, p, H, begin, end);
+      if (H == 4) return softmax_rows<4>(s, o, p, H, begin, end);
+      if (H == 8) return softmax_rows<8>(s, o, p, H, begin, end);
+      softmax_rows<0>(s, o, p, H, begin, end);
     });
   });
   return out;

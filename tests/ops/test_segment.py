@@ -14,16 +14,20 @@ native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._
 
 
 @pytest.mark.parametrize("graph", ["ragged", "empty", "single"])
-def test_segment_softmax_matches_loop(backend, graph):
+@pytest.mark.parametrize("heads", [1, 3, 4, 8])  # 1, 4, 8: the kernel's compile-time widths
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segment_softmax_matches_loop(backend, graph, heads, dtype):
     ei, n = GRAPHS[graph]()
     g = build_graph(ei, n, cache=False)
-    s = torch.randn(ei.size(1), 3, dtype=torch.float64)
+    s = torch.randn(ei.size(1), heads, dtype=dtype) * 10
+    if ei.size(1):
+        s[ei[1] == ei[1, 0], 0] = float("-inf")  # one destination's first head fully masked
     out = ops.segment_softmax(s, g)
     ref = torch.zeros_like(s)
     for i in range(n):
         idx = (ei[1] == i).nonzero().view(-1)
         if idx.numel():
-            ref[idx] = torch.softmax(s[idx], dim=0)
+            ref[idx] = torch.softmax(s[idx], dim=0).nan_to_num(0.0)
     torch.testing.assert_close(out, ref)
     assert ops.segment_softmax(s[:, 0], g).shape == (ei.size(1),)
 
