@@ -116,9 +116,10 @@ class _Permute(torch.autograd.Function):
     gradient is the gather ``g.index_select(0, iperm)``, not ``index_select``'s general
     backward (a scatter-add into zeros). At E = 200k, H = 4 on 2 threads the general forms
     took 12 ms (to CSR) and 6 ms (back) of forward + backward, as gathers 4 and 2 ms.
-    Differentiable to any order, and under ``torch.func`` transforms; forward-mode AD and
-    ``torch.compile`` (which has its own backward) take the plain forms instead
-    (:func:`_gather_permute`)."""
+    Differentiable to any order, in forward mode too (``jvp``: the same gather of the
+    tangent; also through a backward recorded outside the dual level), and under ``torch.func``
+    transforms; ``torch.compile``, which makes its own backward and does not trace a custom
+    ``jvp``, takes the plain forms (:func:`_gather_permute`)."""
 
     generate_vmap_rule = True
 
@@ -130,19 +131,21 @@ class _Permute(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         _, perm, iperm = inputs
         ctx.save_for_backward(perm, iperm)
+        ctx.perm = perm  # an index, not differentiated: read by jvp
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         perm, iperm = ctx.saved_tensors
         return _Permute.apply(grad, iperm, perm), None, None
 
+    @staticmethod
+    def jvp(ctx, tangent: Tensor, *_):
+        return tangent.index_select(0, ctx.perm)
+
 
 def _gather_permute() -> bool:
-    """Whether :class:`_Permute` applies (eager, no forward-mode AD level open)."""
-    from torch.autograd import forward_ad
-
-    return (not torch.compiler.is_compiling()
-            and getattr(forward_ad, "_current_level", -1) < 0)
+    """Whether :class:`_Permute` applies: outside ``torch.compile``."""
+    return not torch.compiler.is_compiling()
 
 
 def validate_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:

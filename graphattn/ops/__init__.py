@@ -101,6 +101,8 @@ def backend() -> str:
 
     ``native`` covers CUDA tensors only when the extension was built with CUDA
     (``graphattn.ops._native.CUDA_VERSION > 0``); otherwise CUDA inputs take the reference path.
+    Inside forward-mode AD and ``torch.func`` transforms the ops take the reference path
+    whatever this says (the kernels carry reverse-mode formulas only).
     """
     req = _requested()
     if req == "reference" or not _native.WITH_EXT:

@@ -20,16 +20,17 @@ KINDS = {"dot": 0, "additive": 1, "v2": 2}
 def segment_softmax(scores: Tensor, dst: Tensor, num_dst: int) -> Tensor:
     """Softmax of ``scores[E, H]`` over the edges that share a destination.
 
-    Rows whose scores are all ``-inf`` (and destinations without edges) give zeros.
+    Rows whose scores are all ``-inf`` (and destinations without edges) give zeros; a NaN or
+    ``+inf`` score makes its (row, head) NaN, as ``torch.softmax`` does.
     """
     H = scores.size(1)
     idx = dst.view(-1, 1).expand(-1, H)
     mx = scores.new_full((num_dst, H), float("-inf"))
     mx = mx.scatter_reduce(0, idx, scores.detach(), "amax", include_self=True)
-    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    mx = torch.where(mx == float("-inf"), torch.zeros_like(mx), mx)
     ex = (scores - mx.index_select(0, dst)).exp()
     den = scores.new_zeros(num_dst, H).index_add(0, dst, ex).index_select(0, dst)
-    return ex / torch.where(den > 0, den, torch.ones_like(den))
+    return ex / torch.where(den == 0, torch.ones_like(den), den)
 
 
 def segment_reduce(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tensor | None]:

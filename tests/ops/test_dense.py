@@ -232,3 +232,28 @@ def test_layers_run_forward_hooks_of_their_projections(mode):
     x = torch.randn(N, 64)
     torch.testing.assert_close(hooked(x, ei), doubled(x, ei), rtol=1e-4, atol=1e-4)
     assert calls  # the hooks ran
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+@pytest.mark.parametrize("scope", ["module", "global"])
+def test_layers_run_backward_hooks_of_their_projections(mode, scope):
+    # full backward hooks fire only when the module itself is called: a layer that read
+    # lin.weight directly would skip them
+    N = 2048
+    ei = torch.randint(0, N, (2, 8 * N))
+    layer = GraphAttention(64, 16, heads=4, mode=mode)
+    lins = [m for m in layer.modules() if type(m).__name__ == "Linear"]
+    calls = []
+    if scope == "module":
+        handles = [lin.register_full_backward_hook(lambda m, gi, go: calls.append(m))
+                   for lin in lins]
+    else:
+        handles = [torch.nn.modules.module.register_module_full_backward_hook(
+            lambda m, gi, go: calls.append(m) if m in lins else None)]
+    try:
+        x = torch.randn(N, 64, requires_grad=True)
+        layer(x, ei).sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    assert {id(m) for m in calls} == {id(m) for m in lins}

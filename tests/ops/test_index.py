@@ -78,6 +78,26 @@ def test_reorders_are_exact_permutations_in_values_and_every_derivative():
     assert torch.equal(y.grad, 2.0 * w.float())
 
 
+def test_forward_mode_over_a_recorded_backward(backend):
+    """jvp of a vjp (forward mode over a backward recorded outside the dual level) through the
+    reorders: equal to the plain index_select / index_copy forms (a graph without iperm)."""
+    import dataclasses
+
+    from graphattn import ops
+
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False)
+    plain = dataclasses.replace(g, iperm=None)
+    s = torch.randn(ei.size(1), 2, dtype=torch.float64)
+    v, tv = torch.randn_like(s), torch.randn_like(s)
+    res = []
+    for graph in (g, plain):
+        _, vjp_fn = torch.func.vjp(lambda u, graph=graph: ops.segment_softmax(u, graph), s)
+        res.append(torch.func.jvp(vjp_fn, (v,), (tv,)))
+    for a, b in zip(res[0], res[1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_forward_mode_ad_through_the_ops_matches_the_reference(backend):
     """Forward-mode AD (dual tensors): the native kernels have reverse-mode formulas only, so
     the ops take the torch form; without that the native path dropped the tangent (None,

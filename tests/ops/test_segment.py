@@ -43,6 +43,24 @@ def test_segment_softmax_gradcheck_and_extremes(backend):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segment_softmax_propagates_nan_like_torch(backend, bad, dtype):
+    """A NaN or +inf score makes its (destination, head) NaN, as torch.softmax does; other
+    heads and destinations keep their values (no NaN hidden as zeros or unnormalised exps)."""
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False)
+    s = torch.randn(ei.size(1), 4, dtype=dtype)
+    i = int(ei[1, 0])
+    s[0, 1] = bad
+    out = ops.segment_softmax(s, g)
+    row = ei[1] == i
+    for h in range(4):
+        torch.testing.assert_close(out[row, h], torch.softmax(s[row, h], 0), equal_nan=True)
+    assert out[row, 1].isnan().all()
+    assert not out[~row].isnan().any() and not out[:, [0, 2, 3]].isnan().any()
+
+
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
 def test_segment_reduce_matches_loop_and_gradcheck(backend, reduce):
     ei = ragged_edge_index(10)

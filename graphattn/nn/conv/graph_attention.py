@@ -19,19 +19,21 @@ from ...index import EdgeGraph, build_graph
 MODES = ("gat", "gatv2", "transformer")
 
 
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _plain(lin: torch.nn.Module) -> bool:
     """Whether ``lin(x)`` is exactly ``F.linear(x, lin.weight, lin.bias)``: PyG's or torch's
     ``Linear`` itself (not a subclass with its own forward, e.g. a LoRA adapter), its weight
-    materialised (not lazy), and no forward hooks on it or on all modules (``weight_norm``'s
-    pre-hook, user hooks), which calling its weights directly would skip."""
+    materialised (not lazy), and no forward or backward hooks on it or on all modules
+    (``weight_norm``'s pre-hook, user hooks), which calling its weights directly would skip."""
     from torch.nn.modules import module as nn_module
 
     return (
         type(lin).forward in (Linear.forward, torch.nn.Linear.forward)
         and not isinstance(lin.weight, UninitializedParameter)
-        and not (lin._forward_hooks or lin._forward_pre_hooks)
-        and not getattr(nn_module, "_global_forward_hooks", None)
-        and not getattr(nn_module, "_global_forward_pre_hooks", None)
+        and not any(getattr(lin, h, None) for h in _HOOKS)
+        and not any(getattr(nn_module, "_global" + h, None) for h in _HOOKS)
     )
 
 
