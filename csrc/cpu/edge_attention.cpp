@@ -195,8 +195,10 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
           for (int64_t c = 0; c < Dv; ++c) ah[c] += p * acc_t(vjh[c]);
         }
       }
+      // sum is 0 only for a fully masked head; a NaN (or +inf) score makes it NaN, and the
+      // head's outputs, weights and log-sum-exp NaN, as torch.softmax would (never zeros)
       for (int64_t h = 0; h < H; ++h) {
-        if (sum[h] > acc_t(0)) {
+        if (sum[h] != acc_t(0)) {
           const acc_t inv = acc_t(1) / sum[h];
           for (int64_t c = 0; c < Dv; ++c) oi[h * Dv + c] = scalar_t(acc[h * Dv + c] * inv);
           lse[i * H + h] = scalar_t(mx[h] + std::log(sum[h]));
@@ -209,7 +211,7 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
         for (int64_t t = 0; t < deg; ++t)
           for (int64_t h = 0; h < H; ++h)
             weights[(e0 + t) * H + h] =
-                sum[h] > acc_t(0) ? scalar_t(S[t * H + h] / sum[h]) : scalar_t(0);
+                sum[h] != acc_t(0) ? scalar_t(S[t * H + h] / sum[h]) : scalar_t(0);
       }
     }
   });
@@ -335,7 +337,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
         const scalar_t* vj = v + j * H * Dv;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t l = acc_t(li[h]);
-          if (!(l > NEG_INF)) {  // fully masked row: nothing flows back
+          if (l == NEG_INF) {  // fully masked row: nothing flows back (a NaN one: NaN)
             Pb[t * H + h] = 0;
             DPb[t * H + h] = 0;
             continue;
@@ -416,7 +418,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
         const scalar_t* qi = q + i * H * D;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t l = acc_t(st[h]);
-          if (!(l > NEG_INF)) continue;
+          if (l == NEG_INF) continue;
           const scalar_t* qih = qi + h * D;
           const scalar_t* kjh = kj + h * D;
           const scalar_t* ah = att ? att + h * D : nullptr;
@@ -491,7 +493,7 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
     for (int64_t i = begin; i < end; ++i)
       for (int64_t h = 0; h < H; ++h) {
         const acc_t l = acc_t(lse[i * H + h]);
-        stats[i * S + h] = scalar_t(l > NEG_INF ? l : POS_INF);
+        stats[i * S + h] = scalar_t(l == NEG_INF ? POS_INF : l);
         stats[i * S + H + h] = q[i * H + h];
       }
   });

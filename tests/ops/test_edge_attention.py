@@ -421,3 +421,31 @@ def test_extension_reports_the_cuda_head_dim_bound():
     from graphattn.ops import _native
 
     assert _native.CUDA_MAX_HEAD_DIM == 256
+
+
+@native_only
+@pytest.mark.parametrize("kind", ["dot", "additive", "v2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_scores_propagate_as_in_the_reference(kind, dtype):
+    """A NaN in a source's key makes the scores of its edges NaN: the native forward gives NaN
+    for those (destination, head) outputs and weights, exactly where the reference (torch)
+    does, and its backward NaN gradients in the same places (the kernel had taken a NaN
+    neighbourhood for a masked one: zeros forward and backward)."""
+    torch.manual_seed(0)
+    N = 6
+    ei = torch.tensor([[0, 1, 2, 3, 4, 5, 0], [1, 1, 1, 2, 2, 3, 3]])
+    g = build_graph(ei, N, cache=False)
+    D = 1 if kind == "additive" else 4
+    q0, k0, v0 = (torch.randn(N, 2, d, dtype=dtype) for d in (D, D, 4))
+    att = torch.randn(2, 4, dtype=dtype) if kind == "v2" else None
+    k0[2, 0, 0] = float("nan")  # source 2 -> destination 1, head 0
+    res = {}
+    for b in ("native", "reference"):
+        q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+        with ops.set_backend(b):
+            out, w = ops.edge_attention(q, k, v, g, kind, att=att, return_weights=True)
+        out.backward(torch.ones_like(out))
+        res[b] = [t.isnan() for t in (out, w, q.grad, k.grad, v.grad)]
+    assert res["native"][0][1, 0].all() and not res["native"][0][[0, 2, 3, 4, 5]].any()
+    for a, b in zip(res["native"], res["reference"]):
+        assert torch.equal(a, b)
