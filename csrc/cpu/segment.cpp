@@ -138,7 +138,9 @@ std::tuple<at::Tensor, at::Tensor> segment_reduce_cpu(const at::Tensor& src_,
           for (int64_t e = p[i]; e < p[i + 1]; ++e)
             for (int64_t f = 0; f < F; ++f) {
               const acc_t x = acc_t(s[e * F + f]);
-              if (x > acc[f] || a[i * F + f] < 0) {
+              // the first NaN wins and stays (torch's max propagates NaN; a plain > skips it)
+              const bool nan_first = x != x && acc[f] == acc[f];
+              if (x > acc[f] || nan_first || a[i * F + f] < 0) {
                 acc[f] = x;
                 a[i * F + f] = e;
               }

@@ -61,6 +61,23 @@ def test_segment_softmax_propagates_nan_like_torch(backend, bad, dtype):
     assert not out[~row].isnan().any() and not out[:, [0, 2, 3]].isnan().any()
 
 
+@pytest.mark.parametrize("where", [0, 1, 2])  # first, middle, last in-edge of node 1
+def test_segment_max_propagates_nan_like_torch(backend, where):
+    """A NaN among a segment's values is its max, wherever it sits (torch's amax and PyG's
+    scatter say so; a plain '>' scan keeps it only when it comes first)."""
+    ei = torch.tensor([[0, 1, 2, 3, 4, 5, 0], [1, 1, 1, 2, 2, 3, 3]])
+    g = build_graph(ei, 6, cache=False)
+    x = torch.randn(7, 3)
+    x[where, 0] = float("nan")
+    out = ops.aggregate(x, g, "max")
+    assert out[1, 0].isnan() and not out[1, 1:].isnan().any()
+    assert not out[[0, 2, 3, 4, 5]].isnan().any()
+    expect = torch.full((6, 3), float("-inf")).scatter_reduce(
+        0, ei[1].view(-1, 1).expand(-1, 3), x, "amax")
+    expect[torch.bincount(ei[1], minlength=6) == 0] = 0
+    torch.testing.assert_close(out, expect, equal_nan=True)
+
+
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
 def test_segment_reduce_matches_loop_and_gradcheck(backend, reduce):
     ei = ragged_edge_index(10)
