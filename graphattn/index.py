@@ -87,7 +87,7 @@ class EdgeGraph:
         """Reorders a per-edge tensor from the caller's order into CSR order."""
         if self.presorted:
             return edge_values
-        if self.iperm is not None and _gather_permute():
+        if self.iperm is not None and not torch.compiler.is_compiling():
             return _Permute.apply(edge_values, self.perm, self.iperm)
         return edge_values.index_select(0, self.perm)
 
@@ -95,7 +95,7 @@ class EdgeGraph:
         """Reorders a per-edge tensor from CSR order back to the caller's order."""
         if self.presorted:
             return csr_values
-        if self.iperm is not None and _gather_permute():
+        if self.iperm is not None and not torch.compiler.is_compiling():
             return _Permute.apply(csr_values, self.iperm, self.perm)
         out = torch.empty_like(csr_values)
         return out.index_copy_(0, self.perm, csr_values)
@@ -119,7 +119,7 @@ class _Permute(torch.autograd.Function):
     Differentiable to any order, in forward mode too (``jvp``: the same gather of the
     tangent; also through a backward recorded outside the dual level), and under ``torch.func``
     transforms; ``torch.compile``, which makes its own backward and does not trace a custom
-    ``jvp``, takes the plain forms (:func:`_gather_permute`)."""
+    ``jvp``, takes the plain forms (:meth:`EdgeGraph.to_csr`, :meth:`EdgeGraph.from_csr`)."""
 
     generate_vmap_rule = True
 
@@ -141,11 +141,6 @@ class _Permute(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, tangent: Tensor, *_):
         return tangent.index_select(0, ctx.perm)
-
-
-def _gather_permute() -> bool:
-    """Whether :class:`_Permute` applies: outside ``torch.compile``."""
-    return not torch.compiler.is_compiling()
 
 
 def validate_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:

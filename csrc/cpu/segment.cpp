@@ -53,8 +53,7 @@ void softmax_rows(const scalar_t* s, scalar_t* o, const int64_t* p, int64_t H_, 
       }
     // no (or only -inf) scores: zeros, never NaN; a NaN score (or +inf, whose shift is
     // inf - inf) makes its whole (row, head) NaN, as torch.softmax does
-    for (int64_t h = 0; h < H; ++h)
-      sum[h] = sum[h] > acc_t(0) ? acc_t(1) / sum[h] : (sum[h] == acc_t(0) ? acc_t(0) : sum[h]);
+    for (int64_t h = 0; h < H; ++h) sum[h] = sum[h] != acc_t(0) ? acc_t(1) / sum[h] : acc_t(0);
     for (int64_t e = p[i]; e < p[i + 1]; ++e)
 #pragma omp simd
       for (int64_t h = 0; h < H; ++h) o[e * H + h] = scalar_t(acc_t(o[e * H + h]) * sum[h]);

@@ -31,6 +31,7 @@ from torch import Tensor
 from ..index import EdgeGraph, build_graph
 from . import _native, _reference
 from ._reference import KINDS
+from .dense import _forward_ad_active, _functorch_active, linear
 
 __all__ = [
     "EdgeGraph",
@@ -113,8 +114,6 @@ def backend() -> str:
 def _use_native(t: Tensor) -> bool:
     if backend() != "native":
         return False
-    from .dense import _forward_ad_active, _functorch_active
-
     if _forward_ad_active() or _functorch_active():
         # the kernels have reverse-mode formulas only: forward-mode AD (dual tensors) and
         # torch.func transforms (vmap, jvp, ...) take the differentiable torch form
@@ -534,5 +533,4 @@ def edge_attention(
     return out
 
 
-from .dense import linear  # noqa: E402
 from .projected import projected_attention  # noqa: E402  (uses the helpers above)

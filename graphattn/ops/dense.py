@@ -33,6 +33,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad
 
 __all__ = ["MIN_MACS", "linear", "onednn_available"]
 
@@ -56,8 +57,6 @@ def _functorch_active() -> bool:
 
 
 def _forward_ad_active() -> bool:
-    from torch.autograd import forward_ad
-
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
