@@ -23,12 +23,22 @@
 #endif
 
 TORCH_LIBRARY(graphattn, m) {
-  m.def("segment_softmax(Tensor scores, Tensor ptr) -> Tensor");
-  m.def("segment_softmax_backward(Tensor out, Tensor grad_out, Tensor ptr) -> Tensor");
-  m.def("segment_reduce(Tensor src, Tensor ptr, str reduce) -> (Tensor, Tensor)");
+  //   * validated (the last argument of the segment and attention ops): the caller vouches
+  //     that ptr / src / csc_* are a valid CSR (CSC) of the edges, as graphattn's EdgeGraph
+  //     built from a checked edge_index is; the kernels then skip the scans of the index
+  //     contents (on the GPU: their host syncs) and check dtypes, devices and sizes only.
+  //     False (the default, for any other caller): every index is read and range-checked.
+  //     For segment_reduce_backward it also vouches for arg (the forward's, on the same ptr).
+  m.def("segment_softmax(Tensor scores, Tensor ptr, bool validated=False) -> Tensor");
+  m.def(
+      "segment_softmax_backward(Tensor out, Tensor grad_out, Tensor ptr, "
+      "bool validated=False) -> Tensor");
+  m.def(
+      "segment_reduce(Tensor src, Tensor ptr, str reduce, bool validated=False) "
+      "-> (Tensor, Tensor)");
   m.def(
       "segment_reduce_backward(Tensor grad_out, Tensor ptr, Tensor arg, str reduce, "
-      "SymInt num_edges) -> Tensor");
+      "SymInt num_edges, bool validated=False) -> Tensor");
   // Channel-scaled sum over each destination's in-edges (csrc/cpu/scaled_aggregate.cpp):
   // out[i, c] = sum_e coef[e, k(c)] messages[e, c], channels cut by the blocks (muls, dims).
   m.def(
@@ -61,13 +71,15 @@ TORCH_LIBRARY(graphattn, m) {
   //       2 = v2 (att . LeakyReLU(q_i + k_j) + bias).
   m.def(
       "edge_attention(Tensor q, Tensor k, Tensor v, Tensor? att, Tensor? bias, Tensor ptr, "
-      "Tensor src, Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, float negative_slope, bool return_weights) "
+      "Tensor src, Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
+      "float negative_slope, bool return_weights, bool validated=False) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "edge_attention_backward(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor lse, Tensor ptr, Tensor src, "
       "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
-      "float negative_slope, bool kv_shared=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "float negative_slope, bool kv_shared=False, bool validated=False) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The two passes of edge_attention_backward for the kinds dot and v2 (CPU): _dst returns
   // (grad q, grad att, grad bias, stats [N_dst, 2H]), _src takes that stats record and returns
   // (grad k, grad v); together they equal edge_attention_backward. Apart, a caller consumes
@@ -75,12 +87,13 @@ TORCH_LIBRARY(graphattn, m) {
   m.def(
       "edge_attention_backward_dst(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor lse, Tensor ptr, Tensor src, int kind, "
-      "float scale, float negative_slope) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float scale, float negative_slope, bool validated=False) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "edge_attention_backward_src(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor stats, Tensor ptr, Tensor src, "
       "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
-      "float negative_slope, bool kv_shared=False) -> (Tensor, Tensor)");
+      "float negative_slope, bool kv_shared=False, bool validated=False) -> (Tensor, Tensor)");
 }
 
 namespace {

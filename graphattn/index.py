@@ -59,6 +59,11 @@ class EdgeGraph:
         iperm (Tensor, optional): ``[E]`` int64, the inverse of ``perm`` (CSR position of
             each caller's edge), so that :meth:`to_csr` and :meth:`from_csr` are gathers
             forward and backward (:class:`_Permute`).
+        validated (bool): built by :func:`build_graph` from an ``edge_index`` it checked, so
+            ``ptr``, ``src`` and the CSC view are valid by construction; see
+            :meth:`indices_trusted`.
+        index_versions (tuple, optional): the version counters of ``ptr``, ``src``,
+            ``csc_ptr``, ``csc_eid``, ``csc_dst`` when the graph was built.
     """
 
     ptr: Tensor
@@ -74,6 +79,8 @@ class EdgeGraph:
     kept: Tensor | None = None
     presorted: bool = False
     iperm: Tensor | None = None
+    validated: bool = False
+    index_versions: tuple[int, ...] | None = None
 
     @property
     def num_edges(self) -> int:
@@ -99,6 +106,20 @@ class EdgeGraph:
             return _Permute.apply(csr_values, self.iperm, self.perm)
         out = torch.empty_like(csr_values)
         return out.index_copy_(0, self.perm, csr_values)
+
+    def _index_tensors(self) -> tuple[Tensor, ...]:
+        return (self.ptr, self.src, self.csc_ptr, self.csc_eid, self.csc_dst)
+
+    def indices_trusted(self) -> bool:
+        """Whether the kernels may skip reading the index contents to check them: the graph
+        was built from a validated ``edge_index`` and none of its index tensors was modified
+        in place since (their version counters are unchanged). The native ops then check
+        dtypes, devices and sizes only; on the GPU that saves a host sync per index (seven
+        per attention forward + backward). Always ``False`` under ``torch.compile``, where
+        the kernels check everything as for any other caller."""
+        if not self.validated or self.index_versions is None or torch.compiler.is_compiling():
+            return False
+        return self.index_versions == tuple(t._version for t in self._index_tensors())
 
     def in_degree(self) -> Tensor:
         """Number of in-edges of each destination, ``[num_dst]``."""
@@ -180,7 +201,7 @@ def validate_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
 
 def _build(
     edge_index: Tensor, num_src: int, num_dst: int, kept: Tensor | None = None,
-    presorted: bool = False,
+    presorted: bool = False, validated: bool = False,
 ) -> EdgeGraph:
     src, dst = edge_index[0], edge_index[1]
     # stable sorts keep the caller's order among equal keys (deterministic CSR)
@@ -197,20 +218,25 @@ def _build(
     if not presorted:
         iperm = torch.empty_like(perm)
         iperm[perm] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
+    index = [t.contiguous() for t in (ptr, src_csr, csc_ptr, csc_eid, csc_dst)]
     return EdgeGraph(
-        ptr=ptr.contiguous(),
-        src=src_csr.contiguous(),
+        ptr=index[0],
+        src=index[1],
         dst=dst_csr.contiguous(),
         perm=perm.contiguous(),
-        csc_ptr=csc_ptr.contiguous(),
-        csc_eid=csc_eid.contiguous(),
-        csc_dst=csc_dst.contiguous(),
+        csc_ptr=index[2],
+        csc_eid=index[3],
+        csc_dst=index[4],
         num_src=num_src,
         num_dst=num_dst,
         edge_index=edge_index,
         kept=kept,
         presorted=presorted,
         iperm=iperm,
+        # an in-range edge_index makes every index above valid by construction (searchsorted
+        # pointers over sorted keys, permutations of range(E), gathers of in-range ids)
+        validated=validated,
+        index_versions=tuple(t._version for t in index) if validated else None,
     )
 
 
@@ -249,6 +275,9 @@ def build_graph(
             bipartite graph. Required: graphattn never infers sizes with a host sync.
         cache (bool): reuse the graph built for the same ``edge_index`` tensor.
         validate (bool): check dtype, shape and index range (one host sync per new graph).
+            A validated graph lets the native kernels skip their own index checks
+            (:meth:`EdgeGraph.indices_trusted`); with ``validate=False`` they check every
+            index on every call (on the GPU, a host sync each).
         self_loops (bool): remove the self-loops of ``edge_index`` and add one per node (the
             first ``min(num_src, num_dst)`` nodes), exactly as PyG's ``GATConv`` does;
             ``graph.kept`` then maps the remaining edges to their original ids. This needs a
@@ -287,11 +316,12 @@ def build_graph(
         validate_edge_index(edge_index, int(num_src), int(num_dst))
     if self_loops:
         with_loops, kept = _with_self_loops(edge_index, int(num_src), int(num_dst))
-        graph = _build(with_loops, int(num_src), int(num_dst), kept)
+        graph = _build(with_loops, int(num_src), int(num_dst), kept, validated=validate)
     else:
         dst = edge_index[1]
         presorted = dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())
-        graph = _build(edge_index, int(num_src), int(num_dst), presorted=presorted)
+        graph = _build(edge_index, int(num_src), int(num_dst), presorted=presorted,
+                       validated=validate)
     if key is not None:
         _CACHE[key] = (weakref.ref(edge_index), graph)
         if len(_CACHE) > _CACHE_SIZE:

@@ -119,11 +119,12 @@ inline RowView row_view(const at::Tensor& g) {
 
 Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
-                  const at::Tensor& ptr, const at::Tensor& src, int64_t kind) {
+                  const at::Tensor& ptr, const at::Tensor& src, int64_t kind,
+                  bool validated = false) {
   TORCH_CHECK(q.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
   const Dims d = check_attention_shapes(q, k, v, att, bias, ptr.numel() - 1, src.numel(), kind);
-  check_ptr(ptr, d.E, "ptr");
-  check_range(src, d.Ns, "src");
+  check_ptr(ptr, d.E, "ptr", validated);
+  check_range(src, d.Ns, "src", validated);
   return d;
 }
 
@@ -222,8 +223,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cpu(
     const c10::optional<at::Tensor>& att_, const c10::optional<at::Tensor>& bias_,
     const at::Tensor& ptr, const at::Tensor& src, const at::Tensor& /*csc_ptr*/,
     const at::Tensor& /*csc_eid*/, const at::Tensor& /*csc_dst*/, int64_t kind, double scale,
-    double negative_slope, bool return_weights) {
-  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
+    double negative_slope, bool return_weights, bool validated) {
+  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind, validated);
   const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
   const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
   const bool has_att = in.has_att, has_bias = in.has_bias;
@@ -601,8 +602,9 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
                          const c10::optional<at::Tensor>& bias_, const at::Tensor& row_stats,
                          const at::Tensor& ptr, const at::Tensor& src, const at::Tensor* csc_ptr,
                          const at::Tensor* csc_eid, const at::Tensor* csc_dst, int64_t kind,
-                         double scale, double negative_slope, bool kv_shared, int passes) {
-  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
+                         double scale, double negative_slope, bool kv_shared, int passes,
+                         bool validated) {
+  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind, validated);
   check_kv_shared(k_, v_, kv_shared);
   const bool has_gw = check_grad_shapes(dm, q_, grad_out_, grad_weights_);
   const bool dst_pass = passes & kDstPass, src_pass = passes & kSrcPass;
@@ -619,9 +621,9 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
   }
   if (src_pass) {
     check_csc_shapes(dm, *csc_ptr, *csc_eid, *csc_dst);
-    check_ptr(*csc_ptr, dm.E, "csc_ptr");
-    check_range(*csc_eid, dm.E, "csc_eid");
-    check_range(*csc_dst, dm.Nd, "csc_dst");
+    check_ptr(*csc_ptr, dm.E, "csc_ptr", validated);
+    check_range(*csc_eid, dm.E, "csc_eid", validated);
+    check_range(*csc_dst, dm.Nd, "csc_dst", validated);
   }
   const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
   const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
@@ -693,10 +695,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
     const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
     const at::Tensor& lse, const at::Tensor& ptr, const at::Tensor& src,
     const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
-    double scale, double negative_slope, bool kv_shared) {
-  const BackwardOut o =
-      backward_cpu(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src, &csc_ptr, &csc_eid,
-                   &csc_dst, kind, scale, negative_slope, kv_shared, kDstPass | kSrcPass);
+    double scale, double negative_slope, bool kv_shared, bool validated) {
+  const BackwardOut o = backward_cpu(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src,
+                                     &csc_ptr, &csc_eid, &csc_dst, kind, scale, negative_slope,
+                                     kv_shared, kDstPass | kSrcPass, validated);
   return {o.gq, o.gk, o.gv, o.gatt, o.gbias};
 }
 
@@ -713,11 +715,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backwa
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
     const at::Tensor& lse, const at::Tensor& ptr, const at::Tensor& src, int64_t kind,
-    double scale, double negative_slope) {
+    double scale, double negative_slope, bool validated) {
   check_split_kind(kind, "edge_attention_backward_dst");
   const BackwardOut o = backward_cpu(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src,
                                      nullptr, nullptr, nullptr, kind, scale, negative_slope,
-                                     false, kDstPass);
+                                     false, kDstPass, validated);
   return {o.gq, o.gatt, o.gbias, o.stats};
 }
 
@@ -727,11 +729,12 @@ std::tuple<at::Tensor, at::Tensor> edge_attention_backward_src_cpu(
     const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
     const at::Tensor& stats, const at::Tensor& ptr, const at::Tensor& src,
     const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
-    double scale, double negative_slope, bool kv_shared) {
+    double scale, double negative_slope, bool kv_shared, bool validated) {
   check_split_kind(kind, "edge_attention_backward_src");
   const BackwardOut o =
       backward_cpu(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, &csc_ptr,
-                   &csc_eid, &csc_dst, kind, scale, negative_slope, kv_shared, kSrcPass);
+                   &csc_eid, &csc_dst, kind, scale, negative_slope, kv_shared, kSrcPass,
+                   validated);
   return {o.gk, o.gv};
 }
 

@@ -17,10 +17,11 @@
 namespace graphattn {
 namespace {
 
-void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name) {
+void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name,
+                       bool validated) {
   check_edge_values(t, name);
   TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU");
-  check_ptr(ptr, t.size(0), "ptr");
+  check_ptr(ptr, t.size(0), "ptr", validated);
 }
 
 // Softmax of the rows begin..end, HC heads as a compile-time constant (0: H at run time), so
@@ -60,8 +61,9 @@ void softmax_rows(const scalar_t* s, scalar_t* o, const int64_t* p, int64_t H_, 
   }
 }
 
-at::Tensor segment_softmax_cpu(const at::Tensor& scores_, const at::Tensor& ptr) {
-  check_edge_tensor(scores_, ptr, "scores");
+at::Tensor segment_softmax_cpu(const at::Tensor& scores_, const at::Tensor& ptr,
+                               bool validated) {
+  check_edge_tensor(scores_, ptr, "scores", validated);
   const at::Tensor scores = scores_.contiguous();
   const int64_t N = ptr.numel() - 1, E = scores.size(0), H = scores.size(1);
   at::Tensor out = at::empty_like(scores);
@@ -80,8 +82,8 @@ at::Tensor segment_softmax_cpu(const at::Tensor& scores_, const at::Tensor& ptr)
 }
 
 at::Tensor segment_softmax_backward_cpu(const at::Tensor& out_, const at::Tensor& grad_,
-                                        const at::Tensor& ptr) {
-  check_edge_tensor(out_, ptr, "out");
+                                        const at::Tensor& ptr, bool validated) {
+  check_edge_tensor(out_, ptr, "out", validated);
   TORCH_CHECK(grad_.sizes() == out_.sizes(), "graphattn: 'grad_out' must have shape ",
               out_.sizes(), ", got ", grad_.sizes());
   check_float(grad_, "grad_out", out_.scalar_type(), out_.device());
@@ -111,10 +113,11 @@ at::Tensor segment_softmax_backward_cpu(const at::Tensor& out_, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> segment_reduce_cpu(const at::Tensor& src_,
                                                       const at::Tensor& ptr,
-                                                      c10::string_view reduce_) {
+                                                      c10::string_view reduce_,
+                                                      bool validated) {
   const std::string reduce(reduce_);
   const int code = reduce_code(reduce);
-  check_edge_tensor(src_, ptr, "src");
+  check_edge_tensor(src_, ptr, "src", validated);
   const at::Tensor src = src_.contiguous();
   const int64_t N = ptr.numel() - 1, E = src.size(0), F = src.size(1);
   at::Tensor out = at::empty({N, F}, src.options());
@@ -160,10 +163,10 @@ std::tuple<at::Tensor, at::Tensor> segment_reduce_cpu(const at::Tensor& src_,
 
 at::Tensor segment_reduce_backward_cpu(const at::Tensor& grad_, const at::Tensor& ptr,
                                        const at::Tensor& arg, c10::string_view reduce_,
-                                       int64_t num_edges) {
+                                       int64_t num_edges, bool validated) {
   const std::string reduce(reduce_);
   const int code = reduce_code(reduce);
-  check_ptr(ptr, num_edges, "ptr");
+  check_ptr(ptr, num_edges, "ptr", validated);
   check_reduce_backward_shapes(grad_, ptr, arg, code);
   const at::Tensor grad = grad_.contiguous();
   const int64_t N = ptr.numel() - 1, F = grad.size(1);

@@ -49,7 +49,9 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t j = src[e];
     const acc_t s = score_of(e, j);
-    if (!(s > neg_inf<acc_t>())) continue;  // a masked edge adds nothing
+    // a masked edge (-inf) adds nothing; a NaN score is not skipped: it makes l and acc NaN
+    // (and +inf: exp(inf - inf)), so the (row, head) comes out NaN, as torch.softmax gives
+    if (s == neg_inf<acc_t>()) continue;
     const acc_t m_new = s > m ? s : m;
     const acc_t corr = dev_exp<acc_t>(m - m_new);  // 0 for the first live edge (m = -inf)
     const acc_t p = dev_exp<acc_t>(s - m_new);
@@ -59,8 +61,8 @@ __global__ void __launch_bounds__(kBlock)
     for (int t = 0; t < T; ++t) acc[t] = acc[t] * corr + p * vr[t];
     m = m_new;
   }
-  // empty or fully masked neighbourhood: zeros and lse = -inf, never NaN
-  const bool live = l > acc_t(0);
+  // l is 0 only for an empty or fully masked neighbourhood: zeros and lse = -inf, never NaN
+  const bool live = l != acc_t(0);
   const acc_t inv = live ? acc_t(1) / l : acc_t(0);
 #pragma unroll
   for (int t = 0; t < T; ++t) acc[t] *= inv;
@@ -82,9 +84,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_cuda(
     const c10::optional<at::Tensor>& att_, const c10::optional<at::Tensor>& bias_,
     const at::Tensor& ptr, const at::Tensor& src, const at::Tensor& /*csc_ptr*/,
     const at::Tensor& /*csc_eid*/, const at::Tensor& /*csc_dst*/, int64_t kind, double scale,
-    double negative_slope, bool return_weights) {
+    double negative_slope, bool return_weights, bool validated) {
   const c10::cuda::CUDAGuard guard(q_.device());
-  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
+  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind, validated);
   const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
   const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
   const bool has_att = in.has_att, has_bias = in.has_bias;

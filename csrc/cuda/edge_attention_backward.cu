@@ -57,7 +57,8 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
   for (int t = 0; t < T; ++t) g[t] = ga[t] = 0;
   acc_t dl = 0;
-  if (l > neg_inf<acc_t>()) {  // else a fully masked (or empty) row: nothing flows back
+  if (l != neg_inf<acc_t>()) {  // else a fully masked (or empty) row: nothing flows back
+                                 // (a NaN row, lse = NaN, gives NaN gradients)
     load_head<KIND, T>(q, i, H, h, D, lane, qr, qs);
     if constexpr (KIND == V2) load_row<T>(att + h * D, D, lane, ar);
     load_row<T>(go + (i * H + h) * Dv, Dv, lane, gor);
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t c = cptr[j]; c < cptr[j + 1]; ++c) {
     const int64_t e = ceid[c], i = cdst[c];
     const acc_t l = acc_t(lse[i * H + h]);
-    if (!(l > neg_inf<acc_t>())) continue;
+    if (l == neg_inf<acc_t>()) continue;  // masked row; a NaN one propagates NaN
     load_head<KIND, T>(q, i, H, h, D, lane, qr, qs);
     load_row<T>(go + (i * H + h) * Dv, Dv, lane, gor);
     const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
@@ -167,15 +168,15 @@ edge_attention_backward_cuda(const at::Tensor& grad_out_,
                              const at::Tensor& ptr, const at::Tensor& src,
                              const at::Tensor& csc_ptr, const at::Tensor& csc_eid,
                              const at::Tensor& csc_dst, int64_t kind, double scale,
-                             double negative_slope, bool kv_shared) {
+                             double negative_slope, bool kv_shared, bool validated) {
   const c10::cuda::CUDAGuard guard(q_.device());
-  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind);
+  const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind, validated);
   const at::Device dev = q_.device();
   const bool has_gw = check_backward_shapes(dm, q_, k_, v_, grad_out_, grad_weights_, lse_,
                                             csc_ptr, csc_eid, csc_dst, kv_shared);
-  check_ptr(csc_ptr, dm.E, "csc_ptr", dev);
-  check_range(csc_eid, dm.E, "csc_eid", dev);
-  check_range(csc_dst, dm.Nd, "csc_dst", dev);
+  check_ptr(csc_ptr, dm.E, "csc_ptr", dev, validated);
+  check_range(csc_eid, dm.E, "csc_eid", dev, validated);
+  check_range(csc_dst, dm.Nd, "csc_dst", dev, validated);
   const AttentionInputs in = contiguous_inputs(q_, k_, v_, att_, bias_, kind);
   const at::Tensor &q = in.q, &k = in.k, &v = in.v, &att = in.att, &bias = in.bias;
   const bool has_att = in.has_att, has_bias = in.has_bias;

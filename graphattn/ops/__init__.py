@@ -195,7 +195,7 @@ def segment_softmax(scores: Tensor, graph: EdgeGraph) -> Tensor:
         )
     s = graph.to_csr(s)
     if _use_native(s):
-        out = torch.ops.graphattn.segment_softmax(s, graph.ptr)
+        out = _native.call("segment_softmax", s, graph.ptr, graph.indices_trusted())
     else:
         out = _reference.segment_softmax(s, graph.dst, graph.num_dst)
     out = graph.from_csr(out)
@@ -203,7 +203,8 @@ def segment_softmax(scores: Tensor, graph: EdgeGraph) -> Tensor:
 
 
 # ---- segment reductions ---------------------------------------------------------------------
-def _segment(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tensor | None]:
+def _segment(src: Tensor, ptr: Tensor, reduce: str,
+             validated: bool = False) -> tuple[Tensor, Tensor | None]:
     if reduce not in ("sum", "mean", "max"):
         raise ValueError(f"'reduce' must be 'sum', 'mean' or 'max', got {reduce!r}")
     _check_tensor(src, "src")
@@ -218,7 +219,7 @@ def _segment(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tensor | No
     if s.dim() != 2:
         raise ValueError(f"'src' must have shape [E] or [E, F], got {list(src.shape)}")
     if _use_native(s):
-        out, arg = torch.ops.graphattn.segment_reduce(s, ptr, reduce)
+        out, arg = _native.call("segment_reduce", s, ptr, reduce, validated)
         arg = arg if reduce == "max" else None
     else:
         out, arg = _reference.segment_reduce(s, ptr, reduce)
@@ -268,7 +269,7 @@ def aggregate(messages: Tensor, graph: EdgeGraph, reduce: str = "sum") -> Tensor
         raise ValueError(
             f"'messages' must have {graph.num_edges} rows (one per edge), got {messages.size(0)}"
         )
-    return _segment(graph.to_csr(messages), graph.ptr, reduce)[0]
+    return _segment(graph.to_csr(messages), graph.ptr, reduce, graph.indices_trusted())[0]
 
 
 def _check_blocks(blocks: object, messages: Tensor, coef: Tensor) -> tuple[tuple[int, int], ...]:
@@ -495,7 +496,8 @@ def edge_attention(
     # the CUDA kernels hold a head in registers: head dims up to 256 (documented fall-back)
     fits = q.device.type != "cuda" or max(q.size(2), v.size(2)) <= _native.CUDA_MAX_HEAD_DIM
     if _use_native(q) and fits and not (dropout > 0 and training):
-        out, _, w = torch.ops.graphattn.edge_attention(
+        out, _, w = _native.call(
+            "edge_attention",
             q,
             k,
             v,
@@ -510,6 +512,7 @@ def edge_attention(
             scale,
             float(negative_slope),
             bool(return_weights),
+            graph.indices_trusted(),
         )
         weights = w if return_weights else None
     else:

@@ -65,6 +65,7 @@ if WITH_EXT:
         scale,
         negative_slope,
         return_weights,
+        validated=False,
     ):
         nd, h, dv = ptr.shape[0] - 1, q.shape[1], v.shape[2]
         e = src.shape[0] if return_weights else 0
@@ -89,6 +90,7 @@ if WITH_EXT:
         scale,
         negative_slope,
         kv_shared=False,
+        validated=False,
     ):
         gatt = torch.empty_like(att) if (att is not None and kind == 2) else q.new_empty(0)
         gbias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
@@ -97,33 +99,34 @@ if WITH_EXT:
 
     @torch.library.register_fake("graphattn::edge_attention_backward_dst")
     def _ea_bwd_dst_fake(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src, kind, scale,
-                         negative_slope):
+                         negative_slope, validated=False):
         gatt = torch.empty_like(att) if att is not None else q.new_empty(0)
         gbias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
         return torch.empty_like(q), gatt, gbias, q.new_empty(ptr.shape[0] - 1, 2 * q.shape[1])
 
     @torch.library.register_fake("graphattn::edge_attention_backward_src")
     def _ea_bwd_src_fake(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, csc_ptr,
-                         csc_eid, csc_dst, kind, scale, negative_slope, kv_shared=False):
+                         csc_eid, csc_dst, kind, scale, negative_slope, kv_shared=False,
+                         validated=False):
         gv = v.new_empty(0) if kv_shared else torch.empty_like(v)
         return torch.empty_like(k), gv
 
     @torch.library.register_fake("graphattn::segment_softmax")
-    def _ss_fake(scores, ptr):
+    def _ss_fake(scores, ptr, validated=False):
         return torch.empty_like(scores)
 
     @torch.library.register_fake("graphattn::segment_softmax_backward")
-    def _ss_bwd_fake(out, grad_out, ptr):
+    def _ss_bwd_fake(out, grad_out, ptr, validated=False):
         return torch.empty_like(out)
 
     @torch.library.register_fake("graphattn::segment_reduce")
-    def _sr_fake(src, ptr, reduce):
+    def _sr_fake(src, ptr, reduce, validated=False):
         n = ptr.shape[0] - 1
         arg = src.new_empty((n if reduce == "max" else 0, src.shape[1]), dtype=torch.long)
         return src.new_empty(n, src.shape[1]), arg
 
     @torch.library.register_fake("graphattn::segment_reduce_backward")
-    def _sr_bwd_fake(grad_out, ptr, arg, reduce, num_edges):
+    def _sr_bwd_fake(grad_out, ptr, arg, reduce, num_edges, validated=False):
         return grad_out.new_empty(num_edges, grad_out.shape[1])
 
     # ---- autograd formulas --------------------------------------------------------------
@@ -138,11 +141,12 @@ if WITH_EXT:
 
     def _ea_setup(ctx, inputs, output):
         # inputs: q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst (tensors, saved),
-        # then kind, scale, negative_slope, return_weights
-        tensors, (kind, scale, slope, return_weights) = inputs[:10], inputs[10:]
+        # then kind, scale, negative_slope, return_weights and validated (optional)
+        tensors, (kind, scale, slope, return_weights, *rest) = inputs[:10], inputs[10:]
         _, lse, _ = output  # only the log-sum-exp is saved, never the output
         ctx.save_for_backward(*tensors, lse)
         ctx.kind, ctx.scale, ctx.slope, ctx.return_weights = kind, scale, slope, return_weights
+        ctx.validated = bool(rest[0]) if rest else False
         ctx.has_att, ctx.has_bias = tensors[3] is not None, tensors[4] is not None
         # the same tensor as k and v (GATv2): the backward returns one summed gradient
         ctx.kv_shared = tensors[1] is tensors[2] and tensors[1].requires_grad
@@ -170,6 +174,7 @@ if WITH_EXT:
             ctx.scale,
             ctx.slope,
             ctx.kv_shared,
+            ctx.validated,
         )
         return (
             gq,
@@ -177,6 +182,7 @@ if WITH_EXT:
             None if ctx.kv_shared else gv,  # k is v: gk already holds grad k + grad v
             gatt if ctx.has_att else None,
             gbias if ctx.has_bias else None,
+            None,
             None,
             None,
             None,
@@ -215,7 +221,7 @@ if WITH_EXT:
                                       create_graph=True, allow_unused=True)
             for i, g in zip(wanted, res):
                 grads[i] = g if g is not None else torch.zeros_like(inputs[i])
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None, None)
 
     torch.library.register_autograd(
         "graphattn::edge_attention", _ea_backward, setup_context=_ea_setup
@@ -223,23 +229,25 @@ if WITH_EXT:
 
     def _ss_setup(ctx, inputs, output):
         ctx.save_for_backward(output, inputs[1])
+        ctx.validated = bool(inputs[2]) if len(inputs) > 2 else False
 
     def _ss_backward(ctx, grad):
         out, ptr = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             seg = _segments(ptr, out.shape[0])
             dot = out.new_zeros(ptr.shape[0] - 1, out.shape[1]).index_add(0, seg, out * grad)
-            return out * (grad - dot.index_select(0, seg)), None
-        return ops.segment_softmax_backward(out, grad, ptr), None
+            return out * (grad - dot.index_select(0, seg)), None, None
+        return ops.segment_softmax_backward(out, grad, ptr, ctx.validated), None, None
 
     torch.library.register_autograd(
         "graphattn::segment_softmax", _ss_backward, setup_context=_ss_setup
     )
 
     def _sr_setup(ctx, inputs, output):
-        src, ptr, reduce = inputs
+        src, ptr, reduce, *rest = inputs
         ctx.save_for_backward(ptr, output[1])
         ctx.reduce, ctx.num_edges = reduce, src.shape[0]
+        ctx.validated = bool(rest[0]) if rest else False
 
     def _sr_backward(ctx, grad_out, grad_arg):
         ptr, arg = ctx.saved_tensors
@@ -249,15 +257,17 @@ if WITH_EXT:
                 hit = arg >= 0
                 g = grad_out.new_zeros(E + 1, grad_out.shape[1]).scatter_add(
                     0, torch.where(hit, arg, torch.full_like(arg, E)), grad_out)
-                return g[:E], None, None
+                return g[:E], None, None, None
             seg = _segments(ptr, E)
             g = grad_out.index_select(0, seg)
             if ctx.reduce == "mean":
                 deg = (ptr[1:] - ptr[:-1]).clamp(min=1).to(g.dtype)
                 g = g / deg.index_select(0, seg).unsqueeze(-1)
-            return g, None, None
+            return g, None, None, None
         return (
-            ops.segment_reduce_backward(grad_out, ptr, arg, ctx.reduce, ctx.num_edges),
+            ops.segment_reduce_backward(grad_out, ptr, arg, ctx.reduce, ctx.num_edges,
+                                        ctx.validated),
+            None,
             None,
             None,
         )
@@ -366,3 +376,43 @@ if WITH_EXT:
     torch.library.register_autograd(
         "graphattn::scaled_aggregate", _sa_backward, setup_context=_sa_setup
     )
+
+    # ---- eager fast path -----------------------------------------------------------------
+    # torch.library's autograd wrapper (register_autograd above) costs ~85 us of Python per
+    # forward on this project's CPU, more than the kernels themselves on small graphs and a
+    # share of every GPU step at E = 200k. In eager mode with gradients the ops below run
+    # through a plain autograd.Function with the same setup and backward formulas; the
+    # registered wrapper stays for torch.compile (which traces it) and direct calls.
+    def _make_function(op, setup, backward, name, nondiff=()):
+        def forward(ctx, *args):
+            out = op(*args)  # grad mode is off here: the op's own wrapper only redispatches
+            setup(ctx, args, out)
+            if nondiff:  # edge_attention's log-sum-exp, segment_reduce's argmax
+                ctx.mark_non_differentiable(*(out[i] for i in nondiff))
+            return out
+
+        return type(name, (torch.autograd.Function,), {
+            "forward": staticmethod(forward),
+            "backward": staticmethod(backward),
+        })
+
+    _FUNCTIONS = {
+        "edge_attention": _make_function(ops.edge_attention, _ea_setup, _ea_backward,
+                                         "EdgeAttention", nondiff=(1,)),
+        "segment_softmax": _make_function(ops.segment_softmax, _ss_setup, _ss_backward,
+                                          "SegmentSoftmax"),
+        "segment_reduce": _make_function(ops.segment_reduce, _sr_setup, _sr_backward,
+                                         "SegmentReduce", nondiff=(1,)),
+    }
+
+
+def call(name: str, *args):
+    """``torch.ops.graphattn.<name>(*args)``, through the eager autograd fast path where it
+    applies (gradients wanted, outside ``torch.compile``): the same numbers and formulas.
+    ``args`` must spell out every argument of the schema, the defaulted ones too (the backward
+    returns one gradient per schema argument)."""
+    op = getattr(torch.ops.graphattn, name)
+    if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+        return _FUNCTIONS[name].apply(*args)
+    return op(*args)

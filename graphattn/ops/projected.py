@@ -37,21 +37,22 @@ def _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads):
             v.view(v.size(0), heads, -1))
 
 
-def _attend(q, k, v, graph_tensors, scale):
+def _attend(q, k, v, graph_tensors, scale, validated):
     ptr, src, cp, ce, cd = graph_tensors
     out, lse, _ = torch.ops.graphattn.edge_attention(q, k, v, None, None, ptr, src, cp, ce, cd,
-                                                     _DOT, scale, 0.2, False)
+                                                     _DOT, scale, 0.2, False, validated)
     return out, lse
 
 
 class _ProjectedDotAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_dst, x_src, wq, bq, wk, bk, wv, bv, ptr, src, cp, ce, cd, heads, scale):
+    def forward(ctx, x_dst, x_src, wq, bq, wk, bk, wv, bv, ptr, src, cp, ce, cd, heads, scale,
+                validated):
         q, k, v = _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads)
-        out, lse = _attend(q, k, v, (ptr, src, cp, ce, cd), scale)
+        out, lse = _attend(q, k, v, (ptr, src, cp, ce, cd), scale, validated)
         ctx.save_for_backward(x_dst, x_src, wq, bq, wk, bk, wv, bv, q, k, v, lse, ptr, src, cp,
                               ce, cd)
-        ctx.heads, ctx.scale = heads, scale
+        ctx.heads, ctx.scale, ctx.validated = heads, scale, validated
         return out
 
     @staticmethod
@@ -60,24 +61,26 @@ class _ProjectedDotAttention(torch.autograd.Function):
          cd) = ctx.saved_tensors
         need = ctx.needs_input_grad
         params = (x_dst, x_src, wq, bq, wk, bk, wv, bv)
-        none = (None,) * 7  # graph tensors, heads, scale
+        none = (None,) * 8  # graph tensors, heads, scale, validated
         if torch.is_grad_enabled():  # create_graph=True: recompute with autograd recording
             wanted = [i for i, t in enumerate(params) if t is not None and need[i]]
             grads: list = [None] * 8
             if wanted:
                 with torch.enable_grad():
                     q_, k_, v_ = _project(*params, ctx.heads)
-                    out, _ = _attend(q_, k_, v_, (ptr, src, cp, ce, cd), ctx.scale)
+                    out, _ = _attend(q_, k_, v_, (ptr, src, cp, ce, cd), ctx.scale,
+                                     ctx.validated)
                 res = torch.autograd.grad(out, [params[i] for i in wanted], grad_out,
                                           create_graph=True, allow_unused=True)
                 for i, g in zip(wanted, res):
                     grads[i] = g if g is not None else torch.zeros_like(params[i])
             return (*grads, *none)
         ops = torch.ops.graphattn
-        scale = ctx.scale
+        scale, validated = ctx.scale, ctx.validated
         # destination pass: grad q -> grads of W_q, b_q, x_dst; then grad q is freed
         gq, _, _, stats = ops.edge_attention_backward_dst(grad_out, None, q, k, v, None, None,
-                                                          lse, ptr, src, _DOT, scale, 0.2)
+                                                          lse, ptr, src, _DOT, scale, 0.2,
+                                                          validated)
         g = gq.view(gq.size(0), -1)
         g_xd = input_grad(g, wq) if need[0] else None
         g_wq = g.t() @ x_dst if need[2] else None
@@ -85,7 +88,8 @@ class _ProjectedDotAttention(torch.autograd.Function):
         del gq, g
         # source pass: grad k, grad v -> grads of W_k, b_k, W_v, b_v, x_src
         gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, None, None, stats, ptr,
-                                                 src, cp, ce, cd, _DOT, scale, 0.2, False)
+                                                 src, cp, ce, cd, _DOT, scale, 0.2, False,
+                                                 validated)
         gk, gv = gk.view(gk.size(0), -1), gv.view(gv.size(0), -1)
         g_xs = input_grad(gk, wk).add_(input_grad(gv, wv)) if need[1] else None
         g_wk = gk.t() @ x_src if need[4] else None
@@ -177,4 +181,5 @@ def projected_attention(
         return edge_attention(q, k, v, graph, "dot", scale=scale)
     return _ProjectedDotAttention.apply(
         x_dst, x_src, weight_q, bias_q, weight_k, bias_k, weight_v, bias_v, graph.ptr,
-        graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst, heads, scale)
+        graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst, heads, scale,
+        graph.indices_trusted())

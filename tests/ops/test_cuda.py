@@ -264,14 +264,16 @@ def test_cuda_opcheck():
     for kind, name in ((0, "dot"), (1, "additive"), (2, "v2")):
         q, k, v, att, b = _to(make_inputs(name, 10, 10, ei.size(1), 2, 3), CUDA)
         bias = g.to_csr(b).detach().requires_grad_()
-        for rw in (False, True):
+        for rw, validated in ((False, False), (True, False), (True, True)):
             args = (q, k, v, att, bias, g.ptr, g.src, g.csc_ptr, g.csc_eid, g.csc_dst, kind,
-                    0.5, 0.2, rw)
+                    0.5, 0.2, rw, validated)
             torch.library.opcheck(torch.ops.graphattn.edge_attention.default, args)
     s = torch.randn(ei.size(1), 3, dtype=torch.float64, device=CUDA, requires_grad=True)
-    torch.library.opcheck(torch.ops.graphattn.segment_softmax.default, (s, g.ptr))
-    for reduce in ("sum", "mean", "max"):
-        torch.library.opcheck(torch.ops.graphattn.segment_reduce.default, (s, g.ptr, reduce))
+    for validated in (False, True):
+        torch.library.opcheck(torch.ops.graphattn.segment_softmax.default, (s, g.ptr, validated))
+        for reduce in ("sum", "mean", "max"):
+            torch.library.opcheck(torch.ops.graphattn.segment_reduce.default,
+                                  (s, g.ptr, reduce, validated))
 
 
 def test_cuda_compile_fullgraph_dynamic():
@@ -304,3 +306,129 @@ def test_cuda_graph_attention_layer_matches_cpu(mode):
     torch.testing.assert_close(out_gpu.cpu(), out_cpu)
     for a, b in zip(g_gpu, g_cpu):
         torch.testing.assert_close(a.cpu(), b)
+
+
+@pytest.mark.parametrize("bad", ["key-nan", "bias-inf"])
+@pytest.mark.parametrize("kind", ["dot", "additive", "v2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_nan_and_inf_scores_propagate_as_in_the_reference(bad, kind, dtype):
+    """A NaN score (from a NaN key) or a +inf one (from the bias) makes its (destination, head)
+    NaN in the outputs, weights and gradients exactly where the reference (torch.softmax)
+    does; the kernels had taken such a neighbourhood for a masked one and given zeros."""
+    torch.manual_seed(0)
+    N = 6
+    ei = torch.tensor([[0, 1, 2, 3, 4, 5, 0], [1, 1, 1, 2, 2, 3, 3]])
+    D = 1 if kind == "additive" else 4
+    inputs = list(make_inputs(kind, N, N, ei.size(1), 2, D, Dv=4, dtype=dtype))
+    with torch.no_grad():
+        if bad == "key-nan":
+            inputs[1][2, 0, 0] = float("nan")  # source 2 -> destination 1, head 0
+        else:
+            inputs[4][1, 0] = float("inf")  # edge 1 -> 1, head 0
+    gout = torch.randn(N, 2, 4, dtype=dtype)
+    got = _run(kind, ei, N, inputs, gout, True, CUDA, "native")
+    ref = _run(kind, ei, N, inputs, gout, True, "cpu", "reference")
+    assert got[0][1, 0].isnan().all() and not got[0][[0, 2, 3, 4, 5]].isnan().any()
+    for a, b in zip(got, ref):
+        assert torch.equal(a.isnan(), b.isnan())
+        torch.testing.assert_close(a, b, equal_nan=True, **TOL_GRAD[dtype])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_segment_softmax_propagates_nan_like_torch(bad, dtype):
+    ei = ragged_edge_index(12)
+    g = build_graph(ei.to(CUDA), 12, cache=False)
+    s = torch.randn(ei.size(1), 4, dtype=dtype)
+    s[0, 1] = bad
+    s[ei[1] == int(ei[1, 3]), 2] = float("-inf")  # a fully masked (row, head): zeros
+    out = ops.segment_softmax(s.to(CUDA), g).cpu()
+    for i in ei[1].unique():
+        row = ei[1] == i
+        ref = torch.softmax(s[row], 0)
+        if int(i) == int(ei[1, 3]):
+            ref[:, 2] = 0.0
+        torch.testing.assert_close(out[row], ref, equal_nan=True)
+    assert out[ei[1] == int(ei[1, 0]), 1].isnan().all()
+    assert out[:, [0, 2, 3]].isfinite().all()
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])  # first, middle, last in-edge of node 1
+def test_cuda_segment_max_propagates_nan_like_torch(where):
+    ei = torch.tensor([[0, 1, 2, 3, 4, 5, 0], [1, 1, 1, 2, 2, 3, 3]])
+    g = build_graph(ei.to(CUDA), 6, cache=False)
+    x = torch.randn(7, 3)
+    x[where, 0] = float("nan")
+    out, arg = ops.segment_max(g.to_csr(x.to(CUDA)), g.ptr)
+    expect = torch.full((6, 3), float("-inf")).scatter_reduce(
+        0, ei[1].view(-1, 1).expand(-1, 3), x, "amax")
+    expect[torch.bincount(ei[1], minlength=6) == 0] = 0
+    torch.testing.assert_close(out.cpu(), expect, equal_nan=True)
+    assert int(arg[1, 0]) == where
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_cuda_segment_reduce_backward_writes_every_row(reduce):
+    """The CUDA backward allocates its [E, F] gradient without a zero fill: each row must
+    still be written (zeros off the argmax). A NaN-filled block of the same size is freed just
+    before, so that stale memory handed back by the caching allocator would show."""
+    ei = ragged_edge_index(12)
+    g = build_graph(ei.to(CUDA), 12, cache=False)
+    E, F = ei.size(1), 64
+    x = torch.randn(E, F, dtype=torch.float64, device=CUDA)
+    _, arg = ops._segment(x, g.ptr, reduce)
+    grad = torch.randn(12, F, dtype=torch.float64, device=CUDA)
+    xr = x.clone().requires_grad_(True)
+    with ops.set_backend("reference"):
+        ops._segment(xr, g.ptr, reduce)[0].backward(grad)
+    for _ in range(3):
+        junk = torch.full((E, F), float("nan"), dtype=torch.float64, device=CUDA)
+        del junk
+        gin = torch.ops.graphattn.segment_reduce_backward(grad, g.ptr, arg, reduce, E)
+        torch.testing.assert_close(gin, xr.grad)
+
+
+def _sync_free_step(g, backend="native"):
+    """The ops' forward + backward on a prebuilt graph, with every host sync an error."""
+    q, k, v, att, b = _to(make_inputs("v2", g.num_src, g.num_dst, g.num_edges, 2, 8,
+                                      dtype=torch.float32), CUDA)
+    s = torch.randn(g.num_edges, 2, device=CUDA, requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with ops.set_backend(backend):
+            outs = [ops.edge_attention(q, k, v, g, kind, bias=b, att=att, return_weights=True)[0]
+                    for kind in ("dot", "v2")]
+            outs.append(ops.edge_attention(q[..., :1], k[..., :1], v, g, "additive"))
+            outs.append(ops.segment_softmax(s, g))
+            outs += [ops.aggregate(s, g, r) for r in ("sum", "mean", "max")]
+            torch.autograd.grad(sum(o.sum() for o in outs), (q, k, v, att, b, s))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_ops_on_a_validated_graph_never_sync_with_the_host():
+    """A graph from build_graph(validate=True) is trusted: the kernels skip the range checks
+    whose results the host must read (seven syncs per attention forward + backward), so a
+    training step queues on the GPU without waiting. An unvalidated graph still gets every
+    index checked, which shows here as a sync."""
+    ei = ragged_edge_index(40).to(CUDA)
+    _sync_free_step(build_graph(ei, 40, cache=False))
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        _sync_free_step(build_graph(ei, 40, cache=False, validate=False))
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+def test_cuda_graph_attention_training_step_never_syncs(mode):
+    from graphattn.nn import GraphAttention
+
+    ei = torch.randint(0, 300, (2, 3000), device=CUDA)
+    x = torch.randn(300, 24, device=CUDA)
+    layer = GraphAttention(24, 8, heads=4, mode=mode).to(CUDA)
+    layer(x, ei).sum().backward()  # builds and caches the graph (one validation sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(x, ei).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

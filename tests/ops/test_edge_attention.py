@@ -376,9 +376,9 @@ def test_opcheck(kind):
     name = {0: "dot", 1: "additive", 2: "v2"}[kind]
     q, k, v, att, b = make_inputs(name, 10, 10, ei.size(1), 2, 3)
     bias = g.to_csr(b).detach().requires_grad_()
-    for rw in (False, True):
+    for rw, validated in ((False, False), (True, False), (True, True)):
         args = (q, k, v, att, bias, g.ptr, g.src, g.csc_ptr, g.csc_eid, g.csc_dst, kind, 0.5,
-                0.2, rw)
+                0.2, rw, validated)
         torch.library.opcheck(torch.ops.graphattn.edge_attention.default, args)
 
 
@@ -449,3 +449,33 @@ def test_nan_scores_propagate_as_in_the_reference(kind, dtype):
     assert res["native"][0][1, 0].all() and not res["native"][0][[0, 2, 3, 4, 5]].any()
     for a, b in zip(res["native"], res["reference"]):
         assert torch.equal(a, b)
+
+
+@native_only
+@pytest.mark.parametrize("kind", ["dot", "additive", "v2"])
+def test_eager_fast_autograd_path_equals_the_registered_op(kind):
+    """In eager mode ops.edge_attention records a plain autograd.Function (torch.library's
+    wrapper costs ~3x its Python overhead); its gradients, with returned weights in the loss,
+    a bias and k shared with v, equal those of the registered op called directly."""
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False)
+    q, h, _, att, b = make_inputs(kind, 12, 12, ei.size(1), 2, 4, Dv=4)
+    bias = g.to_csr(b).detach().requires_grad_()
+    gout = torch.randn(12, 2, h.size(2), dtype=torch.float64)
+    params = [t for t in (q, h, att, bias) if t is not None]
+    k_ = {"dot": 0, "additive": 1, "v2": 2}[kind]
+    args = (q, h, h, att, bias, g.ptr, g.src, g.csc_ptr, g.csc_eid, g.csc_dst, k_, 0.5, 0.2,
+            True, True)
+    res = []
+    for path in ("fast", "registered"):
+        with ops.set_backend("native"):
+            if path == "fast":
+                out, _, w = ops._native.call("edge_attention", *args)
+                assert type(out.grad_fn).__name__ == "EdgeAttentionBackward"
+            else:
+                out, _, w = torch.ops.graphattn.edge_attention(*args)
+                assert type(out.grad_fn).__name__ != "EdgeAttentionBackward"
+        loss = (out * gout).sum() + (w * w).sum()
+        res.append((out, w, *torch.autograd.grad(loss, params)))
+    for a, c in zip(*res):
+        assert torch.equal(a, c)

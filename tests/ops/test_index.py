@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from graphattn import ops
 from graphattn.index import build_graph, clear_graph_cache
 from tests.conftest import ragged_edge_index
 
@@ -158,3 +159,38 @@ def test_bad_edge_index_raises_naming_the_argument(bad, num_nodes, exc, match):
 def test_num_nodes_required():
     with pytest.raises(ValueError, match="num_nodes"):
         build_graph(torch.tensor([[0], [1]]))
+
+
+def test_validated_graphs_are_trusted_until_an_index_changes_in_place():
+    """build_graph's validation lets the kernels skip their index scans (on the GPU, a host sync
+    each); a graph built without it, or whose index tensors were written since, is checked."""
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False)
+    assert g.validated and g.indices_trusted()
+    assert build_graph(ei, 12, cache=False, self_loops=True).indices_trusted()
+    assert not build_graph(ei, 12, cache=False, validate=False).indices_trusted()
+    for name in ("ptr", "src", "csc_ptr", "csc_eid", "csc_dst"):
+        g = build_graph(ei, 12, cache=False)
+        getattr(g, name).add_(0)  # an in-place write bumps the version counter
+        assert not g.indices_trusted(), name
+
+
+@pytest.mark.skipif(not ops.native_available(), reason="needs graphattn._C")
+def test_unvalidated_graphs_still_get_their_indices_checked_by_the_kernels():
+    """With validate=False the graph is not trusted, so the kernel's own range check still
+    stands between a bad index and an out-of-bounds read; a trusted call still checks dtypes,
+    devices and sizes."""
+    ei = torch.tensor([[0, 7], [1, 2]])  # source 7 of 3 nodes
+    g = build_graph(ei, 3, cache=False, validate=False)
+    q = torch.randn(3, 1, 2)
+    with ops.set_backend("native"), pytest.raises(RuntimeError, match="'src' holds 7"):
+        ops.edge_attention(q, q, q, g, "dot")
+    with ops.set_backend("native"), pytest.raises(RuntimeError, match="'ptr.*must equal"):
+        torch.ops.graphattn.segment_softmax(torch.randn(2, 1), torch.tensor([0, 1, 1, 3]))
+    good = build_graph(torch.tensor([[0, 1], [1, 2]]), 3, cache=False)
+    call = torch.ops.graphattn.edge_attention
+    with pytest.raises(RuntimeError, match="'src' must be an int64"):
+        call(q, q, q, None, None, good.ptr, good.src.int(), good.csc_ptr, good.csc_eid,
+             good.csc_dst, 0, 1.0, 0.2, False, True)
+    with pytest.raises(RuntimeError, match="'ptr\\[-1\\]' must equal the number of edges"):
+        torch.ops.graphattn.segment_reduce(torch.randn(3, 1), good.ptr, "sum", True)

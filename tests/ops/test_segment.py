@@ -151,9 +151,11 @@ def test_opcheck_segment_ops():
     ei = ragged_edge_index(10)
     g = build_graph(ei, 10, cache=False)
     s = torch.randn(ei.size(1), 3, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.graphattn.segment_softmax.default, (s, g.ptr))
-    for reduce in ("sum", "mean", "max"):
-        torch.library.opcheck(torch.ops.graphattn.segment_reduce.default, (s, g.ptr, reduce))
+    for validated in (False, True):
+        torch.library.opcheck(torch.ops.graphattn.segment_softmax.default, (s, g.ptr, validated))
+        for reduce in ("sum", "mean", "max"):
+            torch.library.opcheck(torch.ops.graphattn.segment_reduce.default,
+                                  (s, g.ptr, reduce, validated))
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
