@@ -325,8 +325,8 @@ def aggregate_scaled(messages: Tensor, coef: Tensor, graph: EdgeGraph,
     b = _check_blocks(blocks, messages, coef)
     m, c = graph.to_csr(messages), graph.to_csr(coef)
     if _use_native(m) and m.device.type == "cpu":
-        return torch.ops.graphattn.scaled_aggregate(
-            m, c, graph.ptr, [mul for mul, _ in b], [d for _, d in b]
+        return _native.call(
+            "scaled_aggregate", m, c, graph.ptr, [mul for mul, _ in b], [d for _, d in b]
         )
     return _reference.scaled_aggregate(m, c, graph.ptr, b)
 
@@ -363,7 +363,7 @@ def edge_query_dot(q: Tensor, k: Tensor, graph: EdgeGraph) -> Tensor:
                          f"{list(k.shape)}")
     kc = graph.to_csr(k)
     if _use_native(kc) and kc.device.type == "cpu":
-        s = torch.ops.graphattn.edge_query_dot(q, kc, graph.ptr)
+        s = _native.call("edge_query_dot", q, kc, graph.ptr)
     else:
         s = _reference.edge_query_dot(q, kc, graph.dst)
     return graph.from_csr(s)

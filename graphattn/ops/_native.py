@@ -403,6 +403,12 @@ if WITH_EXT:
                                           "SegmentSoftmax"),
         "segment_reduce": _make_function(ops.segment_reduce, _sr_setup, _sr_backward,
                                          "SegmentReduce", nondiff=(1,)),
+        "edge_query_dot": _make_function(ops.edge_query_dot, _eqd_setup, _eqd_backward,
+                                         "EdgeQueryDot"),
+        "depthwise_tp": _make_function(ops.depthwise_tp, _tp_setup, _tp_backward,
+                                       "DepthwiseTP"),
+        "scaled_aggregate": _make_function(ops.scaled_aggregate, _sa_setup, _sa_backward,
+                                           "ScaledAggregate"),
     }
 
 

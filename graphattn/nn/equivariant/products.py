@@ -169,8 +169,10 @@ class DepthwiseTensorProduct(nn.Module):
         if self.native_ok and not y.requires_grad and _native_tp(x, y, weight):
             # one pass per edge (csrc/cpu/tensor_product.cpp), same function
             w = weight * self.path_const.to(weight.dtype)
-            return torch.ops.graphattn.depthwise_tp(x, y, w, self.coupling, self.meta,
-                                                    self.dim_out)
+            from ...ops import _native
+
+            return _native.call("depthwise_tp", x, y, w, self.coupling, self.meta,
+                                self.dim_out)
         return self.forward_torch(x, y, weight)
 
     def forward_torch(self, x: Tensor, y: Tensor, weight: Tensor) -> Tensor:
