@@ -59,11 +59,10 @@ class EdgeGraph:
         iperm (Tensor, optional): ``[E]`` int64, the inverse of ``perm`` (CSR position of
             each caller's edge), so that :meth:`to_csr` and :meth:`from_csr` are gathers
             forward and backward (:class:`_Permute`).
-        validated (bool): built by :func:`build_graph` from an ``edge_index`` it checked, so
-            ``ptr``, ``src`` and the CSC view are valid by construction; see
-            :meth:`indices_trusted`.
-        index_versions (tuple, optional): the version counters of ``ptr``, ``src``,
-            ``csc_ptr``, ``csc_eid``, ``csc_dst`` when the graph was built.
+        validated_index (tuple, optional): set by :func:`build_graph` when it checked the
+            ``edge_index``, so that ``ptr``, ``src`` and the CSC view are valid by
+            construction: those five tensors with their version counters at the time (see
+            :meth:`indices_trusted`).
     """
 
     ptr: Tensor
@@ -79,8 +78,7 @@ class EdgeGraph:
     kept: Tensor | None = None
     presorted: bool = False
     iperm: Tensor | None = None
-    validated: bool = False
-    index_versions: tuple[int, ...] | None = None
+    validated_index: tuple[tuple[Tensor, int], ...] | None = None
 
     @property
     def num_edges(self) -> int:
@@ -110,16 +108,23 @@ class EdgeGraph:
     def _index_tensors(self) -> tuple[Tensor, ...]:
         return (self.ptr, self.src, self.csc_ptr, self.csc_eid, self.csc_dst)
 
+    @property
+    def validated(self) -> bool:
+        """Built by :func:`build_graph` from an ``edge_index`` it checked."""
+        return self.validated_index is not None
+
     def indices_trusted(self) -> bool:
         """Whether the kernels may skip reading the index contents to check them: the graph
-        was built from a validated ``edge_index`` and none of its index tensors was modified
-        in place since (their version counters are unchanged). The native ops then check
-        dtypes, devices and sizes only; on the GPU that saves a host sync per index (seven
-        per attention forward + backward). Always ``False`` under ``torch.compile``, where
-        the kernels check everything as for any other caller."""
-        if not self.validated or self.index_versions is None or torch.compiler.is_compiling():
+        was built from a validated ``edge_index``, and its index tensors are still the ones
+        built then (not swapped by ``dataclasses.replace``), unmodified in place (same version
+        counters). The native ops then check dtypes, devices and sizes only; on the GPU that
+        saves a host sync per index (seven per attention forward + backward). Always
+        ``False`` under ``torch.compile``, where the kernels check everything as for any
+        other caller."""
+        if self.validated_index is None or torch.compiler.is_compiling():
             return False
-        return self.index_versions == tuple(t._version for t in self._index_tensors())
+        return all(t is cur and t._version == version for (t, version), cur
+                   in zip(self.validated_index, self._index_tensors()))
 
     def in_degree(self) -> Tensor:
         """Number of in-edges of each destination, ``[num_dst]``."""
@@ -235,8 +240,7 @@ def _build(
         iperm=iperm,
         # an in-range edge_index makes every index above valid by construction (searchsorted
         # pointers over sorted keys, permutations of range(E), gathers of in-range ids)
-        validated=validated,
-        index_versions=tuple(t._version for t in index) if validated else None,
+        validated_index=tuple((t, t._version) for t in index) if validated else None,
     )
 
 
