@@ -17,6 +17,7 @@ WITH_OPENMP = False
 CUDA_VERSION = -1
 CUDA_MAX_HEAD_DIM = 0  # widest head the CUDA kernels take (from _C)
 LOAD_ERROR: str | None = None
+_REQUIRED = object()  # a schema argument without a default
 
 if os.environ.get("GRAPHATTN_NO_EXT", "0").lower() in {"1", "true", "yes", "on"}:
     LOAD_ERROR = "disabled by GRAPHATTN_NO_EXT"
@@ -223,9 +224,6 @@ if WITH_EXT:
                 grads[i] = g if g is not None else torch.zeros_like(inputs[i])
         return (*grads, None, None, None, None, None, None, None, None, None, None)
 
-    torch.library.register_autograd(
-        "graphattn::edge_attention", _ea_backward, setup_context=_ea_setup
-    )
 
     def _ss_setup(ctx, inputs, output):
         ctx.save_for_backward(output, inputs[1])
@@ -239,9 +237,6 @@ if WITH_EXT:
             return out * (grad - dot.index_select(0, seg)), None, None
         return ops.segment_softmax_backward(out, grad, ptr, ctx.validated), None, None
 
-    torch.library.register_autograd(
-        "graphattn::segment_softmax", _ss_backward, setup_context=_ss_setup
-    )
 
     def _sr_setup(ctx, inputs, output):
         src, ptr, reduce, *rest = inputs
@@ -272,9 +267,6 @@ if WITH_EXT:
             None,
         )
 
-    torch.library.register_autograd(
-        "graphattn::segment_reduce", _sr_backward, setup_context=_sr_setup
-    )
 
     @torch.library.register_fake("graphattn::edge_query_dot")
     def _eqd_fake(q, k, ptr):
@@ -303,9 +295,6 @@ if WITH_EXT:
         gq, gk = ops.edge_query_dot_backward(grad_out, q, k, ptr, need_q, need_k)
         return gq if need_q else None, gk if need_k else None, None
 
-    torch.library.register_autograd(
-        "graphattn::edge_query_dot", _eqd_backward, setup_context=_eqd_setup
-    )
 
     @torch.library.register_fake("graphattn::depthwise_tp")
     def _tp_fake(x, y, weight, coupling, meta, out_dim):
@@ -340,9 +329,6 @@ if WITH_EXT:
         gx, gy, gw = ops.depthwise_tp_backward(grad_out, x, y, weight, coupling, meta, *need)
         return (*(g if n else None for g, n in zip((gx, gy, gw), need)), None, None, None)
 
-    torch.library.register_autograd(
-        "graphattn::depthwise_tp", _tp_backward, setup_context=_tp_setup
-    )
 
     @torch.library.register_fake("graphattn::scaled_aggregate")
     def _sa_fake(messages, coef, ptr, muls, dims):
@@ -373,51 +359,57 @@ if WITH_EXT:
                                                ctx.dims, need_m, need_c)
         return gm if need_m else None, gc if need_c else None, None, None, None
 
-    torch.library.register_autograd(
-        "graphattn::scaled_aggregate", _sa_backward, setup_context=_sa_setup
-    )
+    # ---- autograd: one table for the registered wrapper and the eager fast path ---------
+    # torch.library's
+    # autograd wrapper (register_autograd) costs ~85 us of Python per forward on this
+    # project's CPU, more than the kernels themselves on small graphs and a share of every GPU
+    # step at E = 200k. In eager mode with gradients the ops run through a plain
+    # autograd.Function built from the same setup and backward (``call``); the registered
+    # wrapper stays for torch.compile (which traces it) and direct calls.
+    _AUTOGRAD = {  # op -> (Function name, setup, backward, outputs without gradient)
+        "edge_attention": ("EdgeAttention", _ea_setup, _ea_backward, (1,)),  # log-sum-exp
+        "segment_softmax": ("SegmentSoftmax", _ss_setup, _ss_backward, ()),
+        "segment_reduce": ("SegmentReduce", _sr_setup, _sr_backward, (1,)),  # argmax
+        "edge_query_dot": ("EdgeQueryDot", _eqd_setup, _eqd_backward, ()),
+        "depthwise_tp": ("DepthwiseTP", _tp_setup, _tp_backward, ()),
+        "scaled_aggregate": ("ScaledAggregate", _sa_setup, _sa_backward, ()),
+    }
 
-    # ---- eager fast path -----------------------------------------------------------------
-    # torch.library's autograd wrapper (register_autograd above) costs ~85 us of Python per
-    # forward on this project's CPU, more than the kernels themselves on small graphs and a
-    # share of every GPU step at E = 200k. In eager mode with gradients the ops below run
-    # through a plain autograd.Function with the same setup and backward formulas; the
-    # registered wrapper stays for torch.compile (which traces it) and direct calls.
-    def _make_function(op, setup, backward, name, nondiff=()):
+    def _make_function(op, title, setup, backward, nondiff):
         def forward(ctx, *args):
             out = op(*args)  # grad mode is off here: the op's own wrapper only redispatches
             setup(ctx, args, out)
-            if nondiff:  # edge_attention's log-sum-exp, segment_reduce's argmax
+            if nondiff:
                 ctx.mark_non_differentiable(*(out[i] for i in nondiff))
             return out
 
-        return type(name, (torch.autograd.Function,), {
+        return type(title, (torch.autograd.Function,), {
             "forward": staticmethod(forward),
             "backward": staticmethod(backward),
         })
 
-    _FUNCTIONS = {
-        "edge_attention": _make_function(ops.edge_attention, _ea_setup, _ea_backward,
-                                         "EdgeAttention", nondiff=(1,)),
-        "segment_softmax": _make_function(ops.segment_softmax, _ss_setup, _ss_backward,
-                                          "SegmentSoftmax"),
-        "segment_reduce": _make_function(ops.segment_reduce, _sr_setup, _sr_backward,
-                                         "SegmentReduce", nondiff=(1,)),
-        "edge_query_dot": _make_function(ops.edge_query_dot, _eqd_setup, _eqd_backward,
-                                         "EdgeQueryDot"),
-        "depthwise_tp": _make_function(ops.depthwise_tp, _tp_setup, _tp_backward,
-                                       "DepthwiseTP"),
-        "scaled_aggregate": _make_function(ops.scaled_aggregate, _sa_setup, _sa_backward,
-                                           "ScaledAggregate"),
-    }
+    _FUNCTIONS = {}
+    _DEFAULTS = {}  # name -> the schema's trailing default values, filled in by ``call``
+    for _name, (_title, _setup, _backward, _nondiff) in _AUTOGRAD.items():
+        torch.library.register_autograd(f"graphattn::{_name}", _backward, setup_context=_setup)
+        _FUNCTIONS[_name] = _make_function(getattr(ops, _name), _title, _setup, _backward,
+                                           _nondiff)
+        _DEFAULTS[_name] = [a.default_value if a.has_default_value() else _REQUIRED
+                            for a in getattr(ops, _name).default._schema.arguments]
 
 
 def call(name: str, *args):
     """``torch.ops.graphattn.<name>(*args)``, through the eager autograd fast path where it
     applies (gradients wanted, outside ``torch.compile``): the same numbers and formulas.
-    ``args`` must spell out every argument of the schema, the defaulted ones too (the backward
-    returns one gradient per schema argument)."""
+    Trailing arguments left out take the schema's defaults (the backward returns one gradient
+    per schema argument, so the function always receives all of them)."""
     op = getattr(torch.ops.graphattn, name)
+    defaults = _DEFAULTS[name]
+    if len(args) < len(defaults):
+        missing = defaults[len(args):]
+        if any(d is _REQUIRED for d in missing):  # a required argument left out: torch says
+            return op(*args)
+        args = (*args, *missing)
     if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
         return _FUNCTIONS[name].apply(*args)

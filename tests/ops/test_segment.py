@@ -234,3 +234,27 @@ def test_segment_reduce_backward_writes_every_row(reduce):
         del junk
         gin = torch.ops.graphattn.segment_reduce_backward(grad, g.ptr, arg, reduce, E)
         torch.testing.assert_close(gin, xr.grad)
+
+
+@native_only
+def test_eager_fast_path_fills_schema_defaults():
+    """``_native.call`` with the trailing defaulted argument left out (``validated``) still
+    takes the eager autograd.Function, whose backward returns one gradient per schema argument,
+    and gives the registered op's values and gradients; every op has its table entry."""
+    from graphattn.ops import _native
+
+    g = build_graph(ragged_edge_index(9), 9, cache=False)
+    s0 = torch.randn(g.src.numel(), 2, dtype=torch.float64)
+    gout = torch.randn_like(s0)
+    res = []
+    for fast in (True, False):
+        s = s0.clone().requires_grad_()
+        out = (_native.call("segment_softmax", s, g.ptr) if fast
+               else torch.ops.graphattn.segment_softmax(s, g.ptr))
+        assert (type(out.grad_fn).__name__ == "SegmentSoftmaxBackward") == fast
+        res.append((out, *torch.autograd.grad((out * gout).sum(), s)))
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="ptr"):  # a required argument left out
+        _native.call("segment_softmax", s0)
+    assert set(_native._FUNCTIONS) == set(_native._AUTOGRAD) and len(_native._AUTOGRAD) == 6
