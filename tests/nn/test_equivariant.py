@@ -227,6 +227,23 @@ def test_attention_normalised_and_paths_off_is_cutoff_weighted_mean():
     torch.testing.assert_close(p, want.unsqueeze(-1).expand_as(p))
 
 
+def test_geometry_carries_the_graph_and_a_mismatch_raises():
+    """EdgeGeometry builds the CSR once for all interactions; the layer gives the same output
+    with it and with a hand-made geometry dict without it, and refuses a geometry computed
+    from another edge set instead of reading the wrong rows."""
+    geo = EdgeGeometry(4.0, 2, 6)
+    pos = torch.randn(7, 3)
+    ei = _radius(pos, 4.0)
+    x = IRREPS.randn(7, -1)
+    layer = MLANetInteraction(IRREPS, num_basis=6, heads=2)
+    g = geo(pos, ei)
+    assert torch.equal(g["graph"].ptr, ops.build_graph(ei, 7).ptr)
+    torch.testing.assert_close(layer(x, ei, g),
+                               layer(x, ei, {k: v for k, v in g.items() if k != "graph"}))
+    with pytest.raises(ValueError, match="'geom' holds the graph of"):
+        layer(x, ei[:, :-1], g)
+
+
 def test_charge_embedding_and_bad_inputs():
     model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=1, heads=2, charge=True)
     z, pos = _molecule(n=4)

@@ -13,6 +13,7 @@ from e3nn.util.test import assert_equivariant  # noqa: E402
 from graphattn import ops  # noqa: E402
 from graphattn.nn.equivariant.products import (  # noqa: E402
     DepthwiseTensorProduct,
+    IrrepsGate,
     IrrepsLinear,
     depthwise_tensor_product,
 )
@@ -71,6 +72,34 @@ def test_irreps_linear_equals_e3nn(irreps, lmax):
     for u, v in zip(ga, gb):
         torch.testing.assert_close(v, u, atol=1e-12, rtol=1e-12)
     assert_equivariant(lin, irreps_in=[mid], irreps_out=[out_irreps], tolerance=1e-9)
+
+
+SILU, TANH = torch.nn.functional.silu, torch.tanh
+GATES = [  # scalars, their activations, gates, gated, whether the input is in e3nn's order
+    ("32x0e", [SILU], "8x0e", "8x1o", True),  # MLANet's update gate at l_max = 1
+    ("16x0e", [SILU], "3x0e+5x0e", "3x1o+5x2e", True),  # two gate blocks, two gated blocks
+    ("6x0e", [SILU], "", "", True),  # scalars only
+    ("6x0e+4x0o", [SILU, TANH], "2x0e", "2x1o", False),  # e3nn sorts it: its module runs
+]
+
+
+@pytest.mark.parametrize("scalars,acts,gates,gated,in_order", GATES)
+def test_irreps_gate_equals_e3nn(scalars, acts, gates, gated, in_order):
+    from e3nn import nn as enn
+
+    gate_acts = [torch.sigmoid] * len(o3.Irreps(gates))
+    ref = enn.Gate(scalars, acts, gates, gate_acts, gated)
+    fast = IrrepsGate(scalars, acts, gates, gate_acts, gated)
+    assert fast.irreps_in == ref.irreps_in and fast.irreps_out == ref.irreps_out
+    assert fast.in_order == in_order
+    x = torch.randn(3, 4, ref.irreps_in.dim, requires_grad=True)
+    a, b = ref(x), fast(x)
+    torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+    probe = torch.randn_like(a)
+    torch.testing.assert_close(_grads(b, (x,), probe)[0], _grads(a, (x,), probe)[0],
+                               atol=1e-12, rtol=1e-12)
+    assert_equivariant(fast, irreps_in=[fast.irreps_in], irreps_out=[fast.irreps_out],
+                       tolerance=1e-9)
 
 
 def test_bad_sh_irreps_raise():

@@ -5,11 +5,11 @@ sites, both normalising and aggregating through :mod:`graphattn.ops`."""
 from .conv import EdgeGeometry, EquivariantAttentionConv
 from .gdegan import GDEGAN, GaussianDynamicAttention, GDEGANInteraction
 from .mlanet import MLANet, MLANetInteraction, default_irreps
-from .products import DepthwiseTensorProduct, IrrepsLinear
+from .products import DepthwiseTensorProduct, IrrepsGate, IrrepsLinear
 from .radial import BesselBasis, PolynomialCutoff
 
 __all__ = [
     "BesselBasis", "DepthwiseTensorProduct", "EdgeGeometry", "EquivariantAttentionConv", "GDEGAN",
-    "GDEGANInteraction", "GaussianDynamicAttention", "IrrepsLinear", "MLANet",
+    "GDEGANInteraction", "GaussianDynamicAttention", "IrrepsGate", "IrrepsLinear", "MLANet",
     "MLANetInteraction", "PolynomialCutoff", "default_irreps",
 ]

@@ -28,9 +28,16 @@ from torch import Tensor, nn
 from ... import ops
 from ...geometry import edge_vectors
 from ...index import EdgeGraph
-from .products import DepthwiseTensorProduct, _e3nn, depthwise_tensor_product
+from .products import (
+    DepthwiseTensorProduct,
+    IrrepsGate,
+    IrrepsLinear,
+    _e3nn,
+    depthwise_tensor_product,
+)
 
-__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "scalar_irreps_first"]
+__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "geometry_graph",
+           "scalar_irreps_first"]
 
 
 def irreps_blocks(irreps) -> tuple[tuple[int, int], ...]:
@@ -103,10 +110,10 @@ class EquivariantAttentionConv(nn.Module):
                 [2 * self.n_scalars + num_basis, radial_hidden, n_ch], torch.nn.functional.silu)
         scalars = o3.Irreps([(m, ir) for m, ir in self.irreps_node if ir.l == 0])
         gated = o3.Irreps([(m, ir) for m, ir in self.irreps_node if ir.l > 0])
-        self.gate = enn.Gate(scalars, [torch.nn.functional.silu] * len(scalars),
+        self.gate = IrrepsGate(scalars, [torch.nn.functional.silu] * len(scalars),
                              f"{gated.num_irreps}x0e" if gated.num_irreps else "",
                              [torch.sigmoid] if gated.num_irreps else [], gated)
-        self.lin = o3.Linear(self.irreps_mid, self.gate.irreps_in)
+        self.lin = IrrepsLinear(self.irreps_mid, self.gate.irreps_in)
 
     def edge_features(self, x: Tensor, src: Tensor, radial: Tensor, sh: Tensor) -> Tensor:
         r""":math:`\mathrm{TP}^{uvu}_{w(R)}(x_j, Y(\hat r_{ij}))`, ``[E, dim irreps_mid]``: the
@@ -153,7 +160,9 @@ class EdgeGeometry(nn.Module):
         - **pos**: :math:`(N, 3)`; **edge_index**: :math:`(2, E)` (row 0 source :math:`j`,
           row 1 target :math:`i`); **shift**: :math:`(E, 3)` or ``None``;
         - output: dict with ``vec`` :math:`(E, 3)`, ``r`` :math:`(E)`, ``radial``
-          :math:`(E, B)`, ``fc`` :math:`(E)`, ``sh`` :math:`(E, (l_{max}+1)^2)`.
+          :math:`(E, B)`, ``fc`` :math:`(E)`, ``sh`` :math:`(E, (l_{max}+1)^2)` and ``graph``,
+          the edges' :class:`~graphattn.index.EdgeGraph` (CSR by target), built once here for
+          every interaction of the model.
     """
 
     def __init__(self, cutoff: float, lmax: int = 2, num_basis: int = 8) -> None:
@@ -173,4 +182,18 @@ class EdgeGeometry(nn.Module):
             raise ValueError("two atoms joined by an edge sit at the same position (r = 0)")
         fc = self.envelope(r)
         return {"vec": vec, "r": r, "fc": fc, "radial": self.basis(r) * fc.unsqueeze(-1),
-                "sh": self.sh(vec)}
+                "sh": self.sh(vec), "graph": ops.build_graph(edge_index, pos.shape[0],
+                                                              cache=False)}
+
+
+def geometry_graph(geom: dict, edge_index: Tensor, num_nodes: int) -> EdgeGraph:
+    """The ``graph`` of an :class:`EdgeGeometry` dict, or one built from ``edge_index`` when the
+    dict was assembled by hand without it."""
+    graph = geom.get("graph")
+    if graph is None:
+        return ops.build_graph(edge_index, num_nodes, cache=False)
+    if graph.src.shape[0] != edge_index.shape[1] or graph.num_dst != num_nodes:
+        raise ValueError(f"'geom' holds the graph of {graph.src.shape[0]} edges over "
+                         f"{graph.num_dst} nodes, but 'edge_index' has {edge_index.shape[1]} "
+                         f"edges and 'x' {num_nodes} nodes: compute 'geom' from this graph")
+    return graph

@@ -42,8 +42,15 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...index import EdgeGraph
-from .conv import EdgeGeometry, EquivariantAttentionConv, _e3nn, scalar_irreps_first
+from .conv import (
+    EdgeGeometry,
+    EquivariantAttentionConv,
+    _e3nn,
+    geometry_graph,
+    scalar_irreps_first,
+)
 from .mlanet import default_irreps
+from .products import IrrepsLinear
 
 __all__ = ["GDEGAN", "GDEGANInteraction", "GaussianDynamicAttention"]
 
@@ -179,7 +186,7 @@ class GDEGANInteraction(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
-        graph = ops.build_graph(edge_index, x.shape[0], cache=False)
+        graph = geometry_graph(geom, edge_index, x.shape[0])
         src, dst = edge_index[0], edge_index[1]
         alpha = self.attention.attention_weights(x[:, : self.conv.n_scalars], graph, src, dst,
                                                  geom["radial"])
@@ -218,7 +225,7 @@ class GDEGAN(nn.Module):
             GDEGANInteraction(self.irreps, lmax, num_basis, heads, kernel=kernel,
                               **attention_kwargs) for _ in range(num_layers))
         self.cls = nn.Sequential(nn.Linear(channels, channels), nn.SiLU(), nn.Linear(channels, 1))
-        self.offset = o3.Linear(self.irreps, "1x1o")
+        self.offset = IrrepsLinear(self.irreps, "1x1o")
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor | None = None,
                 edge_index: Tensor | None = None) -> dict[str, Tensor]:

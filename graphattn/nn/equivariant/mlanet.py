@@ -48,6 +48,7 @@ from .conv import (
     EdgeGeometry,
     EquivariantAttentionConv,
     _e3nn,
+    geometry_graph,
     irreps_blocks,
     scalar_irreps_first,
 )
@@ -110,7 +111,7 @@ class MLANetInteraction(nn.Module):
                      for _ in range(d)]
             self.register_buffer("head_map", torch.nn.functional.one_hot(
                 torch.tensor(owner), self.heads).to(torch.get_default_dtype()), persistent=False)
-            self.q_geo = o3.Linear(self.irreps_node, key)
+            self.q_geo = IrrepsLinear(self.irreps_node, key)
             self.k_geo = IrrepsLinear(self.conv.irreps_mid, key)  # per edge
             self.key_scale = 1.0 / math.sqrt(key.dim / heads)
 
@@ -154,7 +155,7 @@ class MLANetInteraction(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
         N = x.shape[0]
-        graph = ops.build_graph(edge_index, N, cache=False)
+        graph = geometry_graph(geom, edge_index, N)
         src, dst = edge_index[0], edge_index[1]
         feats = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
         logf = torch.log(geom["fc"].clamp_min(1e-30)).unsqueeze(-1)
@@ -221,7 +222,7 @@ class MLANet(nn.Module):
         self.head = nn.Sequential(nn.Linear(3 * channels, channels), nn.SiLU(),
                                   nn.Linear(channels, 1))
         self.head_shortcut = nn.Linear(3 * channels, 1) if readout_shortcut else None
-        self.force_head = o3.Linear(self.irreps, "1x1o")
+        self.force_head = IrrepsLinear(self.irreps, "1x1o")
         refs = torch.zeros(num_species) if atom_refs is None else atom_refs.detach().clone()
         if refs.shape != (num_species,):
             raise ValueError(f"'atom_refs' must have shape [{num_species}], got {list(refs.shape)}")
