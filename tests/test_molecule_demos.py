@@ -40,7 +40,8 @@ def test_mmff_and_qm9_demos_end_to_end(tmp_path):
 
     cfg = PotentialConfig(budget_s=4.0, channels=8, l_channels=4, layers=1)
     rows = run_qm9(cfg, 120, tmp_path / "qm9")
-    assert {r["model"] for r in rows} == {"mlanet-direct", "schnet", "atom references only"}
+    assert {r["model"] for r in rows} == {"mlanet-direct", "mlanet-degree", "schnet",
+                                          "atom references only"}
     assert all(r["energy_mae_meV"] > 0 for r in rows)
     rows = run_mmff(cfg, 8, 2, tmp_path / "mmff")
     by = {r["model"]: r for r in rows}

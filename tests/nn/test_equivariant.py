@@ -48,12 +48,13 @@ def _molecule(n=7, seed=0):
     return z, pos
 
 
-@pytest.mark.parametrize("kind", ["mlanet", "gdegan"])
+@pytest.mark.parametrize("kind", ["mlanet", "mlanet-degree", "gdegan"])
 def test_interaction_is_e3_equivariant(kind):
     cutoff = 4.0
     geo = EdgeGeometry(cutoff, lmax=2, num_basis=6)
-    if kind == "mlanet":
-        layer = MLANetInteraction(IRREPS, lmax=2, num_basis=6, heads=2)
+    if kind.startswith("mlanet"):
+        layer = MLANetInteraction(IRREPS, lmax=2, num_basis=6, heads=2,
+                                  degree_scaling=kind == "mlanet-degree")
     else:
         layer = GDEGANInteraction(IRREPS, lmax=2, num_basis=6, heads=2, head_dim=4)
     pos = torch.randn(6, 3)
@@ -106,10 +107,11 @@ def _energy_of_distance(model, z, pos, atom, direction, r, cutoff):
     return model(z, p, edge_index=_radius(p, cutoff))["energy"].item()
 
 
-def test_cutoff_continuity():
+@pytest.mark.parametrize("degree_scaling", [False, True])
+def test_cutoff_continuity(degree_scaling):
     cutoff = 3.0
     model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=2, heads=2,
-                   cutoff=cutoff)
+                   cutoff=cutoff, degree_scaling=degree_scaling)
     z = torch.tensor([6, 8])
     pos = torch.zeros(2, 3)
     u = torch.tensor([0.6, 0.0, 0.8])
@@ -225,6 +227,27 @@ def test_attention_normalised_and_paths_off_is_cutoff_weighted_mean():
     fc = g["fc"]
     want = fc / ops.aggregate(fc, graph, "sum")[ei[1]]
     torch.testing.assert_close(p, want.unsqueeze(-1).expand_as(p))
+
+
+def test_degree_scaling_with_paths_off_is_an_envelope_squared_sum():
+    r"""Both attention paths off: :math:`p_{ij} = f_c(r_{ij}) / \sum_k f_c(r_{ik})`, so
+    with the smooth in-degree :math:`D_i = \sum_k f_c(r_{ik})` the weights
+    :math:`f_c\,p\,D` are :math:`f_c(r_{ij})^2`: a sum over neighbours, not a mean (a
+    neighbour count instead of the smooth degree, or no scaling, fails this)."""
+    cutoff = 4.0
+    geo = EdgeGeometry(cutoff, 2, 6)
+    pos = torch.randn(8, 3) * 1.2
+    ei = _radius(pos, cutoff)
+    x = IRREPS.randn(8, -1)
+    g = geo(pos, ei)
+    layer = MLANetInteraction(IRREPS, num_basis=6, heads=2, chemical=False, geometric=False,
+                              degree_scaling=True)
+    fc2 = (g["fc"] ** 2).unsqueeze(-1).expand(-1, 2)
+    want = layer.conv(x, fc2, g["graph"], ei[0], ei[1], g["radial"], g["sh"])
+    torch.testing.assert_close(layer(x, ei, g), want)
+    plain = MLANetInteraction(IRREPS, num_basis=6, heads=2, chemical=False, geometric=False)
+    plain.load_state_dict(layer.state_dict())
+    assert not torch.allclose(plain(x, ei, g), want)
 
 
 def test_geometry_carries_the_graph_and_a_mismatch_raises():
