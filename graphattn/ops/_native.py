@@ -224,7 +224,6 @@ if WITH_EXT:
                 grads[i] = g if g is not None else torch.zeros_like(inputs[i])
         return (*grads, None, None, None, None, None, None, None, None, None, None)
 
-
     def _ss_setup(ctx, inputs, output):
         ctx.save_for_backward(output, inputs[1])
         ctx.validated = bool(inputs[2]) if len(inputs) > 2 else False
@@ -236,7 +235,6 @@ if WITH_EXT:
             dot = out.new_zeros(ptr.shape[0] - 1, out.shape[1]).index_add(0, seg, out * grad)
             return out * (grad - dot.index_select(0, seg)), None, None
         return ops.segment_softmax_backward(out, grad, ptr, ctx.validated), None, None
-
 
     def _sr_setup(ctx, inputs, output):
         src, ptr, reduce, *rest = inputs
@@ -267,7 +265,6 @@ if WITH_EXT:
             None,
         )
 
-
     @torch.library.register_fake("graphattn::edge_query_dot")
     def _eqd_fake(q, k, ptr):
         return k.new_empty(k.shape[0], q.shape[1])
@@ -294,7 +291,6 @@ if WITH_EXT:
             return gq, gk, None
         gq, gk = ops.edge_query_dot_backward(grad_out, q, k, ptr, need_q, need_k)
         return gq if need_q else None, gk if need_k else None, None
-
 
     @torch.library.register_fake("graphattn::depthwise_tp")
     def _tp_fake(x, y, weight, coupling, meta, out_dim):
@@ -329,7 +325,6 @@ if WITH_EXT:
         gx, gy, gw = ops.depthwise_tp_backward(grad_out, x, y, weight, coupling, meta, *need)
         return (*(g if n else None for g, n in zip((gx, gy, gw), need)), None, None, None)
 
-
     @torch.library.register_fake("graphattn::scaled_aggregate")
     def _sa_fake(messages, coef, ptr, muls, dims):
         return messages.new_empty(ptr.shape[0] - 1, messages.shape[1])
@@ -360,10 +355,9 @@ if WITH_EXT:
         return gm if need_m else None, gc if need_c else None, None, None, None
 
     # ---- autograd: one table for the registered wrapper and the eager fast path ---------
-    # torch.library's
-    # autograd wrapper (register_autograd) costs ~85 us of Python per forward on this
-    # project's CPU, more than the kernels themselves on small graphs and a share of every GPU
-    # step at E = 200k. In eager mode with gradients the ops run through a plain
+    # torch.library's autograd wrapper (register_autograd) costs ~85 us of Python per forward
+    # on this project's CPU, more than the kernels themselves on small graphs and a share of
+    # every GPU step at E = 200k. In eager mode with gradients the ops run through a plain
     # autograd.Function built from the same setup and backward (``call``); the registered
     # wrapper stays for torch.compile (which traces it) and direct calls.
     _AUTOGRAD = {  # op -> (Function name, setup, backward, outputs without gradient)

@@ -132,8 +132,8 @@ class MLANetInteraction(nn.Module):
 
     def logits(self, x: Tensor, edge_index: Tensor, geom: dict,
                edge_features: Tensor | None = None, graph: EdgeGraph | None = None) -> Tensor:
-        """:math:`a^{chem} + a^{geo}`, ``[E, H]`` (``graph``: the edges' CSR, built from
-        ``edge_index`` when not given)."""
+        """:math:`a^{chem} + a^{geo}`, ``[E, H]`` (``graph``: the edges' CSR; when not given,
+        the one in ``geom`` or one built from ``edge_index``, :func:`geometry_graph`)."""
         src, dst = edge_index[0], edge_index[1]
         a = x.new_zeros(edge_index.shape[1], self.heads)
         if self.chemical:
@@ -146,7 +146,7 @@ class MLANetInteraction(nn.Module):
             if edge_features is None:
                 edge_features = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
             if graph is None:
-                graph = ops.build_graph(edge_index, x.shape[0], cache=False)
+                graph = geometry_graph(geom, edge_index, x.shape[0])
             # <W^q x_i, W^k m_ij>_h = <Q_ih, m_ij>: the key map folded into the queries, once
             # per node, instead of applied to every edge's features
             a = a + ops.edge_query_dot(self.geo_queries(x), edge_features, graph) * (

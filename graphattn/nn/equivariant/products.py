@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ...ops._reference import scale_channels
+
 __all__ = ["DepthwiseTensorProduct", "IrrepsGate", "IrrepsLinear", "depthwise_tensor_product"]
 
 
@@ -278,8 +280,6 @@ class IrrepsGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.in_order:
             return self.ref(x)
-        from ...ops._reference import scale_channels
-
         s, g, v = torch.split(x, self.sizes, -1)
         s = self.ref.act_scalars(s)
         if not self.sizes[1]:
