@@ -14,6 +14,8 @@ native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._
 
 BLOCKS = ((5, 1), (0, 3), (3, 3), (2, 5))  # an empty block included
 F, K = 5 + 9 + 10, 10
+# widths the native kernel does not specialise (2, 4: its run-time width) beside l = 3 (7)
+OTHER_BLOCKS = ((2, 2), (1, 7), (3, 4), (17, 1))
 
 
 def loop_reference(m, coef, ei, n, blocks):
@@ -31,13 +33,15 @@ def loop_reference(m, coef, ei, n, blocks):
 
 @pytest.mark.parametrize("graph", list(GRAPHS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_loop(backend, graph, dtype):
+@pytest.mark.parametrize("blocks", [BLOCKS, OTHER_BLOCKS], ids=["irreps", "other-widths"])
+def test_matches_loop(backend, graph, dtype, blocks):
     ei, n = GRAPHS[graph]()
     E = ei.shape[1]
-    m, coef = torch.randn(E, F, dtype=dtype), torch.randn(E, K, dtype=dtype)
-    out = ops.aggregate_scaled(m, coef, build_graph(ei, n, cache=False), BLOCKS)
+    F_, K_ = sum(mul * d for mul, d in blocks), sum(mul for mul, _ in blocks)
+    m, coef = torch.randn(E, F_, dtype=dtype), torch.randn(E, K_, dtype=dtype)
+    out = ops.aggregate_scaled(m, coef, build_graph(ei, n, cache=False), blocks)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(out, loop_reference(m, coef, ei, n, BLOCKS), atol=tol, rtol=tol)
+    torch.testing.assert_close(out, loop_reference(m, coef, ei, n, blocks), atol=tol, rtol=tol)
 
 
 def test_gradients_first_and_second_order(backend):
@@ -57,26 +61,30 @@ def test_gradients_first_and_second_order(backend):
 
 
 @native_only
-def test_native_equals_reference_with_gradients():
+@pytest.mark.parametrize("blocks", [BLOCKS, OTHER_BLOCKS], ids=["irreps", "other-widths"])
+def test_native_equals_reference_with_gradients(blocks):
     ei = ragged_edge_index(16)
     g = build_graph(ei, 16, cache=False)
-    m = torch.randn(ei.shape[1], F, requires_grad=True)
-    coef = torch.randn(ei.shape[1], K, requires_grad=True)
-    w = torch.randn(16, F)
+    F_, K_ = sum(mul * d for mul, d in blocks), sum(mul for mul, _ in blocks)
+    m = torch.randn(ei.shape[1], F_, requires_grad=True)
+    coef = torch.randn(ei.shape[1], K_, requires_grad=True)
+    w = torch.randn(16, F_)
     results = []
     for name in ("native", "reference"):
         with ops.set_backend(name):
-            out = ops.aggregate_scaled(m, coef, g, BLOCKS)
+            out = ops.aggregate_scaled(m, coef, g, blocks)
             gm, gc = torch.autograd.grad((out * w).sum(), (m, coef))
         results.append((out, gm, gc))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    # only the gradient asked for is formed (the other comes back None)
+    # only the gradient asked for is formed (the other comes back None), either one
     with ops.set_backend("native"):
-        (gm_only,) = torch.autograd.grad(ops.aggregate_scaled(m, coef.detach(), g, BLOCKS).sum(),
-                                         (m,))
-    torch.testing.assert_close(gm_only, torch.autograd.grad(
-        ops.aggregate_scaled(m, coef, g, BLOCKS).sum(), (m,))[0])
+        (gm_only,) = torch.autograd.grad(
+            (ops.aggregate_scaled(m, coef.detach(), g, blocks) * w).sum(), (m,))
+        (gc_only,) = torch.autograd.grad(
+            (ops.aggregate_scaled(m.detach(), coef, g, blocks) * w).sum(), (coef,))
+    torch.testing.assert_close(gm_only, results[1][1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gc_only, results[1][2], atol=1e-5, rtol=1e-5)
 
 
 @native_only
