@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -96,6 +97,43 @@ inline void coupled(const Path& t, const acc_t* C, const scalar_t* y, acc_t* op)
     }
 }
 
+// Calls f with the irrep widths (d1, d3) of a path as compile-time constants for l <= 2 (widths
+// 1, 3, 5: the compiler unrolls a channel's d1 x d3 products and keeps them in registers), and
+// with 0 (the run-time widths) otherwise.
+template <typename F>
+inline void by_widths(const Path& t, F&& f) {
+  auto second = [&](auto D1) {
+    switch (t.d3) {
+      case 1: f(D1, std::integral_constant<int, 1>()); break;
+      case 3: f(D1, std::integral_constant<int, 3>()); break;
+      case 5: f(D1, std::integral_constant<int, 5>()); break;
+      default: f(D1, std::integral_constant<int, 0>());
+    }
+  };
+  switch (t.d1) {
+    case 1: second(std::integral_constant<int, 1>()); break;
+    case 3: second(std::integral_constant<int, 3>()); break;
+    case 5: second(std::integral_constant<int, 5>()); break;
+    default: second(std::integral_constant<int, 0>());
+  }
+}
+
+// out[u, k] = w[u] sum_i x[u, i] op[i, k] for the mul channels of one path
+template <int D1, int D3, typename scalar_t, typename acc_t>
+inline void path_forward(const Path& t, const acc_t* __restrict__ op,
+                         const scalar_t* __restrict__ xu, const scalar_t* __restrict__ wu,
+                         scalar_t* __restrict__ ou) {
+  const int64_t d1 = D1 > 0 ? D1 : t.d1, d3 = D3 > 0 ? D3 : t.d3, mul = t.mul;
+  for (int64_t u = 0; u < mul; ++u) {
+    const acc_t w = acc_t(wu[u]);
+    for (int64_t k = 0; k < d3; ++k) {
+      acc_t s = 0;
+      for (int64_t i = 0; i < d1; ++i) s += acc_t(xu[u * d1 + i]) * op[i * d3 + k];
+      ou[u * d3 + k] = scalar_t(w * s);
+    }
+  }
+}
+
 template <typename scalar_t>
 void tp_forward(const std::vector<Path>& paths, const scalar_t* x, const scalar_t* y,
                 const scalar_t* w, const std::vector<typename Acc<scalar_t>::type>& C,
@@ -110,49 +148,65 @@ void tp_forward(const std::vector<Path>& paths, const scalar_t* x, const scalar_
       scalar_t* oe = out + e * Dout;
       for (const Path& t : paths) {
         coupled<scalar_t, acc_t>(t, C.data() + t.c, ye, op);
-        const scalar_t* xu = xe + t.x;
-        scalar_t* ou = oe + t.o;
-        const scalar_t* wu_ = we + t.w;
-        if (t.d1 == 1) {  // scalar input channels: out[u, k] = w[u] x[u] op[k]
-          if (t.d3 == 1) {
-            const acc_t o0 = op[0];
-#pragma omp simd
-            for (int64_t u = 0; u < t.mul; ++u) ou[u] = scalar_t(acc_t(wu_[u]) * acc_t(xu[u]) * o0);
-          } else if (t.d3 == 3) {  // l = 1 harmonics, unrolled (forward 0.67 -> 0.42 ms, E = 4694)
-            const acc_t o0 = op[0], o1 = op[1], o2 = op[2];
-            for (int64_t u = 0; u < t.mul; ++u) {
-              const acc_t a = acc_t(wu_[u]) * acc_t(xu[u]);
-              ou[3 * u] = scalar_t(a * o0);
-              ou[3 * u + 1] = scalar_t(a * o1);
-              ou[3 * u + 2] = scalar_t(a * o2);
-            }
-          } else {
-            for (int64_t u = 0; u < t.mul; ++u) {
-              const acc_t a = acc_t(wu_[u]) * acc_t(xu[u]);
-              for (int64_t k = 0; k < t.d3; ++k) ou[u * t.d3 + k] = scalar_t(a * op[k]);
-            }
-          }
-          continue;
-        }
-        if (t.d3 == 1) {  // scalar output channels: out[u] = w[u] <x_u, op>
-          for (int64_t u = 0; u < t.mul; ++u) {
-            acc_t s = 0;
-            for (int64_t i = 0; i < t.d1; ++i) s += acc_t(xu[u * t.d1 + i]) * op[i];
-            ou[u] = scalar_t(acc_t(wu_[u]) * s);
-          }
-          continue;
-        }
-        for (int64_t u = 0; u < t.mul; ++u) {
-          const acc_t wu = acc_t(wu_[u]);
-          for (int64_t k = 0; k < t.d3; ++k) {
-            acc_t s = 0;
-            for (int64_t i = 0; i < t.d1; ++i) s += acc_t(xu[u * t.d1 + i]) * op[i * t.d3 + k];
-            ou[u * t.d3 + k] = scalar_t(wu * s);
-          }
-        }
+        by_widths(t, [&](auto D1, auto D3) {
+          path_forward<decltype(D1)::value, decltype(D3)::value, scalar_t, acc_t>(
+              t, op, xe + t.x, we + t.w, oe + t.o);
+        });
       }
     }
   });
+}
+
+// One path's channels in the backward, with G[i, k] = sum_u w[u] g[u, k] x[u, i] accumulated
+// for grad y (when gy):
+//   grad w[u]     = sum_k g[u, k] (x_u op)[k]
+//   grad x[u, i] += w[u] sum_k g[u, k] op[i, k]
+template <int D1, int D3, typename scalar_t, typename acc_t>
+inline void path_backward(const Path& t, const acc_t* __restrict__ op,
+                          const scalar_t* __restrict__ xu, const scalar_t* __restrict__ wu,
+                          const scalar_t* __restrict__ gu, scalar_t* __restrict__ gw,
+                          acc_t* __restrict__ gx, acc_t* __restrict__ G) {
+  const int64_t d1 = D1 > 0 ? D1 : t.d1, d3 = D3 > 0 ? D3 : t.d3, mul = t.mul;
+  if (gw)
+    for (int64_t u = 0; u < mul; ++u) {
+      acc_t s = 0;
+      for (int64_t k = 0; k < d3; ++k) {
+        acc_t xo = 0;
+        for (int64_t i = 0; i < d1; ++i) xo += acc_t(xu[u * d1 + i]) * op[i * d3 + k];
+        s += acc_t(gu[u * d3 + k]) * xo;
+      }
+      gw[u] = scalar_t(s);
+    }
+  if (gx)
+    for (int64_t u = 0; u < mul; ++u) {
+      const acc_t w = acc_t(wu[u]);
+      for (int64_t i = 0; i < d1; ++i) {
+        acc_t s = 0;
+        for (int64_t k = 0; k < d3; ++k) s += acc_t(gu[u * d3 + k]) * op[i * d3 + k];
+        gx[u * d1 + i] += w * s;
+      }
+    }
+  if (G) {
+    if constexpr (D1 > 0 && D3 > 0) {  // the d1 x d3 sums in registers
+      acc_t acc[D1 * D3] = {};
+      for (int64_t u = 0; u < mul; ++u) {
+        const acc_t w = acc_t(wu[u]);
+        for (int i = 0; i < D1; ++i) {
+          const acc_t wx = w * acc_t(xu[u * D1 + i]);
+          for (int k = 0; k < D3; ++k) acc[i * D3 + k] += wx * acc_t(gu[u * D3 + k]);
+        }
+      }
+      for (int c = 0; c < D1 * D3; ++c) G[c] += acc[c];
+    } else {
+      for (int64_t u = 0; u < mul; ++u) {
+        const acc_t w = acc_t(wu[u]);
+        for (int64_t i = 0; i < d1; ++i) {
+          const acc_t wx = w * acc_t(xu[u * d1 + i]);
+          for (int64_t k = 0; k < d3; ++k) G[i * d3 + k] += wx * acc_t(gu[u * d3 + k]);
+        }
+      }
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -163,9 +217,7 @@ void tp_backward(const std::vector<Path>& paths, const scalar_t* g, const scalar
   using acc_t = typename Acc<scalar_t>::type;
   at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
     acc_t op[kMaxD * kMaxD], G[kMaxD * kMaxD];
-    int64_t max_mul = 0;
-    for (const Path& t : paths) max_mul = std::max(max_mul, t.mul);
-    std::vector<acc_t> gxe(Dx), gye(Dy), gop(max_mul);
+    std::vector<acc_t> gxe(Dx), gye(Dy);
     for (int64_t e = begin; e < end; ++e) {
       const scalar_t* xe = x + e * Dx;
       const scalar_t* ye = y + e * Dy;
@@ -175,87 +227,13 @@ void tp_backward(const std::vector<Path>& paths, const scalar_t* g, const scalar
       if (gy) std::fill(gye.begin(), gye.end(), acc_t(0));
       for (const Path& t : paths) {
         coupled<scalar_t, acc_t>(t, C.data() + t.c, ye, op);
-        const scalar_t* xu = xe + t.x;
-        const scalar_t* gu = ge + t.o;
         if (gy) std::fill(G, G + t.d1 * t.d3, acc_t(0));
-        if (t.d1 == 1) {  // scalar input channels: (x_u op)[k] = x[u] op[k]
-          const int64_t d3 = t.d3, mul = t.mul;
-          const scalar_t* __restrict__ wv = we + t.w;
-          acc_t* __restrict__ go = gop.data();  // go[u] = sum_k g[u, k] op[k]
-          if (d3 == 1) {
-            const acc_t o0 = op[0];
-#pragma omp simd
-            for (int64_t u = 0; u < mul; ++u) go[u] = acc_t(gu[u]) * o0;
-          } else if (d3 == 3) {
-            const acc_t o0 = op[0], o1 = op[1], o2 = op[2];
-#pragma omp simd
-            for (int64_t u = 0; u < mul; ++u)
-              go[u] = acc_t(gu[3 * u]) * o0 + acc_t(gu[3 * u + 1]) * o1 + acc_t(gu[3 * u + 2]) * o2;
-          } else {
-            for (int64_t u = 0; u < mul; ++u) {
-              acc_t s = 0;
-              for (int64_t k = 0; k < d3; ++k) s += acc_t(gu[u * d3 + k]) * op[k];
-              go[u] = s;
-            }
-          }
-          if (gw) {
-            scalar_t* __restrict__ o = gw + e * W + t.w;
-#pragma omp simd
-            for (int64_t u = 0; u < mul; ++u) o[u] = scalar_t(acc_t(xu[u]) * go[u]);
-          }
-          if (gx) {
-            acc_t* __restrict__ o = gxe.data() + t.x;
-#pragma omp simd
-            for (int64_t u = 0; u < mul; ++u) o[u] += acc_t(wv[u]) * go[u];
-          }
-          if (gy)
-            for (int64_t u = 0; u < mul; ++u) {
-              const acc_t wx = acc_t(wv[u]) * acc_t(xu[u]);
-              for (int64_t k = 0; k < d3; ++k) G[k] += wx * acc_t(gu[u * d3 + k]);
-            }
-        } else if (t.d3 == 1) {  // scalar output channels: out[u] = w[u] <x_u, op>
-          const int64_t d1 = t.d1;
-          for (int64_t u = 0; u < t.mul; ++u) {
-            const acc_t wu = acc_t(we[t.w + u]), gv = acc_t(gu[u]);
-            const scalar_t* xv = xu + u * d1;
-            if (gw) {
-              acc_t s = 0;
-              for (int64_t i = 0; i < d1; ++i) s += acc_t(xv[i]) * op[i];
-              gw[e * W + t.w + u] = scalar_t(gv * s);
-            }
-            if (gx)
-              for (int64_t i = 0; i < d1; ++i) gxe[t.x + u * d1 + i] += wu * gv * op[i];
-            if (gy)
-              for (int64_t i = 0; i < d1; ++i) G[i] += wu * gv * acc_t(xv[i]);
-          }
-        } else {
-          for (int64_t u = 0; u < t.mul; ++u) {
-            const acc_t wu = acc_t(we[t.w + u]);
-            if (gw) {
-              acc_t s = 0;
-              for (int64_t k = 0; k < t.d3; ++k) {
-                acc_t xo = 0;
-                for (int64_t i = 0; i < t.d1; ++i) xo += acc_t(xu[u * t.d1 + i]) * op[i * t.d3 + k];
-                s += acc_t(gu[u * t.d3 + k]) * xo;
-              }
-              gw[e * W + t.w + u] = scalar_t(s);
-            }
-            if (gx) {
-              for (int64_t i = 0; i < t.d1; ++i) {
-                acc_t s = 0;
-                for (int64_t k = 0; k < t.d3; ++k) s += acc_t(gu[u * t.d3 + k]) * op[i * t.d3 + k];
-                gxe[t.x + u * t.d1 + i] += wu * s;
-              }
-            }
-            if (gy) {
-              for (int64_t i = 0; i < t.d1; ++i) {
-                const acc_t wx = wu * acc_t(xu[u * t.d1 + i]);
-                for (int64_t k = 0; k < t.d3; ++k) G[i * t.d3 + k] += wx * acc_t(gu[u * t.d3 + k]);
-              }
-            }
-          }
-        }
-        if (gy) {
+        by_widths(t, [&](auto D1, auto D3) {
+          path_backward<decltype(D1)::value, decltype(D3)::value, scalar_t, acc_t>(
+              t, op, xe + t.x, we + t.w, ge + t.o, gw ? gw + e * W + t.w : nullptr,
+              gx ? gxe.data() + t.x : nullptr, gy ? G : nullptr);
+        });
+        if (gy) {  // grad y[j] += sum_{i, k} C[i, j, k] G[i, k]
           const acc_t* Cp = C.data() + t.c;
           for (int64_t j = 0; j < t.d2; ++j) {
             acc_t s = 0;

@@ -139,6 +139,33 @@ def test_native_tensor_product_second_order_and_opcheck(irreps, lmax):
 
 
 @native_only
+@pytest.mark.parametrize("irreps,lmax", [("5x0e+3x1o+2x2e", 1), ("4x0e+3x1o+2x2e", 2),
+                                         ("2x0e+2x1o+1x2e+2x3o", 3)])
+def test_native_tensor_product_first_order_gradients(irreps, lmax):
+    """The kernel's own backward (first order, as in training) gives the torch form's
+    gradients of x, y and the weights, for irreps whose widths the kernel specialises (1, 3,
+    5) and l = 3 (its run-time widths), each gradient alone or all three."""
+    irreps, sh = o3.Irreps(irreps), o3.Irreps.spherical_harmonics(lmax)
+    tp = DepthwiseTensorProduct(irreps, sh, irreps)
+    E = 7
+    args = [torch.randn(E, irreps.dim), torch.randn(E, sh.dim), torch.randn(E, tp.weight_numel)]
+    probe = torch.randn(E, tp.dim_out)
+
+    def native(x, y, w):
+        return torch.ops.graphattn.depthwise_tp(x, y, w * tp.path_const, tp.coupling, tp.meta,
+                                                tp.dim_out)
+
+    for wanted in ((0, 1, 2), (0,), (1,), (2,)):
+        inputs = [a.clone().requires_grad_(i in wanted) for i, a in enumerate(args)]
+        got = torch.autograd.grad((native(*inputs) * probe).sum(),
+                                  [inputs[i] for i in wanted])
+        want = torch.autograd.grad((tp.forward_torch(*inputs) * probe).sum(),
+                                   [inputs[i] for i in wanted])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@native_only
 def test_native_tensor_product_refuses_bad_tables():
     """Called directly, the C++ op checks its path table against the inputs and names what is
     wrong instead of reading out of bounds."""
