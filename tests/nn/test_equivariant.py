@@ -447,6 +447,47 @@ def test_mlanet_runs_under_torch_compile():
                 torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
+def test_tp_weights_equal_radial_network_times_path_constants():
+    """The radial network evaluated with e3nn's constants and the tensor product's path
+    constants folded into its weights is the e3nn network's output times the constants (values
+    and gradients), and the messages built from it are the unfolded ones."""
+    from graphattn.nn.equivariant.conv import EquivariantAttentionConv
+
+    conv = EquivariantAttentionConv(IRREPS, lmax=2, num_basis=6, heads=2)
+    radial = torch.randn(20, 6, requires_grad=True)
+    got = conv.tp_weights(radial)
+    want = conv.radial(radial) * conv.tp.path_const
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    params = [radial, *conv.radial.parameters()]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        torch.testing.assert_close(a, b)
+    x, sh = torch.randn(7, conv.irreps_node.dim), torch.randn(20, conv.irreps_sh.dim)
+    src = torch.randint(0, 7, (20,))
+    torch.testing.assert_close(conv.edge_features(x, src, radial, sh),
+                               conv.tp(x[src], sh, conv.radial(radial)))
+
+
+@pytest.mark.parametrize("out_act", [False, True])
+def test_folded_layers_compute_the_e3nn_network(out_act):
+    """folded_layers on e3nn FullyConnectedNets of three layers, with and without an output
+    activation (its constant then comes back as the output scale)."""
+    from e3nn.nn import FullyConnectedNet
+
+    from graphattn.nn.equivariant.radial import folded_layers
+
+    net = FullyConnectedNet([4, 9, 7, 5], torch.nn.functional.silu, variance_in=2.0,
+                            variance_out=3.0, out_act=out_act)
+    x = torch.randn(11, 4)
+    layers, scale = folded_layers(net)
+    h = x
+    for w, act in layers:
+        h = h @ w
+        h = act(h) if act is not None else h
+    assert (scale != 1.0) == out_act
+    torch.testing.assert_close(h * scale, net(x))
+
+
 def test_message_gate_equals_gate_mlp_on_concatenated_pair():
     """The split first layer of the message gate computes e3nn's FullyConnectedNet on
     [s_i, s_j, R] (values and gradients): a change of e3nn's layer layout fails here."""

@@ -35,6 +35,7 @@ from .products import (
     _e3nn,
     depthwise_tensor_product,
 )
+from .radial import folded_layers
 
 __all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "geometry_graph",
            "scalar_irreps_first"]
@@ -119,23 +120,42 @@ class EquivariantAttentionConv(nn.Module):
         r""":math:`\mathrm{TP}^{uvu}_{w(R)}(x_j, Y(\hat r_{ij}))`, ``[E, dim irreps_mid]``: the
         neighbour's features rotated by the edge direction (messages before gating; MLANet's
         geometric keys are a linear map of them)."""
-        return self.tp(x.index_select(0, src), sh, self.radial(radial))
+        return self.tp(x.index_select(0, src), sh, self.tp_weights(radial), prescaled=True)
+
+    def tp_weights(self, radial: Tensor) -> Tensor:
+        r"""The tensor product's per-edge weights :math:`w(R)` times its path constants,
+        ``[E, weight_numel]``: ``radial`` (the e3nn MLP) evaluated with its normalisation
+        constants and the path constants folded into its weight matrices
+        (:func:`~graphattn.nn.equivariant.radial.folded_layers`; equal to
+        ``self.radial(radial) * self.tp.path_const``, tested)."""
+        layers, scale = folded_layers(self.radial)
+        const = self.tp.path_const.to(radial.dtype) * scale
+        h = radial
+        for n, (w, act) in enumerate(layers):
+            h = h @ (w * const if n == len(layers) - 1 else w)
+            if act is not None:
+                h = act(h)
+        return h
 
     def message_gate(self, s: Tensor, src: Tensor, dst: Tensor, radial: Tensor) -> Tensor:
         r""":math:`\sigma(g(s_i, s_j, R(r_{ij})))`, ``[E, num channels]``: the gate MLP ``g``
         applied to ``[s_i, s_j, R]`` with its first (linear) layer split by input block,
         :math:`W [s_i; s_j; R] = (s W_i)_i + (s W_j)_j + R W_R`, so the node products are taken
-        once per node and gathered, and no ``[E, 2 n_scalars + B]`` input is built (same
-        function as ``msg_gate(torch.cat([s_i, s_j, R], -1))``, tested)."""
-        first, *rest = list(self.msg_gate)
+        once per node and gathered, and no ``[E, 2 n_scalars + B]`` input is built; e3nn's
+        constants are folded into the weights (:func:`~graphattn.nn.equivariant.radial.
+        folded_layers`). Same function as ``msg_gate(torch.cat([s_i, s_j, R], -1))``, tested."""
+        layers, scale = folded_layers(self.msg_gate)
         C = self.n_scalars
-        w = first.weight / (first.h_in * first.var_in) ** 0.5  # e3nn's weight normalisation
+        (w, act), rest = layers[0], layers[1:]
         h = torch.addmm((s @ w[:C]).index_select(0, dst) + (s @ w[C: 2 * C]).index_select(0, src),
                         radial, w[2 * C:])
-        h = first.act(h) * first.var_out ** 0.5
-        for layer in rest:
-            h = layer(h)
-        return torch.sigmoid(h)
+        if act is not None:
+            h = act(h)
+        for w, act in rest:
+            h = h @ w
+            if act is not None:
+                h = act(h)
+        return torch.sigmoid(h * scale if scale != 1.0 else h)
 
     def forward(self, x: Tensor, alpha: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
                 radial: Tensor, sh: Tensor, edge_features: Tensor | None = None) -> Tensor:

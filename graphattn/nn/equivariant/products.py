@@ -165,26 +165,30 @@ class DepthwiseTensorProduct(nn.Module):
             o, c = o + mul * d3, c + C.numel()
         return torch.tensor(rows, dtype=torch.long), torch.cat(blocks)
 
-    def forward(self, x: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, weight: Tensor, prescaled: bool = False) -> Tensor:
+        """``prescaled``: ``weight`` already carries the path constants (``path_const``, one
+        per weight column; e.g. folded into the radial network's last layer)."""
         # harmonics with a gradient mean forces -dE/dr, usually trained on (double backward):
         # the torch form's second derivatives are torch's own, the kernel's would recompute
         # the reference form (2x slower per conservative step), so it serves the first case only
         if self.native_ok and not y.requires_grad and _native_tp(x, y, weight):
             # one pass per edge (csrc/cpu/tensor_product.cpp), same function
-            w = weight * self.path_const.to(weight.dtype)
+            w = weight if prescaled else weight * self.path_const.to(weight.dtype)
             from ...ops import _native
 
             return _native.call("depthwise_tp", x, y, w, self.coupling, self.meta,
                                 self.dim_out)
-        return self.forward_torch(x, y, weight)
+        return self.forward_torch(x, y, weight, prescaled)
 
-    def forward_torch(self, x: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+    def forward_torch(self, x: Tensor, y: Tensor, weight: Tensor,
+                      prescaled: bool = False) -> Tensor:
         """The same map in torch operations (reference path, GPU, and the oracle of the
         native kernel in the tests)."""
         E = x.shape[0]
         xs = torch.split(x, self.in_sizes, -1)
         ys = torch.split(y, self.sh_sizes, -1)
-        ws = torch.split(weight * self.path_const.to(weight.dtype), self.w_sizes, -1)
+        ws = torch.split(weight if prescaled else weight * self.path_const.to(weight.dtype),
+                         self.w_sizes, -1)
         outs = []
         for p in self.slot_path:
             i1, i2, kind, mul, d1, d3 = self.paths[p]

@@ -15,11 +15,12 @@ is continuous (and smooth) as an atom crosses the cutoff.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BesselBasis", "PolynomialCutoff"]
+__all__ = ["BesselBasis", "PolynomialCutoff", "folded_layers"]
 
 
 class PolynomialCutoff(nn.Module):
@@ -59,3 +60,28 @@ class BesselBasis(nn.Module):
 
     def extra_repr(self) -> str:
         return f"cutoff={self.cutoff}, num_basis={self.num_basis}"
+
+
+def folded_layers(net: nn.Module) -> tuple[list[tuple[Tensor, Callable | None]], float]:
+    r"""The layers of an e3nn ``FullyConnectedNet`` as ``[(W, act), ...]`` and an output
+    scale :math:`c`, such that :math:`x \mapsto c\,(\ldots\,\mathrm{act}_0(x W_0)\,\ldots\,
+    W_{L-1})` (``act`` ``None`` where e3nn has none) is the network's function, values and
+    gradients: e3nn's constants (the weight scale :math:`1/\sqrt{h_{in}\sigma^2_{in}}`, the
+    activation's second-moment constant of ``normalize2mom`` and :math:`\sigma_{out}`) are
+    folded into the small ``[h_in, h_out]`` weight matrices, where e3nn multiplies every
+    ``[E, h]`` activation by them (two ``[E, h]`` products and their backward per hidden
+    layer). :math:`c` is 1 unless the last layer has an activation.
+    """
+    layers, carry = [], 1.0
+    for i in range(len(net.hs) - 1):
+        layer = getattr(net, f"layer{i}")
+        if layer.act is None:
+            w = layer.weight * (carry / (layer.h_in * layer.var_in / layer.var_out) ** 0.5)
+            layers.append((w, None))
+            carry = 1.0
+            continue
+        act = layer.act
+        f, cst = (act.f, 1.0 if act._is_id else act.cst) if hasattr(act, "cst") else (act, 1.0)
+        layers.append((layer.weight * (carry / (layer.h_in * layer.var_in) ** 0.5), f))
+        carry = cst * layer.var_out ** 0.5
+    return layers, carry
