@@ -415,6 +415,24 @@ def test_channel_broadcasts_match_explicit_column_maps():
         torch.testing.assert_close(got, want)
 
 
+def test_mlanet_chemical_logits_are_scaled_per_head_dot_products():
+    """The chemical path's logits (one edge_query_dot of block queries against gathered keys)
+    are <W_q s_i, W_k s_j>_h / (tau_h sqrt d), per head, on both backends."""
+    layer = MLANetInteraction(IRREPS, lmax=1, heads=3, key_dim=4, geometric=False)
+    with torch.no_grad():
+        layer.temperature.copy_(torch.tensor([-1.0, 0.0, 2.0]))  # distinct tau per head
+    N, E = 6, 17
+    ei = torch.randint(0, N, (2, E))
+    x = torch.randn(N, layer.irreps_node.dim)
+    s = x[:, : layer.conv.n_scalars]
+    q, k = layer.wq(s).view(N, 3, 4), layer.wk(s).view(N, 3, 4)
+    want = (q[ei[1]] * k[ei[0]]).sum(-1) / (layer.tau() * 2.0)
+    geom = {"graph": ops.build_graph(ei, N)}
+    for name in BACKENDS:
+        with ops.set_backend(name):
+            torch.testing.assert_close(layer.logits(x, ei, geom), want)
+
+
 @pytest.mark.slow
 def test_mlanet_runs_under_torch_compile():
     """MLANet compiles (dynamic shapes; e3nn Irreps never reach dynamo's guards) and gives the

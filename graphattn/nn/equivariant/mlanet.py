@@ -134,24 +134,32 @@ class MLANetInteraction(nn.Module):
                edge_features: Tensor | None = None, graph: EdgeGraph | None = None) -> Tensor:
         """:math:`a^{chem} + a^{geo}`, ``[E, H]`` (``graph``: the edges' CSR; when not given,
         the one in ``geom`` or one built from ``edge_index``, :func:`geometry_graph`)."""
-        src, dst = edge_index[0], edge_index[1]
+        src = edge_index[0]
         a = x.new_zeros(edge_index.shape[1], self.heads)
+        if (self.chemical or self.geometric) and graph is None:
+            graph = geometry_graph(geom, edge_index, x.shape[0])
         if self.chemical:
-            s = x[:, : self.conv.n_scalars]
-            q = self.wq(s).view(-1, self.heads, self.key_dim)
-            k = self.wk(s).view(-1, self.heads, self.key_dim)
-            a = a + (q.index_select(0, dst) * k.index_select(0, src)).sum(-1) / (
-                self.tau() * math.sqrt(self.key_dim))
+            a = a + ops.edge_query_dot(self.chem_queries(x), self.wk(
+                x[:, : self.conv.n_scalars]).index_select(0, src), graph)
         if self.geometric:
             if edge_features is None:
                 edge_features = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
-            if graph is None:
-                graph = geometry_graph(geom, edge_index, x.shape[0])
             # <W^q x_i, W^k m_ij>_h = <Q_ih, m_ij>: the key map folded into the queries, once
             # per node, instead of applied to every edge's features
             a = a + ops.edge_query_dot(self.geo_queries(x), edge_features, graph) * (
                 self.key_scale / self.tau())
         return a
+
+    def chem_queries(self, x: Tensor) -> Tensor:
+        r"""The chemical queries laid out against a gathered key row ``W_k s_j`` (``[E, H d]``,
+        heads side by side): ``[N, H, H d]``, head :math:`h`'s query
+        :math:`W_q s_i / (\tau_h \sqrt d)` in its own ``d`` columns and zeros in the others,
+        so that one :func:`graphattn.ops.edge_query_dot` gives :math:`a^{chem}` without an
+        ``[E, H, d]`` product."""
+        H, d = self.heads, self.key_dim
+        q = self.wq(x[:, : self.conv.n_scalars]).view(-1, H, d)
+        scale = torch.diag(1.0 / (self.tau() * math.sqrt(d))).to(q.dtype)  # [H, H]
+        return torch.einsum("nhd,hg->nhgd", q, scale).reshape(-1, H, H * d)
 
     def geo_queries(self, x: Tensor) -> Tensor:
         r""":math:`Q_{i,h} = M\,(W^q x_i \odot \mathbb{1}_h)`, ``[N, H, dim irreps_mid]``: the
