@@ -40,13 +40,15 @@ TORCH_LIBRARY(graphattn, m) {
       "segment_reduce_backward(Tensor grad_out, Tensor ptr, Tensor arg, str reduce, "
       "SymInt num_edges, bool validated=False) -> Tensor");
   // Channel-scaled sum over each destination's in-edges (csrc/cpu/scaled_aggregate.cpp):
-  // out[i, c] = sum_e coef[e, k(c)] messages[e, c], channels cut by the blocks (muls, dims).
+  // out[i, c] = sum_e coef[e, k(c)] head_coef[e, h(c)] messages[e, c], channels cut by the
+  // blocks (muls, dims); channel u of each block belongs to head h = u mod H (no head_coef: 1).
   m.def(
-      "scaled_aggregate(Tensor messages, Tensor coef, Tensor ptr, int[] muls, int[] dims) "
-      "-> Tensor");
+      "scaled_aggregate(Tensor messages, Tensor coef, Tensor ptr, int[] muls, int[] dims, "
+      "Tensor? head_coef=None) -> Tensor");
   m.def(
       "scaled_aggregate_backward(Tensor grad_out, Tensor messages, Tensor coef, Tensor ptr, "
-      "int[] muls, int[] dims, bool need_messages, bool need_coef) -> (Tensor, Tensor)");
+      "int[] muls, int[] dims, bool need_messages, bool need_coef, Tensor? head_coef=None, "
+      "bool need_head=False) -> (Tensor, Tensor, Tensor)");
   // Channel-wise tensor product of per-edge features x with harmonics y and per-edge weights
   // (csrc/cpu/tensor_product.cpp); meta [P, 9] and coupling describe the paths.
   m.def(

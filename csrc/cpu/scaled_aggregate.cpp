@@ -1,15 +1,18 @@
 // Channel-scaled aggregation over a destination-sorted CSR (graphattn.ops.aggregate_scaled):
 //
-//   out[i, c] = sum_{e in row i} coef[e, k(c)] * m[e, c]
+//   out[i, c] = sum_{e in row i} f[e, k(c)] * m[e, c],   f[e, k] = coef[e, k] * a[e, h(k)]
 //
 // where the F columns of m are cut into blocks (mul_b, d_b): block b holds mul_b channels of
 // d_b consecutive columns each (an irreps layout: d = 2l + 1), and channel u of block b takes
-// the factor coef[e, K_b + u] (K_b = mul_0 + ... + mul_{b-1}). The scaled [E, F] messages are
-// never written: forward and backward are one pass each over the edges of every destination
-// row (no atomics), the backward giving
+// the factor coef[e, K_b + u] (K_b = mul_0 + ... + mul_{b-1}) times the optional per-head
+// factor a = head_coef[e, u mod H] (attention weights dealt to the channels round-robin; 1
+// without head_coef). The scaled [E, F] messages are never written: forward and backward are
+// one pass each over the edges of every destination row (no atomics), the backward giving,
+// with the channel dots d[e, k] = sum_{c in channel k} m[e, c] * grad_out[i, c],
 //
-//   grad m[e, c]    = coef[e, k(c)] * grad_out[i, c]
-//   grad coef[e, k] = sum_{c in channel k} m[e, c] * grad_out[i, c].
+//   grad m[e, c]         = f[e, k(c)] * grad_out[i, c]
+//   grad coef[e, k]      = a[e, h(k)] * d[e, k]
+//   grad head_coef[e, h] = sum_{k: h(k) = h} coef[e, k] * d[e, k].
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/safe_numerics.h>
@@ -64,35 +67,65 @@ void check_inputs(const at::Tensor& m, const at::Tensor& coef, const at::Tensor&
   check_ptr(ptr, m.size(0), "ptr");
 }
 
+// head_coef, when given: [E, H >= 1] of the messages' dtype; returns H (0 without it)
+int64_t check_head(const c10::optional<at::Tensor>& head, const at::Tensor& m) {
+  if (!head.has_value()) return 0;
+  const at::Tensor& a = *head;
+  check_edge_values(a, "head_coef");
+  TORCH_CHECK(a.device().is_cpu() && a.scalar_type() == m.scalar_type(),
+              "graphattn: 'head_coef' must be a CPU tensor of the messages' dtype (",
+              m.scalar_type(), "), got ", a.scalar_type(), " on ", a.device());
+  TORCH_CHECK(a.size(0) == m.size(0) && a.size(1) >= 1, "graphattn: 'head_coef' must have "
+              "shape [E=", m.size(0), ", H >= 1], got ", a.sizes());
+  return a.size(1);
+}
+
+// head of every channel k: u mod H for channel u of its block
+std::vector<int64_t> channel_heads(const Blocks& b, int64_t H) {
+  std::vector<int64_t> h;
+  h.reserve(b.K);
+  for (size_t t = 0; t < b.mul.size(); ++t)
+    for (int64_t u = 0; u < b.mul[t]; ++u) h.push_back(H > 0 ? u % H : 0);
+  return h;
+}
+
+// f[k] = coef_e[k] * a_e[h(k)]: the edge's factor of every channel (K values, in L1)
+template <typename scalar_t, typename acc_t>
+inline void edge_factors(int64_t K, const scalar_t* __restrict__ ce, const scalar_t* __restrict__ ae,
+                         const int64_t* __restrict__ heads, acc_t* __restrict__ f) {
+  for (int64_t k = 0; k < K; ++k) f[k] = acc_t(ce[k]) * acc_t(ae[heads[k]]);
+}
+
 // The blocks' work per edge, with the channel width D a compile-time constant for the irreps
 // widths 1, 3, 5, 7 (the compiler unrolls the D columns of a channel and vectorises across
-// channels) and a run-time one (D = 0) otherwise.
-template <int D, typename scalar_t, typename acc_t>
-inline void fwd_block(int64_t mul, int64_t d_rt, const scalar_t* __restrict__ ce,
+// channels) and a run-time one (D = 0) otherwise. fac: the channels' factors (coef itself, or
+// the edge's f of edge_factors).
+template <int D, typename fac_t, typename scalar_t, typename acc_t>
+inline void fwd_block(int64_t mul, int64_t d_rt, const fac_t* __restrict__ fac,
                       const scalar_t* __restrict__ me, acc_t* __restrict__ a) {
   const int64_t d = D > 0 ? D : d_rt;
   for (int64_t u = 0; u < mul; ++u) {
-    const acc_t c = acc_t(ce[u]);
+    const acc_t c = acc_t(fac[u]);
     for (int64_t r = 0; r < d; ++r) a[u * d + r] += c * acc_t(me[u * d + r]);
   }
 }
 
-// grad m = coef * g (into gm, when given); grad coef[u] = <m_u, g_u> (into gc, when given)
-template <int D, typename scalar_t, typename acc_t>
-inline void bwd_block(int64_t mul, int64_t d_rt, const scalar_t* __restrict__ ce,
+// grad m = fac * g (into gm, when given); the channel dots <m_u, g_u> (into dots, when given)
+template <int D, typename fac_t, typename dot_t, typename scalar_t, typename acc_t>
+inline void bwd_block(int64_t mul, int64_t d_rt, const fac_t* __restrict__ fac,
                       const scalar_t* __restrict__ me, const scalar_t* __restrict__ gb,
-                      scalar_t* __restrict__ gm, scalar_t* __restrict__ gc) {
+                      scalar_t* __restrict__ gm, dot_t* __restrict__ dots) {
   const int64_t d = D > 0 ? D : d_rt;
   if (gm)
     for (int64_t u = 0; u < mul; ++u) {
-      const acc_t c = acc_t(ce[u]);
+      const acc_t c = acc_t(fac[u]);
       for (int64_t r = 0; r < d; ++r) gm[u * d + r] = scalar_t(c * acc_t(gb[u * d + r]));
     }
-  if (gc)
+  if (dots)
     for (int64_t u = 0; u < mul; ++u) {
       acc_t s = 0;
       for (int64_t r = 0; r < d; ++r) s += acc_t(me[u * d + r]) * acc_t(gb[u * d + r]);
-      gc[u] = scalar_t(s);
+      dots[u] = dot_t(s);
     }
 }
 
@@ -107,26 +140,35 @@ inline void by_width(int64_t d, F&& f) {
   }
 }
 
+// ap: head_coef [E, H] or nullptr; heads: channel_heads(b, H)
 template <typename scalar_t>
-void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, const int64_t* p,
-                    int64_t N, int64_t E, scalar_t* o) {
+void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, const scalar_t* ap,
+                    const std::vector<int64_t>& heads, int64_t H, const int64_t* p, int64_t N,
+                    int64_t E, scalar_t* o) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t F = b.F, K = b.K;
   const size_t nb = b.mul.size();
   at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(F);
+    std::vector<acc_t> acc(F), f(ap ? K : 0);
+    auto edge = [&](int64_t e, const auto* fac) {
+      int64_t c0 = 0, k0 = 0;
+      for (size_t t = 0; t < nb; ++t) {
+        const int64_t mul = b.mul[t], d = b.dim[t];
+        by_width(d, [&](auto w) {
+          fwd_block<decltype(w)::value>(mul, d, fac + k0, mp + e * F + c0, acc.data() + c0);
+        });
+        c0 += mul * d;
+        k0 += mul;
+      }
+    };
     for (int64_t i = begin; i < end; ++i) {
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t e = p[i]; e < p[i + 1]; ++e) {
-        int64_t c0 = 0, k0 = 0;
-        for (size_t t = 0; t < nb; ++t) {
-          const int64_t mul = b.mul[t], d = b.dim[t];
-          by_width(d, [&](auto w) {
-            fwd_block<decltype(w)::value, scalar_t, acc_t>(mul, d, cp + e * K + k0,
-                                                           mp + e * F + c0, acc.data() + c0);
-          });
-          c0 += mul * d;
-          k0 += mul;
+        if (ap) {
+          edge_factors(K, cp + e * K, ap + e * H, heads.data(), f.data());
+          edge(e, f.data());
+        } else {
+          edge(e, cp + e * K);
         }
       }
       scalar_t* oi = o + i * F;
@@ -137,24 +179,49 @@ void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, con
 
 template <typename scalar_t>
 void backward_kernel(const Blocks& b, const scalar_t* gp, const scalar_t* mp, const scalar_t* cp,
-                     const int64_t* p, int64_t N, int64_t E, scalar_t* gmp, scalar_t* gcp) {
+                     const scalar_t* ap, const std::vector<int64_t>& heads, int64_t H,
+                     const int64_t* p, int64_t N, int64_t E, scalar_t* gmp, scalar_t* gcp,
+                     scalar_t* gap) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t F = b.F, K = b.K;
   const size_t nb = b.mul.size();
   at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> f(ap ? K : 0), dk(ap ? K : 0), ga(ap ? H : 0);
+    // the blocks of edge e with factors fac, channel dots into dots (or none)
+    auto edge = [&](int64_t e, const scalar_t* gi, const auto* fac, auto* dots) {
+      int64_t c0 = 0, k0 = 0;
+      for (size_t t = 0; t < nb; ++t) {
+        const int64_t mul = b.mul[t], d = b.dim[t];
+        by_width(d, [&](auto w) {
+          bwd_block<decltype(w)::value, std::remove_cv_t<std::remove_pointer_t<decltype(fac)>>,
+                    std::remove_pointer_t<decltype(dots)>, scalar_t, acc_t>(
+              mul, d, fac + k0, mp + e * F + c0, gi + c0, gmp ? gmp + e * F + c0 : nullptr,
+              dots ? dots + k0 : nullptr);
+        });
+        c0 += mul * d;
+        k0 += mul;
+      }
+    };
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* gi = gp + i * F;
       for (int64_t e = p[i]; e < p[i + 1]; ++e) {
-        int64_t c0 = 0, k0 = 0;
-        for (size_t t = 0; t < nb; ++t) {
-          const int64_t mul = b.mul[t], d = b.dim[t];
-          by_width(d, [&](auto w) {
-            bwd_block<decltype(w)::value, scalar_t, acc_t>(
-                mul, d, cp + e * K + k0, mp + e * F + c0, gi + c0,
-                gmp ? gmp + e * F + c0 : nullptr, gcp ? gcp + e * K + k0 : nullptr);
-          });
-          c0 += mul * d;
-          k0 += mul;
+        if (!ap) {  // the dots are grad coef itself
+          edge(e, gi, cp + e * K, gcp ? gcp + e * K : static_cast<scalar_t*>(nullptr));
+          continue;
+        }
+        const scalar_t* ce = cp + e * K;
+        const scalar_t* ae = ap + e * H;
+        edge_factors(K, ce, ae, heads.data(), f.data());
+        const bool dots = gcp || gap;
+        edge(e, gi, static_cast<const acc_t*>(f.data()), dots ? dk.data() : nullptr);
+        if (gcp) {
+          scalar_t* __restrict__ o = gcp + e * K;
+          for (int64_t k = 0; k < K; ++k) o[k] = scalar_t(dk[k] * acc_t(ae[heads[k]]));
+        }
+        if (gap) {
+          std::fill(ga.begin(), ga.end(), acc_t(0));
+          for (int64_t k = 0; k < K; ++k) ga[heads[k]] += acc_t(ce[k]) * dk[k];
+          for (int64_t h = 0; h < H; ++h) gap[e * H + h] = scalar_t(ga[h]);
         }
       }
     }
@@ -163,25 +230,31 @@ void backward_kernel(const Blocks& b, const scalar_t* gp, const scalar_t* mp, co
 
 at::Tensor scaled_aggregate_cpu(const at::Tensor& m_, const at::Tensor& coef_,
                                 const at::Tensor& ptr, at::IntArrayRef muls,
-                                at::IntArrayRef dims) {
+                                at::IntArrayRef dims, const c10::optional<at::Tensor>& head_) {
   const Blocks b = check_blocks(muls, dims);
   check_inputs(m_, coef_, ptr, b);
+  const int64_t H = check_head(head_, m_);
   const at::Tensor m = m_.contiguous(), coef = coef_.contiguous();
+  const at::Tensor head = H ? head_->contiguous() : at::Tensor();
+  const std::vector<int64_t> heads = channel_heads(b, H);
   const int64_t N = ptr.numel() - 1, E = m.size(0);
   at::Tensor out = at::empty({N, b.F}, m.options());
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "graphattn::scaled_aggregate", [&] {
     forward_kernel<scalar_t>(b, m.data_ptr<scalar_t>(), coef.data_ptr<scalar_t>(),
+                             H ? head.data_ptr<scalar_t>() : nullptr, heads, H,
                              ptr.data_ptr<int64_t>(), N, E, out.data_ptr<scalar_t>());
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& m_, const at::Tensor& coef_,
     const at::Tensor& ptr, at::IntArrayRef muls, at::IntArrayRef dims, bool need_messages,
-    bool need_coef) {
+    bool need_coef, const c10::optional<at::Tensor>& head_, bool need_head) {
   const Blocks b = check_blocks(muls, dims);
   check_inputs(m_, coef_, ptr, b);
+  const int64_t H = check_head(head_, m_);
+  TORCH_CHECK(H > 0 || !need_head, "graphattn: 'need_head' without a 'head_coef'");
   const int64_t N = ptr.numel() - 1, E = m_.size(0), F = b.F, K = b.K;
   TORCH_CHECK(grad_.dim() == 2 && grad_.size(0) == N && grad_.size(1) == F,
               "graphattn: 'grad_out' must have shape [N=", N, ", F=", F, "], got ",
@@ -189,16 +262,21 @@ std::tuple<at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
   TORCH_CHECK(grad_.scalar_type() == m_.scalar_type() && grad_.device().is_cpu(),
               "graphattn: 'grad_out' must be a CPU tensor of dtype ", m_.scalar_type());
   const at::Tensor g = grad_.contiguous(), m = m_.contiguous(), coef = coef_.contiguous();
-  // every edge lies in one row (check_ptr), so every row of both gradients is written
+  const at::Tensor head = H ? head_->contiguous() : at::Tensor();
+  const std::vector<int64_t> heads = channel_heads(b, H);
+  // every edge lies in one row (check_ptr), so every row of the gradients is written
   at::Tensor gm = need_messages ? at::empty({E, F}, m.options()) : m.new_empty({0, F});
   at::Tensor gc = need_coef ? at::empty({E, K}, m.options()) : m.new_empty({0, K});
+  at::Tensor ga = need_head ? at::empty({E, H}, m.options()) : m.new_empty({0, std::max<int64_t>(H, 1)});
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "graphattn::scaled_aggregate_backward", [&] {
     backward_kernel<scalar_t>(b, g.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
-                              coef.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(), N, E,
+                              coef.data_ptr<scalar_t>(), H ? head.data_ptr<scalar_t>() : nullptr,
+                              heads, H, ptr.data_ptr<int64_t>(), N, E,
                               need_messages ? gm.data_ptr<scalar_t>() : nullptr,
-                              need_coef ? gc.data_ptr<scalar_t>() : nullptr);
+                              need_coef ? gc.data_ptr<scalar_t>() : nullptr,
+                              need_head ? ga.data_ptr<scalar_t>() : nullptr);
   });
-  return {gm, gc};
+  return {gm, gc, ga};
 }
 
 }  // namespace

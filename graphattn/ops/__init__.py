@@ -37,6 +37,7 @@ __all__ = [
     "EdgeGraph",
     "aggregate",
     "aggregate_scaled",
+    "heads_to_channels",
     "backend",
     "build_graph",
     "edge_attention",
@@ -292,24 +293,30 @@ def _check_blocks(blocks: object, messages: Tensor, coef: Tensor) -> tuple[tuple
 
 
 def aggregate_scaled(messages: Tensor, coef: Tensor, graph: EdgeGraph,
-                     blocks: tuple[tuple[int, int], ...]) -> Tensor:
+                     blocks: tuple[tuple[int, int], ...],
+                     head_coef: Tensor | None = None) -> Tensor:
     r"""Sum over each destination's in-edges of messages whose channels are scaled per edge:
 
     .. math::
-        \mathbf{o}_i[c] = \sum_{e = (j \to i)} w_e[k(c)]\, \mathbf{m}_e[c]
+        \mathbf{o}_i[c] = \sum_{e = (j \to i)} w_e[k(c)]\, a_e[h(c)]\, \mathbf{m}_e[c]
 
     where the columns of ``messages`` are cut into ``blocks`` ``(mul, d)`` (``mul`` channels of
-    ``d`` consecutive columns each, e.g. an e3nn irreps layout ``(mul, 2l + 1)``) and channel
-    :math:`k(c)` takes its factor from ``coef``: equivariant whenever ``coef`` is invariant.
-    Equals ``aggregate(scale_channels(messages, coef, blocks), graph)``; the native CPU kernel
-    never writes the scaled ``[E, F]`` messages and its backward is one pass over the edges
-    (the reference path, and the CUDA device, compute the scaled messages).
+    ``d`` consecutive columns each, e.g. an e3nn irreps layout ``(mul, 2l + 1)``), channel
+    :math:`k(c)` takes its factor :math:`w` from ``coef`` and, with ``head_coef``, also the
+    weight :math:`a` of its head :math:`h(c) = u \bmod H` (channel ``u`` of its block: per-head
+    attention weights dealt to the channels round-robin, :func:`heads_to_channels`); without it
+    :math:`a = 1`. Equivariant whenever ``coef`` and ``head_coef`` are invariant. Equals
+    ``aggregate(scale_channels(messages, coef * heads_to_channels(head_coef, blocks), blocks),
+    graph)``; the native CPU kernel writes neither the scaled ``[E, F]`` messages nor the
+    ``[E, K]`` product of the factors, and its backward is one pass over the edges (the
+    reference path, and the CUDA device, compute both).
 
     Args:
         messages (Tensor): ``[E, F]`` with ``F = sum(mul * d)``, in the caller's edge order.
         coef (Tensor): ``[E, K]`` with ``K = sum(mul)``, same dtype and order.
         graph (EdgeGraph): the edge set.
         blocks: ``((mul, d), ...)``.
+        head_coef (Tensor, optional): ``[E, H]`` per-head factors, same dtype and order.
 
     Returns:
         Tensor ``[num_dst, F]``.
@@ -323,12 +330,28 @@ def aggregate_scaled(messages: Tensor, coef: Tensor, graph: EdgeGraph,
             f"'messages' must have {graph.num_edges} rows (one per edge), got {messages.size(0)}"
         )
     b = _check_blocks(blocks, messages, coef)
+    if head_coef is not None:
+        _check_tensor(head_coef, "head_coef")
+        _check_same(head_coef, messages, "head_coef", "messages")
+        if head_coef.dim() != 2 or head_coef.size(0) != messages.size(0) or head_coef.size(1) < 1:
+            raise ValueError(f"'head_coef' must have shape [E={messages.size(0)}, H >= 1], got "
+                             f"{list(head_coef.shape)}")
+        head_coef = graph.to_csr(head_coef)
     m, c = graph.to_csr(messages), graph.to_csr(coef)
     if _use_native(m) and m.device.type == "cpu":
-        return _native.call(
-            "scaled_aggregate", m, c, graph.ptr, [mul for mul, _ in b], [d for _, d in b]
-        )
-    return _reference.scaled_aggregate(m, c, graph.ptr, b)
+        return _native.call("scaled_aggregate", m, c, graph.ptr, [mul for mul, _ in b],
+                            [d for _, d in b], head_coef)
+    return _reference.scaled_aggregate(m, c, graph.ptr, b, head_coef)
+
+
+def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    r"""Per-head weights ``alpha [E, H]`` dealt to the channels of the irreps ``blocks``
+    ``((mul, d), ...)``: channel ``u`` of each block belongs to head ``u mod H``. Returns
+    ``[E, sum mul]`` (the factors :func:`aggregate_scaled` forms from its ``head_coef``)."""
+    _check_tensor(alpha, "alpha")
+    if alpha.dim() != 2 or alpha.size(1) < 1:
+        raise ValueError(f"'alpha' must have shape [E, H >= 1], got {list(alpha.shape)}")
+    return _reference.heads_to_channels(alpha, tuple((int(m), int(d)) for m, d in blocks))
 
 
 def edge_query_dot(q: Tensor, k: Tensor, graph: EdgeGraph) -> Tensor:

@@ -326,33 +326,41 @@ if WITH_EXT:
         return (*(g if n else None for g, n in zip((gx, gy, gw), need)), None, None, None)
 
     @torch.library.register_fake("graphattn::scaled_aggregate")
-    def _sa_fake(messages, coef, ptr, muls, dims):
+    def _sa_fake(messages, coef, ptr, muls, dims, head_coef=None):
         return messages.new_empty(ptr.shape[0] - 1, messages.shape[1])
 
     @torch.library.register_fake("graphattn::scaled_aggregate_backward")
-    def _sa_bwd_fake(grad_out, messages, coef, ptr, muls, dims, need_messages, need_coef):
+    def _sa_bwd_fake(grad_out, messages, coef, ptr, muls, dims, need_messages, need_coef,
+                     head_coef=None, need_head=False):
+        H = head_coef.shape[1] if head_coef is not None else 1
         return (messages.new_empty(messages.shape[0] if need_messages else 0, messages.shape[1]),
-                coef.new_empty(coef.shape[0] if need_coef else 0, coef.shape[1]))
+                coef.new_empty(coef.shape[0] if need_coef else 0, coef.shape[1]),
+                messages.new_empty(messages.shape[0] if need_head else 0, H))
 
     def _sa_setup(ctx, inputs, output):
-        messages, coef, ptr, muls, dims = inputs
-        ctx.save_for_backward(messages, coef, ptr)
+        messages, coef, ptr, muls, dims, head_coef = inputs
+        ctx.save_for_backward(messages, coef, ptr, head_coef)
         ctx.muls, ctx.dims = list(muls), list(dims)
 
     def _sa_backward(ctx, grad_out):
-        messages, coef, ptr = ctx.saved_tensors
+        messages, coef, ptr, head = ctx.saved_tensors
         need_m, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_h = head is not None and ctx.needs_input_grad[5]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             from . import _reference
 
             blocks = tuple(zip(ctx.muls, ctx.dims))
-            g = grad_out.index_select(0, _segments(ptr, messages.shape[0]))
-            gm = _reference.scale_channels(g, coef, blocks) if need_m else None
-            gc = _reference.channel_dots(messages, g, blocks) if need_c else None
-            return gm, gc, None, None, None
-        gm, gc = ops.scaled_aggregate_backward(grad_out, messages, coef, ptr, ctx.muls,
-                                               ctx.dims, need_m, need_c)
-        return gm if need_m else None, gc if need_c else None, None, None, None
+            ins = [t for t, n in ((messages, need_m), (coef, need_c), (head, need_h)) if n]
+            with torch.enable_grad():
+                out = _reference.scaled_aggregate(messages, coef, ptr, blocks, head)
+            res = iter(torch.autograd.grad(out, ins, grad_out, create_graph=True,
+                                           allow_unused=True))
+            gm, gc, gh = (next(res) if n else None for n in (need_m, need_c, need_h))
+            return gm, gc, None, None, None, gh
+        gm, gc, gh = ops.scaled_aggregate_backward(grad_out, messages, coef, ptr, ctx.muls,
+                                                   ctx.dims, need_m, need_c, head, need_h)
+        return (gm if need_m else None, gc if need_c else None, None, None, None,
+                gh if need_h else None)
 
     # ---- autograd: one table for the registered wrapper and the eager fast path ---------
     # torch.library's autograd wrapper (register_autograd) costs ~85 us of Python per forward

@@ -88,9 +88,23 @@ def channel_dots(m: Tensor, g: Tensor, blocks: tuple[tuple[int, int], ...]) -> T
     return torch.cat(out, -1) if len(out) > 1 else out[0]
 
 
-def scaled_aggregate(m: Tensor, coef: Tensor, ptr: Tensor,
-                     blocks: tuple[tuple[int, int], ...]) -> Tensor:
-    """Sum over the CSR segments ``ptr`` of :func:`scale_channels` ``(m, coef, blocks)``."""
+def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
+    r"""Per-head weights ``alpha [E, H]`` dealt to the channels of the ``blocks`` ``(mul, d)``:
+    channel ``u`` of each block belongs to head ``u mod H``. Returns ``[E, sum mul]`` (repeats
+    and slices only, so the backward is a cheap sum)."""
+    H = alpha.shape[1]
+    if all(mul % H == 0 for mul, _ in blocks):  # every block starts at head 0: one repeat
+        return alpha.repeat(1, sum(mul for mul, _ in blocks) // H)
+    parts = [alpha.repeat(1, -(-mul // H))[:, :mul] for mul, _ in blocks]
+    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+
+def scaled_aggregate(m: Tensor, coef: Tensor, ptr: Tensor, blocks: tuple[tuple[int, int], ...],
+                     head_coef: Tensor | None = None) -> Tensor:
+    """Sum over the CSR segments ``ptr`` of :func:`scale_channels` ``(m, coef, blocks)``, the
+    factors times :func:`heads_to_channels` ``(head_coef)`` when given."""
+    if head_coef is not None:
+        coef = coef * heads_to_channels(head_coef, blocks)
     return segment_reduce(scale_channels(m, coef, blocks), ptr, "sum")[0]
 
 

@@ -380,7 +380,8 @@ def test_gdegan_center_equivariant_logits_invariant():
 def test_channel_broadcasts_match_explicit_column_maps():
     """heads_to_channels / scale_channels / MLANet's per-head key sums equal the explicit
     per-component maps (channel u of an irreps entry -> head u mod H)."""
-    from graphattn.nn.equivariant.conv import heads_to_channels, irreps_blocks
+    from graphattn.nn.equivariant.conv import irreps_blocks
+    from graphattn.ops import heads_to_channels
     from graphattn.ops._reference import scale_channels
 
     irreps, H, E = o3.Irreps("6x0e+4x0e+5x1o+3x2e"), 4, 11

@@ -48,18 +48,6 @@ def irreps_blocks(irreps) -> tuple[tuple[int, int], ...]:
     return tuple((int(mul), int(ir.dim)) for mul, ir in o3.Irreps(irreps))
 
 
-def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Tensor:
-    r"""Per-head weights ``alpha [E, H]`` dealt to the channels of the irreps ``blocks``
-    (:func:`irreps_blocks`): channel ``u`` of each ``(mul, ir)`` entry belongs to head
-    ``u mod H``. Returns ``[E, num_irreps]`` (repeats and slices only, so the backward is a
-    cheap sum)."""
-    H = alpha.shape[1]
-    if all(mul % H == 0 for mul, _ in blocks):  # every entry starts at head 0: one repeat
-        return alpha.repeat(1, sum(mul for mul, _ in blocks) // H)
-    parts = [alpha.repeat(1, -(-mul // H))[:, :mul] for mul, _ in blocks]
-    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-
-
 def scalar_irreps_first(irreps) -> tuple:
     """Checks that ``irreps`` (simplified, sorted) starts with its ``0e`` block and returns
     ``(irreps, n_scalars)``."""
@@ -162,12 +150,14 @@ class EquivariantAttentionConv(nn.Module):
         if alpha.dim() != 2 or alpha.shape[1] != self.heads:
             raise ValueError(f"'alpha' must be [E, heads={self.heads}], got {list(alpha.shape)}")
         m = self.edge_features(x, src, radial, sh) if edge_features is None else edge_features
-        coef = heads_to_channels(alpha, self.mid_blocks)  # [E, channels]
+        # sum_j coef_ij * m_ij channel by channel, without writing the scaled messages; with
+        # the gate, alpha (per head) and the gate (per channel) are multiplied in the kernel
         if self.gated_messages:
-            s = x[:, : self.n_scalars]
-            coef = coef * self.message_gate(s, src, dst, radial)
-        # sum_j coef_ij * m_ij channel by channel, without writing the scaled messages
-        agg = ops.aggregate_scaled(m, coef, graph, self.mid_blocks)
+            gate = self.message_gate(x[:, : self.n_scalars], src, dst, radial)
+            agg = ops.aggregate_scaled(m, gate, graph, self.mid_blocks, head_coef=alpha)
+        else:
+            agg = ops.aggregate_scaled(m, ops.heads_to_channels(alpha, self.mid_blocks), graph,
+                                       self.mid_blocks)
         return x + self.gate(self.lin(agg))
 
 
