@@ -493,16 +493,13 @@ def test_folded_layers_compute_the_e3nn_network(out_act):
     activation (its constant then comes back as the output scale)."""
     from e3nn.nn import FullyConnectedNet
 
-    from graphattn.nn.equivariant.radial import folded_layers
+    from graphattn.nn.equivariant.radial import apply_folded, folded_layers
 
     net = FullyConnectedNet([4, 9, 7, 5], torch.nn.functional.silu, variance_in=2.0,
                             variance_out=3.0, out_act=out_act)
     x = torch.randn(11, 4)
     layers, scale = folded_layers(net)
-    h = x
-    for w, act in layers:
-        h = h @ w
-        h = act(h) if act is not None else h
+    h = apply_folded(layers, x)
     assert (scale != 1.0) == out_act
     torch.testing.assert_close(h * scale, net(x))
 

@@ -35,7 +35,7 @@ from .products import (
     _e3nn,
     depthwise_tensor_product,
 )
-from .radial import folded_layers
+from .radial import apply_folded, folded_layers
 
 __all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "geometry_graph",
            "scalar_irreps_first"]
@@ -118,12 +118,8 @@ class EquivariantAttentionConv(nn.Module):
         ``self.radial(radial) * self.tp.path_const``, tested)."""
         layers, scale = folded_layers(self.radial)
         const = self.tp.path_const.to(radial.dtype) * scale
-        h = radial
-        for n, (w, act) in enumerate(layers):
-            h = h @ (w * const if n == len(layers) - 1 else w)
-            if act is not None:
-                h = act(h)
-        return h
+        w, act = layers[-1]
+        return apply_folded([*layers[:-1], (w * const, act)], radial)
 
     def message_gate(self, s: Tensor, src: Tensor, dst: Tensor, radial: Tensor) -> Tensor:
         r""":math:`\sigma(g(s_i, s_j, R(r_{ij})))`, ``[E, num channels]``: the gate MLP ``g``
@@ -139,10 +135,7 @@ class EquivariantAttentionConv(nn.Module):
                         radial, w[2 * C:])
         if act is not None:
             h = act(h)
-        for w, act in rest:
-            h = h @ w
-            if act is not None:
-                h = act(h)
+        h = apply_folded(rest, h)
         return torch.sigmoid(h * scale if scale != 1.0 else h)
 
     def forward(self, x: Tensor, alpha: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BesselBasis", "PolynomialCutoff", "folded_layers"]
+__all__ = ["BesselBasis", "PolynomialCutoff", "apply_folded", "folded_layers"]
 
 
 class PolynomialCutoff(nn.Module):
@@ -85,3 +85,14 @@ def folded_layers(net: nn.Module) -> tuple[list[tuple[Tensor, Callable | None]],
         layers.append((layer.weight * (carry / (layer.h_in * layer.var_in) ** 0.5), f))
         carry = cst * layer.var_out ** 0.5
     return layers, carry
+
+
+def apply_folded(layers: list[tuple[Tensor, Callable | None]], h: Tensor) -> Tensor:
+    r""":math:`\ldots\,\mathrm{act}_1(\mathrm{act}_0(h W_0) W_1)\,\ldots`: the layers of
+    :func:`folded_layers` applied to ``h`` (``[*, h_in]`` to ``[*, h_out]``); the output scale
+    :math:`c` is the caller's."""
+    for w, act in layers:
+        h = h @ w
+        if act is not None:
+            h = act(h)
+    return h
