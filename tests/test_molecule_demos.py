@@ -60,6 +60,29 @@ def test_pockets_demo_end_to_end(tmp_path):
         assert 0 <= s["dcc_success"] <= 1
 
 
+def test_validation_score_weighs_forces_as_the_loss():
+    from graphattn.demos.molecules import validation_score
+
+    better_forces = {"energy_mae_meV": 1100.0, "force_mae_meV_per_A": 300.0}
+    better_energy = {"energy_mae_meV": 1000.0, "force_mae_meV_per_A": 600.0}
+    assert validation_score(better_forces, 10.0) < validation_score(better_energy, 10.0)
+    assert validation_score(better_forces, 0.0) > validation_score(better_energy, 0.0)
+    assert validation_score({"energy_mae_meV": 50.0}, 10.0) == 50.0  # energies only
+
+
+def test_closest_site_picks_each_centres_nearest_site_without_gradient():
+    from graphattn.demos.pockets import closest_site
+
+    center = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]], requires_grad=True)
+    sites = [torch.tensor([[5.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([[9.0, 1.0, 0.0]])]
+    target = closest_site(center, sites)
+    assert target.tolist() == [[0.0, 1.0, 0.0], [9.0, 1.0, 0.0]]
+    assert not target.requires_grad
+    # the Huber loss against it pulls each centre toward its own nearest site
+    torch.nn.functional.huber_loss(center, target).backward()
+    assert center.grad[0, 1] < 0 and center.grad[1, 0] > 0
+
+
 def test_guarded_step_skips_non_finite_and_clips_the_gradient_norm():
     from graphattn.demos.molecules import guarded_step
 

@@ -29,7 +29,19 @@ other ligand copies) are neither nodes nor protein atoms; the ligand is picked b
 * ``y`` [n] float32: 1 for a *pocket residue* — any heavy atom of the residue within
   ``cutoff`` Å (``<=``) of any ligand heavy atom — else 0;
 * ``ligand_pos`` [m, 3] float32 (ligand heavy atoms), ``num_ligand_atoms`` [1] (to split a
-  batched ``ligand_pos``), ``pocket_center`` [1, 3] = ligand heavy-atom centroid, ``name``.
+  batched ``ligand_pos``), ``pocket_center`` [1, 3] = ligand heavy-atom centroid, ``name``;
+* ``site_centers`` [S, 3] and ``num_sites`` [1]: the centroid of every copy of the ligand the
+  labels come from (first row = ``pocket_center``); ``site_pos`` [M, 3] and
+  ``num_site_atoms`` [1]: their heavy atoms.
+
+**Sites** (``sites=``): a homo-oligomer binds one copy of the ligand per chain (1ia1: 2,
+1of6: 8, 1a28: 2), in the same pocket of each chain. With ``sites="all"`` (the default) every
+copy is a site, as in HOLO4k's evaluation (all relevant ligands of a structure count): a
+residue is a pocket residue when it lies within ``cutoff`` of any copy, and a centre at any
+copy's site is a success. With ``sites="one"`` only the copy above (posebusters' removed copy,
+the first HETATM instance) labels the residues and ``ligand_pos`` / ``pocket_center`` are
+its; the equivalent pockets of the other chains are then labelled negative, which a model
+cannot tell apart from the labelled one.
 
 **Metrics** (VN-EGNN / EquiPocket convention, threshold 4 Å, success when the distance is
 ``<=`` the threshold as in VN-EGNN's ``DCC``/``DCA`` metrics):
@@ -218,37 +230,54 @@ def _residue_keys(atoms: dict[str, np.ndarray]) -> np.ndarray:
     return ids
 
 
-def _ligand_from_hetatm(atoms: dict[str, np.ndarray], resname: str,
-                        heavy: np.ndarray) -> np.ndarray:
+def _ligands_from_hetatm(atoms: dict[str, np.ndarray], resname: str,
+                         heavy: np.ndarray) -> list[np.ndarray]:
+    """Heavy atoms of every instance (chain, resseq, icode) of HETATM group ``resname``, in
+    file order."""
     sel = (atoms["record"] == "HETATM") & (atoms["resname"] == resname) & heavy
     if not sel.any():
         raise ValueError(f"no HETATM ligand with resname {resname!r}")
-    first = np.flatnonzero(sel)[0]  # first instance: its chain, resseq and icode
-    same = (sel & (atoms["chain"] == atoms["chain"][first])
-            & (atoms["resseq"] == atoms["resseq"][first])
-            & (atoms["icode"] == atoms["icode"][first]))
-    return atoms["pos"][same]
+    keys = list(zip(atoms["chain"][sel], atoms["resseq"][sel], atoms["icode"][sel]))
+    pos = atoms["pos"][sel]
+    return [pos[[k == key for k in keys]] for key in dict.fromkeys(keys)]
 
 
-def load_complex(entry: dict, cutoff: float = 4.5) -> Data:
-    """Builds the residue graph of one :func:`list_complexes` entry (module docstring)."""
-    if not isinstance(cutoff, (int, float)) or not cutoff > 0:
-        raise ValueError(f"cutoff must be a positive float (Å), got {cutoff!r}")
-    atoms = read_pdb(entry["protein"])
-    heavy = ~np.isin(atoms["element"], ("H", "D"))
+def _ligand_copies(entry: dict, atoms: dict[str, np.ndarray],
+                   heavy: np.ndarray) -> list[np.ndarray]:
+    """Every copy of the entry's ligand (heavy atoms), the reference copy first: posebusters'
+    removed copy (closest centroid to ``reference_pose``), else the first in the file."""
     if entry.get("ligand") is not None:
         copies = read_sdf_heavy_atoms(entry["ligand"])
         if not copies:
             raise ValueError(f"{entry['ligand']}: no molecules")
-        lig = copies[0]
         pose = entry.get("reference_pose")
         if len(copies) > 1 and pose is not None:
             ref = read_sdf_heavy_atoms(pose)[0].mean(0)
-            lig = min(copies, key=lambda c: float(np.linalg.norm(c.mean(0) - ref)))
+            first = min(range(len(copies)),
+                        key=lambda c: float(np.linalg.norm(copies[c].mean(0) - ref)))
+            copies.insert(0, copies.pop(first))
     else:
-        lig = _ligand_from_hetatm(atoms, entry["ligand_resname"], heavy)
-    if lig.shape[0] == 0:
-        raise ValueError(f"{entry['name']}: the ligand has no heavy atoms")
+        copies = _ligands_from_hetatm(atoms, entry["ligand_resname"], heavy)
+    for c in copies:
+        if c.shape[0] == 0:
+            raise ValueError(f"{entry['name']}: a copy of the ligand has no heavy atoms")
+    return copies
+
+
+def load_complex(entry: dict, cutoff: float = 4.5, sites: str = "all") -> Data:
+    """Builds the residue graph of one :func:`list_complexes` entry (module docstring);
+    ``sites`` ``"all"`` labels the pockets of every copy of the ligand, ``"one"`` those of the
+    reference copy only."""
+    if not isinstance(cutoff, (int, float)) or not cutoff > 0:
+        raise ValueError(f"cutoff must be a positive float (Å), got {cutoff!r}")
+    if sites not in ("all", "one"):
+        raise ValueError(f"sites must be 'all' or 'one', got {sites!r}")
+    atoms = read_pdb(entry["protein"])
+    heavy = ~np.isin(atoms["element"], ("H", "D"))
+    copies = _ligand_copies(entry, atoms, heavy)
+    if sites == "one":
+        copies = copies[:1]
+    lig, site_atoms = copies[0], np.concatenate(copies)
 
     resname = atoms["resname"]
     parent = np.array([MODIFIED_RESIDUES.get(r, r) for r in resname])
@@ -268,7 +297,7 @@ def load_complex(entry: dict, cutoff: float = 4.5) -> Data:
     # pocket label: min distance from each protein heavy atom to the ligand (blockwise)
     prot_idx = np.flatnonzero(protein & (node_of_res[rid] >= 0))
     p = torch.from_numpy(atoms["pos"][prot_idx])
-    lig_t = torch.from_numpy(lig)
+    lig_t = torch.from_numpy(site_atoms)
     dmin = torch.cat([torch.cdist(chunk, lig_t).min(1).values for chunk in p.split(8192)])
     close = prot_idx[(dmin <= cutoff).numpy()]
     y = torch.zeros(node_res.size, dtype=torch.float32)
@@ -276,11 +305,14 @@ def load_complex(entry: dict, cutoff: float = 4.5) -> Data:
 
     aa = torch.tensor([_AA_INDEX.get(parent[a], len(AMINO_ACIDS)) for a in ca_atoms])
     x = torch.nn.functional.one_hot(aa, len(AMINO_ACIDS) + 1).float()
-    lig32 = torch.from_numpy(lig).float()
     return Data(pos=torch.from_numpy(atoms["pos"][ca_atoms]).float(), x=x, y=y,
-                ligand_pos=lig32, num_ligand_atoms=torch.tensor([lig.shape[0]]),
+                ligand_pos=torch.from_numpy(lig).float(),
+                num_ligand_atoms=torch.tensor([lig.shape[0]]),
                 pocket_center=torch.from_numpy(lig.mean(0, keepdims=True)).float(),
-                name=entry["name"])
+                site_centers=torch.from_numpy(np.stack([c.mean(0) for c in copies])).float(),
+                num_sites=torch.tensor([len(copies)]),
+                site_pos=torch.from_numpy(site_atoms).float(),
+                num_site_atoms=torch.tensor([site_atoms.shape[0]]), name=entry["name"])
 
 
 class BindingSiteComplexes(CachedDataset):
@@ -289,19 +321,23 @@ class BindingSiteComplexes(CachedDataset):
     Args:
         root: Cache folder (default ``cache_dir("molecules", "complexes")``).
         cutoff: Pocket-residue distance cutoff in Å (default 4.5).
+        sites: ``"all"`` (default): every copy of the ligand labels its pocket; ``"one"``: the
+            reference copy only (module docstring).
         names: Restrict to these complex names (default: every available one).
         transform, pre_transform, pre_filter, force_reload: As in PyG.
     """
 
     cache_subdir = ("molecules", "complexes")
 
-    def __init__(self, root: str | None = None, cutoff: float = 4.5,
+    def __init__(self, root: str | None = None, cutoff: float = 4.5, sites: str = "all",
                  names: Sequence[str] | None = None, transform: Callable | None = None,
                  pre_transform: Callable | None = None, pre_filter: Callable | None = None,
                  force_reload: bool = False) -> None:
         if not isinstance(cutoff, (int, float)) or not cutoff > 0:
             raise ValueError(f"cutoff must be a positive float (Å), got {cutoff!r}")
-        self.cutoff = float(cutoff)
+        if sites not in ("all", "one"):
+            raise ValueError(f"sites must be 'all' or 'one', got {sites!r}")
+        self.cutoff, self.sites = float(cutoff), sites
         known = list_complexes()
         if names is not None:
             unknown = set(names) - {e["name"] for e in known}
@@ -322,10 +358,10 @@ class BindingSiteComplexes(CachedDataset):
     @property
     def processed_file_names(self) -> list[str]:
         names = "-".join(e["name"] for e in self.entries)
-        return [f"complexes_{names}_cutoff{self.cutoff:g}.pt"]
+        return [f"complexes_{names}_cutoff{self.cutoff:g}_sites-{self.sites}.pt"]
 
     def process(self) -> None:
-        self.save_items(load_complex(entry, self.cutoff) for entry in self.entries)
+        self.save_items(load_complex(entry, self.cutoff, self.sites) for entry in self.entries)
 
 
 # ----------------------------------------------------------------------------------------
@@ -340,21 +376,35 @@ def _check_centers(t: Tensor, name: str) -> None:
         raise ValueError(f"{name} must have shape [B, 3], got {tuple(t.shape)}")
 
 
-def dcc_success(pred_center: Tensor, true_center: Tensor, threshold: float = 4.0) -> Tensor:
+def dcc_success(pred_center: Tensor, true_center: Tensor | Sequence[Tensor],
+                threshold: float = 4.0) -> Tensor:
     """DCC success per complex: ``|pred_center - true_center| <= threshold`` (Å).
 
-    ``true_center`` is the ligand centre (``pocket_center``); the 4 Å default and the ``<=``
-    follow VN-EGNN / EquiPocket. Shapes ``[B, 3]`` and ``[B, 3]`` -> ``[B]`` bool.
+    ``true_center`` is the ligand centre (``pocket_center``), ``[B, 3]``; or, for complexes
+    with several sites, a list of ``B`` tensors ``[S_b, 3]`` (``site_centers``; a batched one
+    splits with ``batch.site_centers.split(batch.num_sites.tolist())``), where the closest
+    site counts. The 4 Å default and the ``<=`` follow VN-EGNN / EquiPocket. Returns ``[B]``
+    bool.
     """
     _check_centers(pred_center, "pred_center")
-    _check_centers(true_center, "true_center")
-    if pred_center.size(0) != true_center.size(0):
-        raise ValueError(f"pred_center has {pred_center.size(0)} rows but true_center has "
-                         f"{true_center.size(0)}")
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold!r}")
-    d = (pred_center.double() - true_center.double()).norm(dim=-1)
-    return d <= threshold
+    if isinstance(true_center, Tensor):
+        _check_centers(true_center, "true_center")
+        true_center = list(true_center.unsqueeze(1))
+    elif not isinstance(true_center, Sequence):
+        raise TypeError("true_center must be a [B, 3] tensor or a list of [S, 3] tensors, got "
+                        f"{type(true_center).__name__}")
+    if len(true_center) != pred_center.size(0):
+        raise ValueError(f"pred_center has {pred_center.size(0)} rows but true_center has "
+                         f"{len(true_center)}")
+    out = torch.zeros(len(true_center), dtype=torch.bool, device=pred_center.device)
+    for b, c in enumerate(true_center):
+        if not isinstance(c, Tensor) or c.dim() != 2 or c.size(1) != 3 or c.size(0) == 0:
+            got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"true_center[{b}] must have shape [S, 3] with S >= 1, got {got}")
+        out[b] = bool((c.double() - pred_center[b].double()).norm(dim=-1).min() <= threshold)
+    return out
 
 
 def dca_success(pred_center: Tensor, ligand_pos: Sequence[Tensor],
