@@ -278,17 +278,47 @@ if WITH_EXT:
         q, k, ptr = inputs
         ctx.save_for_backward(q, k, ptr)
 
+    # Under create_graph the two halves of the backward are autograd Functions on the native
+    # kernels. With s = edge_query_dot(q, k) and g = ds:
+    #   grad q = Q(g, k): sum over a row's edges of g[e, h] k[e]    (needs no q)
+    #   grad k = K(g, q): sum over heads of g[e, h] q[dst e, h]      (needs no k)
+    # and their own derivatives are again edge_query_dot, Q and K:
+    #   Q's: dg = edge_query_dot(U, k), dk = K(g, U);  K's: dg = edge_query_dot(q, V),
+    #   dq = Q(g, V);
+    # so every order stays on the kernels, without the [E, H, F] products of the torch form.
+    class _EqdGradQ(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, g, q, k, ptr):  # q only gives the shape
+            ctx.save_for_backward(g, q, k, ptr)
+            return ops.edge_query_dot_backward(g, q.detach(), k, ptr, True, False)[0]
+
+        @staticmethod
+        def backward(ctx, u):
+            g, q, k, ptr = ctx.saved_tensors
+            dg = call("edge_query_dot", u, k, ptr) if ctx.needs_input_grad[0] else None
+            dk = _EqdGradK.apply(g, u, k, ptr) if ctx.needs_input_grad[2] else None
+            return dg, None, dk, None
+
+    class _EqdGradK(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, g, q, k, ptr):  # k only gives the shape
+            ctx.save_for_backward(g, q, k, ptr)
+            return ops.edge_query_dot_backward(g, q, k.detach(), ptr, False, True)[1]
+
+        @staticmethod
+        def backward(ctx, v):
+            g, q, k, ptr = ctx.saved_tensors
+            dg = call("edge_query_dot", q, v, ptr) if ctx.needs_input_grad[0] else None
+            dq = _EqdGradQ.apply(g, q, v, ptr) if ctx.needs_input_grad[1] else None
+            return dg, dq, None, None
+
     def _eqd_backward(ctx, grad_out):
         q, k, ptr = ctx.saved_tensors
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            seg = _segments(ptr, k.shape[0])
-            gq = gk = None
-            if need_q:
-                gq = torch.zeros_like(q).index_add(0, seg, grad_out.unsqueeze(-1) * k.unsqueeze(1))
-            if need_k:
-                gk = (grad_out.unsqueeze(-1) * q.index_select(0, seg)).sum(1)
-            return gq, gk, None
+        if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
+            g = grad_out.contiguous()
+            return (_EqdGradQ.apply(g, q, k, ptr) if need_q else None,
+                    _EqdGradK.apply(g, q, k, ptr) if need_k else None, None)
         gq, gk = ops.edge_query_dot_backward(grad_out, q, k, ptr, need_q, need_k)
         return gq if need_q else None, gk if need_k else None, None
 

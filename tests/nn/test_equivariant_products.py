@@ -201,3 +201,16 @@ def test_high_degrees_take_the_torch_form():
     x, y = torch.randn(3, tp.irreps_in.dim), torch.randn(3, 4)
     w = torch.randn(3, tp.weight_numel)
     torch.testing.assert_close(tp(x, y, w), tp.forward_torch(x, y, w))
+
+
+def test_reference_tp_cuts_blocks_with_one_split():
+    """The torch form takes each input's blocks from one split (its backward is one cat, not a
+    zero-filled copy of the input per path); blocks that overlap partially are refused."""
+    from graphattn.ops._reference import _blocks
+
+    t = torch.arange(12.0).view(1, 12)
+    got = _blocks(t, [(0, 3), (3, 6), (0, 3), (9, 2)])
+    assert sorted(got) == [0, 3, 9]
+    assert got[3].tolist() == [[3.0, 4.0, 5.0, 6.0, 7.0, 8.0]] and got[9].shape == (1, 2)
+    with pytest.raises(ValueError, match="overlaps"):
+        _blocks(t, [(0, 4), (2, 4)])

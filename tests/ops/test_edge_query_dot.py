@@ -93,3 +93,36 @@ def test_native_checks_name_the_argument():
         op(q, k[:, :-1], g.ptr)
     with pytest.raises(RuntimeError, match="'grad_out' must have shape"):
         torch.ops.graphattn.edge_query_dot_backward(torch.randn(2, H), q, k, g.ptr, True, True)
+
+
+@native_only
+def test_native_create_graph_backward_is_exact_to_third_order_without_ehf():
+    """Under create_graph the backward runs on the kernels (grad q and grad k are themselves
+    differentiable Functions on them): third-order gradcheck in float64, and no [E, H, F]
+    tensor enters any op of the create_graph backward or of the backward through it."""
+    ei = ragged_edge_index(9)
+    ei = ei[:, torch.randperm(ei.shape[1], generator=torch.Generator().manual_seed(0))]
+    g = build_graph(ei, 9, cache=False)
+    E = ei.shape[1]
+    assert E != 9
+    t = dict(dtype=torch.float64, requires_grad=True)
+    q, k = torch.randn(9, H, F, **t), torch.randn(E, F, **t)
+    w = torch.randn(E, H, dtype=torch.float64)
+
+    def grads(q, k):  # first-order gradients, differentiable
+        s = ops.edge_query_dot(q, k, g)
+        return torch.autograd.grad((s * w).pow(2).sum(), (q, k), create_graph=True)
+
+    with ops.set_backend("native"):
+        assert torch.autograd.gradcheck(grads, (q, k))
+        assert torch.autograd.gradgradcheck(grads, (q, k))
+        with torch.profiler.profile(record_shapes=True) as prof:
+            gq, gk = grads(q, k)
+            torch.autograd.grad((gq.sin().sum() + gk.cos().sum()), (q, k))
+    shapes = {tuple(s) for e in prof.events() for s in (e.input_shapes or []) if s}
+    assert (E, H, F) not in shapes
+    assert (9, H, F) in shapes  # the profile did record the op inputs
+    with ops.set_backend("reference"):
+        ref = grads(q, k)
+    for a, b in zip((gq, gk), ref):
+        torch.testing.assert_close(a, b)
