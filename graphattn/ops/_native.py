@@ -372,21 +372,84 @@ if WITH_EXT:
         ctx.save_for_backward(messages, coef, ptr, head_coef)
         ctx.muls, ctx.dims = list(muls), list(dims)
 
+    # Under create_graph the three gradients are autograd Functions on the native backward
+    # kernel. With out = SA(m, c, a) (a: the per-head factors, or none), U = d out and
+    # D[e, k] = <m_e, U_dst(e)> over channel k's columns:
+    #   grad m = GM(U, c, a) = c a U_dst,  grad c = GC(U, m, a) = a D,
+    #   grad a = GH(U, m, c) = sum over a head's channels of c D;
+    # each is linear in every argument, and their derivatives are SA, GM, GC and GH again
+    # (GM's: dU = SA(V, c, a), dc = GC(U, V, a), da = GH(U, V, c); GC's: dU = SA(m, W, a),
+    # dm = GM(U, W, a), da = GH(U, m, W); GH's: dU = SA(m, c, Z), dm = GM(U, c, Z),
+    # dc = GC(U, m, Z)), so every order stays on the kernels, without the [E, F] products and
+    # block slices of the torch form. The ``like`` arguments only give a shape.
+    def _sa_kernel(U, m, c, a, ptr, muls, dims, which):
+        res = ops.scaled_aggregate_backward(U, m, c, ptr, muls, dims, which == 0, which == 1,
+                                            a, which == 2)
+        return res[which]
+
+    class _SaGradM(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, U, c, a, m_like, ptr, muls, dims):
+            ctx.save_for_backward(U, c, a, m_like, ptr)
+            ctx.muls, ctx.dims = muls, dims
+            return _sa_kernel(U, m_like, c, a, ptr, muls, dims, 0)
+
+        @staticmethod
+        def backward(ctx, v):
+            U, c, a, m, ptr = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            bl = (ptr, ctx.muls, ctx.dims)
+            return (call("scaled_aggregate", v, c, *bl, a) if need[0] else None,
+                    _SaGradC.apply(U, v, a, c, *bl) if need[1] else None,
+                    _SaGradH.apply(U, v, c, a, *bl) if a is not None and need[2] else None,
+                    None, None, None, None)
+
+    class _SaGradC(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, U, m, a, c_like, ptr, muls, dims):
+            ctx.save_for_backward(U, m, a, c_like, ptr)
+            ctx.muls, ctx.dims = muls, dims
+            return _sa_kernel(U, m, c_like, a, ptr, muls, dims, 1)
+
+        @staticmethod
+        def backward(ctx, w):
+            U, m, a, c, ptr = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            bl = (ptr, ctx.muls, ctx.dims)
+            return (call("scaled_aggregate", m, w, *bl, a) if need[0] else None,
+                    _SaGradM.apply(U, w, a, m, *bl) if need[1] else None,
+                    _SaGradH.apply(U, m, w, a, *bl) if a is not None and need[2] else None,
+                    None, None, None, None)
+
+    class _SaGradH(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, U, m, c, a_like, ptr, muls, dims):
+            ctx.save_for_backward(U, m, c, a_like, ptr)
+            ctx.muls, ctx.dims = muls, dims
+            return _sa_kernel(U, m, c, a_like, ptr, muls, dims, 2)
+
+        @staticmethod
+        def backward(ctx, z):
+            U, m, c, a, ptr = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            bl = (ptr, ctx.muls, ctx.dims)
+            return (call("scaled_aggregate", m, c, *bl, z) if need[0] else None,
+                    _SaGradM.apply(U, c, z, m, *bl) if need[1] else None,
+                    _SaGradC.apply(U, m, z, c, *bl) if need[2] else None,
+                    None, None, None, None)
+
     def _sa_backward(ctx, grad_out):
         messages, coef, ptr, head = ctx.saved_tensors
         need_m, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_h = head is not None and ctx.needs_input_grad[5]
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            from . import _reference
-
-            blocks = tuple(zip(ctx.muls, ctx.dims))
-            ins = [t for t, n in ((messages, need_m), (coef, need_c), (head, need_h)) if n]
-            with torch.enable_grad():
-                out = _reference.scaled_aggregate(messages, coef, ptr, blocks, head)
-            res = iter(torch.autograd.grad(out, ins, grad_out, create_graph=True,
-                                           allow_unused=True))
-            gm, gc, gh = (next(res) if n else None for n in (need_m, need_c, need_h))
-            return gm, gc, None, None, None, gh
+        if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
+            U, bl = grad_out.contiguous(), (ptr, ctx.muls, ctx.dims)
+            m0, c0 = messages.detach(), coef.detach()
+            a0 = None if head is None else head.detach()
+            return (_SaGradM.apply(U, coef, head, m0, *bl) if need_m else None,
+                    _SaGradC.apply(U, messages, head, c0, *bl) if need_c else None,
+                    None, None, None,
+                    _SaGradH.apply(U, messages, coef, a0, *bl) if need_h else None)
         gm, gc, gh = ops.scaled_aggregate_backward(grad_out, messages, coef, ptr, ctx.muls,
                                                    ctx.dims, need_m, need_c, head, need_h)
         return (gm if need_m else None, gc if need_c else None, None, None, None,
