@@ -280,45 +280,40 @@ if WITH_EXT:
 
     # Under create_graph the two halves of the backward are autograd Functions on the native
     # kernels. With s = edge_query_dot(q, k) and g = ds:
-    #   grad q = Q(g, k): sum over a row's edges of g[e, h] k[e]    (needs no q)
-    #   grad k = K(g, q): sum over heads of g[e, h] q[dst e, h]      (needs no k)
-    # and their own derivatives are again edge_query_dot, Q and K:
-    #   Q's: dg = edge_query_dot(U, k), dk = K(g, U);  K's: dg = edge_query_dot(q, V),
-    #   dq = Q(g, V);
-    # so every order stays on the kernels, without the [E, H, F] products of the torch form.
-    class _EqdGradQ(torch.autograd.Function):
+    #   grad q = G_0(g; q, k): sum over a row's edges of g[e, h] k[e]  (q only gives the shape)
+    #   grad k = G_1(g; q, k): sum over heads of g[e, h] q[dst e, h]     (k only gives the shape)
+    # Each is linear in g and in the other argument, and with X the gradient of G_w's output
+    # and (q', k') = (q, k) with slot w replaced by X, its derivatives are d g =
+    # edge_query_dot(q', k') and d(slot j) = G_j(g; q', k') for j != w; so every order stays
+    # on the kernels, without the [E, H, F] products of the torch form.
+    class _EqdGrad(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, g, q, k, ptr):  # q only gives the shape
+        def forward(ctx, which, g, q, k, ptr):
             ctx.save_for_backward(g, q, k, ptr)
-            return ops.edge_query_dot_backward(g, q.detach(), k, ptr, True, False)[0]
+            ctx.which = which
+            return ops.edge_query_dot_backward(g, q.detach(), k.detach(), ptr, which == 0,
+                                               which == 1)[which]
 
         @staticmethod
-        def backward(ctx, u):
+        def backward(ctx, x):
             g, q, k, ptr = ctx.saved_tensors
-            dg = call("edge_query_dot", u, k, ptr) if ctx.needs_input_grad[0] else None
-            dk = _EqdGradK.apply(g, u, k, ptr) if ctx.needs_input_grad[2] else None
-            return dg, None, dk, None
-
-    class _EqdGradK(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, g, q, k, ptr):  # k only gives the shape
-            ctx.save_for_backward(g, q, k, ptr)
-            return ops.edge_query_dot_backward(g, q, k.detach(), ptr, False, True)[1]
-
-        @staticmethod
-        def backward(ctx, v):
-            g, q, k, ptr = ctx.saved_tensors
-            dg = call("edge_query_dot", q, v, ptr) if ctx.needs_input_grad[0] else None
-            dq = _EqdGradQ.apply(g, q, v, ptr) if ctx.needs_input_grad[1] else None
-            return dg, dq, None, None
+            args = [q, k]
+            args[ctx.which] = x
+            need = ctx.needs_input_grad
+            grads = [None, None]
+            for j in (0, 1):
+                if j != ctx.which and need[2 + j]:
+                    grads[j] = _EqdGrad.apply(j, g, *args, ptr)
+            dg = call("edge_query_dot", *args, ptr) if need[1] else None
+            return None, dg, *grads, None
 
     def _eqd_backward(ctx, grad_out):
         q, k, ptr = ctx.saved_tensors
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
             g = grad_out.contiguous()
-            return (_EqdGradQ.apply(g, q, k, ptr) if need_q else None,
-                    _EqdGradK.apply(g, q, k, ptr) if need_k else None, None)
+            return (_EqdGrad.apply(0, g, q, k, ptr) if need_q else None,
+                    _EqdGrad.apply(1, g, q, k, ptr) if need_k else None, None)
         gq, gk = ops.edge_query_dot_backward(grad_out, q, k, ptr, need_q, need_k)
         return gq if need_q else None, gk if need_k else None, None
 
@@ -375,81 +370,46 @@ if WITH_EXT:
     # Under create_graph the three gradients are autograd Functions on the native backward
     # kernel. With out = SA(m, c, a) (a: the per-head factors, or none), U = d out and
     # D[e, k] = <m_e, U_dst(e)> over channel k's columns:
-    #   grad m = GM(U, c, a) = c a U_dst,  grad c = GC(U, m, a) = a D,
-    #   grad a = GH(U, m, c) = sum over a head's channels of c D;
-    # each is linear in every argument, and their derivatives are SA, GM, GC and GH again
-    # (GM's: dU = SA(V, c, a), dc = GC(U, V, a), da = GH(U, V, c); GC's: dU = SA(m, W, a),
-    # dm = GM(U, W, a), da = GH(U, m, W); GH's: dU = SA(m, c, Z), dm = GM(U, c, Z),
-    # dc = GC(U, m, Z)), so every order stays on the kernels, without the [E, F] products and
-    # block slices of the torch form. The ``like`` arguments only give a shape.
-    def _sa_kernel(U, m, c, a, ptr, muls, dims, which):
-        res = ops.scaled_aggregate_backward(U, m, c, ptr, muls, dims, which == 0, which == 1,
-                                            a, which == 2)
-        return res[which]
-
-    class _SaGradM(torch.autograd.Function):
+    #   grad m = G_0(U; m, c, a) = c a U_dst,  grad c = G_1(U; m, c, a) = a D,
+    #   grad a = G_2(U; m, c, a) = sum over a head's channels of c D,
+    # where G_w does not read its slot w (it only gives the shape). Each is linear in U and in
+    # every other argument; with X the gradient of G_w's output and (m', c', a') = (m, c, a)
+    # with slot w replaced by X, its derivatives are dU = SA(m', c', a') and d(slot j) =
+    # G_j(U; m', c', a') for j != w. Every order stays on the kernels, without the [E, F]
+    # products and block slices of the torch form.
+    class _SaGrad(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, U, c, a, m_like, ptr, muls, dims):
-            ctx.save_for_backward(U, c, a, m_like, ptr)
-            ctx.muls, ctx.dims = muls, dims
-            return _sa_kernel(U, m_like, c, a, ptr, muls, dims, 0)
+        def forward(ctx, which, U, m, c, a, ptr, muls, dims):
+            ctx.save_for_backward(U, m, c, a, ptr)
+            ctx.which, ctx.muls, ctx.dims = which, muls, dims
+            return ops.scaled_aggregate_backward(U, m.detach(), c.detach(), ptr, muls, dims,
+                                                 which == 0, which == 1,
+                                                 None if a is None else a.detach(),
+                                                 which == 2)[which]
 
         @staticmethod
-        def backward(ctx, v):
-            U, c, a, m, ptr = ctx.saved_tensors
-            need = ctx.needs_input_grad
-            bl = (ptr, ctx.muls, ctx.dims)
-            return (call("scaled_aggregate", v, c, *bl, a) if need[0] else None,
-                    _SaGradC.apply(U, v, a, c, *bl) if need[1] else None,
-                    _SaGradH.apply(U, v, c, a, *bl) if a is not None and need[2] else None,
-                    None, None, None, None)
-
-    class _SaGradC(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, U, m, a, c_like, ptr, muls, dims):
-            ctx.save_for_backward(U, m, a, c_like, ptr)
-            ctx.muls, ctx.dims = muls, dims
-            return _sa_kernel(U, m, c_like, a, ptr, muls, dims, 1)
-
-        @staticmethod
-        def backward(ctx, w):
-            U, m, a, c, ptr = ctx.saved_tensors
-            need = ctx.needs_input_grad
-            bl = (ptr, ctx.muls, ctx.dims)
-            return (call("scaled_aggregate", m, w, *bl, a) if need[0] else None,
-                    _SaGradM.apply(U, w, a, m, *bl) if need[1] else None,
-                    _SaGradH.apply(U, m, w, a, *bl) if a is not None and need[2] else None,
-                    None, None, None, None)
-
-    class _SaGradH(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, U, m, c, a_like, ptr, muls, dims):
-            ctx.save_for_backward(U, m, c, a_like, ptr)
-            ctx.muls, ctx.dims = muls, dims
-            return _sa_kernel(U, m, c, a_like, ptr, muls, dims, 2)
-
-        @staticmethod
-        def backward(ctx, z):
+        def backward(ctx, x):
             U, m, c, a, ptr = ctx.saved_tensors
-            need = ctx.needs_input_grad
-            bl = (ptr, ctx.muls, ctx.dims)
-            return (call("scaled_aggregate", m, c, *bl, z) if need[0] else None,
-                    _SaGradM.apply(U, c, z, m, *bl) if need[1] else None,
-                    _SaGradC.apply(U, m, z, c, *bl) if need[2] else None,
-                    None, None, None, None)
+            args = [m, c, a]
+            args[ctx.which] = x
+            need, bl = ctx.needs_input_grad, (ptr, ctx.muls, ctx.dims)
+            grads = [None, None, None]
+            for j in (0, 1, 2):  # without head factors a is None and needs no gradient
+                if j != ctx.which and need[2 + j]:
+                    grads[j] = _SaGrad.apply(j, U, *args, *bl)
+            dU = call("scaled_aggregate", args[0], args[1], *bl, args[2]) if need[1] else None
+            return None, dU, *grads, None, None, None
 
     def _sa_backward(ctx, grad_out):
         messages, coef, ptr, head = ctx.saved_tensors
         need_m, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_h = head is not None and ctx.needs_input_grad[5]
         if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
-            U, bl = grad_out.contiguous(), (ptr, ctx.muls, ctx.dims)
-            m0, c0 = messages.detach(), coef.detach()
-            a0 = None if head is None else head.detach()
-            return (_SaGradM.apply(U, coef, head, m0, *bl) if need_m else None,
-                    _SaGradC.apply(U, messages, head, c0, *bl) if need_c else None,
+            U, ins = grad_out.contiguous(), (messages, coef, head, ptr, ctx.muls, ctx.dims)
+            return (_SaGrad.apply(0, U, *ins) if need_m else None,
+                    _SaGrad.apply(1, U, *ins) if need_c else None,
                     None, None, None,
-                    _SaGradH.apply(U, messages, coef, a0, *bl) if need_h else None)
+                    _SaGrad.apply(2, U, *ins) if need_h else None)
         gm, gc, gh = ops.scaled_aggregate_backward(grad_out, messages, coef, ptr, ctx.muls,
                                                    ctx.dims, need_m, need_c, head, need_h)
         return (gm if need_m else None, gc if need_c else None, None, None, None,
