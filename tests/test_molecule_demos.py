@@ -45,7 +45,17 @@ def test_mmff_and_qm9_demos_end_to_end(tmp_path):
     assert all(r["energy_mae_meV"] > 0 for r in rows)
     rows = run_mmff(cfg, 8, 2, tmp_path / "mmff")
     by = {r["model"]: r for r in rows}
-    assert by["mlanet-conservative"]["closed_path_work_ratio"] < 1e-3
+    # the max pooling's kinks leave a quadrature error that falls with the number of points
+    # (here 2.6e-3 at the default 192, 2.9e-4 at 768, 4.6e-5 at 3072); a field that is not
+    # conservative keeps its work as the path is refined
+    assert by["mlanet-conservative"]["closed_path_work_ratio"] < 1e-2
+    from graphattn.datasets.molecules import MMFFConformers, group_split
+    from graphattn.demos.molecules import MMFF_RELAX_ITERS, closed_path_work
+
+    ds = MMFFConformers(num_molecules=8, confs_per_molecule=2, relax_iters=MMFF_RELAX_ITERS)
+    test_item = ds[group_split(ds, (0.8, 0.1, 0.1), seed=cfg.seed)[2]][0]
+    w, s = closed_path_work(by["mlanet-conservative"]["net"], test_item, n=768)
+    assert abs(w) < 1e-3 * s
     assert (tmp_path / "mmff" / "parity.png").exists()
 
 
