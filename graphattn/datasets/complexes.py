@@ -264,14 +264,18 @@ def _ligand_copies(entry: dict, atoms: dict[str, np.ndarray],
     return copies
 
 
-def load_complex(entry: dict, cutoff: float = 4.5, sites: str = "all") -> Data:
-    """Builds the residue graph of one :func:`list_complexes` entry (module docstring);
-    ``sites`` ``"all"`` labels the pockets of every copy of the ligand, ``"one"`` those of the
-    reference copy only."""
+def _check_options(cutoff: float, sites: str) -> None:
     if not isinstance(cutoff, (int, float)) or not cutoff > 0:
         raise ValueError(f"cutoff must be a positive float (Å), got {cutoff!r}")
     if sites not in ("all", "one"):
         raise ValueError(f"sites must be 'all' or 'one', got {sites!r}")
+
+
+def load_complex(entry: dict, cutoff: float = 4.5, sites: str = "all") -> Data:
+    """Builds the residue graph of one :func:`list_complexes` entry (module docstring);
+    ``sites`` ``"all"`` labels the pockets of every copy of the ligand, ``"one"`` those of the
+    reference copy only."""
+    _check_options(cutoff, sites)
     atoms = read_pdb(entry["protein"])
     heavy = ~np.isin(atoms["element"], ("H", "D"))
     copies = _ligand_copies(entry, atoms, heavy)
@@ -333,10 +337,7 @@ class BindingSiteComplexes(CachedDataset):
                  names: Sequence[str] | None = None, transform: Callable | None = None,
                  pre_transform: Callable | None = None, pre_filter: Callable | None = None,
                  force_reload: bool = False) -> None:
-        if not isinstance(cutoff, (int, float)) or not cutoff > 0:
-            raise ValueError(f"cutoff must be a positive float (Å), got {cutoff!r}")
-        if sites not in ("all", "one"):
-            raise ValueError(f"sites must be 'all' or 'one', got {sites!r}")
+        _check_options(cutoff, sites)
         self.cutoff, self.sites = float(cutoff), sites
         known = list_complexes()
         if names is not None:
@@ -398,13 +399,7 @@ def dcc_success(pred_center: Tensor, true_center: Tensor | Sequence[Tensor],
     if len(true_center) != pred_center.size(0):
         raise ValueError(f"pred_center has {pred_center.size(0)} rows but true_center has "
                          f"{len(true_center)}")
-    out = torch.zeros(len(true_center), dtype=torch.bool, device=pred_center.device)
-    for b, c in enumerate(true_center):
-        if not isinstance(c, Tensor) or c.dim() != 2 or c.size(1) != 3 or c.size(0) == 0:
-            got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
-            raise ValueError(f"true_center[{b}] must have shape [S, 3] with S >= 1, got {got}")
-        out[b] = bool((c.double() - pred_center[b].double()).norm(dim=-1).min() <= threshold)
-    return out
+    return _closest_within(pred_center, true_center, threshold, "true_center", "S")
 
 
 def dca_success(pred_center: Tensor, ligand_pos: Sequence[Tensor],
@@ -430,11 +425,20 @@ def dca_success(pred_center: Tensor, ligand_pos: Sequence[Tensor],
                          f"{pred_center.size(0)} rows")
     if not threshold > 0:
         raise ValueError(f"threshold must be positive, got {threshold!r}")
-    out = torch.zeros(len(ligand_pos), dtype=torch.bool, device=pred_center.device)
-    for b, lig in enumerate(ligand_pos):
-        if not isinstance(lig, Tensor) or lig.dim() != 2 or lig.size(1) != 3 or lig.size(0) == 0:
-            got = tuple(lig.shape) if isinstance(lig, Tensor) else type(lig).__name__
-            raise ValueError(f"ligand_pos[{b}] must have shape [m, 3] with m >= 1, got {got}")
-        d = (lig.double() - pred_center[b].double()).norm(dim=-1).min()
+    return _closest_within(pred_center, ligand_pos, threshold, "ligand_pos", "m")
+
+
+def _closest_within(pred_center: Tensor, points: Sequence[Tensor], threshold: float,
+                    name: str, rows: str) -> Tensor:
+    """``[B]`` bool: whether the closest of ``points[b]`` (``[n_b, 3]``, ``n_b >= 1``, checked
+    and named ``name[b]``, ``rows`` for ``n_b``) lies within ``threshold`` of
+    ``pred_center[b]``; the distances in float64. DCC and DCA both reduce to it."""
+    out = torch.zeros(len(points), dtype=torch.bool, device=pred_center.device)
+    for b, pts in enumerate(points):
+        if not isinstance(pts, Tensor) or pts.dim() != 2 or pts.size(1) != 3 or pts.size(0) == 0:
+            got = tuple(pts.shape) if isinstance(pts, Tensor) else type(pts).__name__
+            raise ValueError(f"{name}[{b}] must have shape [{rows}, 3] with {rows} >= 1, "
+                             f"got {got}")
+        d = (pts.double() - pred_center[b].double()).norm(dim=-1).min()
         out[b] = bool(d <= threshold)
     return out

@@ -92,6 +92,17 @@ QM9_MODELS = ("mlanet-direct", "mlanet-degree", "schnet")
 QM9_CUTOFF = 4.0
 
 
+#: MMFF minimisation steps of the conformers of the ``mmff`` comparison: none, the ETKDG
+#: geometries as embedded (ETKDG minimises in its own distance-bounds force field; MMFF94 only
+#: labels them). The dataset's default of 50 steps leaves forces of bond-length residuals
+#: (mean |F| 0.05 eV/A; 0.28 after 5 steps, 0.56 after none, 40 molecules x 4) that no model
+#: learned here: after 50 steps neither SchNet nor direct MLANet got more than 0.3 meV/A below
+#: the zero-force MAE (40 x 4 for 240 training steps; 200 x 6 for 750). Epoch-matched on
+#: 40 x 4 for 1,200 steps, SchNet's test force MAE went from the zero-force 687 to 285 meV/A
+#: without relaxation and from 329 to 296 after 5 steps.
+MMFF_RELAX_ITERS = 0
+
+
 def schnet(cfg: PotentialConfig) -> nn.Module:
     """PyG's SchNet whose interaction graph is :func:`graphattn.geometry.radius_graph`."""
     from torch_geometric.nn.models import SchNet
@@ -420,16 +431,6 @@ def run_mmff(cfg: PotentialConfig, num_molecules: int, confs: int, out_dir: Path
     _save(rows, out_dir, {"config": asdict(cfg), "conformers": len(ds),
                           "split": [len(tr), len(va), len(te)], "residual_std_meV": scale * 1e3})
     return rows
-
-
-#: MMFF minimisation steps of the conformers of the ``mmff`` comparison: none, the ETKDG
-#: geometries as embedded (ETKDG minimises in its own distance-bounds force field; MMFF94 only
-#: labels them). The dataset's default of 50 steps leaves forces of bond-length residuals
-#: (mean |F| 0.05 eV/A; 0.28 after 5 steps, 0.56 after none, 40 molecules x 4) that no model
-#: learned here: on 40 x 4 conformers, 300 epochs (1,200 steps), SchNet's test force MAE went
-#: from the zero-force 687 to 285 meV/A without relaxation, 329 to 296 after 5 steps, and stayed
-#: at the zero-force MAE after 50 (as did MLANet's).
-MMFF_RELAX_ITERS = 0
 
 
 def qm9_setup(full: bool) -> tuple[PotentialConfig, int]:
