@@ -9,8 +9,10 @@ binding-site labels, and the DCC / DCA pocket-centre metrics.
   the copy whose centroid is closest to ``<id>_ligand.sdf`` (the pose of the ligand that was
   removed from the protein file);
 * ``MDAnalysisTests`` sdist (LGPL-3+; PDB data CC0): ``data/1a28.pdb.gz`` (progesterone
-  receptor, ligand ``STR``; its first instance, bound to chain A) and ``data/1hvr.pdb`` (HIV-1
-  protease, ligand ``XK2``), ligands as HETATM records of the same file;
+  receptor, ligand ``STR``; its first instance, bound to chain A), ``data/1hvr.pdb`` (HIV-1
+  protease, ligand ``XK2``) and ``data/6msm.pdb.bz2`` (phosphorylated, ATP-bound CFTR,
+  cryo-EM; two ``ATP`` at the nucleotide-binding-domain interface; its lipids ``POV`` / ``CLR``
+  and ``MG`` are other HETATM groups), ligands as HETATM records of the same file;
 * Debian ``pymol-data``: ``/usr/share/pymol/data/tut/1hpv.pdb`` (HIV-1 protease + amprenavir,
   ligand ``478``), only when that file exists.
 
@@ -54,6 +56,7 @@ cannot tell apart from the labelled one.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import importlib.util
 from collections.abc import Callable, Sequence
@@ -99,13 +102,13 @@ def _element(line: str) -> str:
 
 
 def read_pdb(path: str | Path) -> dict[str, np.ndarray]:
-    """Atoms of a (optionally gzipped) PDB file (module docstring for the rules).
+    """Atoms of a (optionally gzip- or bzip2-compressed) PDB file (module docstring for the rules).
 
     Returns arrays of length A: ``record`` (``"ATOM"``/``"HETATM"``), ``name``, ``resname``,
     ``chain``, ``resseq`` (int), ``icode``, ``element`` and ``pos`` [A, 3] float64.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
     rows = []
     with opener(path, "rt") as f:
         for n, line in enumerate(f, 1):
@@ -203,7 +206,7 @@ def list_complexes() -> list[dict]:
                     "reference_pose": pose if pose.exists() else None,
                     "available": prot.exists() and lig.exists()})
     mda = _package_dir("MDAnalysisTests")
-    for fname, res in (("1a28.pdb.gz", "STR"), ("1hvr.pdb", "XK2")):
+    for fname, res in (("1a28.pdb.gz", "STR"), ("1hvr.pdb", "XK2"), ("6msm.pdb.bz2", "ATP")):
         path = mda / "data" / fname if mda else Path("MDAnalysisTests-not-installed") / fname
         out.append({"name": fname.split(".")[0], "source": "MDAnalysisTests",
                     "license": "LGPL-3+ (PDB data CC0)", "protein": path, "ligand": None,

@@ -3,27 +3,30 @@ GDEGAN's Gaussian dynamic attention vs the same equivariant backbone with dot-pr
 attention, leave-one-complex-out.
 
 Data: :class:`~graphattn.datasets.complexes.BindingSiteComplexes` (posebusters' four PDB
-complexes, MDAnalysisTests' 1a28 and 1hvr, and Debian's 1hpv where ``pymol-data`` is
+complexes, MDAnalysisTests' 1a28, 1hvr and 6msm, and Debian's 1hpv where ``pymol-data`` is
 installed): residue graphs on Cα positions, one-hot amino acids plus residue burial (Cα
-counts within 8 and 12 Å; :func:`with_burial`), pocket residues within 4.5 Å of the crystal
-ligand. The graph joins residues whose Cα lie within ``cutoff`` Å. Every copy of the ligand
-is a site (``sites="all"``: 1ia1 and 1a28 bind two copies, 1of6 eight, one per chain): its
+counts within 8, 12, 16 and 20 Å; :func:`with_burial`), pocket residues within 4.5 Å of the
+crystal ligand. The graph joins residues whose Cα lie within ``cutoff`` Å. Every copy of the ligand
+is a site (``sites="all"``: 1ia1, 1a28 and 6msm bind two copies, 1of6 eight): its
 pocket residues are positives, and the centre is scored against the closest site, in the loss
 and in DCC / DCA (HOLO4k counts every relevant ligand of a structure the same way). Labelling
 one copy only would mark the identical pockets of the other chains as negatives.
 
 Model: :class:`~graphattn.nn.equivariant.GDEGAN` (``kernel="gaussian"`` or ``"dot"``, all else
-equal): per-residue pocket logits and an equivariant pocket centre (a softmax over residues of
-their positions plus ``1o`` offsets). Loss: class-balanced BCE on pocket residues + Huber on
-the centre (Å) to the closest site's ligand centroid. Metrics at 4 Å: DCC (centre to the
-closest ligand centroid) and DCA (centre to the closest ligand atom) success, over the
-held-out complexes.
+equal): per-residue pocket logits and an equivariant pocket centre (a softmax of the logits
+over the residues within ``site_radius`` of the top-scoring one, ``readout="top_site"``, of
+their positions plus ``1o`` offsets; ``readout="softmax"`` takes every residue and puts the
+centre of a multi-site structure between its sites). Loss: class-balanced BCE on pocket
+residues + Huber on the centre (Å) to the closest site's ligand centroid. Metrics at 4 Å:
+DCC (centre to the closest ligand centroid) and DCA (centre to the closest ligand atom)
+success, over the held-out complexes.
 
-**How few complexes there are**: six to seven structures is a sanity check of the pipeline
+**How few complexes there are**: seven to eight structures is a sanity check of the pipeline
 and of the two attention kernels on real geometry, not a benchmark (the paper trains on
 thousands: scPDB / PDBbind; COACH420 and HOLO4k for testing). Success rates move in steps of
 1/7 and their difference between the kernels is within noise unless it is large. Measured
-(README): neither kernel puts a held-out centre within 4 Å of a site, at demo or full size.
+(README): neither kernel puts a held-out centre within 4 Å of a site, at demo or full size
+(median centre error 10 Å at demo size, pocket AUC 0.76-0.77).
 """
 
 from __future__ import annotations
@@ -51,12 +54,18 @@ class PocketConfig:
     layers: int = 2
     heads: int = 4
     center_weight: float = 0.1
+    burial_radii: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0)
+    readout: str = "top_site"
+    site_radius: float = 8.0
     seed: int = 0
 
 
-def with_burial(d, radii: tuple[float, ...] = (8.0, 12.0)):
+def with_burial(d, radii: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0)):
     """Adds residue burial to the node features: the number of other Cα within each radius
-    (/ 20), an invariant that softmax-normalised attention cannot count by itself."""
+    (/ 20), an invariant that softmax-normalised attention cannot count by itself. The wide
+    radii carry the signal: on the offline complexes the count within 16 Å alone ranks
+    pocket residues with ROC AUC 0.72-0.88 and within 20 Å 0.75-0.91, those within 8 and
+    12 Å at 0.46-0.81."""
     dist = torch.cdist(d.pos, d.pos)
     counts = [((dist < r).sum(1, keepdim=True) - 1).float() / 20.0 for r in radii]
     d = d.clone()
@@ -80,7 +89,8 @@ def _fit(kernel: str, train: list, cfg: PocketConfig):
     torch.manual_seed(cfg.seed)
     model = GDEGAN(in_channels=train[0].x.shape[1], channels=cfg.channels,
                    l_channels=cfg.l_channels, lmax=cfg.lmax, num_layers=cfg.layers,
-                   heads=cfg.heads, cutoff=cfg.cutoff, kernel=kernel)
+                   heads=cfg.heads, cutoff=cfg.cutoff, kernel=kernel, readout=cfg.readout,
+                   site_radius=cfg.site_radius)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     b = Batch.from_data_list(train)
     ei = radius_graph(b.pos, cfg.cutoff, batch=b.batch)
@@ -121,7 +131,7 @@ def run_comparison(cfg: PocketConfig, out_dir: Path, progress: bool = False) -> 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = BindingSiteComplexes()
-    data = [with_burial(ds[i]) for i in range(len(ds))]
+    data = [with_burial(ds[i], cfg.burial_radii) for i in range(len(ds))]
     if progress:
         print(f"  {len(data)} complexes: " + ", ".join(
             f"{d.name} ({d.num_nodes} res., {int(d.y.sum())} pocket)" for d in data), flush=True)

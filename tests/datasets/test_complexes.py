@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+
 import numpy as np
 import pytest
 import torch
@@ -21,15 +24,18 @@ AVAILABLE = [n for n, e in ENTRIES.items() if e["available"]]
 # verified at cutoff 4.5 Å: (residue nodes, pocket residues, ligand heavy atoms). 1ia1, 1a28 and
 # 1hvr agree with ../shared/DATA.md; 1a28 / 1hvr also with MDAnalysis' own selection (1hvr:
 # 196 "protein" residues there + the two CSO modified cysteines kept here). 1of6 uses the
-# removed copy (DATA.md's first copy gives 16).
+# removed copy (DATA.md's first copy gives 16). 6msm: MDAnalysis' "protein" has 1,181 residues,
+# + the 17 UNK (unassigned cryo-EM residues) kept here; its "protein and around 4.5 (resname
+# ATP and not name H*)" gives the 41 residues of both sites.
 VERIFIED = {"1ia1": (384, 14, 19), "1of6": (2770, 18, 13), "1s3v": (186, 17, 27),
             "1uou": (438, 17, 16), "1a28": (500, 20, 23), "1hvr": (198, 31, 46),
-            "1hpv": (198, 29, 35)}
+            "1hpv": (198, 29, 35), "6msm": (1198, 20, 31)}
 # with sites="all" (the default): (pocket residues, ligand copies, their heavy atoms). The
 # homo-oligomers bind one copy per chain; 1hpv (pymol-data, not installed where this was
 # counted) holds one instance of 478, so its figures are those of its one copy.
 ALL_SITES = {"1ia1": (27, 2, 38), "1of6": (140, 8, 104), "1s3v": (17, 1, 27),
-             "1uou": (17, 1, 16), "1a28": (42, 2, 46), "1hvr": (31, 1, 46), "1hpv": (29, 1, 35)}
+             "1uou": (17, 1, 16), "1a28": (42, 2, 46), "1hvr": (31, 1, 46), "1hpv": (29, 1, 35),
+             "6msm": (41, 2, 62)}
 
 
 def test_list_complexes_reports_sources() -> None:
@@ -161,6 +167,11 @@ def test_read_pdb_first_model_altloc_and_elements(tmp_path) -> None:
     assert a["name"].tolist() == ["CA", "CA", "OG", "O", "ZN"]  # altloc B and model 2 dropped
     assert a["element"].tolist() == ["C", "C", "O", "O", "Zn"]
     assert a["pos"][1].tolist() == [3.8, 0.0, 0.0]
+    for suffix, opener in ((".gz", gzip.open), (".bz2", bz2.open)):  # compressed: same atoms
+        with opener(tmp_path / f"t.pdb{suffix}", "wt") as f:
+            f.write(text)
+        c = read_pdb(tmp_path / f"t.pdb{suffix}")
+        assert all(np.array_equal(c[k], a[k]) for k in a)
     # as a complex: ligand LIG (two instances; the first is the reference copy), water and
     # ion are not nodes
     lig = (atom("HETATM", 8, " C1 ", " ", "LIG", "A", 60, (3.8, 4.0, 0), "C")

@@ -364,8 +364,10 @@ def test_gaussian_attention_permutation_equivariant_and_gradcheck():
         GaussianDynamicAttention(8, kernel="rbf")
 
 
-def test_gdegan_center_equivariant_logits_invariant():
-    model = GDEGAN(in_channels=5, channels=8, l_channels=4, num_layers=2, heads=2, cutoff=4.0)
+@pytest.mark.parametrize("readout", ["softmax", "top_site"])
+def test_gdegan_center_equivariant_logits_invariant(readout):
+    model = GDEGAN(in_channels=5, channels=8, l_channels=4, num_layers=2, heads=2, cutoff=4.0,
+                   readout=readout, site_radius=2.0)
     x = torch.randn(9, 5)
     pos = torch.randn(9, 3) * 1.5
 
@@ -375,6 +377,46 @@ def test_gdegan_center_equivariant_logits_invariant():
 
     assert_equivariant(f, args_in=[pos], irreps_in=["cartesian_points"],
                        irreps_out=["9x0e", "cartesian_points"], tolerance=1e-8)
+
+
+def test_gdegan_top_site_readout_semantics():
+    """The top-site readout's set is the residues within site_radius of each structure's
+    argmax-logit residue: an infinite radius gives the softmax readout, a vanishing one (with
+    zero offsets) the argmax residue's position; batching equals running each structure."""
+    torch.manual_seed(0)
+    kw = dict(in_channels=5, channels=8, l_channels=4, num_layers=2, heads=2, cutoff=4.0)
+    x, pos = torch.randn(14, 5), torch.randn(14, 3) * 2.0
+    batch = torch.tensor([0] * 8 + [1] * 6)
+    ei = _radius(pos, 4.0, batch)
+    soft = GDEGAN(**kw)
+    wide = GDEGAN(**kw, readout="top_site", site_radius=1e6)
+    wide.load_state_dict(soft.state_dict())
+    a, b = soft(x, pos, batch, ei), wide(x, pos, batch, ei)
+    torch.testing.assert_close(b["center"], a["center"])
+    tight = GDEGAN(**kw, readout="top_site", site_radius=1e-6)
+    tight.load_state_dict(soft.state_dict())
+    with torch.no_grad():
+        for p in tight.offset.parameters():
+            p.zero_()
+    out = tight(x, pos, batch, ei)
+    top = torch.stack([out["logits"][:8].argmax(), 8 + out["logits"][8:].argmax()])
+    torch.testing.assert_close(out["center"], pos[top])
+    logits = torch.tensor([0.0, 3.0, 1.0, 5.0, 2.0])
+    p5 = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [9.0, 0, 0], [0.0, 0, 0], [0.5, 0, 0]])
+    sel = wide.top_site(logits, p5, torch.tensor([0, 0, 0, 1, 1]), 2)
+    assert sel.tolist() == [0, 1, 2, 3, 4]
+    wide.site_radius = 1.5
+    sel = wide.top_site(logits, p5, torch.tensor([0, 0, 0, 1, 1]), 2)
+    assert sel.tolist() == [0, 1, 3, 4]  # residue 2 is 8 A from structure 0's top residue 1
+    # each structure alone gives the batched centre
+    for g, idx in ((0, slice(0, 8)), (1, slice(8, 14))):
+        sub = _radius(pos[idx], 4.0)
+        torch.testing.assert_close(wide(x[idx], pos[idx], edge_index=sub)["center"][0],
+                                   wide(x, pos, batch, ei)["center"][g])
+    with pytest.raises(ValueError, match="readout"):
+        GDEGAN(**kw, readout="mean")
+    with pytest.raises(ValueError, match="site_radius"):
+        GDEGAN(**kw, readout="top_site", site_radius=0.0)
 
 
 def test_channel_broadcasts_match_explicit_column_maps():

@@ -198,13 +198,25 @@ class GDEGANInteraction(nn.Module):
 class GDEGAN(nn.Module):
     r"""Binding-site network: residue features -> ``num_layers`` :class:`GDEGANInteraction`
     -> per-residue pocket logits and an equivariant pocket centre
-    :math:`c = \sum_i w_i (r_i + \Delta_i)`, :math:`w = \operatorname{softmax}_i(\ell_i)` over
-    each structure, :math:`\Delta_i` a ``1o`` output.
+    :math:`c = \sum_{i\in S} w_i (r_i + \Delta_i)`,
+    :math:`w = \operatorname{softmax}_{i\in S}(\ell_i)`, :math:`\Delta_i` a ``1o`` output.
+
+    The set :math:`S` is the readout (the paper does not give its own; reconstructed):
+    ``readout="softmax"`` takes every residue of the structure; ``readout="top_site"`` takes
+    the residues within ``site_radius`` Å of the top-scoring residue
+    :math:`a = \arg\max_i \ell_i` of the structure, the "centre of the best-ranked pocket"
+    readout of residue-classification pocket finders (P2Rank, DeepPocket cluster the
+    predicted residues and report the top cluster's centre). A structure with several
+    pockets otherwise gets a centre between them. :math:`S` depends only on invariant logits
+    and distances, so :math:`c` stays E(3)-equivariant; the choice of :math:`S` carries no
+    gradient (as a clustering step would not).
 
     Args:
         in_channels (int): residue feature size (21 for one-hot amino acids).
         channels, l_channels, lmax, num_layers, heads, num_basis, cutoff: as named.
         kernel (str): ``"gaussian"`` (GDEGAN) or ``"dot"`` (the ablation).
+        readout (str): ``"softmax"`` or ``"top_site"`` (above).
+        site_radius (float): the radius of ``"top_site"`` in the units of ``pos``.
 
     Shapes:
         - **x**: :math:`(N, F)`, **pos**: :math:`(N, 3)`, **batch**: :math:`(N)` sorted,
@@ -214,8 +226,14 @@ class GDEGAN(nn.Module):
 
     def __init__(self, in_channels: int = 21, channels: int = 32, l_channels: int = 8,
                  lmax: int = 2, num_layers: int = 3, heads: int = 4, num_basis: int = 8,
-                 cutoff: float = 10.0, kernel: str = "gaussian", **attention_kwargs) -> None:
+                 cutoff: float = 10.0, kernel: str = "gaussian", readout: str = "softmax",
+                 site_radius: float = 8.0, **attention_kwargs) -> None:
         super().__init__()
+        if readout not in ("softmax", "top_site"):
+            raise ValueError(f"'readout' must be 'softmax' or 'top_site', got {readout!r}")
+        if not site_radius > 0:
+            raise ValueError(f"'site_radius' must be > 0, got {site_radius}")
+        self.readout, self.site_radius = readout, float(site_radius)
         o3, _ = _e3nn()
         self.irreps = o3.Irreps(default_irreps(channels, l_channels, lmax))
         self.channels, self.cutoff = channels, float(cutoff)
@@ -245,8 +263,23 @@ class GDEGAN(nn.Module):
         for layer in self.layers:
             h = layer(h, edge_index, geom)
         logits = self.cls(h[:, : self.channels]).squeeze(-1)
-        graph = ops.build_graph(torch.stack([torch.arange(x.shape[0], device=x.device), batch]),
-                                (x.shape[0], B), cache=False)
-        w = ops.segment_softmax(logits, graph)
-        center = ops.aggregate(w.unsqueeze(-1) * (pos + self.offset(h)), graph, "sum")
+        node = torch.arange(x.shape[0], device=x.device)
+        if self.readout == "top_site":
+            node = self.top_site(logits.detach(), pos.detach(), batch, B)
+        graph = ops.build_graph(torch.stack([torch.arange(node.numel(), device=x.device),
+                                             batch[node]]), (node.numel(), B), cache=False)
+        w = ops.segment_softmax(logits[node], graph)
+        center = ops.aggregate(w.unsqueeze(-1) * (pos + self.offset(h))[node], graph, "sum")
         return {"logits": logits, "center": center}
+
+    def top_site(self, logits: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        r"""The residues of each structure within ``site_radius`` of its top-scoring residue
+        (ties: the first), ``[M]`` int64 in increasing order, the readout set :math:`S`."""
+        if logits.numel() == 0:
+            return torch.zeros(0, dtype=torch.long, device=logits.device)
+        graph = ops.build_graph(torch.stack([torch.arange(logits.numel(), device=logits.device),
+                                             batch]), (logits.numel(), num_graphs), cache=False)
+        _, arg = ops.segment_max(graph.to_csr(logits.unsqueeze(-1)), graph.ptr)
+        anchor = graph.src[arg.squeeze(-1).clamp_min(0)]  # empty structures have no residues
+        near = (pos - pos[anchor[batch]]).norm(dim=-1) <= self.site_radius
+        return near.nonzero().squeeze(-1)
