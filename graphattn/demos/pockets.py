@@ -42,6 +42,9 @@ from torch import Tensor
 
 from . import register
 
+#: Cα-count radii of :func:`with_burial` (Å).
+BURIAL_RADII: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0)
+
 
 @dataclass
 class PocketConfig:
@@ -54,13 +57,13 @@ class PocketConfig:
     layers: int = 2
     heads: int = 4
     center_weight: float = 0.1
-    burial_radii: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0)
+    burial_radii: tuple[float, ...] = BURIAL_RADII
     readout: str = "top_site"
     site_radius: float = 8.0
     seed: int = 0
 
 
-def with_burial(d, radii: tuple[float, ...] = (8.0, 12.0, 16.0, 20.0)):
+def with_burial(d, radii: tuple[float, ...] = BURIAL_RADII):
     """Adds residue burial to the node features: the number of other Cα within each radius
     (/ 20), an invariant that softmax-normalised attention cannot count by itself. The wide
     radii carry the signal: on the offline complexes the count within 16 Å alone ranks

@@ -409,10 +409,11 @@ def test_gdegan_top_site_readout_semantics():
     sel = wide.top_site(logits, p5, torch.tensor([0, 0, 0, 1, 1]), 2)
     assert sel.tolist() == [0, 1, 3, 4]  # residue 2 is 8 A from structure 0's top residue 1
     # each structure alone gives the batched centre
+    batched = wide(x, pos, batch, ei)["center"]
     for g, idx in ((0, slice(0, 8)), (1, slice(8, 14))):
         sub = _radius(pos[idx], 4.0)
         torch.testing.assert_close(wide(x[idx], pos[idx], edge_index=sub)["center"][0],
-                                   wide(x, pos, batch, ei)["center"][g])
+                                   batched[g])
     with pytest.raises(ValueError, match="readout"):
         GDEGAN(**kw, readout="mean")
     with pytest.raises(ValueError, match="site_radius"):

@@ -49,7 +49,7 @@ from .conv import (
     geometry_graph,
     scalar_irreps_first,
 )
-from .mlanet import default_irreps
+from .mlanet import _ptr, default_irreps
 from .products import IrrepsLinear
 
 __all__ = ["GDEGAN", "GDEGANInteraction", "GaussianDynamicAttention"]
@@ -277,9 +277,9 @@ class GDEGAN(nn.Module):
         (ties: the first), ``[M]`` int64 in increasing order, the readout set :math:`S`."""
         if logits.numel() == 0:
             return torch.zeros(0, dtype=torch.long, device=logits.device)
-        graph = ops.build_graph(torch.stack([torch.arange(logits.numel(), device=logits.device),
-                                             batch]), (logits.numel(), num_graphs), cache=False)
-        _, arg = ops.segment_max(graph.to_csr(logits.unsqueeze(-1)), graph.ptr)
-        anchor = graph.src[arg.squeeze(-1).clamp_min(0)]  # empty structures have no residues
+        # batch is sorted, so each structure's residues are one segment and the argmax's
+        # position in it is the residue's index
+        _, arg = ops.segment_max(logits.unsqueeze(-1), _ptr(batch, num_graphs))
+        anchor = arg.squeeze(-1).clamp_min(0)  # empty structures have no residues
         near = (pos - pos[anchor[batch]]).norm(dim=-1) <= self.site_radius
         return near.nonzero().squeeze(-1)
