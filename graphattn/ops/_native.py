@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -133,8 +135,10 @@ if WITH_EXT:
     # ---- autograd formulas --------------------------------------------------------------
     # The native backward kernels are not themselves differentiable. Under create_graph=True
     # (grad mode is on inside the backward, e.g. conservative forces F = -dE/dr trained on),
-    # every op switches to a pure-torch backward so that second derivatives are exact
-    # (edge_attention then materialises [E, H, Dv], like the reference path).
+    # edge_attention and the segment ops switch to a pure-torch backward so that second
+    # derivatives are exact (edge_attention then materialises [E, H, Dv], like the reference
+    # path); edge_query_dot, depthwise_tp and scaled_aggregate, multilinear in their inputs,
+    # keep every order on their kernels (autograd Functions over the backward kernels, below).
     def _segments(ptr, num_edges):
         N = ptr.shape[0] - 1
         return torch.repeat_interleave(torch.arange(N, device=ptr.device), ptr[1:] - ptr[:-1],
@@ -265,6 +269,35 @@ if WITH_EXT:
             None,
         )
 
+    # Under create_graph, the backward of an op T that is linear in each of its slots (the
+    # tensor arguments that take gradients: edge_query_dot's q, k; depthwise_tp's x, y, w;
+    # scaled_aggregate's m, c, a) is an autograd Function per slot on the native backward
+    # kernel. With U = d out, grad of slot w is G_w(U; slots), linear in U and in every other
+    # slot; G_w does not read slot w (it only gives the shape). With X the gradient of G_w's
+    # output and slots' = slots with slot w replaced by X, <X, G_w(U; slots)> = <U, T(slots')>,
+    # so its derivatives are dU = T(slots') and d(slot j) = G_j(U; slots') for j != w: every
+    # order stays on the kernels, without the per-edge products of the torch forms.
+    class _Multilinear(NamedTuple):
+        grad: Callable  # (U, slots, w) -> G_w(U; slots), the kernel on detached slots
+        forward: Callable  # slots -> T(slots), differentiable (through ``call``)
+
+    class _MultilinearGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, op, which, U, *slots):
+            ctx.save_for_backward(U, *slots)
+            ctx.op, ctx.which = op, which
+            return op.grad(U, [None if t is None else t.detach() for t in slots], which)
+
+        @staticmethod
+        def backward(ctx, X):
+            U, *slots = ctx.saved_tensors
+            slots[ctx.which] = X
+            need = ctx.needs_input_grad[3:]  # a slot that is None needs no gradient
+            grads = [_MultilinearGrad.apply(ctx.op, j, U, *slots)
+                     if j != ctx.which and need[j] else None for j in range(len(slots))]
+            dU = ctx.op.forward(slots) if ctx.needs_input_grad[2] else None
+            return None, None, dU, *grads
+
     @torch.library.register_fake("graphattn::edge_query_dot")
     def _eqd_fake(q, k, ptr):
         return k.new_empty(k.shape[0], q.shape[1])
@@ -278,42 +311,21 @@ if WITH_EXT:
         q, k, ptr = inputs
         ctx.save_for_backward(q, k, ptr)
 
-    # Under create_graph the two halves of the backward are autograd Functions on the native
-    # kernels. With s = edge_query_dot(q, k) and g = ds:
-    #   grad q = G_0(g; q, k): sum over a row's edges of g[e, h] k[e]  (q only gives the shape)
-    #   grad k = G_1(g; q, k): sum over heads of g[e, h] q[dst e, h]     (k only gives the shape)
-    # Each is linear in g and in the other argument, and with X the gradient of G_w's output
-    # and (q', k') = (q, k) with slot w replaced by X, its derivatives are d g =
-    # edge_query_dot(q', k') and d(slot j) = G_j(g; q', k') for j != w; so every order stays
-    # on the kernels, without the [E, H, F] products of the torch form.
-    class _EqdGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, which, g, q, k, ptr):
-            ctx.save_for_backward(g, q, k, ptr)
-            ctx.which = which
-            return ops.edge_query_dot_backward(g, q.detach(), k.detach(), ptr, which == 0,
-                                               which == 1)[which]
-
-        @staticmethod
-        def backward(ctx, x):
-            g, q, k, ptr = ctx.saved_tensors
-            args = [q, k]
-            args[ctx.which] = x
-            need = ctx.needs_input_grad
-            grads = [None, None]
-            for j in (0, 1):
-                if j != ctx.which and need[2 + j]:
-                    grads[j] = _EqdGrad.apply(j, g, *args, ptr)
-            dg = call("edge_query_dot", *args, ptr) if need[1] else None
-            return None, dg, *grads, None
+    # s = edge_query_dot(q, k); with g = ds:
+    #   grad q = G_0(g; q, k): sum over a row's edges of g[e, h] k[e]
+    #   grad k = G_1(g; q, k): sum over heads of g[e, h] q[dst e, h]
+    def _eqd_multilinear(ptr):
+        return _Multilinear(
+            lambda U, s, w: ops.edge_query_dot_backward(U, *s, ptr, w == 0, w == 1)[w],
+            lambda s: call("edge_query_dot", *s, ptr))
 
     def _eqd_backward(ctx, grad_out):
         q, k, ptr = ctx.saved_tensors
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
-            g = grad_out.contiguous()
-            return (_EqdGrad.apply(0, g, q, k, ptr) if need_q else None,
-                    _EqdGrad.apply(1, g, q, k, ptr) if need_k else None, None)
+            g, op = grad_out.contiguous(), _eqd_multilinear(ptr)
+            return (_MultilinearGrad.apply(op, 0, g, q, k) if need_q else None,
+                    _MultilinearGrad.apply(op, 1, g, q, k) if need_k else None, None)
         gq, gk = ops.edge_query_dot_backward(grad_out, q, k, ptr, need_q, need_k)
         return gq if need_q else None, gk if need_k else None, None
 
@@ -332,21 +344,20 @@ if WITH_EXT:
         ctx.save_for_backward(x, y, weight, coupling, meta)
         ctx.out_dim = out_dim
 
+    # out = T(x, y, w), the channel-wise tensor product of the path table (coupling, meta)
+    def _tp_multilinear(coupling, meta, out_dim):
+        return _Multilinear(
+            lambda U, s, w: ops.depthwise_tp_backward(U, *s, coupling, meta,
+                                                      *(w == j for j in range(3)))[w],
+            lambda s: call("depthwise_tp", *s, coupling, meta, out_dim))
+
     def _tp_backward(ctx, grad_out):
         x, y, weight, coupling, meta = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference form
-            from . import _reference
-
-            ins = (x, y, weight)
-            wanted = [t for t, n in zip(ins, need) if n]
-            out = _reference.depthwise_tp(x, y, weight, coupling, meta, ctx.out_dim)
-            res = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True,
-                                           allow_unused=True))
-            grads = [(next(res) if n else None) for n in need]
-            grads = [torch.zeros_like(t) if n and g is None else g
-                     for t, n, g in zip(ins, need, grads)]
-            return (*grads, None, None, None)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
+            U, op = grad_out.contiguous(), _tp_multilinear(coupling, meta, ctx.out_dim)
+            return (*(_MultilinearGrad.apply(op, j, U, x, y, weight) if need[j] else None
+                      for j in range(3)), None, None, None)
         gx, gy, gw = ops.depthwise_tp_backward(grad_out, x, y, weight, coupling, meta, *need)
         return (*(g if n else None for g, n in zip((gx, gy, gw), need)), None, None, None)
 
@@ -367,49 +378,27 @@ if WITH_EXT:
         ctx.save_for_backward(messages, coef, ptr, head_coef)
         ctx.muls, ctx.dims = list(muls), list(dims)
 
-    # Under create_graph the three gradients are autograd Functions on the native backward
-    # kernel. With out = SA(m, c, a) (a: the per-head factors, or none), U = d out and
+    # out = SA(m, c, a) (a: the per-head factors, or none); with U = d out and
     # D[e, k] = <m_e, U_dst(e)> over channel k's columns:
     #   grad m = G_0(U; m, c, a) = c a U_dst,  grad c = G_1(U; m, c, a) = a D,
-    #   grad a = G_2(U; m, c, a) = sum over a head's channels of c D,
-    # where G_w does not read its slot w (it only gives the shape). Each is linear in U and in
-    # every other argument; with X the gradient of G_w's output and (m', c', a') = (m, c, a)
-    # with slot w replaced by X, its derivatives are dU = SA(m', c', a') and d(slot j) =
-    # G_j(U; m', c', a') for j != w. Every order stays on the kernels, without the [E, F]
-    # products and block slices of the torch form.
-    class _SaGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, which, U, m, c, a, ptr, muls, dims):
-            ctx.save_for_backward(U, m, c, a, ptr)
-            ctx.which, ctx.muls, ctx.dims = which, muls, dims
-            return ops.scaled_aggregate_backward(U, m.detach(), c.detach(), ptr, muls, dims,
-                                                 which == 0, which == 1,
-                                                 None if a is None else a.detach(),
-                                                 which == 2)[which]
-
-        @staticmethod
-        def backward(ctx, x):
-            U, m, c, a, ptr = ctx.saved_tensors
-            args = [m, c, a]
-            args[ctx.which] = x
-            need, bl = ctx.needs_input_grad, (ptr, ctx.muls, ctx.dims)
-            grads = [None, None, None]
-            for j in (0, 1, 2):  # without head factors a is None and needs no gradient
-                if j != ctx.which and need[2 + j]:
-                    grads[j] = _SaGrad.apply(j, U, *args, *bl)
-            dU = call("scaled_aggregate", args[0], args[1], *bl, args[2]) if need[1] else None
-            return None, dU, *grads, None, None, None
+    #   grad a = G_2(U; m, c, a) = sum over a head's channels of c D.
+    def _sa_multilinear(ptr, muls, dims):
+        return _Multilinear(
+            lambda U, s, w: ops.scaled_aggregate_backward(U, s[0], s[1], ptr, muls, dims, w == 0,
+                                                          w == 1, s[2], w == 2)[w],
+            lambda s: call("scaled_aggregate", s[0], s[1], ptr, muls, dims, s[2]))
 
     def _sa_backward(ctx, grad_out):
         messages, coef, ptr, head = ctx.saved_tensors
         need_m, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_h = head is not None and ctx.needs_input_grad[5]
         if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
-            U, ins = grad_out.contiguous(), (messages, coef, head, ptr, ctx.muls, ctx.dims)
-            return (_SaGrad.apply(0, U, *ins) if need_m else None,
-                    _SaGrad.apply(1, U, *ins) if need_c else None,
+            U, op = grad_out.contiguous(), _sa_multilinear(ptr, ctx.muls, ctx.dims)
+            ins = (messages, coef, head)
+            return (_MultilinearGrad.apply(op, 0, U, *ins) if need_m else None,
+                    _MultilinearGrad.apply(op, 1, U, *ins) if need_c else None,
                     None, None, None,
-                    _SaGrad.apply(2, U, *ins) if need_h else None)
+                    _MultilinearGrad.apply(op, 2, U, *ins) if need_h else None)
         gm, gc, gh = ops.scaled_aggregate_backward(grad_out, messages, coef, ptr, ctx.muls,
                                                    ctx.dims, need_m, need_c, head, need_h)
         return (gm if need_m else None, gc if need_c else None, None, None, None,

@@ -114,45 +114,6 @@ def edge_query_dot(q: Tensor, k: Tensor, dst: Tensor) -> Tensor:
     return (q.index_select(0, dst) * k.unsqueeze(1)).sum(-1)
 
 
-def depthwise_tp(x: Tensor, y: Tensor, weight: Tensor, coupling: Tensor, meta: Tensor,
-                 out_dim: int) -> Tensor:
-    r"""Channel-wise tensor product from its path table (the oracle of the native
-    ``depthwise_tp``): for every row ``(x_p, y_p, o_p, w_p, c_p, mul, d1, d2, d3)`` of ``meta``,
-    :math:`out[e, o_p + u d_3 + k] = w[e, w_p + u] \sum_{i,j} C_p[i, j, k]\, x[e, x_p + u d_1 + i]
-    \, y[e, y_p + j]` with :math:`C_p` = ``coupling[c_p : c_p + d1 d2 d3]`` as
-    ``[d1, d2, d3]``. Plain autograd (any order)."""
-    E = x.shape[0]
-    rows = meta.tolist()
-    # the blocks as pieces of one split per input: its backward is one cat, where a slice per
-    # path would write its gradient into a zero-filled [E, width] copy of the whole input
-    xs = _blocks(x, [(r[0], r[5] * r[6]) for r in rows])
-    ys = _blocks(y, [(r[1], r[7]) for r in rows])
-    ws = _blocks(weight, [(r[3], r[5]) for r in rows])
-    outs = []
-    for xo, yo, _, wo, co, mul, d1, d2, d3 in rows:
-        C = coupling[co: co + d1 * d2 * d3].view(d1, d2, d3).to(x.dtype)
-        op = torch.einsum("ijk,ej->eik", C, ys[yo])
-        r = torch.einsum("eui,eik->euk", xs[xo].reshape(E, mul, d1), op)
-        outs.append((r * ws[wo].unsqueeze(-1)).reshape(E, mul * d3))
-    out = torch.cat(outs, -1) if outs else x.new_zeros(E, 0)
-    if out.shape[1] != out_dim:
-        raise ValueError(f"'meta' covers {out.shape[1]} output columns, expected {out_dim}")
-    return out
-
-
-def _blocks(t: Tensor, spans: list[tuple[int, int]]) -> dict[int, Tensor]:
-    """The column blocks ``t[:, o : o + w]`` for ``spans`` of ``(o, w)``, keyed by ``o``, as
-    pieces of one ``split`` (blocks may repeat; they must not overlap partially)."""
-    cuts = sorted({0, t.shape[1], *(o for o, _ in spans), *(o + w for o, w in spans)})
-    pieces = dict(zip(cuts, t.split([b - a for a, b in zip(cuts, cuts[1:])], dim=1)))
-    out = {}
-    for o, w in spans:
-        if o not in pieces or pieces[o].shape[1] != w:
-            raise ValueError(f"'meta': the block at column {o} (width {w}) overlaps another")
-        out[o] = pieces[o]
-    return out
-
-
 def edge_scores(
     q: Tensor,
     k: Tensor,

@@ -113,8 +113,10 @@ native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._
 @native_only
 @pytest.mark.parametrize("irreps,lmax", [("3x0e+2x1o+1x2e", 2), ("2x0e+1x1o+1x2e+1x3o", 3)])
 def test_native_tensor_product_second_order_and_opcheck(irreps, lmax):
-    """Second derivatives through the native op (its backward under create_graph is the
-    reference form's), and torch.library.opcheck of the op (fake, autograd registration)."""
+    """Second and third derivatives through the native op (its backward under create_graph
+    is autograd Functions on the backward kernel): gradgradcheck in float64, the Hessian-vector
+    products of the torch form, and torch.library.opcheck of the op (fake, autograd
+    registration)."""
     irreps, sh = o3.Irreps(irreps), o3.Irreps.spherical_harmonics(lmax)
     tp = DepthwiseTensorProduct(irreps, sh, irreps)
     E = 3
@@ -128,11 +130,28 @@ def test_native_tensor_product_second_order_and_opcheck(irreps, lmax):
 
     torch.testing.assert_close(native(x, y, w), tp.forward_torch(x, y, w))
     assert torch.autograd.gradgradcheck(native, (x, y, w))
-    # the module takes the kernel when the harmonics carry no gradient, and the torch form
-    # (native torch second derivatives, for conservative forces) when they do
-    # (in eager mode the kernel's node is the lean autograd.Function of graphattn.ops._native)
-    assert tp(x, y.detach(), w).grad_fn.name() == "DepthwiseTPBackward"
-    assert tp(x, y, w).grad_fn.name() != "DepthwiseTPBackward"
+    # the eager fast path (graphattn.ops._native.call) has the same derivatives
+    eager = lambda *a: tp(*a)  # noqa: E731
+    assert torch.autograd.gradgradcheck(eager, (x, y, w))
+    # each gradient alone, differentiated again: the torch form's second derivatives
+    # the module takes the kernel also when the harmonics carry a gradient (forces)
+    assert tp(x, y, w).grad_fn.name() == "DepthwiseTPBackward"
+    probe, vs = torch.randn(E, tp.dim_out), [torch.randn_like(t) for t in (x, y, w)]
+    for j in range(3):
+        hv = []
+        for f in (tp, tp.forward_torch):
+            (g,) = torch.autograd.grad((f(x, y, w) * probe).sum(), (x, y, w)[j],
+                                       create_graph=True)
+            hv.append(torch.autograd.grad((g * vs[j]).sum(), (x, y, w), allow_unused=True))
+        for a, b in zip(*hv):
+            if b is None:  # linear in its own slot: no second derivative there
+                assert a is None or not a.abs().any()
+            else:
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    # third order: gradgradcheck of one gradient
+    gx = lambda x, y, w: torch.autograd.grad(  # noqa: E731
+        (native(x, y, w) * probe).sum(), x, create_graph=True)[0]
+    assert torch.autograd.gradgradcheck(gx, (x, y, w))
     wc = w * tp.path_const
     torch.library.opcheck(torch.ops.graphattn.depthwise_tp.default,
                           (x, y, wc.detach().requires_grad_(), tp.coupling, tp.meta, tp.dim_out))
@@ -201,16 +220,3 @@ def test_high_degrees_take_the_torch_form():
     x, y = torch.randn(3, tp.irreps_in.dim), torch.randn(3, 4)
     w = torch.randn(3, tp.weight_numel)
     torch.testing.assert_close(tp(x, y, w), tp.forward_torch(x, y, w))
-
-
-def test_reference_tp_cuts_blocks_with_one_split():
-    """The torch form takes each input's blocks from one split (its backward is one cat, not a
-    zero-filled copy of the input per path); blocks that overlap partially are refused."""
-    from graphattn.ops._reference import _blocks
-
-    t = torch.arange(12.0).view(1, 12)
-    got = _blocks(t, [(0, 3), (3, 6), (0, 3), (9, 2)])
-    assert sorted(got) == [0, 3, 9]
-    assert got[3].tolist() == [[3.0, 4.0, 5.0, 6.0, 7.0, 8.0]] and got[9].shape == (1, 2)
-    with pytest.raises(ValueError, match="overlaps"):
-        _blocks(t, [(0, 4), (2, 4)])
