@@ -263,13 +263,16 @@ class GDEGAN(nn.Module):
         for layer in self.layers:
             h = layer(h, edge_index, geom)
         logits = self.cls(h[:, : self.channels]).squeeze(-1)
-        node = torch.arange(x.shape[0], device=x.device)
+        # the readout set S: every residue, or each structure's top site
+        s_logits, s_batch, s_pts = logits, batch, pos + self.offset(h)
         if self.readout == "top_site":
             node = self.top_site(logits.detach(), pos.detach(), batch, B)
-        graph = ops.build_graph(torch.stack([torch.arange(node.numel(), device=x.device),
-                                             batch[node]]), (node.numel(), B), cache=False)
-        w = ops.segment_softmax(logits[node], graph)
-        center = ops.aggregate(w.unsqueeze(-1) * (pos + self.offset(h))[node], graph, "sum")
+            s_logits, s_batch, s_pts = s_logits[node], s_batch[node], s_pts[node]
+        M = s_logits.numel()
+        graph = ops.build_graph(torch.stack([torch.arange(M, device=x.device), s_batch]),
+                                (M, B), cache=False)
+        w = ops.segment_softmax(s_logits, graph)
+        center = ops.aggregate(w.unsqueeze(-1) * s_pts, graph, "sum")
         return {"logits": logits, "center": center}
 
     def top_site(self, logits: Tensor, pos: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
