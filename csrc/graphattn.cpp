@@ -29,6 +29,12 @@ TORCH_LIBRARY(graphattn, m) {
   //     contents (on the GPU: their host syncs) and check dtypes, devices and sizes only.
   //     False (the default, for any other caller): every index is read and range-checked.
   //     For segment_reduce_backward it also vouches for arg (the forward's, on the same ptr).
+  // CSR by destination and CSC by source of an edge list (CPU, graphattn.index.build_graph):
+  // (ptr, perm, src, csc_ptr, csc_eid, csc_dst, kept); self_loops drops the loops and appends
+  // one per node n < min(num_src, num_dst), kept then holding the ids of the remaining edges.
+  m.def(
+      "edge_csr(Tensor edge_index, int num_src, int num_dst, bool self_loops=False) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("segment_softmax(Tensor scores, Tensor ptr, bool validated=False) -> Tensor");
   m.def(
       "segment_softmax_backward(Tensor out, Tensor grad_out, Tensor ptr, "

@@ -5,7 +5,9 @@ destination, so that the in-edges of destination :math:`i` are the contiguous ra
 ``ptr[i]:ptr[i+1]`` of ``src``, plus the permutation back to the caller's edge order and
 the transposed view used by the backward pass to reduce over sources without atomics.
 
-Building a graph costs two stable sorts of the edges; :func:`build_graph` caches the
+Building a graph is a counting sort of the edges by destination and one by source (C++, on
+the CPU with the extension built; O(E + N), no temporaries of the edges' size) or two stable
+``torch.sort`` calls (elsewhere); both give the same tensors. :func:`build_graph` caches the
 result per ``edge_index`` tensor (the same object, unmodified, with the same node counts) so a
 layer stack over the same graph pays it once.
 
@@ -20,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,7 +41,8 @@ class EdgeGraph:
         ptr (Tensor): ``[num_dst + 1]`` int64, row pointers of the in-edges of each
             destination.
         src (Tensor): ``[E]`` int64, source of each edge in CSR order.
-        dst (Tensor): ``[E]`` int64, destination of each edge in CSR order.
+        dst (Tensor): ``[E]`` int64, destination of each edge in CSR order (formed from
+            ``ptr`` on first use by graphs of the native builder, then kept).
         perm (Tensor): ``[E]`` int64, ``perm[c]`` is the caller's id of the edge at CSR
             position ``c``.
         csc_ptr (Tensor): ``[num_src + 1]`` int64, row pointers of the out-edges of each
@@ -48,7 +52,9 @@ class EdgeGraph:
         num_src (int): number of source nodes.
         num_dst (int): number of destination nodes.
         edge_index (Tensor, optional): ``[2, E]`` the edge list this graph represents, in
-            the caller's order (with self-loops added when built with ``self_loops=True``).
+            the caller's order (with self-loops added when built with ``self_loops=True``;
+            formed from ``input_index`` and ``kept`` on first use, then kept).
+        input_index (Tensor, optional): the ``edge_index`` given to :func:`build_graph`.
         kept (Tensor, optional): for graphs built with ``self_loops=True``, the ids (in the
             original ``edge_index``) of the non-loop edges, which come first; the
             ``min(num_src, num_dst)`` added loops follow them.
@@ -58,7 +64,14 @@ class EdgeGraph:
             :func:`build_graph` outside ``torch.compile``.
         iperm (Tensor, optional): ``[E]`` int64, the inverse of ``perm`` (CSR position of
             each caller's edge), so that :meth:`to_csr` and :meth:`from_csr` are gathers
-            forward and backward (:class:`_Permute`).
+            forward and backward (:class:`_Permute`); ``None`` for a presorted graph. Formed
+            on first use by graphs of the native builder, then kept.
+
+    ``dst``, ``iperm`` and ``edge_index`` are :func:`functools.cached_property` values: a
+    graph of the native builder holds only the six index tensors (and ``kept``) until one of
+    them is asked for, so that the layers, which need none of them, pay no memory for them;
+    the torch builder (GPU, ``torch.compile``, backend ``"reference"``) fills them in at
+    construction.
         validated_index (tuple, optional): set by :func:`build_graph` when it checked the
             ``edge_index``, so that ``ptr``, ``src`` and the CSC view are valid by
             construction: those five tensors with their version counters at the time (see
@@ -67,18 +80,34 @@ class EdgeGraph:
 
     ptr: Tensor
     src: Tensor
-    dst: Tensor
     perm: Tensor
     csc_ptr: Tensor
     csc_eid: Tensor
     csc_dst: Tensor
     num_src: int
     num_dst: int
-    edge_index: Tensor | None = None
+    input_index: Tensor | None = None
     kept: Tensor | None = None
     presorted: bool = False
-    iperm: Tensor | None = None
     validated_index: tuple[tuple[Tensor, int], ...] | None = None
+
+    @functools.cached_property
+    def dst(self) -> Tensor:
+        nodes = torch.arange(self.num_dst, device=self.ptr.device, dtype=torch.long)
+        return torch.repeat_interleave(nodes, self.in_degree(), output_size=self.num_edges)
+
+    @functools.cached_property
+    def iperm(self) -> Tensor | None:
+        if self.presorted:
+            return None
+        return _inverse(self.perm)
+
+    @functools.cached_property
+    def edge_index(self) -> Tensor | None:
+        if self.kept is None or self.input_index is None:
+            return self.input_index
+        return _append_loops(self.input_index.index_select(1, self.kept), self.num_src,
+                             self.num_dst)
 
     @property
     def num_edges(self) -> int:
@@ -92,7 +121,7 @@ class EdgeGraph:
         """Reorders a per-edge tensor from the caller's order into CSR order."""
         if self.presorted:
             return edge_values
-        if self.iperm is not None and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and self.iperm is not None:
             return _Permute.apply(edge_values, self.perm, self.iperm)
         return edge_values.index_select(0, self.perm)
 
@@ -100,7 +129,7 @@ class EdgeGraph:
         """Reorders a per-edge tensor from CSR order back to the caller's order."""
         if self.presorted:
             return csr_values
-        if self.iperm is not None and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and self.iperm is not None:
             return _Permute.apply(csr_values, self.iperm, self.perm)
         out = torch.empty_like(csr_values)
         return out.index_copy_(0, self.perm, csr_values)
@@ -204,10 +233,22 @@ def validate_edge_index(edge_index: Tensor, num_src: int, num_dst: int) -> None:
         )
 
 
+def _inverse(perm: Tensor) -> Tensor:
+    iperm = torch.empty_like(perm)
+    iperm[perm] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
+    return iperm
+
+
+def _append_loops(edge_index: Tensor, num_src: int, num_dst: int) -> Tensor:
+    loop = torch.arange(min(num_src, num_dst), device=edge_index.device, dtype=torch.long)
+    return torch.cat([edge_index, loop.unsqueeze(0).repeat(2, 1)], dim=1)
+
+
 def _build(
     edge_index: Tensor, num_src: int, num_dst: int, kept: Tensor | None = None,
-    presorted: bool = False, validated: bool = False,
+    presorted: bool = False, validated: bool = False, input_index: Tensor | None = None,
 ) -> EdgeGraph:
+    """The torch builder (two stable sorts); every attribute is formed here."""
     src, dst = edge_index[0], edge_index[1]
     # stable sorts keep the caller's order among equal keys (deterministic CSR)
     perm = torch.sort(dst, stable=True).indices
@@ -219,37 +260,68 @@ def _build(
     nodes_s = torch.arange(num_src + 1, device=src.device, dtype=torch.long)
     csc_ptr = torch.searchsorted(src_csc, nodes_s)
     csc_dst = dst_csr.index_select(0, csc_eid)
-    iperm = None
-    if not presorted:
-        iperm = torch.empty_like(perm)
-        iperm[perm] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
     index = [t.contiguous() for t in (ptr, src_csr, csc_ptr, csc_eid, csc_dst)]
+    graph = _graph(index, perm.contiguous(), num_src, num_dst,
+                   edge_index if input_index is None else input_index, kept, presorted,
+                   validated)
+    # the cached properties, filled in (object.__setattr__: the dataclass is frozen)
+    object.__setattr__(graph, "dst", dst_csr.contiguous())
+    object.__setattr__(graph, "iperm", None if presorted else _inverse(perm))
+    object.__setattr__(graph, "edge_index", edge_index)
+    return graph
+
+
+def _graph(index: list[Tensor], perm: Tensor, num_src: int, num_dst: int,
+           input_index: Tensor, kept: Tensor | None, presorted: bool,
+           validated: bool) -> EdgeGraph:
     return EdgeGraph(
         ptr=index[0],
         src=index[1],
-        dst=dst_csr.contiguous(),
-        perm=perm.contiguous(),
+        perm=perm,
         csc_ptr=index[2],
         csc_eid=index[3],
         csc_dst=index[4],
         num_src=num_src,
         num_dst=num_dst,
-        edge_index=edge_index,
+        input_index=input_index,
         kept=kept,
         presorted=presorted,
-        iperm=iperm,
         # an in-range edge_index makes every index above valid by construction (searchsorted
         # pointers over sorted keys, permutations of range(E), gathers of in-range ids)
         validated_index=tuple((t, t._version) for t in index) if validated else None,
     )
 
 
+def _native_builder(edge_index: Tensor) -> bool:
+    """Whether :func:`build_graph` takes the C++ counting sort (``graphattn::edge_csr``): CPU
+    indices, the extension loaded, outside ``torch.compile`` and backend ``"reference"``."""
+    if edge_index.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    from .ops import _native, _requested
+
+    return _native.WITH_EXT and _requested() != "reference" and hasattr(
+        torch.ops.graphattn, "edge_csr")
+
+
+def _build_native(edge_index: Tensor, num_src: int, num_dst: int, self_loops: bool,
+                  validated: bool) -> EdgeGraph:
+    """The C++ builder (csrc/cpu/graph_build.cpp): the same tensors as :func:`_build`, with
+    no temporaries of the edges' size; ``dst``, ``iperm`` and ``edge_index`` are left to
+    their first use."""
+    ptr, perm, src, csc_ptr, csc_eid, csc_dst, kept = torch.ops.graphattn.edge_csr(
+        edge_index, num_src, num_dst, self_loops)
+    presorted = False
+    if not self_loops:
+        dst = edge_index[1]
+        presorted = dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())
+    return _graph([ptr, src, csc_ptr, csc_eid, csc_dst], perm, num_src, num_dst, edge_index,
+                  kept if self_loops else None, presorted, validated)
+
+
 def _with_self_loops(edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tensor, Tensor]:
     """PyG's ``remove_self_loops`` + ``add_self_loops``: drops every loop, appends one per node."""
     kept = (edge_index[0] != edge_index[1]).nonzero().view(-1)
-    loop = torch.arange(min(num_src, num_dst), device=edge_index.device, dtype=torch.long)
-    new = torch.cat([edge_index.index_select(1, kept), loop.unsqueeze(0).repeat(2, 1)], dim=1)
-    return new, kept
+    return _append_loops(edge_index.index_select(1, kept), num_src, num_dst), kept
 
 
 _CACHE: OrderedDict[tuple, tuple[weakref.ref, EdgeGraph]] = OrderedDict()
@@ -318,9 +390,12 @@ def build_graph(
             return hit[1]
     if validate:
         validate_edge_index(edge_index, int(num_src), int(num_dst))
-    if self_loops:
+    if _native_builder(edge_index):
+        graph = _build_native(edge_index, int(num_src), int(num_dst), self_loops, validate)
+    elif self_loops:
         with_loops, kept = _with_self_loops(edge_index, int(num_src), int(num_dst))
-        graph = _build(with_loops, int(num_src), int(num_dst), kept, validated=validate)
+        graph = _build(with_loops, int(num_src), int(num_dst), kept, validated=validate,
+                       input_index=edge_index)
     else:
         dst = edge_index[1]
         presorted = dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())

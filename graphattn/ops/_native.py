@@ -114,6 +114,13 @@ if WITH_EXT:
         gv = v.new_empty(0) if kv_shared else torch.empty_like(v)
         return torch.empty_like(k), gv
 
+    @torch.library.register_fake("graphattn::edge_csr")
+    def _csr_fake(edge_index, num_src, num_dst, self_loops=False):
+        ctx = torch.library.get_ctx()
+        E, K = ctx.new_dynamic_size(), ctx.new_dynamic_size() if self_loops else 0
+        new = edge_index.new_empty
+        return (new(num_dst + 1), new(E), new(E), new(num_src + 1), new(E), new(E), new(K))
+
     @torch.library.register_fake("graphattn::segment_softmax")
     def _ss_fake(scores, ptr, validated=False):
         return torch.empty_like(scores)

@@ -90,7 +90,8 @@ def test_forward_mode_over_a_recorded_backward(backend):
 
     ei = ragged_edge_index(12)
     g = build_graph(ei, 12, cache=False)
-    plain = dataclasses.replace(g, iperm=None)
+    plain = dataclasses.replace(g)
+    object.__setattr__(plain, "iperm", None)  # the cached property, set: no _Permute
     s = torch.randn(ei.size(1), 2, dtype=torch.float64)
     v, tv = torch.randn_like(s), torch.randn_like(s)
     res = []
@@ -185,7 +186,13 @@ def test_unvalidated_graphs_still_get_their_indices_checked_by_the_kernels():
     stands between a bad index and an out-of-bounds read; a trusted call still checks dtypes,
     devices and sizes."""
     ei = torch.tensor([[0, 7], [1, 2]])  # source 7 of 3 nodes
-    g = build_graph(ei, 3, cache=False, validate=False)
+    # the C++ builder reads every index, so it refuses this one whatever 'validate' says;
+    # the torch builder (backend "reference") builds it unchecked
+    if ops.native_available():
+        with pytest.raises(RuntimeError, match=r"'edge_index\[0\]' \(sources\) holds 7"):
+            build_graph(ei, 3, cache=False, validate=False)
+    with ops.set_backend("reference"):
+        g = build_graph(ei, 3, cache=False, validate=False)
     q = torch.randn(3, 1, 2)
     with ops.set_backend("native"), pytest.raises(RuntimeError, match="'src' holds 7"):
         ops.edge_attention(q, q, q, g, "dot")
@@ -198,3 +205,72 @@ def test_unvalidated_graphs_still_get_their_indices_checked_by_the_kernels():
              good.csc_dst, 0, 1.0, 0.2, False, True)
     with pytest.raises(RuntimeError, match="'ptr\\[-1\\]' must equal the number of edges"):
         torch.ops.graphattn.segment_reduce(torch.randn(3, 1), good.ptr, "sum", True)
+
+
+# ---- the C++ builder (graphattn::edge_csr) -----------------------------------------------------
+native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._C not built")
+
+
+def _builder_cases():
+    g = torch.Generator().manual_seed(3)
+    ragged = ragged_edge_index(12)
+    bip = torch.stack([torch.randint(0, 7, (40,), generator=g),
+                       torch.randint(0, 11, (40,), generator=g)])
+    return [
+        ("ragged", ragged, 12, 12),
+        ("sorted", ragged[:, torch.sort(ragged[1], stable=True).indices], 12, 12),
+        ("empty", torch.empty(2, 0, dtype=torch.long), 5, 5),
+        ("no-nodes", torch.empty(2, 0, dtype=torch.long), 0, 0),
+        ("only-loops", torch.tensor([[1, 1, 2], [1, 1, 2]]), 4, 4),
+        ("bipartite", bip, 7, 11),  # more destinations than sources: loops on 7 of 11
+        ("bipartite-t", bip.flip(0), 11, 7),
+        ("non-contiguous", ragged.t().contiguous().t(), 12, 12),
+    ]
+
+
+@native_only
+@pytest.mark.parametrize("self_loops", [False, True])
+@pytest.mark.parametrize("case", _builder_cases(), ids=lambda c: c[0])
+def test_native_builder_equals_the_torch_builder(case, self_loops):
+    """The counting sorts give the torch builder's tensors exactly (both sorts stable), every
+    attribute, the lazily formed ones (dst, iperm, edge_index) included; before they are asked
+    for, a native graph holds none of them."""
+    _, ei, ns, nd = case
+    with ops.set_backend("reference"):
+        ref = build_graph(ei, (ns, nd), cache=False, self_loops=self_loops)
+    g = build_graph(ei, (ns, nd), cache=False, self_loops=self_loops)
+    assert not {"dst", "iperm", "edge_index"} & set(vars(g)) and "dst" in vars(ref)
+    for name in ("ptr", "src", "perm", "csc_ptr", "csc_eid", "csc_dst", "kept", "dst", "iperm",
+                 "edge_index", "input_index"):
+        a, b = getattr(g, name), getattr(ref, name)
+        assert (a is None) == (b is None), name
+        assert a is None or torch.equal(a, b), name
+    assert g.presorted == ref.presorted and g.indices_trusted() and ref.indices_trusted()
+    assert g.input_index is ei
+
+
+@native_only
+def test_native_builder_refuses_bad_indices_with_named_errors():
+    csr = torch.ops.graphattn.edge_csr
+    good = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(RuntimeError, match=r"'edge_index\[1\]' \(destinations\) holds 3 at "
+                                           r"position 1, outside the valid range \[0, 3\)"):
+        csr(torch.tensor([[0, 1], [1, 3]]), 3, 3)
+    with pytest.raises(RuntimeError, match=r"'edge_index\[0\]' \(sources\) holds -1"):
+        csr(torch.tensor([[-1, 1], [1, 2]]), 3, 3)
+    with pytest.raises(RuntimeError, match="'edge_index' must be an int64 tensor, got Int"):
+        csr(good.int(), 3, 3)
+    with pytest.raises(RuntimeError, match=r"shape \[2, num_edges\], got \[3, 2\]"):
+        csr(torch.zeros(3, 2, dtype=torch.long), 3, 3)
+    with pytest.raises(RuntimeError, match="node counts must be non-negative"):
+        csr(good, -1, 3)
+    # through build_graph, validation names the problem first
+    with pytest.raises(ValueError, match="out of range for 3 destination nodes"):
+        build_graph(torch.tensor([[0, 1], [1, 3]]), 3, cache=False)
+
+
+@native_only
+def test_native_builder_opcheck():
+    ei = ragged_edge_index(12)
+    for loops in (False, True):
+        torch.library.opcheck(torch.ops.graphattn.edge_csr.default, (ei, 12, 12, loops))
