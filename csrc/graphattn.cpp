@@ -35,6 +35,16 @@ TORCH_LIBRARY(graphattn, m) {
   m.def(
       "edge_csr(Tensor edge_index, int num_src, int num_dst, bool self_loops=False) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The bilinear pieces of edge attention (CPU; its derivatives of second and higher order):
+  // edge_pair_dot s[e, h] = a[dst_e, h] . b[src_e, h] over the CSR (ptr, src), [E, H];
+  // edge_spmm out[r, h] = sum_{t in row r} w[eid[t] (t without eid), h] x[col[t], h] over a
+  // row-sorted view (the CSR, or the CSC with col = csc_dst, eid = csc_eid), [R, H, D].
+  m.def(
+      "edge_pair_dot(Tensor a, Tensor b, Tensor ptr, Tensor src, bool validated=False) -> "
+      "Tensor");
+  m.def(
+      "edge_spmm(Tensor w, Tensor x, Tensor ptr, Tensor col, Tensor? eid=None, "
+      "bool validated=False) -> Tensor");
   m.def("segment_softmax(Tensor scores, Tensor ptr, bool validated=False) -> Tensor");
   m.def(
       "segment_softmax_backward(Tensor out, Tensor grad_out, Tensor ptr, "

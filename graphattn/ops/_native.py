@@ -114,6 +114,14 @@ if WITH_EXT:
         gv = v.new_empty(0) if kv_shared else torch.empty_like(v)
         return torch.empty_like(k), gv
 
+    @torch.library.register_fake("graphattn::edge_pair_dot")
+    def _pair_dot_fake(a, b, ptr, src, validated=False):
+        return a.new_empty(src.shape[0], a.shape[1])
+
+    @torch.library.register_fake("graphattn::edge_spmm")
+    def _spmm_fake(w, x, ptr, col, eid=None, validated=False):
+        return x.new_empty(ptr.shape[0] - 1, x.shape[1], x.shape[2])
+
     @torch.library.register_fake("graphattn::edge_csr")
     def _csr_fake(edge_index, num_src, num_dst, self_loops=False):
         ctx = torch.library.get_ctx()
@@ -142,9 +150,10 @@ if WITH_EXT:
     # ---- autograd formulas --------------------------------------------------------------
     # The native backward kernels are not themselves differentiable. Under create_graph=True
     # (grad mode is on inside the backward, e.g. conservative forces F = -dE/dr trained on),
-    # edge_attention and the segment ops switch to a pure-torch backward so that second
-    # derivatives are exact (edge_attention then materialises [E, H, Dv], like the reference
-    # path); edge_query_dot, depthwise_tp and scaled_aggregate, multilinear in their inputs,
+    # the segment ops switch to a pure-torch backward ([E, H] tensors) so that second
+    # derivatives are exact; edge_attention differentiates its composition over the bilinear
+    # kernels edge_pair_dot / edge_spmm (no [E, H, Dv] tensor; the reference formula off the
+    # CPU); edge_query_dot, depthwise_tp and scaled_aggregate, multilinear in their inputs,
     # keep every order on their kernels (autograd Functions over the backward kernels, below).
     def _segments(ptr, num_edges):
         N = ptr.shape[0] - 1
@@ -167,7 +176,8 @@ if WITH_EXT:
         q, k, v, att, bias, ptr, src, csc_ptr, csc_eid, csc_dst, lse = ctx.saved_tensors
         gw = grad_weights if ctx.return_weights else None
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            return _ea_backward_differentiable(ctx, grad_out, gw, q, k, v, att, bias, ptr, src)
+            return _ea_backward_differentiable(ctx, grad_out, gw, q, k, v, att, bias, ptr, src,
+                                               (csc_ptr, csc_eid, csc_dst))
         gq, gk, gv, gatt, gbias = ops.edge_attention_backward(
             grad_out,
             gw,
@@ -206,16 +216,19 @@ if WITH_EXT:
             None,
         )
 
-    def _ea_backward_differentiable(ctx, grad_out, grad_weights, q, k, v, att, bias, ptr, src):
-        """The vector-Jacobian product of the reference formula (which materialises
-        ``[E, H, Dv]``), recomputed from the saved inputs with ``create_graph=True``, so that
-        second derivatives through the native op are exact."""
+    def _ea_backward_differentiable(ctx, grad_out, grad_weights, q, k, v, att, bias, ptr, src,
+                                    csc):
+        """The vector-Jacobian product of the op, recomputed from the saved inputs with
+        ``create_graph=True``, so that second derivatives through the native op are exact.
+        On the CPU it differentiates :func:`_composed_attention` (scores, native softmax and
+        the value sum on the bilinear kernels: no ``[E, H, Dv]`` tensor; GATv2's scores need
+        their ``[E, H, D]`` pre-activation); elsewhere the reference formula."""
         from types import SimpleNamespace
 
         from . import _reference
 
         E = src.shape[0]
-        graph = SimpleNamespace(src=src, dst=_segments(ptr, E), num_dst=ptr.shape[0] - 1)
+        dst = _segments(ptr, E)
         kind = {v_: k_ for k_, v_ in _reference.KINDS.items()}[ctx.kind]
         inputs = (q, k, v, att, bias)
         # k is v: one gradient (for k) covers both uses; asking for it twice would double it
@@ -223,17 +236,87 @@ if WITH_EXT:
                   and not (i == 2 and ctx.kv_shared)]
         grads: list = [None] * 5
         if wanted:
-            out, w = _reference.edge_attention(q, k, v, graph, kind, bias, att, ctx.scale,
-                                               ctx.slope, 0.0, False, True)
+            if q.device.type == "cpu":
+                g = _Rows(ptr, src, *csc, dst, ctx.validated)
+                out, w = _composed_attention(q, k, v, att, bias, g, kind, ctx.scale, ctx.slope)
+            else:
+                graph = SimpleNamespace(src=src, dst=dst, num_dst=ptr.shape[0] - 1)
+                out, w = _reference.edge_attention(q, k, v, graph, kind, bias, att, ctx.scale,
+                                                   ctx.slope, 0.0, False, True)
             outs, gos = [out], [grad_out]
             if grad_weights is not None:
                 outs.append(w)
                 gos.append(grad_weights)
             res = torch.autograd.grad(outs, [inputs[i] for i in wanted], gos,
                                       create_graph=True, allow_unused=True)
-            for i, g in zip(wanted, res):
-                grads[i] = g if g is not None else torch.zeros_like(inputs[i])
+            for i, g_ in zip(wanted, res):
+                grads[i] = g_ if g_ is not None else torch.zeros_like(inputs[i])
         return (*grads, None, None, None, None, None, None, None, None, None, None)
+
+    # ---- the bilinear family of the higher derivatives (csrc/cpu/edge_spmm.cpp) ----------
+    class _Rows(NamedTuple):
+        ptr: torch.Tensor
+        src: torch.Tensor
+        csc_ptr: torch.Tensor
+        csc_eid: torch.Tensor
+        csc_dst: torch.Tensor
+        dst: torch.Tensor  # destination of each CSR edge (for GAT's per-head scalars)
+        validated: bool
+
+    class _PairDot(torch.autograd.Function):
+        """``s[e, h] = a[dst_e, h] . b[src_e, h]``, ``[E, H]``; its gradients are
+        :class:`_Spmm` over the CSR (for ``a``) and the CSC (for ``b``)."""
+
+        @staticmethod
+        def forward(ctx, a, b, g):
+            ctx.save_for_backward(a, b)
+            ctx.g = g
+            return ops.edge_pair_dot(a, b, g.ptr, g.src, g.validated)
+
+        @staticmethod
+        def backward(ctx, gs):
+            a, b = ctx.saved_tensors
+            need_a, need_b = ctx.needs_input_grad[:2]
+            return (_Spmm.apply(gs, b, ctx.g, False) if need_a else None,
+                    _Spmm.apply(gs, a, ctx.g, True) if need_b else None, None)
+
+    class _Spmm(torch.autograd.Function):
+        """``out[i, h] = sum_e w[e, h] x[src_e, h]`` (by destinations) or, transposed,
+        ``out[j, h] = sum_e w[e, h] x[dst_e, h]`` (by sources, through the CSC view); the
+        gradient of ``w`` is a :class:`_PairDot`, that of ``x`` the other orientation."""
+
+        @staticmethod
+        def forward(ctx, w, x, g, transposed):
+            ctx.save_for_backward(w, x)
+            ctx.g, ctx.transposed = g, transposed
+            if transposed:
+                return ops.edge_spmm(w, x, g.csc_ptr, g.csc_dst, g.csc_eid, g.validated)
+            return ops.edge_spmm(w, x, g.ptr, g.src, None, g.validated)
+
+        @staticmethod
+        def backward(ctx, go):
+            w, x = ctx.saved_tensors
+            need_w, need_x = ctx.needs_input_grad[:2]
+            g, t = ctx.g, ctx.transposed
+            gw = (_PairDot.apply(x, go, g) if t else _PairDot.apply(go, x, g)) if need_w else None
+            return gw, _Spmm.apply(w, go, g, not t) if need_x else None, None, None
+
+    def _composed_attention(q, k, v, att, bias, g, kind, scale, slope):
+        """The op as a differentiable composition whose pieces are kernels or ``[E, H]``
+        tensors: scores (:class:`_PairDot` for ``dot``), the native segment softmax, and the
+        weighted value sum :class:`_Spmm`. Returns ``(out, weights)``, weights in CSR
+        order."""
+        b = 0.0 if bias is None else bias
+        if kind == "dot":
+            s = _PairDot.apply(q, k, g) * scale + b
+        elif kind == "additive":  # one scalar per head: [E, H] gathers
+            s = torch.nn.functional.leaky_relu(
+                q[..., 0].index_select(0, g.dst) + k[..., 0].index_select(0, g.src) + b, slope)
+        else:  # v2: the score is a function of the [E, H, D] pre-activation
+            z = q.index_select(0, g.dst) + k.index_select(0, g.src)
+            s = (torch.nn.functional.leaky_relu(z, slope) * att).sum(-1) + b
+        p = call("segment_softmax", s, g.ptr, g.validated)
+        return _Spmm.apply(p, v, g, False), p
 
     def _ss_setup(ctx, inputs, output):
         ctx.save_for_backward(output, inputs[1])
