@@ -66,16 +66,16 @@ class EdgeGraph:
             each caller's edge), so that :meth:`to_csr` and :meth:`from_csr` are gathers
             forward and backward (:class:`_Permute`); ``None`` for a presorted graph. Formed
             on first use by graphs of the native builder, then kept.
+        validated_index (tuple, optional): set by :func:`build_graph` when it checked the
+            ``edge_index``, so that ``ptr``, ``src`` and the CSC view are valid by
+            construction: those five tensors with their version counters at the time (see
+            :meth:`indices_trusted`).
 
     ``dst``, ``iperm`` and ``edge_index`` are :func:`functools.cached_property` values: a
     graph of the native builder holds only the six index tensors (and ``kept``) until one of
     them is asked for, so that the layers, which need none of them, pay no memory for them;
     the torch builder (GPU, ``torch.compile``, backend ``"reference"``) fills them in at
     construction.
-        validated_index (tuple, optional): set by :func:`build_graph` when it checked the
-            ``edge_index``, so that ``ptr``, ``src`` and the CSC view are valid by
-            construction: those five tensors with their version counters at the time (see
-            :meth:`indices_trusted`).
     """
 
     ptr: Tensor
@@ -310,12 +310,15 @@ def _build_native(edge_index: Tensor, num_src: int, num_dst: int, self_loops: bo
     their first use."""
     ptr, perm, src, csc_ptr, csc_eid, csc_dst, kept = torch.ops.graphattn.edge_csr(
         edge_index, num_src, num_dst, self_loops)
-    presorted = False
-    if not self_loops:
-        dst = edge_index[1]
-        presorted = dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())
     return _graph([ptr, src, csc_ptr, csc_eid, csc_dst], perm, num_src, num_dst, edge_index,
-                  kept if self_loops else None, presorted, validated)
+                  kept if self_loops else None, not self_loops and _dst_sorted(edge_index),
+                  validated)
+
+
+def _dst_sorted(edge_index: Tensor) -> bool:
+    """Whether the edges come sorted by destination (then the CSR order is theirs)."""
+    dst = edge_index[1]
+    return dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())
 
 
 def _with_self_loops(edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tensor, Tensor]:
@@ -397,10 +400,8 @@ def build_graph(
         graph = _build(with_loops, int(num_src), int(num_dst), kept, validated=validate,
                        input_index=edge_index)
     else:
-        dst = edge_index[1]
-        presorted = dst.numel() < 2 or bool((dst[1:] >= dst[:-1]).all())
-        graph = _build(edge_index, int(num_src), int(num_dst), presorted=presorted,
-                       validated=validate)
+        graph = _build(edge_index, int(num_src), int(num_dst),
+                       presorted=_dst_sorted(edge_index), validated=validate)
     if key is not None:
         _CACHE[key] = (weakref.ref(edge_index), graph)
         if len(_CACHE) > _CACHE_SIZE:
