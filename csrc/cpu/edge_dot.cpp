@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "csr_dots.h"
 #include "grain.h"
 
 namespace graphattn {
@@ -40,20 +41,9 @@ void check_dot_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 template <typename scalar_t>
 void dot_forward(const scalar_t* q, const scalar_t* k, const int64_t* p, int64_t N, int64_t H,
                  int64_t F, int64_t E, scalar_t* s) {
-  using acc_t = typename Acc<scalar_t>::type;
-  at::parallel_for(0, N, row_grain(N, E, H * F), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      for (int64_t e = p[i]; e < p[i + 1]; ++e) {
-        const scalar_t* __restrict__ ke = k + e * F;
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* __restrict__ qh = q + (i * H + h) * F;
-          acc_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t c = 0; c < F; ++c) acc += acc_t(qh[c]) * acc_t(ke[c]);
-          s[e * H + h] = scalar_t(acc);
-        }
-      }
-  });
+  csr_dots<scalar_t>(
+      p, N, H, F, E, [&](int64_t i, int64_t h) { return q + (i * H + h) * F; },
+      [&](int64_t e, int64_t) { return k + e * F; }, s);
 }
 
 template <typename scalar_t>

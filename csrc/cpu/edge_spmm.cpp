@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "csr_dots.h"
 #include "grain.h"
 
 namespace graphattn {
@@ -36,19 +37,9 @@ void check_nodes(const at::Tensor& t, const char* name) {
 template <typename scalar_t>
 void pair_dot_kernel(const scalar_t* ap, const scalar_t* bp, const int64_t* p, const int64_t* sp,
                      int64_t N, int64_t H, int64_t D, int64_t E, scalar_t* out) {
-  using acc_t = typename Acc<scalar_t>::type;
-  at::parallel_for(0, N, row_grain(N, E, H * D), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      for (int64_t e = p[i]; e < p[i + 1]; ++e)
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* __restrict__ ai = ap + (i * H + h) * D;
-          const scalar_t* __restrict__ bj = bp + (sp[e] * H + h) * D;
-          acc_t acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t c = 0; c < D; ++c) acc += acc_t(ai[c]) * acc_t(bj[c]);
-          out[e * H + h] = scalar_t(acc);
-        }
-  });
+  csr_dots<scalar_t>(
+      p, N, H, D, E, [&](int64_t i, int64_t h) { return ap + (i * H + h) * D; },
+      [&](int64_t e, int64_t h) { return bp + (sp[e] * H + h) * D; }, out);
 }
 
 // eid: the edge (row of w) of each position t, null for t itself
