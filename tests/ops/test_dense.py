@@ -257,3 +257,26 @@ def test_layers_run_backward_hooks_of_their_projections(mode, scope):
         for h in handles:
             h.remove()
     assert {id(m) for m in calls} == {id(m) for m in lins}
+
+
+@onednn
+def test_broadcast_gradient_takes_the_outer_product(monkeypatch):
+    """The gradient of ``out.sum()`` is one row broadcast over R rows: grad W is then
+    g_0 (sum_r x_r)^T, without copying the broadcast into an [R, out] matrix for ``mm``."""
+    x, w, b = _operands()
+    out = ops.linear(x, w, b)
+    copies = []
+    real = torch.Tensor.t
+
+    def spy(self):
+        if self.dim() == 2 and self.size(0) == R and self.stride(0) == 0:
+            copies.append(self.shape)
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "t", spy)
+    grads = torch.autograd.grad(out.sum(), [x, w, b])
+    monkeypatch.undo()
+    ref = torch.autograd.grad(F.linear(x, w, b).sum(), [x, w, b])
+    assert copies == []  # the broadcast gradient never reached grad.t() @ x
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
