@@ -228,7 +228,6 @@ if WITH_EXT:
         from . import _reference
 
         E = src.shape[0]
-        dst = _segments(ptr, E)
         kind = {v_: k_ for k_, v_ in _reference.KINDS.items()}[ctx.kind]
         inputs = (q, k, v, att, bias)
         # k is v: one gradient (for k) covers both uses; asking for it twice would double it
@@ -237,10 +236,11 @@ if WITH_EXT:
         grads: list = [None] * 5
         if wanted:
             if q.device.type == "cpu":
+                dst = None if kind == "dot" else _segments(ptr, E)  # for the gathered scores
                 g = _Rows(ptr, src, *csc, dst, ctx.validated)
                 out, w = _composed_attention(q, k, v, att, bias, g, kind, ctx.scale, ctx.slope)
             else:
-                graph = SimpleNamespace(src=src, dst=dst, num_dst=ptr.shape[0] - 1)
+                graph = SimpleNamespace(src=src, dst=_segments(ptr, E), num_dst=ptr.shape[0] - 1)
                 out, w = _reference.edge_attention(q, k, v, graph, kind, bias, att, ctx.scale,
                                                    ctx.slope, 0.0, False, True)
             outs, gos = [out], [grad_out]
@@ -260,7 +260,7 @@ if WITH_EXT:
         csc_ptr: torch.Tensor
         csc_eid: torch.Tensor
         csc_dst: torch.Tensor
-        dst: torch.Tensor  # destination of each CSR edge (for GAT's per-head scalars)
+        dst: torch.Tensor | None  # destination of each CSR edge (additive, v2 scores)
         validated: bool
 
     class _PairDot(torch.autograd.Function):
