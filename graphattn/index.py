@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,6 +30,25 @@ import torch
 from torch import Tensor
 
 __all__ = ["EdgeGraph", "build_graph", "clear_graph_cache", "validate_edge_index"]
+
+
+class _cached:
+    """``functools.cached_property`` without its lock (Python 3.11's takes an ``RLock``, which
+    ``torch.compile`` cannot trace): the value is formed on first access and kept in the
+    instance (a frozen dataclass too: its ``__dict__`` is written directly). Under
+    ``torch.compile`` it is formed in the graph and not kept, so a compiled region has no side
+    effect on the graph object."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        value = self.fn(obj)
+        if not torch.compiler.is_compiling():
+            obj.__dict__[self.name] = value
+        return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +89,7 @@ class EdgeGraph:
             construction: those five tensors with their version counters at the time (see
             :meth:`indices_trusted`).
 
-    ``dst``, ``iperm`` and ``edge_index`` are :func:`functools.cached_property` values: a
+    ``dst``, ``iperm`` and ``edge_index`` are cached on first use (:class:`_cached`): a
     graph of the native builder holds only the six index tensors (and ``kept``) until one of
     them is asked for, so that the layers, which need none of them, pay no memory for them;
     the torch builder (GPU, ``torch.compile``, backend ``"reference"``) fills them in at
@@ -91,18 +109,18 @@ class EdgeGraph:
     presorted: bool = False
     validated_index: tuple[tuple[Tensor, int], ...] | None = None
 
-    @functools.cached_property
+    @_cached
     def dst(self) -> Tensor:
         nodes = torch.arange(self.num_dst, device=self.ptr.device, dtype=torch.long)
         return torch.repeat_interleave(nodes, self.in_degree(), output_size=self.num_edges)
 
-    @functools.cached_property
+    @_cached
     def iperm(self) -> Tensor | None:
         if self.presorted:
             return None
         return _inverse(self.perm)
 
-    @functools.cached_property
+    @_cached
     def edge_index(self) -> Tensor | None:
         if self.kept is None or self.input_index is None:
             return self.input_index

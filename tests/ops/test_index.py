@@ -274,3 +274,29 @@ def test_native_builder_opcheck():
     ei = ragged_edge_index(12)
     for loops in (False, True):
         torch.library.opcheck(torch.ops.graphattn.edge_csr.default, (ei, 12, 12, loops))
+
+
+@native_only
+def test_lazy_attributes_under_compile_pickle_and_deepcopy():
+    """A native graph's dst / iperm / edge_index are formed on first use: inside a compiled
+    region too (fullgraph, nothing kept on the graph object there), and a pickled or
+    deep-copied graph carries whatever was formed."""
+    import copy
+    import pickle
+
+    ei = ragged_edge_index(12)
+    g = build_graph(ei, 12, cache=False, self_loops=True)
+    s = torch.randn(g.num_edges, 2)
+
+    def f(s):
+        return ops.segment_softmax(s, g), g.edge_index.sum(), g.iperm.sum()
+
+    with ops.set_backend("reference"):  # its softmax reads graph.dst
+        got = torch.compile(f, fullgraph=True, dynamic=True)(s)
+        assert not {"dst", "iperm", "edge_index"} & set(vars(g))
+        want = f(s)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    for h in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):
+        for name in ("ptr", "src", "perm", "kept", "dst", "iperm", "edge_index"):
+            assert torch.equal(getattr(h, name), getattr(g, name)), name
