@@ -36,19 +36,17 @@ edge_csr_cpu(const at::Tensor& edge_index, int64_t num_src, int64_t num_dst, boo
   const int64_t E = ei.size(1);
   const int64_t* s = ei.data_ptr<int64_t>();
   const int64_t* d = s + E;
+  int64_t loops_in = 0;  // self-loops among the given edges
   for (int64_t e = 0; e < E; ++e) {  // every index is used as an address below
     TORCH_CHECK(s[e] >= 0 && s[e] < num_src, "graphattn: 'edge_index[0]' (sources) holds ", s[e],
                 " at position ", e, ", outside the valid range [0, ", num_src, ")");
     TORCH_CHECK(d[e] >= 0 && d[e] < num_dst, "graphattn: 'edge_index[1]' (destinations) holds ",
                 d[e], " at position ", e, ", outside the valid range [0, ", num_dst, ")");
+    loops_in += s[e] == d[e];
   }
   const auto opt = ei.options();
   const int64_t loops = self_loops ? std::min(num_src, num_dst) : 0;
-  int64_t K = E;
-  if (self_loops) {
-    K = 0;
-    for (int64_t e = 0; e < E; ++e) K += s[e] != d[e];
-  }
+  const int64_t K = self_loops ? E - loops_in : E;
   const int64_t Et = K + loops;
 
   // CSR: counts per destination, exclusive prefix sum, stable placement in caller order

@@ -254,6 +254,9 @@ if WITH_EXT:
         return (*grads, None, None, None, None, None, None, None, None, None, None)
 
     # ---- the bilinear family of the higher derivatives (csrc/cpu/edge_spmm.cpp) ----------
+    # Unlike the ops of _Multilinear below, these have no backward kernels: the gradient of
+    # each member is another member's forward, so each is a plain Function whose backward
+    # applies the others (differentiable in turn, to any order).
     class _Rows(NamedTuple):
         ptr: torch.Tensor
         src: torch.Tensor
