@@ -47,6 +47,20 @@ def test_equals_pyg_outputs_weights_and_gradients(backend, mode, edge_dim, conca
         torch.testing.assert_close(named[name].grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("fill_value", ["mean", "max", "add"])
+def test_loop_features_equal_pyg_without_forming_the_edge_list(backend, fill_value):
+    """Self-loop edge features reduced from the kept edges (string ``fill_value``) equal PyG's,
+    and the prebuilt graph's loop-added ``[2, E']`` list is not formed (nor kept) for them."""
+    N = 14
+    ei = ragged_edge_index(N)
+    x, ea = torch.randn(N, 16), torch.randn(ei.size(1), 3)
+    ref, ours = pair("gat", 16, 8, heads=2, edge_dim=3, fill_value=fill_value)
+    graph = build_graph(ei, N, self_loops=True)
+    formed = "edge_index" in graph.__dict__  # the torch builder (reference backend) forms it
+    torch.testing.assert_close(ours(x, graph, ea), ref(x, ei, ea), atol=1e-5, rtol=1e-4)
+    assert ("edge_index" in graph.__dict__) == formed
+
+
 @pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
 @pytest.mark.parametrize("concat", [True, False])
 @pytest.mark.parametrize("extra", [False, True])

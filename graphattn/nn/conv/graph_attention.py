@@ -256,7 +256,10 @@ class GraphAttention(MessagePassing):
                     raise ValueError(f"unknown 'fill_value' {self.fill_value!r}")
                 from torch_geometric.utils import scatter
 
-                dst = graph.edge_index[1, : kept.size(0)]
+                # the kept edges' destinations, without forming (and caching on the graph)
+                # the loop-added [2, E'] edge list
+                dst = (graph.edge_index[1, : kept.size(0)] if graph.input_index is None
+                       else graph.input_index[1].index_select(0, graph.kept))
                 reduce = "sum" if self.fill_value == "add" else self.fill_value
                 loop_attr = scatter(kept, dst, 0, n_loops, reduce)
             else:
