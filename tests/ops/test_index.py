@@ -250,6 +250,40 @@ def test_native_builder_equals_the_torch_builder(case, self_loops):
 
 
 @native_only
+@pytest.mark.parametrize("self_loops", [False, True])
+@pytest.mark.parametrize("shape", [(2_000, 2_000), (300, 5_000), (5_000, 300)])
+def test_native_builder_in_parallel_chunks_equals_the_torch_builder(shape, self_loops):
+    """Graphs large enough for the builder to cut its two counting sorts into one chunk per
+    thread (2^17 edges and twice the node count per chunk): the tensors are the torch
+    builder's exactly, with 1 and 2 threads; duplicates, self-loops and empty rows included."""
+    ns, nd = shape
+    g = torch.Generator().manual_seed(5)
+    E = 300_000
+    ei = torch.stack([torch.randint(0, ns, (E,), generator=g),
+                      torch.randint(0, nd, (E,), generator=g)])
+    ei[1][ei[1] % 7 == 3] = 0  # a hub and empty rows
+    ei[0, :500] = ei[1, :500] % ns  # some loops where the ids match
+    with ops.set_backend("reference"):
+        ref = build_graph(ei, (ns, nd), cache=False, self_loops=self_loops)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out = torch.ops.graphattn.edge_csr(ei, ns, nd, self_loops)
+            for name, a in zip(("ptr", "perm", "src", "csc_ptr", "csc_eid", "csc_dst"), out):
+                assert torch.equal(a, getattr(ref, name)), (t, name)
+            assert torch.equal(out[6], ref.kept if self_loops else ei.new_empty(0))
+            # the first bad position is named, whichever chunk holds it
+            bad = ei.clone()
+            bad[1, E - 10], bad[0, E // 2 + 7] = nd, -4
+            with pytest.raises(RuntimeError, match=f"'edge_index\\[0\\]' \\(sources\\) holds -4 "
+                                                   f"at position {E // 2 + 7},"):
+                torch.ops.graphattn.edge_csr(bad, ns, nd, self_loops)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@native_only
 def test_native_builder_refuses_bad_indices_with_named_errors():
     csr = torch.ops.graphattn.edge_csr
     good = torch.tensor([[0, 1], [1, 2]])
