@@ -7,8 +7,9 @@ and cached). Two implementations stand behind each op:
 
 * ``native``: the fused kernels of ``graphattn._C`` (``torch.ops.graphattn.*``): C++/OpenMP
   on the CPU and CUDA on the GPU (when built with a CUDA toolkit), which never materialise
-  an ``[E, H, C]`` tensor, forward or backward (:func:`aggregate_scaled` and
-  :func:`edge_query_dot` have CPU kernels only; on the GPU they take the reference form);
+  an ``[E, H, C]`` tensor, forward or backward (:func:`aggregate_scaled`,
+  :func:`edge_query_dot` and :func:`edge_pair_dot` have CPU kernels only; on the GPU they take
+  the reference form);
 * ``reference``: pure torch (:mod:`graphattn.ops._reference`), the fallback when the
   extension is not built and the oracle of the tests.
 
@@ -41,6 +42,7 @@ __all__ = [
     "backend",
     "build_graph",
     "edge_attention",
+    "edge_pair_dot",
     "edge_query_dot",
     "linear",
     "segment_max",
@@ -389,6 +391,43 @@ def edge_query_dot(q: Tensor, k: Tensor, graph: EdgeGraph) -> Tensor:
         s = _native.call("edge_query_dot", q, kc, graph.ptr)
     else:
         s = _reference.edge_query_dot(q, kc, graph.dst)
+    return graph.from_csr(s)
+
+
+def edge_pair_dot(a: Tensor, b: Tensor, graph: EdgeGraph) -> Tensor:
+    r"""Per-head dot products of a destination row with a source row along every edge:
+
+    .. math::
+        s_{e}^{(h)} = \mathbf{a}_i^{(h)} \cdot \mathbf{b}_j^{(h)}, \qquad e = (j \to i)
+
+    (dot-product attention scores without the softmax; MLANet's chemical path). The native CPU
+    kernel reads both rows where they lie, and its gradients are weighted row sums over the CSR
+    (for ``a``) and the CSC (for ``b``), so neither the ``[E, H, F]`` products nor gathered
+    ``[E, H, F]`` copies of ``a`` and ``b`` (and their scatter-add gradients) are formed, at any
+    order of differentiation (the reference path, and the GPU, form them).
+
+    Args:
+        a (Tensor): ``[num_dst, H, F]``.
+        b (Tensor): ``[num_src, H, F]``.
+        graph (EdgeGraph): the edge set.
+
+    Returns:
+        Tensor ``[E, H]`` in the caller's edge order.
+    """
+    _check_tensor(a, "a")
+    _check_tensor(b, "b")
+    _check_same(a, b, "a", "b")
+    graph = _check_graph(graph, a)
+    if a.dim() != 3 or a.size(0) != graph.num_dst:
+        raise ValueError(f"'a' must have shape [num_dst={graph.num_dst}, H, F], got "
+                         f"{list(a.shape)}")
+    if b.dim() != 3 or b.size(0) != graph.num_src or b.shape[1:] != a.shape[1:]:
+        raise ValueError(f"'b' must have shape [num_src={graph.num_src}, H={a.size(1)}, "
+                         f"F={a.size(2)}], got {list(b.shape)}")
+    if _use_native(a) and a.device.type == "cpu":
+        s = _native.pair_dot(a, b, graph)
+    else:
+        s = _reference.edge_pair_dot(a, b, graph.src, graph.dst)
     return graph.from_csr(s)
 
 

@@ -304,6 +304,12 @@ if WITH_EXT:
             gw = (_PairDot.apply(x, go, g) if t else _PairDot.apply(go, x, g)) if need_w else None
             return gw, _Spmm.apply(w, go, g, not t) if need_x else None, None, None
 
+    def pair_dot(a, b, graph):
+        """:func:`graphattn.ops.edge_pair_dot` on the kernels, ``[E, H]`` in CSR order."""
+        g = _Rows(graph.ptr, graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst, None,
+                  graph.indices_trusted())
+        return _PairDot.apply(a, b, g)
+
     def _composed_attention(q, k, v, att, bias, g, kind, scale, slope):
         """The op as a differentiable composition whose pieces are kernels or ``[E, H]``
         tensors: scores (:class:`_PairDot` for ``dot``), the native segment softmax, and the

@@ -114,6 +114,12 @@ def edge_query_dot(q: Tensor, k: Tensor, dst: Tensor) -> Tensor:
     return (q.index_select(0, dst) * k.unsqueeze(1)).sum(-1)
 
 
+def edge_pair_dot(a: Tensor, b: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    """``s[e, h] = a[dst[e], h] . b[src[e], h]`` for ``a [N_dst, H, F]``, ``b [N_src, H, F]``
+    (two ``[E, H, F]`` gathers)."""
+    return (a.index_select(0, dst) * b.index_select(0, src)).sum(-1)
+
+
 def edge_scores(
     q: Tensor,
     k: Tensor,

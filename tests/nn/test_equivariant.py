@@ -460,7 +460,7 @@ def test_channel_broadcasts_match_explicit_column_maps():
 
 
 def test_mlanet_chemical_logits_are_scaled_per_head_dot_products():
-    """The chemical path's logits (one edge_query_dot of block queries against gathered keys)
+    """The chemical path's logits (one edge_pair_dot of scaled queries against the keys)
     are <W_q s_i, W_k s_j>_h / (tau_h sqrt d), per head, on both backends."""
     layer = MLANetInteraction(IRREPS, lmax=1, heads=3, key_dim=4, geometric=False)
     with torch.no_grad():

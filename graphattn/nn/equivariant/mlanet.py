@@ -139,8 +139,8 @@ class MLANetInteraction(nn.Module):
         if (self.chemical or self.geometric) and graph is None:
             graph = geometry_graph(geom, edge_index, x.shape[0])
         if self.chemical:
-            a = a + ops.edge_query_dot(self.chem_queries(x), self.wk(
-                x[:, : self.conv.n_scalars]).index_select(0, src), graph)
+            keys = self.wk(x[:, : self.conv.n_scalars]).view(-1, self.heads, self.key_dim)
+            a = a + ops.edge_pair_dot(self.chem_queries(x), keys, graph)
         if self.geometric:
             if edge_features is None:
                 edge_features = self.conv.edge_features(x, src, geom["radial"], geom["sh"])
@@ -151,15 +151,12 @@ class MLANetInteraction(nn.Module):
         return a
 
     def chem_queries(self, x: Tensor) -> Tensor:
-        r"""The chemical queries laid out against a gathered key row ``W_k s_j`` (``[E, H d]``,
-        heads side by side): ``[N, H, H d]``, head :math:`h`'s query
-        :math:`W_q s_i / (\tau_h \sqrt d)` in its own ``d`` columns and zeros in the others,
-        so that one :func:`graphattn.ops.edge_query_dot` gives :math:`a^{chem}` without an
-        ``[E, H, d]`` product."""
-        H, d = self.heads, self.key_dim
-        q = self.wq(x[:, : self.conv.n_scalars]).view(-1, H, d)
-        scale = torch.diag(1.0 / (self.tau() * math.sqrt(d))).to(q.dtype)  # [H, H]
-        return torch.einsum("nhd,hg->nhgd", q, scale).reshape(-1, H, H * d)
+        r"""The chemical queries :math:`W_q s_i / (\tau_h \sqrt d)`, ``[N, H, d]``: against the
+        keys :math:`W_k s_j` (``[N, H, d]``) along every edge, one
+        :func:`graphattn.ops.edge_pair_dot` gives :math:`a^{chem}` without gathering either
+        to the edges."""
+        q = self.wq(x[:, : self.conv.n_scalars]).view(-1, self.heads, self.key_dim)
+        return q * (1.0 / (self.tau() * math.sqrt(self.key_dim))).to(q.dtype).unsqueeze(-1)
 
     def geo_queries(self, x: Tensor) -> Tensor:
         r""":math:`Q_{i,h} = M\,(W^q x_i \odot \mathbb{1}_h)`, ``[N, H, dim irreps_mid]``: the
