@@ -100,8 +100,9 @@ TORCH_LIBRARY(graphattn, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The two passes of edge_attention_backward for the kinds dot and v2 (CPU): _dst returns
   // (grad q, grad att, grad bias, stats [N_dst, 2H]), _src takes that stats record and returns
-  // (grad k, grad v); together they equal edge_attention_backward. Apart, a caller consumes
-  // grad q before grad k and grad v are allocated (graphattn.ops.projected_attention).
+  // (grad k, grad v) of the source rows [row_begin, row_end) (all by default); together they
+  // equal edge_attention_backward. Apart, a caller consumes grad q before grad k and grad v are
+  // allocated, and grad k, grad v block by block (graphattn.ops.projected_attention).
   m.def(
       "edge_attention_backward_dst(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor lse, Tensor ptr, Tensor src, int kind, "
@@ -111,7 +112,8 @@ TORCH_LIBRARY(graphattn, m) {
       "edge_attention_backward_src(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor stats, Tensor ptr, Tensor src, "
       "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
-      "float negative_slope, bool kv_shared=False, bool validated=False) -> (Tensor, Tensor)");
+      "float negative_slope, bool kv_shared=False, bool validated=False, int row_begin=0, "
+      "int? row_end=None) -> (Tensor, Tensor)");
 }
 
 namespace {

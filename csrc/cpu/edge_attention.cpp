@@ -266,7 +266,8 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
                      const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
                      scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
-                     scalar_t* stats, bool kv_shared, int passes) {
+                     scalar_t* stats, bool kv_shared, int passes, int64_t src_begin,
+                     int64_t src_end) {
   using acc_t = typename Acc<scalar_t>::type;
   static_assert(std::is_same<acc_t, scalar_t>::value,
                 "the packed row statistics hold accumulator values in scalar_t");
@@ -395,9 +396,10 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   if (!(passes & kSrcPass)) return;
 
   // ---- pass B: source rows via the CSC view -> grad k, grad v ----------------------------
+  // (of the rows [src_begin, src_end), written from row 0 of gk and gv)
   const int64_t avg_out = std::max<int64_t>(1, E / std::max<int64_t>(1, dm.Ns));
   const int64_t grain_b = std::max<int64_t>(1, 4096 / avg_out);
-  at::parallel_for(0, dm.Ns, grain_b, [&](int64_t begin, int64_t end) {
+  at::parallel_for(src_begin, src_end, grain_b, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gkj(H * D), gvj(H * Dv);
     for (int64_t j = begin; j < end; ++j) {
       std::fill(gkj.begin(), gkj.end(), acc_t(0));
@@ -442,11 +444,11 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
           }
         }
       }
-      scalar_t* gko = gk + j * H * D;
+      scalar_t* gko = gk + (j - src_begin) * H * D;
       if (kv_shared) {  // k is v: one gradient, grad k + grad v
         for (int64_t t = 0; t < H * D; ++t) gko[t] = scalar_t(gkj[t] + gvj[t]);
       } else {
-        scalar_t* gvo = gv + j * H * Dv;
+        scalar_t* gvo = gv + (j - src_begin) * H * Dv;
         for (int64_t t = 0; t < H * D; ++t) gko[t] = scalar_t(gkj[t]);
         for (int64_t t = 0; t < H * Dv; ++t) gvo[t] = scalar_t(gvj[t]);
       }
@@ -603,12 +605,19 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
                          const at::Tensor& ptr, const at::Tensor& src, const at::Tensor* csc_ptr,
                          const at::Tensor* csc_eid, const at::Tensor* csc_dst, int64_t kind,
                          double scale, double negative_slope, bool kv_shared, int passes,
-                         bool validated) {
+                         bool validated, int64_t src_begin = 0,
+                         c10::optional<int64_t> src_end_ = c10::nullopt) {
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind, validated);
   check_kv_shared(k_, v_, kv_shared);
   const bool has_gw = check_grad_shapes(dm, q_, grad_out_, grad_weights_);
   const bool dst_pass = passes & kDstPass, src_pass = passes & kSrcPass;
   const int64_t H = dm.H, S = stats_width(H);
+  // the source rows of pass B: [src_begin, src_end) (all by default)
+  const int64_t src_end = src_end_.value_or(dm.Ns);
+  TORCH_CHECK(0 <= src_begin && src_begin <= src_end && src_end <= dm.Ns, "graphattn: the "
+              "source rows [row_begin, row_end) must satisfy 0 <= row_begin <= row_end <= "
+              "N_src = ", dm.Ns, ", got [", src_begin, ", ", src_end, ")");
+  const int64_t src_rows = src_end - src_begin;
   if (dst_pass) {  // row_stats is lse [N_dst, H]
     TORCH_CHECK(row_stats.sizes() == at::IntArrayRef({dm.Nd, H}),
                 "graphattn: 'lse' must have shape [N_dst, H], got ", row_stats.sizes());
@@ -635,8 +644,8 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
 
   BackwardOut o;
   o.gq = dst_pass ? at::empty_like(q) : at::empty({0}, none);
-  o.gk = src_pass ? at::empty_like(k) : at::empty({0}, none);
-  o.gv = src_pass && !kv_shared ? at::empty_like(v) : at::empty({0}, none);
+  o.gk = src_pass ? at::empty({src_rows, H, dm.D}, none) : at::empty({0}, none);
+  o.gv = src_pass && !kv_shared ? at::empty({src_rows, H, dm.Dv}, none) : at::empty({0}, none);
   o.gatt = dst_pass && has_att ? at::empty_like(att) : at::empty({0}, none);
   o.gbias = dst_pass && has_bias ? at::empty_like(bias) : at::empty({0}, none);
   // the accumulator type is scalar_t itself (float, double): the record shares q's dtype
@@ -681,7 +690,8 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
               dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
               v.data_ptr<scalar_t>(), attp, bp, lsep, ptr.data_ptr<int64_t>(),
               src.data_ptr<int64_t>(), idx(csc_ptr), idx(csc_eid), idx(csc_dst), scale,
-              negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, kv_shared, passes);
+              negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, kv_shared, passes, src_begin,
+              src_end);
         });
       }
     });
@@ -729,12 +739,13 @@ std::tuple<at::Tensor, at::Tensor> edge_attention_backward_src_cpu(
     const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
     const at::Tensor& stats, const at::Tensor& ptr, const at::Tensor& src,
     const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
-    double scale, double negative_slope, bool kv_shared, bool validated) {
+    double scale, double negative_slope, bool kv_shared, bool validated, int64_t row_begin,
+    c10::optional<int64_t> row_end) {
   check_split_kind(kind, "edge_attention_backward_src");
   const BackwardOut o =
       backward_cpu(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, &csc_ptr,
                    &csc_eid, &csc_dst, kind, scale, negative_slope, kv_shared, kSrcPass,
-                   validated);
+                   validated, row_begin, row_end);
   return {o.gk, o.gv};
 }
 

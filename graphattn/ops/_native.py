@@ -110,9 +110,10 @@ if WITH_EXT:
     @torch.library.register_fake("graphattn::edge_attention_backward_src")
     def _ea_bwd_src_fake(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, csc_ptr,
                          csc_eid, csc_dst, kind, scale, negative_slope, kv_shared=False,
-                         validated=False):
-        gv = v.new_empty(0) if kv_shared else torch.empty_like(v)
-        return torch.empty_like(k), gv
+                         validated=False, row_begin=0, row_end=None):
+        rows = (k.shape[0] if row_end is None else row_end) - row_begin
+        gv = v.new_empty(0) if kv_shared else v.new_empty(rows, *v.shape[1:])
+        return k.new_empty(rows, *k.shape[1:]), gv
 
     @torch.library.register_fake("graphattn::edge_pair_dot")
     def _pair_dot_fake(a, b, ptr, src, validated=False):

@@ -14,8 +14,12 @@ r"""Dot-product edge attention of linear projections with a memory-lean backward
 native CPU path. There the attention backward runs as its two passes: the destination pass
 gives :math:`\partial\mathbf{q}`, which is turned into the gradients of :math:`W_q`,
 :math:`\mathbf{b}_q` and :math:`\mathbf{x}^{dst}` and freed before the source pass allocates
-:math:`\partial\mathbf{k}` and :math:`\partial\mathbf{v}`. The composition holds all three
-``[N, H, C]`` gradients at once (they leave one autograd node together); this holds two.
+:math:`\partial\mathbf{k}` and :math:`\partial\mathbf{v}`, and the source pass runs by
+blocks of source rows (about 1 MB of :math:`\partial\mathbf{k}, \partial\mathbf{v}` each),
+each block turned into its rows of the gradient of :math:`\mathbf{x}^{src}` and its terms of
+the gradients of :math:`W_k, \mathbf{b}_k, W_v, \mathbf{b}_v` before the next. The
+composition holds all three ``[N, H, C]`` gradients at once (they leave one autograd node
+together); this holds one, then blocks.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ..index import EdgeGraph
 from .dense import input_grad, linear
 
 _DOT = 0
+_BLOCK_BYTES = 1 << 20  # grad k + grad v of one block of source rows in the backward
 
 
 def _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads):
@@ -86,16 +91,32 @@ class _ProjectedDotAttention(torch.autograd.Function):
         g_wq = g.t() @ x_dst if need[2] else None
         g_bq = g.sum(0) if bq is not None and need[3] else None
         del gq, g
-        # source pass: grad k, grad v -> grads of W_k, b_k, W_v, b_v, x_src
-        gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, None, None, stats, ptr,
-                                                 src, cp, ce, cd, _DOT, scale, 0.2, False,
-                                                 validated)
-        gk, gv = gk.view(gk.size(0), -1), gv.view(gv.size(0), -1)
-        g_xs = input_grad(gk, wk).add_(input_grad(gv, wv)) if need[1] else None
-        g_wk = gk.t() @ x_src if need[4] else None
-        g_bk = gk.sum(0) if bk is not None and need[5] else None
-        g_wv = gv.t() @ x_src if need[6] else None
-        g_bv = gv.sum(0) if bv is not None and need[7] else None
+        # source pass, by blocks of source rows: each block's grad k, grad v -> its rows of
+        # grad x_src and its terms of the grads of W_k, b_k, W_v, b_v; then the block is freed
+        Ns, width = k.size(0), k[0].numel() + v[0].numel()
+        rows = max(256, _BLOCK_BYTES // max(1, width * k.element_size()))
+        g_xs = x_src.new_empty(x_src.shape) if need[1] else None
+        g_wk = wk.new_zeros(wk.shape) if need[4] else None
+        g_bk = wk.new_zeros(wk.size(0)) if bk is not None and need[5] else None
+        g_wv = wv.new_zeros(wv.shape) if need[6] else None
+        g_bv = wv.new_zeros(wv.size(0)) if bv is not None and need[7] else None
+        for b in range(0, Ns, rows):
+            e = min(b + rows, Ns)
+            gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, None, None, stats,
+                                                     ptr, src, cp, ce, cd, _DOT, scale, 0.2,
+                                                     False, validated, b, e)
+            gk, gv, xs = gk.view(e - b, -1), gv.view(e - b, -1), x_src[b:e]
+            if g_xs is not None:
+                torch.add(input_grad(gk, wk), input_grad(gv, wv), out=g_xs[b:e])
+            if g_wk is not None:
+                g_wk.addmm_(gk.t(), xs)
+            if g_bk is not None:
+                g_bk += gk.sum(0)
+            if g_wv is not None:
+                g_wv.addmm_(gv.t(), xs)
+            if g_bv is not None:
+                g_bv += gv.sum(0)
+            del gk, gv
         return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, *none)
 
 
