@@ -38,8 +38,8 @@ def _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads):
     q = linear(x_dst, wq, bq)
     k = linear(x_src, wk, bk)
     v = linear(x_src, wv, bv)
-    return (q.view(q.size(0), heads, -1), k.view(k.size(0), heads, -1),
-            v.view(v.size(0), heads, -1))
+    # explicit widths: -1 is ambiguous for a side without nodes
+    return tuple(t.view(t.size(0), heads, t.size(1) // heads) for t in (q, k, v))
 
 
 def _attend(q, k, v, graph_tensors, scale, validated):
@@ -86,14 +86,14 @@ class _ProjectedDotAttention(torch.autograd.Function):
         gq, _, _, stats = ops.edge_attention_backward_dst(grad_out, None, q, k, v, None, None,
                                                           lse, ptr, src, _DOT, scale, 0.2,
                                                           validated)
-        g = gq.view(gq.size(0), -1)
+        g = gq.flatten(1)
         g_xd = input_grad(g, wq) if need[0] else None
         g_wq = g.t() @ x_dst if need[2] else None
         g_bq = g.sum(0) if bq is not None and need[3] else None
         del gq, g
         # source pass, by blocks of source rows: each block's grad k, grad v -> its rows of
         # grad x_src and its terms of the grads of W_k, b_k, W_v, b_v; then the block is freed
-        Ns, width = k.size(0), k[0].numel() + v[0].numel()
+        Ns, width = k.size(0), k.size(1) * k.size(2) + v.size(1) * v.size(2)
         rows = max(256, _BLOCK_BYTES // max(1, width * k.element_size()))
         g_xs = x_src.new_empty(x_src.shape) if need[1] else None
         g_wk = wk.new_zeros(wk.shape) if need[4] else None
@@ -105,7 +105,7 @@ class _ProjectedDotAttention(torch.autograd.Function):
             gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, None, None, stats,
                                                      ptr, src, cp, ce, cd, _DOT, scale, 0.2,
                                                      False, validated, b, e)
-            gk, gv, xs = gk.view(e - b, -1), gv.view(e - b, -1), x_src[b:e]
+            gk, gv, xs = gk.flatten(1), gv.flatten(1), x_src[b:e]
             if g_xs is not None:
                 torch.add(input_grad(gk, wk), input_grad(gv, wv), out=g_xs[b:e])
             if g_wk is not None:

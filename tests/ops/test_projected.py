@@ -155,6 +155,21 @@ def test_projected_attention_equals_the_composition(backend, bipartite, biases):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("sides", [(0, 3), (3, 0), (4, 3)])
+def test_projected_attention_without_nodes_or_edges(backend, sides):
+    """No source nodes, no destination nodes, or no edges: zero outputs and zero gradients
+    of the right shapes, no error (a view with -1 over zero elements is ambiguous)."""
+    ns, nd = sides
+    g = build_graph(torch.empty(2, 0, dtype=torch.long), (ns, nd), cache=False)
+    x_dst, x_src, ws, bs = _params(ns, nd, 5, 4, 2, 3)
+    leaves = [x_dst, x_src, *ws, *bs]
+    out = _projected(x_dst, x_src, ws, bs, g, 2, 0.5)
+    assert out.shape == (nd, 2, 3) and not out.any()
+    grads = torch.autograd.grad(out.sum(), leaves)
+    for t, gr in zip(leaves, grads):
+        assert gr.shape == t.shape and not gr.any()
+
+
 @native_only
 def test_projected_attention_gradcheck_and_double_backward():
     ei = ragged_edge_index(8)
