@@ -356,6 +356,20 @@ def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Ten
     return _reference.heads_to_channels(alpha, tuple((int(m), int(d)) for m, d in blocks))
 
 
+def _check_dst_rows(x: Tensor, y: Tensor, x_name: str, y_name: str,
+                    graph: object) -> EdgeGraph:
+    """Checks the two operands of a per-edge product (tensors of one dtype and device) and the
+    graph, and that ``x`` holds one ``[H, F]`` row per destination node; returns the graph."""
+    _check_tensor(x, x_name)
+    _check_tensor(y, y_name)
+    _check_same(x, y, x_name, y_name)
+    graph = _check_graph(graph, x)
+    if x.dim() != 3 or x.size(0) != graph.num_dst:
+        raise ValueError(f"'{x_name}' must have shape [num_dst={graph.num_dst}, H, F], got "
+                         f"{list(x.shape)}")
+    return graph
+
+
 def edge_query_dot(q: Tensor, k: Tensor, graph: EdgeGraph) -> Tensor:
     r"""Scores of per-node queries against per-edge keys, every head against one key row:
 
@@ -376,13 +390,7 @@ def edge_query_dot(q: Tensor, k: Tensor, graph: EdgeGraph) -> Tensor:
     Returns:
         Tensor ``[E, H]`` in the caller's edge order.
     """
-    _check_tensor(q, "q")
-    _check_tensor(k, "k")
-    _check_same(q, k, "q", "k")
-    graph = _check_graph(graph, k)
-    if q.dim() != 3 or q.size(0) != graph.num_dst:
-        raise ValueError(f"'q' must have shape [num_dst={graph.num_dst}, H, F], got "
-                         f"{list(q.shape)}")
+    graph = _check_dst_rows(q, k, "q", "k", graph)
     if k.dim() != 2 or k.size(0) != graph.num_edges or k.size(1) != q.size(2):
         raise ValueError(f"'k' must have shape [E={graph.num_edges}, F={q.size(2)}], got "
                          f"{list(k.shape)}")
@@ -414,13 +422,7 @@ def edge_pair_dot(a: Tensor, b: Tensor, graph: EdgeGraph) -> Tensor:
     Returns:
         Tensor ``[E, H]`` in the caller's edge order.
     """
-    _check_tensor(a, "a")
-    _check_tensor(b, "b")
-    _check_same(a, b, "a", "b")
-    graph = _check_graph(graph, a)
-    if a.dim() != 3 or a.size(0) != graph.num_dst:
-        raise ValueError(f"'a' must have shape [num_dst={graph.num_dst}, H, F], got "
-                         f"{list(a.shape)}")
+    graph = _check_dst_rows(a, b, "a", "b", graph)
     if b.dim() != 3 or b.size(0) != graph.num_src or b.shape[1:] != a.shape[1:]:
         raise ValueError(f"'b' must have shape [num_src={graph.num_src}, H={a.size(1)}, "
                          f"F={a.size(2)}], got {list(b.shape)}")
