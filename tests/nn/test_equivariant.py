@@ -563,3 +563,15 @@ def test_message_gate_equals_gate_mlp_on_concatenated_pair():
     params = [s, radial, *conv.msg_gate.parameters()]
     for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
         torch.testing.assert_close(a, b)
+
+
+def test_mlanet_interaction_without_atoms_or_edges(backend):
+    """An interaction over no atoms, and one over atoms without edges (both attention paths
+    over empty edge sets), gives the right shapes without error or NaN."""
+    layer = MLANetInteraction(IRREPS, lmax=2, heads=2, key_dim=4)
+    geometry = EdgeGeometry(4.0, 2, 8)
+    ei = torch.empty(2, 0, dtype=torch.long)
+    for n in (0, 3):
+        x = torch.randn(n, IRREPS.dim)
+        out = layer(x, ei, geometry(torch.randn(n, 3), ei))
+        assert out.shape == (n, IRREPS.dim) and bool(torch.isfinite(out).all())
