@@ -1,7 +1,7 @@
 // Destination-sorted CSR and source-sorted CSC of an edge list by counting sort
-// (graphattn.index.build_graph on the CPU): O(E + N) time, and no memory beyond the outputs
-// and one cursor per node, where two stable torch.sort calls (each with its own keys, values
-// and scratch) took about twice the graph's size in temporaries.
+// (graphattn.index.build_graph on the CPU): O(E + T N) time, and no memory beyond the outputs
+// and one cursor per node and chunk (T chunks, below), where two stable torch.sort calls (each
+// with its own keys, values and scratch) took about twice the graph's size in temporaries.
 //
 // Edges j -> i are given as edge_index[0] = j (source), edge_index[1] = i (destination). With
 // self_loops, every loop (j == i) is dropped and one loop per node n < min(num_src, num_dst) is
@@ -18,7 +18,8 @@
 // over the keys turns the T histograms into each chunk's first slot per key (chunks in order,
 // so the placement stays stable); then every chunk places its items. The result does not depend
 // on T. T is at most the thread count, and at most E / (2 x keys) so that the T histograms
-// (T x keys int64) stay within the edge arrays' size; small graphs take one chunk.
+// (T x keys int64) stay within the edge arrays' size; graphs of fewer than 2^17 edges per
+// chunk take one chunk.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
