@@ -102,9 +102,10 @@ class _ProjectedDotAttention(torch.autograd.Function):
         g_bv = wv.new_zeros(wv.size(0)) if bv is not None and need[7] else None
         for b in range(0, Ns, rows):
             e = min(b + rows, Ns)
+            # the first block's call checks the indices; they are the same for the others
             gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, None, None, stats,
                                                      ptr, src, cp, ce, cd, _DOT, scale, 0.2,
-                                                     False, validated, b, e)
+                                                     False, validated or b > 0, b, e)
             gk, gv, xs = gk.flatten(1), gv.flatten(1), x_src[b:e]
             if g_xs is not None:
                 torch.add(input_grad(gk, wk), input_grad(gv, wv), out=g_xs[b:e])
