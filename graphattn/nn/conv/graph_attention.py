@@ -257,9 +257,8 @@ class GraphAttention(MessagePassing):
                 from torch_geometric.utils import scatter
 
                 # the kept edges' destinations, without forming (and caching on the graph)
-                # the loop-added [2, E'] edge list
-                dst = (graph.edge_index[1, : kept.size(0)] if graph.input_index is None
-                       else graph.input_index[1].index_select(0, graph.kept))
+                # the loop-added [2, E'] edge list (a graph with kept has its input_index)
+                dst = graph.input_index[1].index_select(0, graph.kept)
                 reduce = "sum" if self.fill_value == "add" else self.fill_value
                 loop_attr = scatter(kept, dst, 0, n_loops, reduce)
             else:
