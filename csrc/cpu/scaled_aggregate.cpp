@@ -80,20 +80,32 @@ int64_t check_head(const c10::optional<at::Tensor>& head, const at::Tensor& m) {
   return a.size(1);
 }
 
-// head of every channel k: u mod H for channel u of its block
-std::vector<int64_t> channel_heads(const Blocks& b, int64_t H) {
-  std::vector<int64_t> h;
-  h.reserve(b.K);
-  for (size_t t = 0; t < b.mul.size(); ++t)
-    for (int64_t u = 0; u < b.mul[t]; ++u) h.push_back(H > 0 ? u % H : 0);
-  return h;
+// The per-head factors dealt to the channels: channel u of every block takes a[u mod H]. Per
+// edge they are written once as a period rep[u] = a[u mod H] (u < R, the largest mul), so each
+// block's factors are an elementwise product with rep[0, mul): vectorised, no per-channel head
+// index to gather through.
+int64_t max_mul(const Blocks& b) {
+  return b.mul.empty() ? 0 : *std::max_element(b.mul.begin(), b.mul.end());
+}
+
+template <typename scalar_t, typename acc_t>
+inline void head_period(const scalar_t* __restrict__ ae, int64_t H, int64_t R,
+                        acc_t* __restrict__ rep) {
+  const int64_t n = std::min(H, R);
+  for (int64_t j = 0; j < n; ++j) rep[j] = acc_t(ae[j]);
+  for (int64_t j = n; j < R; ++j) rep[j] = rep[j - H];
 }
 
 // f[k] = coef_e[k] * a_e[h(k)]: the edge's factor of every channel (K values, in L1)
 template <typename scalar_t, typename acc_t>
-inline void edge_factors(int64_t K, const scalar_t* __restrict__ ce, const scalar_t* __restrict__ ae,
-                         const int64_t* __restrict__ heads, acc_t* __restrict__ f) {
-  for (int64_t k = 0; k < K; ++k) f[k] = acc_t(ce[k]) * acc_t(ae[heads[k]]);
+inline void edge_factors(const Blocks& b, const scalar_t* __restrict__ ce,
+                         const acc_t* __restrict__ rep, acc_t* __restrict__ f) {
+  int64_t k0 = 0;
+  for (const int64_t mul : b.mul) {
+#pragma omp simd
+    for (int64_t u = 0; u < mul; ++u) f[k0 + u] = acc_t(ce[k0 + u]) * rep[u];
+    k0 += mul;
+  }
 }
 
 // The blocks' work per edge, with the channel width D a compile-time constant for the irreps
@@ -140,16 +152,15 @@ inline void by_width(int64_t d, F&& f) {
   }
 }
 
-// ap: head_coef [E, H] or nullptr; heads: channel_heads(b, H)
+// ap: head_coef [E, H] or nullptr
 template <typename scalar_t>
 void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, const scalar_t* ap,
-                    const std::vector<int64_t>& heads, int64_t H, const int64_t* p, int64_t N,
-                    int64_t E, scalar_t* o) {
+                    int64_t H, const int64_t* p, int64_t N, int64_t E, scalar_t* o) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t F = b.F, K = b.K;
+  const int64_t F = b.F, K = b.K, R = max_mul(b);
   const size_t nb = b.mul.size();
   at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(F), f(ap ? K : 0);
+    std::vector<acc_t> acc(F), f(ap ? K : 0), rep(ap ? R : 0);
     auto edge = [&](int64_t e, const auto* fac) {
       int64_t c0 = 0, k0 = 0;
       for (size_t t = 0; t < nb; ++t) {
@@ -165,7 +176,8 @@ void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, con
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t e = p[i]; e < p[i + 1]; ++e) {
         if (ap) {
-          edge_factors(K, cp + e * K, ap + e * H, heads.data(), f.data());
+          head_period(ap + e * H, H, R, rep.data());
+          edge_factors(b, cp + e * K, rep.data(), f.data());
           edge(e, f.data());
         } else {
           edge(e, cp + e * K);
@@ -179,14 +191,15 @@ void forward_kernel(const Blocks& b, const scalar_t* mp, const scalar_t* cp, con
 
 template <typename scalar_t>
 void backward_kernel(const Blocks& b, const scalar_t* gp, const scalar_t* mp, const scalar_t* cp,
-                     const scalar_t* ap, const std::vector<int64_t>& heads, int64_t H,
-                     const int64_t* p, int64_t N, int64_t E, scalar_t* gmp, scalar_t* gcp,
-                     scalar_t* gap) {
+                     const scalar_t* ap, int64_t H, const int64_t* p, int64_t N, int64_t E,
+                     scalar_t* gmp, scalar_t* gcp, scalar_t* gap) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t F = b.F, K = b.K;
+  const int64_t F = b.F, K = b.K, R = max_mul(b);
   const size_t nb = b.mul.size();
   at::parallel_for(0, N, row_grain(N, E, F), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> f(ap ? K : 0), dk(ap ? K : 0), ga(ap ? H : 0);
+    // rep: the edge's head factors by channel (head_period); gsum[u]: sum over the blocks of
+    // coef * dot of channel u, folded by head (u mod H) into grad head_coef
+    std::vector<acc_t> f(ap ? K : 0), dk(ap ? K : 0), rep(ap ? R : 0), gsum(ap ? R : 0);
     // the blocks of edge e with factors fac, channel dots into dots (or none)
     auto edge = [&](int64_t e, const scalar_t* gi, const auto* fac, auto* dots) {
       int64_t c0 = 0, k0 = 0;
@@ -209,19 +222,36 @@ void backward_kernel(const Blocks& b, const scalar_t* gp, const scalar_t* mp, co
           edge(e, gi, cp + e * K, gcp ? gcp + e * K : static_cast<scalar_t*>(nullptr));
           continue;
         }
-        const scalar_t* ce = cp + e * K;
-        const scalar_t* ae = ap + e * H;
-        edge_factors(K, ce, ae, heads.data(), f.data());
+        const scalar_t* __restrict__ ce = cp + e * K;
+        head_period(ap + e * H, H, R, rep.data());
+        edge_factors(b, ce, rep.data(), f.data());
         const bool dots = gcp || gap;
         edge(e, gi, static_cast<const acc_t*>(f.data()), dots ? dk.data() : nullptr);
-        if (gcp) {
-          scalar_t* __restrict__ o = gcp + e * K;
-          for (int64_t k = 0; k < K; ++k) o[k] = scalar_t(dk[k] * acc_t(ae[heads[k]]));
+        if (!dots) continue;
+        const acc_t* __restrict__ d = dk.data();
+        const acc_t* __restrict__ r = rep.data();
+        acc_t* __restrict__ gs = gsum.data();
+        if (gap) std::fill(gsum.begin(), gsum.end(), acc_t(0));
+        int64_t k0 = 0;
+        for (const int64_t mul : b.mul) {
+          if (gcp) {
+            scalar_t* __restrict__ o = gcp + e * K + k0;
+#pragma omp simd
+            for (int64_t u = 0; u < mul; ++u) o[u] = scalar_t(d[k0 + u] * r[u]);
+          }
+          if (gap) {
+#pragma omp simd
+            for (int64_t u = 0; u < mul; ++u) gs[u] += acc_t(ce[k0 + u]) * d[k0 + u];
+          }
+          k0 += mul;
         }
-        if (gap) {
-          std::fill(ga.begin(), ga.end(), acc_t(0));
-          for (int64_t k = 0; k < K; ++k) ga[heads[k]] += acc_t(ce[k]) * dk[k];
-          for (int64_t h = 0; h < H; ++h) gap[e * H + h] = scalar_t(ga[h]);
+        if (gap) {  // channel u belongs to head u mod H
+          scalar_t* __restrict__ o = gap + e * H;
+          for (int64_t h = 0; h < H; ++h) {
+            acc_t s = 0;
+            for (int64_t u = h; u < R; u += H) s += gs[u];
+            o[h] = scalar_t(s);
+          }
         }
       }
     }
@@ -236,12 +266,11 @@ at::Tensor scaled_aggregate_cpu(const at::Tensor& m_, const at::Tensor& coef_,
   const int64_t H = check_head(head_, m_);
   const at::Tensor m = m_.contiguous(), coef = coef_.contiguous();
   const at::Tensor head = H ? head_->contiguous() : at::Tensor();
-  const std::vector<int64_t> heads = channel_heads(b, H);
   const int64_t N = ptr.numel() - 1, E = m.size(0);
   at::Tensor out = at::empty({N, b.F}, m.options());
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "graphattn::scaled_aggregate", [&] {
     forward_kernel<scalar_t>(b, m.data_ptr<scalar_t>(), coef.data_ptr<scalar_t>(),
-                             H ? head.data_ptr<scalar_t>() : nullptr, heads, H,
+                             H ? head.data_ptr<scalar_t>() : nullptr, H,
                              ptr.data_ptr<int64_t>(), N, E, out.data_ptr<scalar_t>());
   });
   return out;
@@ -263,7 +292,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
               "graphattn: 'grad_out' must be a CPU tensor of dtype ", m_.scalar_type());
   const at::Tensor g = grad_.contiguous(), m = m_.contiguous(), coef = coef_.contiguous();
   const at::Tensor head = H ? head_->contiguous() : at::Tensor();
-  const std::vector<int64_t> heads = channel_heads(b, H);
   // every edge lies in one row (check_ptr), so every row of the gradients is written
   at::Tensor gm = need_messages ? at::empty({E, F}, m.options()) : m.new_empty({0, F});
   at::Tensor gc = need_coef ? at::empty({E, K}, m.options()) : m.new_empty({0, K});
@@ -271,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "graphattn::scaled_aggregate_backward", [&] {
     backward_kernel<scalar_t>(b, g.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
                               coef.data_ptr<scalar_t>(), H ? head.data_ptr<scalar_t>() : nullptr,
-                              heads, H, ptr.data_ptr<int64_t>(), N, E,
+                              H, ptr.data_ptr<int64_t>(), N, E,
                               need_messages ? gm.data_ptr<scalar_t>() : nullptr,
                               need_coef ? gc.data_ptr<scalar_t>() : nullptr,
                               need_head ? ga.data_ptr<scalar_t>() : nullptr);

@@ -90,7 +90,7 @@ def test_native_equals_reference_with_gradients(blocks):
 
 
 @pytest.mark.parametrize("blocks", [BLOCKS, OTHER_BLOCKS], ids=["irreps", "other-widths"])
-@pytest.mark.parametrize("H", [1, 3])
+@pytest.mark.parametrize("H", [1, 3, 8])  # 8: more heads than any block has channels
 def test_head_factors_match_loop_with_gradients(backend, blocks, H):
     """head_coef [E, H] multiplies channel u of each block by the weight of head u mod H:
     values against the explicit loop, gradients of all three inputs (and of each alone)

@@ -164,10 +164,15 @@ class MLANetInteraction(nn.Module):
         irrep belongs to head ``u mod H``, the 0/1 ``head_map``) mapped back through the key
         map's matrix :math:`M` (:meth:`IrrepsLinear.matrix`), so that
         :math:`\langle Q_{i,h}, m_{ij}\rangle = \sum_{c \in h} (W^q x_i)_c\,(M^\top m_{ij})_c`,
-        the invariant per-head inner product of the module docstring."""
-        q = self.q_geo(x)  # [N, key dim]
-        M = self.k_geo.matrix().to(q.dtype)  # [dim mid, key dim]
-        return torch.einsum("nk,kh,ck->nhc", q, self.head_map.to(q.dtype), M)
+        the invariant per-head inner product of the module docstring. Both maps are folded
+        into one ``[dim x, H dim mid]`` matrix on the weight side,
+        :math:`Q = x\,W^q\,B` with :math:`B_{k,(h,c)} = \mathbb{1}_h(k)\,M_{ck}`, so the
+        nodes take one product (no three-operand contraction, whose path search costs as
+        much as its arithmetic at these sizes)."""
+        M = self.k_geo.matrix().to(x.dtype)  # [dim mid, key dim]
+        B = self.head_map.to(x.dtype).unsqueeze(-1) * M.t().unsqueeze(1)  # [key, H, dim mid]
+        W = self.q_geo.matrix().to(x.dtype) @ B.flatten(1)  # [dim x, H dim mid]
+        return (x @ W).view(x.shape[0], self.heads, M.shape[0])
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):

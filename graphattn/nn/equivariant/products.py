@@ -237,16 +237,28 @@ class IrrepsLinear(nn.Module):
             offset += m_in * m_out
         self.paths = tuple(paths)
         self.dim_in, self.dim_out = int(self.irreps_in.dim), int(self.irreps_out.dim)
+        # M[i0 + u d + r, o0 + w d + r] = c W[u, w] for every path (W (x) I_d), 0 elsewhere
+        index = torch.zeros(self.dim_in, self.dim_out, dtype=torch.long)
+        scale = torch.zeros(self.dim_in, self.dim_out, dtype=torch.float64)
+        for off, m_in, m_out, d, i0, o0, c in self.paths:
+            w = torch.arange(off, off + m_in * m_out).view(m_in, m_out)
+            for r in range(d):
+                index[i0 + r: i0 + m_in * d: d, o0 + r: o0 + m_out * d: d] = w
+                scale[i0 + r: i0 + m_in * d: d, o0 + r: o0 + m_out * d: d] = c
+        self.register_buffer("entry_index", index.view(-1), persistent=False)
+        self.register_buffer("entry_scale", scale.view(-1).to(torch.get_default_dtype()),
+                             persistent=False)
 
     def matrix(self) -> Tensor:
         r"""The ``[dim_in, dim_out]`` matrix :math:`M` (block-sparse; equivariant by
-        construction: each block is :math:`W \otimes I_{2l+1}` between equal irreps)."""
-        M = self.weight.new_zeros(self.dim_in, self.dim_out)
-        for off, m_in, m_out, d, i0, o0, c in self.paths:
-            W = self.weight[off: off + m_in * m_out].view(m_in, m_out) * c
-            block = W if d == 1 else torch.kron(W, torch.eye(d, dtype=W.dtype, device=W.device))
-            M[i0: i0 + m_in * d, o0: o0 + m_out * d] = block  # one path per irreps pair
-        return M
+        construction: each block is :math:`W \otimes I_{2l+1}` between equal irreps), gathered
+        from the weights in one indexing: entry :math:`(a, b)` is ``weight[index[a, b]]``
+        times the path constant, or 0 outside every block (``index`` and the constants are
+        fixed at construction)."""
+        if self.weight.numel() == 0:
+            return self.weight.new_zeros(self.dim_in, self.dim_out)
+        M = self.weight.index_select(0, self.entry_index) * self.entry_scale.to(self.weight.dtype)
+        return M.view(self.dim_in, self.dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return x @ self.matrix().to(x.dtype)
