@@ -371,32 +371,60 @@ if WITH_EXT:
 
     # Under create_graph, the backward of an op T that is linear in each of its slots (the
     # tensor arguments that take gradients: edge_query_dot's q, k; depthwise_tp's x, y, w;
-    # scaled_aggregate's m, c, a) is an autograd Function per slot on the native backward
-    # kernel. With U = d out, grad of slot w is G_w(U; slots), linear in U and in every other
-    # slot; G_w does not read slot w (it only gives the shape). With X the gradient of G_w's
-    # output and slots' = slots with slot w replaced by X, <X, G_w(U; slots)> = <U, T(slots')>,
-    # so its derivatives are dU = T(slots') and d(slot j) = G_j(U; slots') for j != w: every
-    # order stays on the kernels, without the per-edge products of the torch forms.
+    # scaled_aggregate's m, c, a) is an autograd Function on the native backward kernel. With
+    # U = d out, grad of slot w is G_w(U; slots), linear in U and in every other slot; G_w
+    # does not read slot w (it only gives the shape). With X the gradient of G_w's output and
+    # slots' = slots with slot w replaced by X, <X, G_w(U; slots)> = <U, T(slots')>, so its
+    # derivatives are dU = T(slots') and d(slot j) = G_j(U; slots') for j != w: every order
+    # stays on the kernels, without the per-edge products of the torch forms. The gradients
+    # of several slots come from one kernel pass (the kernels take a flag per slot), and so
+    # do, in the backward, the G_j of all j != w for each replaced slot w.
     class _Multilinear(NamedTuple):
-        grad: Callable  # (U, slots, w) -> G_w(U; slots), the kernel on detached slots
+        # (U, slots, ws) -> (G_w(U; slots) for w in ws): one kernel call on detached slots
+        grads: Callable
         forward: Callable  # slots -> T(slots), differentiable (through ``call``)
 
-    class _MultilinearGrad(torch.autograd.Function):
+    class _MultilinearGrads(torch.autograd.Function):
         @staticmethod
         def forward(ctx, op, which, U, *slots):
             ctx.save_for_backward(U, *slots)
             ctx.op, ctx.which = op, which
-            return op.grad(U, [None if t is None else t.detach() for t in slots], which)
+            ctx.set_materialize_grads(False)  # an output no loss reaches costs no kernel call
+            return tuple(op.grads(U, [None if t is None else t.detach() for t in slots], which))
 
         @staticmethod
-        def backward(ctx, X):
+        def backward(ctx, *Xs):
             U, *slots = ctx.saved_tensors
-            slots[ctx.which] = X
             need = ctx.needs_input_grad[3:]  # a slot that is None needs no gradient
-            grads = [_MultilinearGrad.apply(ctx.op, j, U, *slots)
-                     if j != ctx.which and need[j] else None for j in range(len(slots))]
-            dU = ctx.op.forward(slots) if ctx.needs_input_grad[2] else None
+            dU, grads = None, [None] * len(slots)
+            for w, X in zip(ctx.which, Xs):
+                if X is None:
+                    continue
+                replaced = list(slots)
+                replaced[w] = X
+                # the sums accumulate in place, into the fresh outputs of the first terms
+                if ctx.needs_input_grad[2]:
+                    t = ctx.op.forward(replaced)
+                    dU = t if dU is None else dU.add_(t)
+                others = tuple(j for j in range(len(slots)) if j != w and need[j])
+                if others:
+                    for j, g in zip(others, _MultilinearGrads.apply(ctx.op, others, U,
+                                                                     *replaced)):
+                        grads[j] = g if grads[j] is None else grads[j].add_(g)
             return None, None, dU, *grads
+
+    def _pick(results, ws):
+        return tuple(results[w] for w in ws)
+
+    def _multilinear_grads(op, need, U, *slots) -> list:
+        """The gradients of the slots flagged in ``need`` (``None`` for the others), from one
+        differentiable :class:`_MultilinearGrads`."""
+        which = tuple(j for j, n in enumerate(need) if n)
+        out = [None] * len(slots)
+        if which:
+            for j, g in zip(which, _MultilinearGrads.apply(op, which, U, *slots)):
+                out[j] = g
+        return out
 
     @torch.library.register_fake("graphattn::edge_query_dot")
     def _eqd_fake(q, k, ptr):
@@ -416,16 +444,17 @@ if WITH_EXT:
     #   grad k = G_1(g; q, k): sum over heads of g[e, h] q[dst e, h]
     def _eqd_multilinear(ptr):
         return _Multilinear(
-            lambda U, s, w: ops.edge_query_dot_backward(U, *s, ptr, w == 0, w == 1)[w],
+            lambda U, s, ws: _pick(ops.edge_query_dot_backward(U, *s, ptr, 0 in ws, 1 in ws),
+                                   ws),
             lambda s: call("edge_query_dot", *s, ptr))
 
     def _eqd_backward(ctx, grad_out):
         q, k, ptr = ctx.saved_tensors
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
-            g, op = grad_out.contiguous(), _eqd_multilinear(ptr)
-            return (_MultilinearGrad.apply(op, 0, g, q, k) if need_q else None,
-                    _MultilinearGrad.apply(op, 1, g, q, k) if need_k else None, None)
+            gq, gk = _multilinear_grads(_eqd_multilinear(ptr), (need_q, need_k),
+                                        grad_out.contiguous(), q, k)
+            return gq, gk, None
         gq, gk = ops.edge_query_dot_backward(grad_out, q, k, ptr, need_q, need_k)
         return gq if need_q else None, gk if need_k else None, None
 
@@ -447,17 +476,16 @@ if WITH_EXT:
     # out = T(x, y, w), the channel-wise tensor product of the path table (coupling, meta)
     def _tp_multilinear(coupling, meta, out_dim):
         return _Multilinear(
-            lambda U, s, w: ops.depthwise_tp_backward(U, *s, coupling, meta,
-                                                      *(w == j for j in range(3)))[w],
+            lambda U, s, ws: _pick(ops.depthwise_tp_backward(U, *s, coupling, meta,
+                                                             *(j in ws for j in range(3))), ws),
             lambda s: call("depthwise_tp", *s, coupling, meta, out_dim))
 
     def _tp_backward(ctx, grad_out):
         x, y, weight, coupling, meta = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
-            U, op = grad_out.contiguous(), _tp_multilinear(coupling, meta, ctx.out_dim)
-            return (*(_MultilinearGrad.apply(op, j, U, x, y, weight) if need[j] else None
-                      for j in range(3)), None, None, None)
+            return (*_multilinear_grads(_tp_multilinear(coupling, meta, ctx.out_dim), need,
+                                        grad_out.contiguous(), x, y, weight), None, None, None)
         gx, gy, gw = ops.depthwise_tp_backward(grad_out, x, y, weight, coupling, meta, *need)
         return (*(g if n else None for g, n in zip((gx, gy, gw), need)), None, None, None)
 
@@ -484,8 +512,8 @@ if WITH_EXT:
     #   grad a = G_2(U; m, c, a) = sum over a head's channels of c D.
     def _sa_multilinear(ptr, muls, dims):
         return _Multilinear(
-            lambda U, s, w: ops.scaled_aggregate_backward(U, s[0], s[1], ptr, muls, dims, w == 0,
-                                                          w == 1, s[2], w == 2)[w],
+            lambda U, s, ws: _pick(ops.scaled_aggregate_backward(
+                U, s[0], s[1], ptr, muls, dims, 0 in ws, 1 in ws, s[2], 2 in ws), ws),
             lambda s: call("scaled_aggregate", s[0], s[1], ptr, muls, dims, s[2]))
 
     def _sa_backward(ctx, grad_out):
@@ -493,12 +521,10 @@ if WITH_EXT:
         need_m, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_h = head is not None and ctx.needs_input_grad[5]
         if torch.is_grad_enabled():  # create_graph=True: differentiable, on the kernels
-            U, op = grad_out.contiguous(), _sa_multilinear(ptr, ctx.muls, ctx.dims)
-            ins = (messages, coef, head)
-            return (_MultilinearGrad.apply(op, 0, U, *ins) if need_m else None,
-                    _MultilinearGrad.apply(op, 1, U, *ins) if need_c else None,
-                    None, None, None,
-                    _MultilinearGrad.apply(op, 2, U, *ins) if need_h else None)
+            gm, gc, gh = _multilinear_grads(_sa_multilinear(ptr, ctx.muls, ctx.dims),
+                                            (need_m, need_c, need_h), grad_out.contiguous(),
+                                            messages, coef, head)
+            return gm, gc, None, None, None, gh
         gm, gc, gh = ops.scaled_aggregate_backward(grad_out, messages, coef, ptr, ctx.muls,
                                                    ctx.dims, need_m, need_c, head, need_h)
         return (gm if need_m else None, gc if need_c else None, None, None, None,

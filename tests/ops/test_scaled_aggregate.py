@@ -265,3 +265,35 @@ def test_native_create_graph_backward_third_order_on_the_kernels(heads):
         ref = grads(*ins)
     for a, b in zip(first, ref):
         torch.testing.assert_close(a, b)
+
+
+@native_only
+def test_native_create_graph_gradients_share_kernel_passes():
+    """Under create_graph the three gradients come from one backward kernel pass, and the
+    backward through them takes one pass per slot (the two other slots' gradients together),
+    plus one for the path through U = d out back to the op itself: 1, then 3 + 1 backward
+    calls, where one call per gradient made 3, then 6 + 1."""
+    ei = ragged_edge_index(8)
+    g = build_graph(ei, 8, cache=False)
+    t = dict(dtype=torch.float64, requires_grad=True)
+    E = ei.shape[1]
+    ins = [torch.randn(E, F, **t), torch.randn(E, K, **t), torch.randn(E, 2, **t)]
+    w = torch.randn(8, F, dtype=torch.float64)
+
+    def calls(prof, name):
+        return sum(e.name == f"graphattn::{name}" for e in prof.events())
+
+    with ops.set_backend("native"):
+        out = ops.aggregate_scaled(*ins[:2], g, BLOCKS, head_coef=ins[2])
+        with torch.profiler.profile() as first:
+            grads = torch.autograd.grad((out * w).pow(2).sum(), ins, create_graph=True)
+        with torch.profiler.profile() as second:
+            again = torch.autograd.grad(sum(x.sin().sum() for x in grads), ins)
+    assert calls(first, "scaled_aggregate_backward") == 1
+    assert calls(second, "scaled_aggregate_backward") == 4
+    with ops.set_backend("reference"):
+        out = ops.aggregate_scaled(*ins[:2], g, BLOCKS, head_coef=ins[2])
+        ref = torch.autograd.grad((out * w).pow(2).sum(), ins, create_graph=True)
+        ref_again = torch.autograd.grad(sum(x.sin().sum() for x in ref), ins)
+    for a, b in zip((*grads, *again), (*ref, *ref_again)):
+        torch.testing.assert_close(a, b)
