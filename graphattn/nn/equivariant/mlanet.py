@@ -118,11 +118,13 @@ class MLANetInteraction(nn.Module):
         if geometric:
             key = o3.Irreps([(heads * max(4 >> l, 1), (l, (-1) ** l)) for l in range(lmax + 1)])
             self.irreps_key = key
-            # copy u of every key irrep belongs to head u mod H: [key dim, H] 0/1 map
-            owner = [u % self.heads for mul, d in irreps_blocks(key) for u in range(mul)
-                     for _ in range(d)]
-            self.register_buffer("head_map", torch.nn.functional.one_hot(
-                torch.tensor(owner), self.heads).to(torch.get_default_dtype()), persistent=False)
+            # copy u of every key irrep belongs to head u mod H; key_order lists the key
+            # components head by head (every head owns key dim / H of them: the muls are
+            # multiples of H)
+            owner = torch.tensor([u % self.heads for mul, d in irreps_blocks(key)
+                                  for u in range(mul) for _ in range(d)])
+            self.register_buffer("key_order", torch.argsort(owner, stable=True),
+                                 persistent=False)
             self.q_geo = IrrepsLinear(self.irreps_node, key)
             self.k_geo = IrrepsLinear(self.conv.irreps_mid, key)  # per edge
             self.key_scale = 1.0 / math.sqrt(key.dim / heads)
@@ -161,18 +163,21 @@ class MLANetInteraction(nn.Module):
     def geo_queries(self, x: Tensor) -> Tensor:
         r""":math:`Q_{i,h} = M\,(W^q x_i \odot \mathbb{1}_h)`, ``[N, H, dim irreps_mid]``: the
         geometric query of head :math:`h` (its key irreps' components; copy ``u`` of each key
-        irrep belongs to head ``u mod H``, the 0/1 ``head_map``) mapped back through the key
-        map's matrix :math:`M` (:meth:`IrrepsLinear.matrix`), so that
+        irrep belongs to head ``u mod H``) mapped back through the key map's matrix :math:`M`
+        (:meth:`IrrepsLinear.matrix`), so that
         :math:`\langle Q_{i,h}, m_{ij}\rangle = \sum_{c \in h} (W^q x_i)_c\,(M^\top m_{ij})_c`,
-        the invariant per-head inner product of the module docstring. Both maps are folded
-        into one ``[dim x, H dim mid]`` matrix on the weight side,
-        :math:`Q = x\,W^q\,B` with :math:`B_{k,(h,c)} = \mathbb{1}_h(k)\,M_{ck}`, so the
-        nodes take one product (no three-operand contraction, whose path search costs as
-        much as its arithmetic at these sizes)."""
-        M = self.k_geo.matrix().to(x.dtype)  # [dim mid, key dim]
-        B = self.head_map.to(x.dtype).unsqueeze(-1) * M.t().unsqueeze(1)  # [key, H, dim mid]
-        W = self.q_geo.matrix().to(x.dtype) @ B.flatten(1)  # [dim x, H dim mid]
-        return (x @ W).view(x.shape[0], self.heads, M.shape[0])
+        the invariant per-head inner product of the module docstring. Each head takes only its
+        own key components: :math:`Q_{\cdot,h} = (x\,W^q_{\cdot,h})\,M_{\cdot,h}^\top`, one
+        batched product over the heads (a quarter of the arithmetic of a dense
+        ``[key dim, H dim mid]`` map at four heads, and no three-operand contraction, whose
+        path search costs as much as its arithmetic at these sizes)."""
+        H, order = self.heads, self.key_order
+        M = self.k_geo.matrix().to(x.dtype).index_select(1, order)  # [dim mid, key] by head
+        Wq = self.q_geo.matrix().to(x.dtype).index_select(1, order)  # [dim x, key] by head
+        kh = Wq.shape[1] // H  # explicit widths: -1 is ambiguous without nodes
+        q = (x @ Wq).view(x.shape[0], H, kh).transpose(0, 1)  # [H, N, key / H]
+        Mh = M.view(M.shape[0], H, kh).permute(1, 2, 0)  # [H, key / H, dim mid]
+        return torch.bmm(q, Mh).transpose(0, 1).contiguous()  # [N, H, dim mid]
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
