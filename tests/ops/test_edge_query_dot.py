@@ -70,11 +70,12 @@ def test_native_equals_reference_and_opcheck():
 
 
 @native_only
-@pytest.mark.parametrize("heads", [1, 2, 3, 4, 8])  # 1, 2, 4, 8: compiled head counts
+@pytest.mark.parametrize("heads", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("width", [1, 32])
 def test_native_backward_by_head_count(heads, width):
-    """The native backward (compiled for 1, 2, 4 and 8 heads, run-time otherwise) equals the
-    reference's gradients of q and k together and of each alone (its three branches)."""
+    """The native backward equals the reference's gradients of q and k together and of each
+    alone (the kernel's branches for both, grad k only and grad q only), for head counts from
+    one to more than the queries' usual four and for widths 1 and 32."""
     ei = ragged_edge_index(12)
     ei = ei[:, torch.randperm(ei.shape[1], generator=torch.Generator().manual_seed(2))]
     g = build_graph(ei, 12, cache=False)
