@@ -406,10 +406,9 @@ if WITH_EXT:
                 if ctx.needs_input_grad[2]:
                     t = ctx.op.forward(replaced)
                     dU = t if dU is None else dU.add_(t)
-                others = tuple(j for j in range(len(slots)) if j != w and need[j])
-                if others:
-                    for j, g in zip(others, _MultilinearGrads.apply(ctx.op, others, U,
-                                                                     *replaced)):
+                others = [j != w and n for j, n in enumerate(need)]
+                for j, g in enumerate(_multilinear_grads(ctx.op, others, U, *replaced)):
+                    if g is not None:
                         grads[j] = g if grads[j] is None else grads[j].add_(g)
             return None, None, dU, *grads
 
