@@ -477,6 +477,45 @@ def test_mlanet_chemical_logits_are_scaled_per_head_dot_products():
             torch.testing.assert_close(layer.logits(x, ei, geom), want)
 
 
+def test_mlanet_attention_sums_both_paths_and_the_log_envelope():
+    """With both paths on (the default model), the logits are the chemical dot products plus
+    the geometric per-head invariant products <W^q x_i, W^k m_ij>_h, each over its own tau_h,
+    and the attention is their softmax with log f_c over each neighbourhood: a layer that
+    dropped either path, mixed the heads or left out the envelope gives other numbers."""
+    H, d, cutoff = 3, 4, 4.0
+    layer = MLANetInteraction(IRREPS, lmax=2, num_basis=6, heads=H, key_dim=d)
+    with torch.no_grad():
+        layer.temperature.copy_(torch.tensor([-1.0, 0.0, 2.0]))  # distinct tau per head
+    z, pos = _molecule(n=8, seed=3)
+    ei = _radius(pos, cutoff)
+    src, dst = ei
+    geom = EdgeGeometry(cutoff, 2, 6)(pos, ei)
+    x = IRREPS.randn(8, -1)
+    tau = layer.tau()
+    s = x[:, : layer.conv.n_scalars]
+    q, k = layer.wq(s).view(-1, H, d), layer.wk(s).view(-1, H, d)
+    chem = (q[dst] * k[src]).sum(-1) / (tau * math.sqrt(d))
+    # copy u of every key irrep belongs to head u mod H; the invariant product of two irreps
+    # of one copy is the sum of their components' products
+    key_head = torch.tensor([u % H for mul, ir in layer.irreps_key for u in range(mul)
+                             for _ in range(ir.dim)])
+    feats = layer.conv.tp(x[src], geom["sh"], layer.conv.radial(geom["radial"]))
+    qk = layer.q_geo(x)[dst] * layer.k_geo(feats)
+    geo = torch.zeros(len(src), H, dtype=x.dtype).index_add_(1, key_head, qk)
+    geo = geo / (math.sqrt(layer.irreps_key.dim / H) * tau)
+    logits = chem + geo + torch.log(geom["fc"]).unsqueeze(-1)
+    want = torch.empty_like(logits)
+    for i in dst.unique():
+        sel = dst == i
+        want[sel] = torch.softmax(logits[sel], 0)
+    assert geo.abs().max() > 0.1 and chem.abs().max() > 0.1  # both paths matter here
+    for name in BACKENDS:
+        with ops.set_backend(name):
+            torch.testing.assert_close(layer.logits(x, ei, geom), chem + geo)
+            _, p = layer(x, ei, geom, return_attention=True)
+            torch.testing.assert_close(p, want)
+
+
 @pytest.mark.slow
 def test_mlanet_runs_under_torch_compile():
     """MLANet compiles (dynamic shapes; e3nn Irreps never reach dynamo's guards) and gives the
