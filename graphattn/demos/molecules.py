@@ -181,6 +181,15 @@ def _evaluate(model: Potential, loader, refs: Tensor, scale: float,
     return out
 
 
+def _adam(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam on torch's fused kernel where every parameter allows it (one pass over all of them
+    instead of about ten small operations per tensor: 1.1 -> 0.3 ms per step for MLANet's 45
+    tensors on 2 cores); the same update rule, rounded in another order."""
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=True if fused else None)
+
+
 def guarded_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor,
                  clip: float | None) -> str:
     """One optimiser step behind two guards against divergence: a non-finite loss or gradient
@@ -219,7 +228,7 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
     torch.manual_seed(cfg.seed)
     model = Potential(kind, cfg, num_species=int(refs.numel()), forces=with_forces)
     lr = cfg.model_lr.get(kind, cfg.lr)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = _adam(model, lr)
     g = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g)
     val_loader = DataLoader(val_set, batch_size=64)
@@ -266,7 +275,7 @@ def train_potential(kind: str, train_set, val_set, test_set, refs: Tensor, scale
         elif best_state is not None and not score <= cfg.restart_factor * best:
             # diverged (or NaN): back to the best state, with fresh optimiser moments
             model.load_state_dict(best_state)
-            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            opt = _adam(model, lr)
             guard["restarts"] += 1
     train_s = time.perf_counter() - t0
     if best_state is not None:
