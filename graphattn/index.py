@@ -86,8 +86,8 @@ class EdgeGraph:
             on first use by graphs of the native builder, then kept.
         validated_index (tuple, optional): set by :func:`build_graph` when it checked the
             ``edge_index``, so that ``ptr``, ``src`` and the CSC view are valid by
-            construction: those five tensors with their version counters at the time (see
-            :meth:`indices_trusted`).
+            construction: those five tensors with their version counters at the time, and
+            ``(num_src, num_dst)`` (see :meth:`indices_trusted`).
 
     ``dst``, ``iperm`` and ``edge_index`` are cached on first use (:class:`_cached`): a
     graph of the native builder holds only the six index tensors (and ``kept``) until one of
@@ -108,6 +108,7 @@ class EdgeGraph:
     kept: Tensor | None = None
     presorted: bool = False
     validated_index: tuple[tuple[Tensor, int], ...] | None = None
+    validated_sizes: tuple[int, int] | None = None
 
     @_cached
     def dst(self) -> Tensor:
@@ -164,11 +165,14 @@ class EdgeGraph:
         """Whether the kernels may skip reading the index contents to check them: the graph
         was built from a validated ``edge_index``, and its index tensors are still the ones
         built then (not swapped by ``dataclasses.replace``), unmodified in place (same version
-        counters). The native ops then check dtypes, devices and sizes only; on the GPU that
-        saves a host sync per index (seven per attention forward + backward). Always
-        ``False`` under ``torch.compile``, where the kernels check everything as for any
-        other caller."""
+        counters), over the node counts validated then (a ``replace`` of ``num_src`` or
+        ``num_dst`` would let an index run past the features). The native ops then check
+        dtypes, devices and sizes only; on the GPU that saves a host sync per index (seven per
+        attention forward + backward). Always ``False`` under ``torch.compile``, where the
+        kernels check everything as for any other caller."""
         if self.validated_index is None or torch.compiler.is_compiling():
+            return False
+        if self.validated_sizes != (self.num_src, self.num_dst):
             return False
         return all(t is cur and t._version == version for (t, version), cur
                    in zip(self.validated_index, self._index_tensors()))
@@ -307,6 +311,7 @@ def _graph(index: list[Tensor], perm: Tensor, num_src: int, num_dst: int,
         # an in-range edge_index makes every index above valid by construction (searchsorted
         # pointers over sorted keys, permutations of range(E), gathers of in-range ids)
         validated_index=tuple((t, t._version) for t in index) if validated else None,
+        validated_sizes=(num_src, num_dst) if validated else None,
     )
 
 

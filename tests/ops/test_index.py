@@ -178,6 +178,26 @@ def test_validated_graphs_are_trusted_until_an_index_changes_in_place():
         assert not dataclasses.replace(g, **{name: getattr(g, name).clone()}).indices_trusted()
         getattr(g, name).add_(0)  # an in-place write bumps the version counter
         assert not g.indices_trusted(), name
+    # node counts swapped by replace: the indices were checked against the old ones
+    g = build_graph(ei, 12, cache=False)
+    for sizes in ({"num_src": 3}, {"num_dst": 3}):
+        assert not dataclasses.replace(g, **sizes).indices_trusted()
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_graph_with_replaced_node_counts_raises_instead_of_reading_past_the_features(backend):
+    """A validated graph whose num_src was shrunk by dataclasses.replace addresses source
+    4,999 of one feature row: the ops raise (the kernels check the indices again) instead of
+    reading out of bounds."""
+    if backend == "native" and not ops.native_available():
+        pytest.skip("needs graphattn._C")
+    g = build_graph(torch.tensor([[4999], [0]]), (5000, 1), cache=False)
+    g = dataclasses.replace(g, num_src=1)
+    k = torch.randn(1, 1, 2)
+    with ops.set_backend(backend), pytest.raises((RuntimeError, IndexError, ValueError)):
+        ops.edge_attention(k, k, k, g, "dot")
+    with ops.set_backend(backend), pytest.raises((RuntimeError, IndexError, ValueError)):
+        ops.edge_pair_dot(k, k, g)
 
 
 @pytest.mark.skipif(not ops.native_available(), reason="needs graphattn._C")
