@@ -284,6 +284,35 @@ def test_charge_embedding_and_bad_inputs():
         model(z + 20, pos)
     with pytest.raises(ValueError, match="sorted"):
         model(z, pos, batch=torch.tensor([1, 0, 0, 0]), edge_index=ei)
+    with pytest.raises(TypeError, match="'pos' must have the model's dtype"):
+        model(z, pos.float(), edge_index=ei)
+    with pytest.raises((ValueError, RuntimeError), match=r"edge_index\[0\]"):  # before gathers
+        model(z, pos, edge_index=torch.tensor([[0, 7], [1, 0]]))
+
+
+def test_gdegan_bad_inputs_and_structures_without_edges():
+    """GDEGAN refuses an unsorted batch (its readout's segments would mix structures), an
+    out-of-range edge and features of another width or dtype, each with a message naming the
+    argument; a structure whose residues are all beyond the cutoff (no edges) still gives
+    finite logits and centres."""
+    model = GDEGAN(in_channels=5, channels=8, l_channels=4, lmax=1, num_layers=1, heads=2,
+                   cutoff=4.0, readout="top_site")
+    x, pos = torch.randn(4, 5), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="sorted"):
+        model(x, pos, batch=torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="'batch' must be an int64"):
+        model(x, pos, batch=torch.tensor([0, 0, 1]))
+    with pytest.raises((ValueError, RuntimeError), match=r"edge_index\[0\]"):
+        model(x, pos, edge_index=torch.tensor([[0, 9], [1, 0]]))
+    with pytest.raises(ValueError, match=r"'x' must be \[N, 5\]"):
+        model(torch.randn(4, 6), pos)
+    with pytest.raises(TypeError, match="model's dtype"):
+        model(x.float(), pos.float())
+    for variant in (dict(), dict(variance="per_channel")):
+        lonely = GDEGAN(in_channels=5, channels=8, l_channels=4, lmax=1, num_layers=1,
+                        heads=2, cutoff=4.0, **variant)
+        out = lonely(x, pos * 100)  # no two residues within the cutoff
+        assert torch.isfinite(out["logits"]).all() and torch.isfinite(out["center"]).all()
 
 
 # ---- Gaussian dynamic attention -------------------------------------------------------------
@@ -343,6 +372,18 @@ def test_gaussian_degenerate_neighbourhoods_and_normalisation(variant):
     torch.testing.assert_close(alpha[1:], torch.full((2, 2), 0.5))
     assert out[2].abs().max() == 0
     assert (att.tau() > 0).all()
+
+
+def test_gaussian_attention_edge_attr_must_have_one_row_per_edge():
+    """An edge_attr of one row (or of another row count) is refused, not broadcast over the
+    edges."""
+    ei, N = _graph()
+    att = GaussianDynamicAttention(8, heads=2, head_dim=4, edge_dim=3, edge_weighted=True)
+    x = torch.randn(N, 8)
+    assert att(x, ei, torch.randn(ei.shape[1], 3)).shape == (N, 8)
+    for bad in (torch.randn(1, 3), torch.randn(ei.shape[1] + 1, 3), torch.randn(ei.shape[1], 2)):
+        with pytest.raises(ValueError, match=r"'edge_attr' must have shape \[E=9, edge_dim=3\]"):
+            att(x, ei, bad)
 
 
 def test_gaussian_attention_permutation_equivariant_and_gradcheck():

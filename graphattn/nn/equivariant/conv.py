@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import ops
-from ...geometry import edge_vectors
+from ...geometry import _check_pos, edge_vectors
 from ...index import EdgeGraph
 from .products import (
     DepthwiseTensorProduct,
@@ -37,8 +37,8 @@ from .products import (
 )
 from .radial import apply_folded, folded_layers
 
-__all__ = ["EquivariantAttentionConv", "depthwise_tensor_product", "geometry_graph",
-           "scalar_irreps_first"]
+__all__ = ["EquivariantAttentionConv", "check_batch", "depthwise_tensor_product",
+           "geometry_graph", "scalar_irreps_first"]
 
 
 def irreps_blocks(irreps) -> tuple[tuple[int, int], ...]:
@@ -180,13 +180,33 @@ class EdgeGeometry(nn.Module):
         self.envelope = PolynomialCutoff(cutoff)
 
     def forward(self, pos: Tensor, edge_index: Tensor, shift: Tensor | None = None) -> dict:
+        _check_pos(pos)
+        # the graph first: building it checks the indices against the atoms (a message that
+        # names them) before any gather of positions meets an out-of-range one
+        graph = ops.build_graph(edge_index, pos.shape[0], cache=False)
         vec, r = edge_vectors(pos, edge_index, shift)
         if r.numel() and bool((r == 0).any()):
             raise ValueError("two atoms joined by an edge sit at the same position (r = 0)")
         fc = self.envelope(r)
         return {"vec": vec, "r": r, "fc": fc, "radial": self.basis(r) * fc.unsqueeze(-1),
-                "sh": self.sh(vec), "graph": ops.build_graph(edge_index, pos.shape[0],
-                                                              cache=False)}
+                "sh": self.sh(vec), "graph": graph}
+
+
+def check_batch(batch: Tensor | None, num_nodes: int, device: torch.device) -> Tensor:
+    """``batch`` as given (all zeros when ``None``) after checking that it is a sorted int64
+    ``[num_nodes]`` tensor, as PyG's ``Batch`` gives it: the segment reductions of the
+    readouts take each structure's nodes as one contiguous segment."""
+    if batch is None:
+        return torch.zeros(num_nodes, dtype=torch.long, device=device)
+    if not isinstance(batch, Tensor) or batch.dtype != torch.long or batch.shape != (num_nodes,):
+        got = (f"{batch.dtype} {list(batch.shape)}" if isinstance(batch, Tensor)
+               else type(batch).__name__)
+        raise ValueError(f"'batch' must be an int64 tensor of shape [N={num_nodes}], got {got}")
+    if batch.numel() and int(batch.min()) < 0:
+        raise ValueError(f"'batch' must hold structure ids >= 0, got {int(batch.min())}")
+    if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError("'batch' must be sorted (PyG's Batch is)")
+    return batch
 
 
 def geometry_graph(geom: dict, edge_index: Tensor, num_nodes: int) -> EdgeGraph:

@@ -46,6 +46,7 @@ from .conv import (
     EdgeGeometry,
     EquivariantAttentionConv,
     _e3nn,
+    check_batch,
     geometry_graph,
     scalar_irreps_first,
 )
@@ -114,17 +115,16 @@ class GaussianDynamicAttention(nn.Module):
             base, base_e = k, k_src
         else:
             base, base_e = feats, feats.index_select(0, src)
-        mu = ops.aggregate(base_e.flatten(1), graph, "mean").view(-1, *base.shape[1:])
+        mu = ops.aggregate(base_e.flatten(1), graph, "mean").view(base.shape)
         dev = (base_e - mu.index_select(0, dst)).pow(2)
         diff = (q.index_select(0, dst) - k_src).pow(2)
         if t is not None:
             diff = diff * t.pow(2)
         tau = self.tau().view(1, H)
         if self.variance == "scalar":
-            var = ops.aggregate(dev.flatten(1).view(dev.shape[0], H, -1).sum(-1), graph,
-                                "mean") + self.eps  # [N, H]
+            var = ops.aggregate(dev.sum(-1), graph, "mean") + self.eps  # [N, H]
             return -diff.sum(-1) / (2 * tau * var.index_select(0, dst))
-        var = ops.aggregate(dev.flatten(1), graph, "mean").view(-1, H, D) + self.eps
+        var = ops.aggregate(dev.flatten(1), graph, "mean").view(q.shape[0], H, D) + self.eps
         return -(diff / var.index_select(0, dst)).sum(-1) / (2 * tau)
 
     def attention_weights(self, x: Tensor, graph: EdgeGraph, src: Tensor, dst: Tensor,
@@ -137,7 +137,13 @@ class GaussianDynamicAttention(nn.Module):
         if self.t is not None:
             if edge_attr is None:
                 raise ValueError("'edge_attr' is required with edge_weighted=True")
-            t = self.t(edge_attr).view(-1, H, D)
+            want = (src.shape[0], self.t.in_features)
+            if not isinstance(edge_attr, Tensor) or tuple(edge_attr.shape) != want:
+                got = (list(edge_attr.shape) if isinstance(edge_attr, Tensor)
+                       else type(edge_attr).__name__)
+                raise ValueError(f"'edge_attr' must have shape [E={want[0]}, edge_dim={want[1]}],"
+                                 f" got {got}")
+            t = self.t(edge_attr).view(want[0], H, D)
         feats = None
         if self.stats == "features":
             if x.shape[1] % H:
@@ -247,11 +253,14 @@ class GDEGAN(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor | None = None,
                 edge_index: Tensor | None = None) -> dict[str, Tensor]:
-        if x.dim() != 2 or pos.shape != (x.shape[0], 3):
-            raise ValueError(f"'x' must be [N, F] and 'pos' [N, 3], got {list(x.shape)} and "
-                             f"{list(pos.shape)}")
-        batch = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if batch is None \
-            else batch
+        if x.dim() != 2 or x.shape[1] != self.embed.in_features or pos.shape != (x.shape[0], 3):
+            raise ValueError(f"'x' must be [N, {self.embed.in_features}] and 'pos' [N, 3], got "
+                             f"{list(x.shape)} and {list(pos.shape)}")
+        dtype = self.embed.weight.dtype
+        if x.dtype != dtype or pos.dtype != dtype:
+            raise TypeError(f"'x' and 'pos' must have the model's dtype {dtype}, got {x.dtype} "
+                            f"and {pos.dtype}")
+        batch = check_batch(batch, x.shape[0], x.device)
         B = int(batch.max()) + 1 if batch.numel() else 0
         if edge_index is None:
             from ...geometry import radius_graph

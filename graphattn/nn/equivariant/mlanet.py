@@ -56,6 +56,7 @@ from .conv import (
     EdgeGeometry,
     EquivariantAttentionConv,
     _e3nn,
+    check_batch,
     geometry_graph,
     irreps_blocks,
     scalar_irreps_first,
@@ -269,16 +270,13 @@ class MLANet(nn.Module):
         if pos.shape != (z.shape[0], 3) or not pos.is_floating_point():
             raise ValueError(f"'pos' must be a float [N={z.shape[0]}, 3] tensor, got "
                              f"{pos.dtype} {list(pos.shape)}")
+        if pos.dtype != self.atom_refs.dtype:
+            raise TypeError(f"'pos' must have the model's dtype {self.atom_refs.dtype}, got "
+                            f"{pos.dtype} (convert the model with .to({pos.dtype}) or pos)")
         if z.numel() and (int(z.min()) < 0 or int(z.max()) >= self.embed.num_embeddings):
             raise ValueError(f"'z' must be in [0, {self.embed.num_embeddings}), got "
                              f"[{int(z.min())}, {int(z.max())}]")
-        if batch is None:
-            return torch.zeros_like(z)
-        if batch.shape != z.shape:
-            raise ValueError(f"'batch' must have shape [N={z.shape[0]}], got {list(batch.shape)}")
-        if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
-            raise ValueError("'batch' must be sorted (PyG's Batch is)")
-        return batch
+        return check_batch(batch, z.shape[0], z.device)
 
     @staticmethod
     def pool(h: Tensor, ptr: Tensor) -> Tensor:
