@@ -203,6 +203,60 @@ def test_bad_input_raises(backend):
     assert ops.split_heads(torch.randn(4, 16), 4).shape == (4, 4, 4)
 
 
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+def test_features_and_edge_attr_of_another_shape_or_dtype_raise(backend, mode):
+    """Features of another width or dtype, and edge_attr with a row count other than the
+    edge_index's (more rows were silently cut when self-loops are added; fewer raised an
+    IndexError) or another width, raise errors that name the argument."""
+    ei = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    layer = GraphAttention(4, 3, heads=2, mode=mode, edge_dim=2)
+    x = torch.randn(5, 4)
+    assert layer(x, ei, torch.randn(4, 2)).shape == (5, 6)
+    for rows in (7, 3):
+        with pytest.raises(ValueError, match=r"'edge_attr' must have one row per edge"):
+            layer(x, ei, torch.randn(rows, 2))
+    with pytest.raises(ValueError, match="'edge_attr' must have 2 features"):
+        layer(x, ei, torch.randn(4, 3))
+    with pytest.raises(ValueError, match="'x' must have 4 features"):
+        layer(torch.randn(5, 6), ei)
+    with pytest.raises(TypeError, match="'x' must have the layer's dtype"):
+        layer(x.double(), ei)
+    with pytest.raises(ValueError, match="'x_dst' must have 4 features"):
+        layer((x, torch.randn(5, 3)), ei)
+
+
+@pytest.mark.parametrize("mode", ["gatv2", "transformer"])
+def test_edge_attr_with_a_graph_built_without_its_edge_list(backend, mode):
+    """Edge features enter per edge in the caller's order also for an EdgeGraph that holds no
+    edge_index (a hand-built one): same output as with the edge list itself."""
+    import dataclasses
+
+    N = 9
+    ei = ragged_edge_index(N)
+    x, ea = torch.randn(N, 4), torch.randn(ei.size(1), 2)
+    layer = GraphAttention(4, 3, heads=2, mode=mode, edge_dim=2, add_self_loops=False)
+    g = dataclasses.replace(build_graph(ei, N, cache=False), input_index=None)
+    assert g.edge_index is None
+    torch.testing.assert_close(layer(x, g, ea), layer(x, ei, ea))
+
+
+@pytest.mark.parametrize("mode", ["gat", "gatv2"])
+def test_bipartite_loops_with_more_destinations_than_sources(backend, mode):
+    """Self-loops of a bipartite graph join the first min(num_src, num_dst) nodes; with
+    fill_value='mean' each loop's edge attribute is the mean over that destination's
+    in-edges, also when destinations outnumber sources (PyG's scatter fails there)."""
+    ei = torch.tensor([[0, 1, 1, 0, 0], [4, 0, 2, 1, 1]])  # 2 sources, 5 destinations
+    xs, xd, ea = torch.randn(2, 4), torch.randn(5, 4), torch.randn(5, 2)
+    layer = GraphAttention(4, 3, heads=2, mode=mode, edge_dim=2, add_self_loops=True)
+    out = layer((xs, xd), ei, ea)
+    loops = torch.tensor([[0, 1], [0, 1]])
+    loop_attr = torch.stack([ea[1], ea[3:].mean(0)])  # node 0: edge 1; node 1: edges 3, 4
+    plain = GraphAttention(4, 3, heads=2, mode=mode, edge_dim=2, add_self_loops=False)
+    plain.load_state_dict(layer.state_dict())
+    want = plain((xs, xd), torch.cat([ei, loops], 1), torch.cat([ea, loop_attr]))
+    torch.testing.assert_close(out, want)
+
+
 def test_lazy_bipartite_gat_equals_pyg_after_init():
     ei = torch.stack([torch.randint(0, 9, (30,)), torch.randint(0, 6, (30,))])
     xs, xd = torch.randn(9, 10), torch.randn(6, 7)

@@ -46,6 +46,27 @@ def _lin(lin: Linear, x: Tensor) -> Tensor:
     return ops.linear(x, lin.weight, lin.bias)
 
 
+def _check_width(x: Tensor, lin: Linear, name: str) -> None:
+    """``x [*, F]`` fits ``lin`` (``F`` its input width unless lazy; its dtype)."""
+    width = getattr(lin, "in_channels", getattr(lin, "in_features", -1))
+    if width > 0 and x.size(-1) != width:
+        raise ValueError(f"'{name}' must have {width} features (the layer's in_channels), got "
+                         f"{list(x.shape)}")
+    w = lin.weight
+    if not isinstance(w, UninitializedParameter) and x.dtype != w.dtype:
+        raise TypeError(f"'{name}' must have the layer's dtype {w.dtype}, got {x.dtype}")
+
+
+def _caller_edge_index(graph: EdgeGraph) -> Tensor:
+    """``[2, E]`` edges of ``graph`` in its caller order (the order of per-edge inputs and
+    outputs): its ``edge_index``, or for a hand-built graph without one, its CSR endpoints
+    put back in that order."""
+    ei = graph.edge_index
+    if ei is None:
+        ei = torch.stack([graph.from_csr(graph.src), graph.from_csr(graph.dst)])
+    return ei
+
+
 def _fold(weight: Tensor, att: Tensor) -> Tensor:
     """``[H, F]`` rows ``att_h^T W_h`` of a bias-free ``Linear(F, H*C)`` and ``att [1, H, C]``."""
     H, C = att.shape[-2:]
@@ -249,6 +270,10 @@ class GraphAttention(MessagePassing):
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
         if graph.kept is not None:
+            n_in = graph.input_index.shape[1]
+            if edge_attr.dim() != 2 or edge_attr.size(0) != n_in:
+                raise ValueError(f"'edge_attr' must have one row per edge of 'edge_index' "
+                                 f"([{n_in}, edge_dim]), got {list(edge_attr.shape)}")
             kept = edge_attr.index_select(0, graph.kept)
             n_loops = graph.num_edges - graph.kept.numel()
             if isinstance(self.fill_value, str):
@@ -257,21 +282,22 @@ class GraphAttention(MessagePassing):
                 from torch_geometric.utils import scatter
 
                 # the kept edges' destinations, without forming (and caching on the graph)
-                # the loop-added [2, E'] edge list (a graph with kept has its input_index)
+                # the loop-added [2, E'] edge list (a graph with kept has its input_index);
+                # reduced over every destination, of which the first n_loops have a loop
+                # (a bipartite graph with more destinations than sources has more rows)
                 dst = graph.input_index[1].index_select(0, graph.kept)
                 reduce = "sum" if self.fill_value == "add" else self.fill_value
-                loop_attr = scatter(kept, dst, 0, n_loops, reduce)
+                loop_attr = scatter(kept, dst, 0, graph.num_dst, reduce)[:n_loops]
             else:
                 fill = torch.as_tensor(
                     self.fill_value, dtype=edge_attr.dtype, device=edge_attr.device
                 )
                 loop_attr = fill.expand(n_loops, *edge_attr.shape[1:]).clone()
             edge_attr = torch.cat([kept, loop_attr], dim=0)
-        if edge_attr.size(0) != graph.num_edges:
-            raise ValueError(
-                f"'edge_attr' must have one row per edge ({graph.num_edges}), got "
-                f"{edge_attr.size(0)}"
-            )
+        if edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges:
+            raise ValueError(f"'edge_attr' must have one row per edge ([{graph.num_edges}, "
+                             f"edge_dim]), got {list(edge_attr.shape)}")
+        _check_width(edge_attr, self.lin_edge, "edge_attr")
         return self.lin_edge(edge_attr).view(-1, self.heads, self.out_channels)
 
     # ---- forward ----------------------------------------------------------------------------
@@ -307,6 +333,16 @@ class GraphAttention(MessagePassing):
             )
         if x_dst is not None and (not isinstance(x_dst, Tensor) or x_dst.dim() != 2):
             raise ValueError("'x_dst' must be a 2-D tensor [num_dst, in_channels] or None")
+        if self.mode == "gat":
+            lin_s = self.lin if self.lin is not None else self.lin_src
+            lin_d = self.lin if self.lin is not None else self.lin_dst
+        elif self.mode == "gatv2":
+            lin_s, lin_d = self.lin_l, self.lin_r
+        else:
+            lin_s, lin_d = self.lin_key, self.lin_query
+        _check_width(x_src, lin_s, "x" if x_src is x_dst else "x_src")
+        if x_dst is not None and x_dst is not x_src:
+            _check_width(x_dst, lin_d, "x_dst")
         n_src = x_src.size(0) if size is None else size[0]
         n_dst = (x_dst.size(0) if x_dst is not None else None) if size is None else size[1]
         if n_dst is None:
@@ -319,8 +355,6 @@ class GraphAttention(MessagePassing):
         want_w = bool(return_attention_weights)
         drop = self.dropout if self.training else 0.0
         if self.mode == "gat":
-            lin_s = self.lin if self.lin is not None else self.lin_src
-            lin_d = self.lin if self.lin is not None else self.lin_dst
             h_src = _lin(lin_s, x_src).view(-1, H, C)
             shared = x_dst is x_src and lin_d is lin_s
             if not (_plain(lin_s) and _plain(lin_d)):
@@ -380,8 +414,8 @@ class GraphAttention(MessagePassing):
                 )
             else:  # edge features enter inside the LeakyReLU: scores are formed per edge
                 z = (
-                    h_r.index_select(0, graph.edge_index[1])
-                    + h_l.index_select(0, graph.edge_index[0])
+                    h_r.index_select(0, _caller_edge_index(graph)[1])
+                    + h_l.index_select(0, _caller_edge_index(graph)[0])
                     + e
                 )
                 s = (F.leaky_relu(z, self.negative_slope) * self.att).sum(-1)
@@ -415,7 +449,7 @@ class GraphAttention(MessagePassing):
             v = _lin(self.lin_value, x_src).view(-1, H, C)
             bias = None
             if e is not None:
-                bias = (q.index_select(0, graph.edge_index[1]) * e).sum(-1) / math.sqrt(C)
+                bias = (q.index_select(0, _caller_edge_index(graph)[1]) * e).sum(-1) / math.sqrt(C)
             out = ops.edge_attention(
                 q,
                 k,
@@ -470,10 +504,7 @@ class GraphAttention(MessagePassing):
                 out = add(self.bias)
         out = out.reshape(shape[0], -1)
         if alpha is not None:
-            ei = graph.edge_index
-            if ei is None:  # a hand-built EdgeGraph: report edges in CSR order's caller order
-                ei = torch.stack([graph.from_csr(graph.src), graph.from_csr(graph.dst)])
-            return out, (ei, alpha)
+            return out, (_caller_edge_index(graph), alpha)
         return out
 
     def __repr__(self) -> str:
