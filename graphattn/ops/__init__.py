@@ -24,6 +24,7 @@ transforms always take the reference path: the kernels carry reverse-mode formul
 
 from __future__ import annotations
 
+import operator
 import threading
 
 import torch
@@ -221,15 +222,29 @@ def _segment(src: Tensor, ptr: Tensor, reduce: str,
     s = src.unsqueeze(-1) if flat else src
     if s.dim() != 2:
         raise ValueError(f"'src' must have shape [E] or [E, F], got {list(src.shape)}")
-    if _use_native(s):
+    ptr = ptr.contiguous()
+    if _use_native(s):  # the kernel checks ptr (unless validated) with messages naming it
         out, arg = _native.call("segment_reduce", s, ptr, reduce, validated)
         arg = arg if reduce == "max" else None
     else:
+        if not validated and not torch.compiler.is_compiling():
+            _check_ptr(ptr, s.size(0))
         out, arg = _reference.segment_reduce(s, ptr, reduce)
     if flat:
         out = out.squeeze(-1)
         arg = None if arg is None else arg.squeeze(-1)
     return out, arg
+
+
+def _check_ptr(ptr: Tensor, num_rows: int) -> None:
+    """CSR row pointers over ``num_rows`` rows: ``ptr[0] = 0``, non-decreasing,
+    ``ptr[-1] = num_rows`` (what the native kernels check in C++)."""
+    first, last = int(ptr[0]), int(ptr[-1])
+    if first != 0 or last != num_rows:
+        raise ValueError(f"'ptr' must start at 0 and end at the number of rows of 'src' "
+                         f"({num_rows}), got {first} and {last}")
+    if ptr.numel() > 1 and bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError("'ptr' must be non-decreasing (CSR row pointers)")
 
 
 def segment_sum(src: Tensor, ptr: Tensor) -> Tensor:
@@ -268,22 +283,30 @@ def aggregate(messages: Tensor, graph: EdgeGraph, reduce: str = "sum") -> Tensor
     """
     _check_tensor(messages, "messages")
     graph = _check_graph(graph, messages)
-    if messages.size(0) != graph.num_edges:
-        raise ValueError(
-            f"'messages' must have {graph.num_edges} rows (one per edge), got {messages.size(0)}"
-        )
+    if messages.dim() not in (1, 2) or messages.size(0) != graph.num_edges:
+        raise ValueError(f"'messages' must have shape [E={graph.num_edges}] or "
+                         f"[E={graph.num_edges}, F] (one row per edge), got "
+                         f"{list(messages.shape)}")
     return _segment(graph.to_csr(messages), graph.ptr, reduce, graph.indices_trusted())[0]
 
 
-def _check_blocks(blocks: object, messages: Tensor, coef: Tensor) -> tuple[tuple[int, int], ...]:
+def _parse_blocks(blocks: object) -> tuple[tuple[int, int], ...]:
+    """``blocks`` as a tuple of int ``(mul, dim)`` pairs (integers, not floats cut to one),
+    non-empty, ``mul >= 0``, ``dim >= 1``."""
     try:
-        b = tuple((int(mul), int(d)) for mul, d in blocks)  # type: ignore[union-attr]
+        b = tuple((operator.index(mul), operator.index(d))
+                  for mul, d in blocks)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         raise TypeError(
-            f"'blocks' must be a sequence of (mul, dim) pairs, got {blocks!r}"
+            f"'blocks' must be a sequence of (mul, dim) pairs of ints, got {blocks!r}"
         ) from None
     if not b or any(mul < 0 or d < 1 for mul, d in b):
         raise ValueError(f"'blocks' must be non-empty (mul >= 0, dim >= 1) pairs, got {b}")
+    return b
+
+
+def _check_blocks(blocks: object, messages: Tensor, coef: Tensor) -> tuple[tuple[int, int], ...]:
+    b = _parse_blocks(blocks)
     F, K = sum(mul * d for mul, d in b), sum(mul for mul, _ in b)
     if messages.dim() != 2 or messages.size(1) != F:
         raise ValueError(f"'messages' must have shape [E, {F}] (sum of mul * dim over 'blocks' "
@@ -353,7 +376,7 @@ def heads_to_channels(alpha: Tensor, blocks: tuple[tuple[int, int], ...]) -> Ten
     _check_tensor(alpha, "alpha")
     if alpha.dim() != 2 or alpha.size(1) < 1:
         raise ValueError(f"'alpha' must have shape [E, H >= 1], got {list(alpha.shape)}")
-    return _reference.heads_to_channels(alpha, tuple((int(m), int(d)) for m, d in blocks))
+    return _reference.heads_to_channels(alpha, _parse_blocks(blocks))
 
 
 def _check_dst_rows(x: Tensor, y: Tensor, x_name: str, y_name: str,
@@ -555,6 +578,9 @@ def edge_attention(
         bias = graph.to_csr(bias)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
+    if scale is None and q.size(2) == 0:
+        raise ValueError("'q' and 'k' have head dim 0 (scores from 'bias' alone): give 'scale' "
+                         "explicitly, its default 1/sqrt(D) is undefined")
     scale = float(q.size(2)) ** -0.5 if scale is None else float(scale)
 
     # the CUDA kernels hold a head in registers: head dims up to 256 (documented fall-back)

@@ -52,7 +52,8 @@ def segment_reduce(src: Tensor, ptr: Tensor, reduce: str) -> tuple[Tensor, Tenso
         out = torch.where(empty, torch.zeros_like(out), out)
         # argmax: first edge of the segment that attains the max
         pos = torch.arange(E, device=src.device).view(-1, 1).expand(-1, Fdim)
-        hit = src == out.index_select(0, seg)
+        at = out.index_select(0, seg)
+        hit = (src == at) | (src.isnan() & at.isnan())  # a NaN is its segment's max
         cand = torch.where(hit, pos, torch.full_like(pos, E))
         arg = torch.full((N, Fdim), E, dtype=torch.long, device=src.device)
         arg = arg.scatter_reduce(0, idx, cand, "amin", include_self=True)

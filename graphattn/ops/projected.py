@@ -137,9 +137,10 @@ def _check_linear(x: Tensor, w: Tensor, b: Tensor | None, name: str, heads: int)
                          f"heads={heads}")
     if b is not None and tuple(b.shape) != (w.size(0),):
         raise ValueError(f"'bias_{name}' must have shape [{w.size(0)}], got {list(b.shape)}")
-    if w.dtype != x.dtype or w.device != x.device:
-        raise TypeError(f"'weight_{name}' must have the dtype and device of its input "
-                        f"({x.dtype}, {x.device}), got ({w.dtype}, {w.device})")
+    for t, n in ((w, f"weight_{name}"), (b, f"bias_{name}")):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise TypeError(f"'{n}' must have the dtype and device of its input "
+                            f"({x.dtype}, {x.device}), got ({t.dtype}, {t.device})")
 
 
 def projected_attention(

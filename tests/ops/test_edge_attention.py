@@ -278,6 +278,8 @@ def test_bad_input_raises_clear_errors(backend):
         ops.edge_attention(q, k[:5], v, g)
     with pytest.raises(ValueError, match="head count"):
         ops.edge_attention(q, k, v[:, :1], g)
+    with pytest.raises(ValueError, match="give 'scale' explicitly"):  # 1/sqrt(0)
+        ops.edge_attention(q[..., :0], k[..., :0], v, g, bias=q.new_zeros(ei.size(1), 2))
     with pytest.raises(ValueError, match="'k' must have head dim"):
         ops.edge_attention(q, k[..., :2], v, g)
     with pytest.raises(TypeError, match="'k' has dtype"):

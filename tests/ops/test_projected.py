@@ -305,6 +305,8 @@ def test_projected_attention_rejects_bad_input():
         ops.projected_attention(x, x, w, b, w, b, w, b[:5], g, 2)
     with pytest.raises(TypeError, match="'weight_q' must have the dtype"):
         ops.projected_attention(x, x, w.double(), b, w, b, w, b, g, 2)
+    with pytest.raises(TypeError, match="'bias_k' must have the dtype"):
+        ops.projected_attention(x, x, w, b, w, b.double(), w, b, g, 2)
     with pytest.raises(ValueError, match="'graph' joins \\(6, 6\\) nodes"):
         ops.projected_attention(x[:5], x, w, b, w, b, w, b, g, 2)
     with pytest.raises(TypeError, match="'graph' must be a graphattn EdgeGraph"):

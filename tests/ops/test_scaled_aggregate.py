@@ -174,6 +174,11 @@ def test_bad_input(backend):
         ops.aggregate_scaled(m, coef, g, 3)
     with pytest.raises(ValueError, match="'blocks' must be non-empty"):
         ops.aggregate_scaled(m, coef, g, ((24, 0),))
+    with pytest.raises(TypeError, match="pairs of ints"):  # not cut to 5
+        ops.aggregate_scaled(m, coef, g, ((5.7, 1), (0, 3), (3, 3), (2, 5)))
+    for bad in ("x", ((-1, 1),)):  # heads_to_channels checks blocks the same way
+        with pytest.raises((TypeError, ValueError), match="'blocks' must"):
+            ops.heads_to_channels(torch.randn(E, 2), bad)
     with pytest.raises(ValueError, match=r"'head_coef' must have shape \[E=\d+, H >= 1\]"):
         ops.aggregate_scaled(m, coef, g, BLOCKS, head_coef=torch.randn(E - 1, 2))
     with pytest.raises(ValueError, match=r"'head_coef' must have shape"):

@@ -111,10 +111,30 @@ def test_segment_bad_input(backend):
         )
     with pytest.raises(TypeError, match="'ptr' must be a 1-D int64"):
         ops.segment_sum(torch.randn(3, 2), torch.tensor([0.0, 3.0]))
-    with pytest.raises(ValueError, match="one per edge"):
+    with pytest.raises(ValueError, match="one row per edge"):
         ops.aggregate(torch.randn(2, 1), build_graph(torch.tensor([[0, 1, 2], [0, 0, 1]]), 3))
     with pytest.raises(ValueError, match=r"'scores' must have shape \[E\]"):
         ops.segment_softmax(torch.randn(2, 1), build_graph(torch.tensor([[0, 1, 2], [0, 0, 1]]), 3))
+    g = build_graph(torch.tensor([[0, 1, 2], [0, 0, 1]]), 3)
+    for bad in (torch.tensor(1.0), torch.randn(3, 2, 2)):  # not [E] or [E, F]
+        with pytest.raises(ValueError, match=r"'messages' must have shape \[E=3\]"):
+            ops.aggregate(bad, g)
+    # row pointers that do not tile the rows: the same kind of error on both backends
+    for ptr in (torch.tensor([0, 2, 5]), torch.tensor([1, 3]), torch.tensor([0, 3, 1, 3])):
+        with pytest.raises((ValueError, RuntimeError), match="'ptr"):
+            ops.segment_sum(torch.randn(3, 2), ptr)
+    # a non-contiguous ptr works like its contiguous copy
+    ptr = torch.tensor([0, 9, 1, 9, 3, 9])[::2]
+    torch.testing.assert_close(ops.segment_sum(torch.ones(3, 2), ptr),
+                               torch.tensor([[1.0, 1.0], [2.0, 2.0]]))
+
+
+def test_segment_max_of_a_nan_points_at_the_nan(backend):
+    """A NaN is its segment's max (torch's amax propagates it) and the argmax is its position,
+    inside [0, E), on both backends (the reference path returned E)."""
+    out, arg = ops.segment_max(torch.tensor([[1.0], [float("nan")], [2.0]]),
+                               torch.tensor([0, 3]))
+    assert out.isnan().all() and arg.tolist() == [[1]]
 
 
 @native_only
