@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import geoopt
 import pytest
 import torch
@@ -12,6 +14,7 @@ from graphattn.nn.manifold import (
     PoincareBall,
     RelationalGraph,
     RelationalLayer,
+    atth_query,
     complex_message,
     givens_reflection,
     givens_rotation,
@@ -79,6 +82,43 @@ def test_givens_maps() -> None:
         givens_rotation(torch.ones(3), torch.ones(3))
 
 
+def test_givens_reflection_closed_form() -> None:
+    """A wrong mirror (another symmetric, norm-preserving involution) moves the known points."""
+    th, ph = 0.7, -2.1  # one angle per 2-block; |g| per block is irrelevant (normalised)
+    g = torch.tensor([[3 * math.cos(th), 3 * math.sin(th), 0.5 * math.cos(ph), 0.5 * math.sin(ph)]])
+    e1 = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    e2 = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    # Ref = [[cos, sin], [sin, -cos]]: e1 -> (cos, sin), e2 -> (sin, -cos) in each block
+    torch.testing.assert_close(givens_reflection(g, e1), torch.tensor(
+        [[math.cos(th), math.sin(th), math.cos(ph), math.sin(ph)]]))
+    torch.testing.assert_close(givens_reflection(g, e2), torch.tensor(
+        [[math.sin(th), -math.cos(th), math.sin(ph), -math.cos(ph)]]))
+    # the mirror is the line at angle theta / 2: it is fixed, its normal is negated
+    axis = torch.tensor([[math.cos(th / 2), math.sin(th / 2), math.cos(ph / 2), math.sin(ph / 2)]])
+    normal = torch.tensor([[-math.sin(th / 2), math.cos(th / 2),
+                            -math.sin(ph / 2), math.cos(ph / 2)]])
+    torch.testing.assert_close(givens_reflection(g, axis), axis)
+    torch.testing.assert_close(givens_reflection(g, normal), -normal)
+    # rotation of e2 by theta is (-sin, cos)
+    torch.testing.assert_close(givens_rotation(g, e2), torch.tensor(
+        [[-math.sin(th), math.cos(th), -math.sin(ph), math.cos(ph)]]))
+
+
+def test_atth_query_hand_computed_d2() -> None:
+    """Negated, unscaled or swapped candidate logits give other mixtures than these."""
+    # row 0: Ref_0 (1, 0) = (1, 0), Rot_90 (1, 0) = (0, 1); logits (ln 3, 0) -> beta (3/4, 1/4)
+    # row 1: Ref_60 (0, 2) = (sqrt3, -1), Rot_45 (0, 2) = (-sqrt2, sqrt2); logits (sqrt3, -sqrt2)
+    h = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    rot = torch.tensor([[0.0, 3.0], [1.0, 1.0]])
+    ref = torch.tensor([[2.0, 0.0], [1.0, math.sqrt(3)]])
+    ctx = torch.tensor([[math.sqrt(2) * math.log(3), 0.0], [math.sqrt(2), 0.0]])
+    b1 = 1 / (1 + math.exp(-math.sqrt(2) - math.sqrt(3)))  # softmax weight of the reflection
+    expected = torch.tensor([[0.75, 0.25],
+                             [b1 * math.sqrt(3) - (1 - b1) * math.sqrt(2),
+                              -b1 + (1 - b1) * math.sqrt(2)]])
+    torch.testing.assert_close(atth_query(h, rot, ref, ctx), expected)
+
+
 def test_complex_message_is_complex_product() -> None:
     h, hi, rr, ri = (_points(4, 5, 1.0, s) for s in range(10, 14))
     expected = (torch.complex(h, hi) * torch.complex(rr, ri)).real
@@ -143,19 +183,44 @@ def test_union_of_snapshots_equals_separate_runs() -> None:
     torch.testing.assert_close(layer(torch.cat([h, h])[nodes], cg, rr, ri), both[nodes])
 
 
-def test_fusion_attention_order_invariant_and_single_key() -> None:
+def _ref_fusion(tf: FusionAttention, e0, keys):
+    """TF written out per head: softmax_j(<W_q e0, W_k z^j>_h / sqrt(d_k)) W_v z^j, then
+    W_o, the E_0 residual and the W_2 ReLU(W_1 (u + E_0)) block. Returns (out, w [N, m, H])."""
+    N, m, d = keys.shape
+    H, dk = tf.heads, d // tf.heads
+    q = e0 @ tf.w_q.weight.T
+    k = keys @ tf.w_k.weight.T
+    v = keys @ tf.w_v.weight.T
+    a = torch.zeros(N, d)
+    w = torch.zeros(N, m, H)
+    for n in range(N):
+        for hd in range(H):
+            cols = slice(hd * dk, (hd + 1) * dk)
+            logits = torch.stack([(q[n, cols] * k[n, j, cols]).sum() for j in range(m)])
+            logits = logits / math.sqrt(dk)
+            ex = torch.exp(logits - logits.max())
+            w[n, :, hd] = ex / ex.sum()
+            a[n, cols] = (w[n, :, hd, None] * v[n, :, cols]).sum(0)
+    u = a @ tf.w_o.weight.T + e0
+    hidden = torch.relu((u + e0) @ tf.w_1.weight.T + tf.w_1.bias)
+    return hidden @ tf.w_2.weight.T + tf.w_2.bias, w
+
+
+def test_fusion_attention_matches_explicit_per_head_softmax(backend) -> None:
+    """Uniform, unscaled or mis-headed TF scores give other weights and outputs than these."""
     torch.manual_seed(2)
     tf = FusionAttention(6, heads=2).double()
     e0 = _points(5, 6, 1.0, 40)
-    keys = _points(15, 6, 1.0, 41).view(5, 3, 6)
-    out = tf(e0, keys)
-    torch.testing.assert_close(tf(e0, keys[:, [2, 0, 1]]), out)
-    out1, w = tf(e0, keys[:, :1], return_weights=True)
-    torch.testing.assert_close(w, torch.ones_like(w))
-    # single key: the attention output is W_o W_v z
-    z = keys[:, 0]
-    u = tf.w_o(tf.w_v(z)) + e0
-    torch.testing.assert_close(out1, tf.w_2(torch.relu(tf.w_1(u + e0))))
+    keys = _points(15, 6, 2.0, 41).view(5, 3, 6)
+    out, w = tf(e0, keys, return_weights=True)
+    out_ref, w_ref = _ref_fusion(tf, e0, keys)
+    assert (w_ref - 1 / 3).abs().max() > 0.1  # the check below is not the uniform softmax
+    torch.testing.assert_close(w, w_ref)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(tf(e0, keys[:, [2, 0, 1]]), out)  # no positional encoding
+    out1, w1 = tf(e0, keys[:, :1], return_weights=True)
+    torch.testing.assert_close(w1, torch.ones_like(w1))
+    torch.testing.assert_close(out1, _ref_fusion(tf, e0, keys[:, :1])[0])
 
 
 def _tiny_model(seed=0, words=True):
@@ -186,15 +251,69 @@ def test_encode_shortcut_equals_per_snapshot_reference() -> None:
     torch.testing.assert_close(m.encode(gs[::-1], mods), z_ref)
 
 
-def test_score_gate_at_initialisation_is_the_mean() -> None:
+def _ref_phi(m: DyMRL, emb, s, r):
+    """phi(s, r, o) = -d_c(AttH_r(e_s), exp_0(e_o))^2 + b_s + b_o for all o, from geoopt and
+    the AttH equations (Rot/Ref with the two halves of rel_diag, translation = rel[:, :d])."""
+    d = m.dim
+    ball = geoopt.PoincareBall(c=float(m.ball.c.detach()))
+    y = ball.expmap0(emb)
+    rows = []
+    for si, ri in zip(s.tolist(), r.tolist()):
+        h = emb[si]
+        rot_h, ref_h = torch.empty(d), torch.empty(d)
+        for k in range(0, d, 2):
+            cr, sr = m.rel_diag[ri, k:k + 2] / m.rel_diag[ri, k:k + 2].norm()
+            cf, sf = m.rel_diag[ri, d + k:d + k + 2] / m.rel_diag[ri, d + k:d + k + 2].norm()
+            x0, x1 = h[k], h[k + 1]
+            rot_h[k], rot_h[k + 1] = cr * x0 - sr * x1, sr * x0 + cr * x1  # [[c, -s], [s, c]]
+            ref_h[k], ref_h[k + 1] = cf * x0 + sf * x1, sf * x0 - cf * x1  # [[c, s], [s, -c]]
+        logits = torch.stack([m.context[ri] @ ref_h, m.context[ri] @ rot_h]) / math.sqrt(d)
+        beta = torch.exp(logits) / torch.exp(logits).sum()
+        q = beta[0] * ref_h + beta[1] * rot_h
+        x = ball.projx(ball.mobius_add(ball.expmap0(q), ball.expmap0(m.rel[ri, :d])))
+        rows.append(-ball.dist(x.unsqueeze(0), y).square() + m.bias_s[si] + m.bias_o)
+    return torch.stack(rows)
+
+
+def _decoder_model():
     m, gs, mods = _tiny_model(words=False)
+    with torch.no_grad():  # non-trivial curvature, biases and gates
+        m.ball.ball.isp_c.fill_(math.log(math.expm1(0.6)))
+        m.bias_s.copy_(_points(8, 1, 1.0, 70).squeeze(1))
+        m.bias_o.copy_(_points(8, 1, 1.0, 71).squeeze(1))
+    return m, gs, mods
+
+
+def test_score_gate_at_initialisation_is_the_mean() -> None:
+    """A wrong gate or decoder gives another score than the mean of the two explicit phis."""
+    m, gs, mods = _decoder_model()
     s, r = torch.tensor([0, 3, 5]), torch.tensor([0, 4, 2])
     z = m.encode(gs, mods)
     torch.testing.assert_close(m.gate(s, r), torch.full((3,), 0.5))
-    expected = 0.5 * (m._phi(z, s, r) + m._phi(m.entity, s, r))
+    with torch.no_grad():
+        expected = 0.5 * (_ref_phi(m, z, s, r) + _ref_phi(m, m.entity, s, r))
     torch.testing.assert_close(m.score(z, s, r), expected)
     with pytest.raises(ValueError, match="relation ids"):
         m.score(z, s, torch.tensor([0, 6, 1]))
+
+
+def test_decoder_matches_explicit_geoopt_distance() -> None:
+    """A score that rises with distance, drops a bias or mixes the gates wrongly fails here."""
+    m, _, _ = _decoder_model()
+    assert abs(float(m.ball.c.detach()) - 0.6) < 1e-12
+    s, r = torch.tensor([0, 3, 5, 1, 7]), torch.tensor([0, 4, 2, 1, 5])
+    z, emb = _points(8, 4, 0.4, 72), _points(8, 4, 0.4, 73)
+    with torch.no_grad():
+        m.entity.copy_(emb)
+        m.gate_entity.copy_(_points(8, 1, 2.0, 74).squeeze(1))
+        m.gate_relation.copy_(_points(6, 1, 2.0, 75).squeeze(1))
+        phi_z, phi_e = _ref_phi(m, z, s, r), _ref_phi(m, emb, s, r)
+        w = torch.maximum(1 / (1 + torch.exp(-m.gate_entity[s])),
+                          1 / (1 + torch.exp(-m.gate_relation[r]))).unsqueeze(1)
+        torch.testing.assert_close(m._phi(z, s, r), phi_z)
+        torch.testing.assert_close(m._phi(emb, s, r), phi_e)
+        torch.testing.assert_close(m.score(z, s, r), w * phi_z + (1 - w) * phi_e)
+        assert (w - 0.5).abs().min() > 0.01  # gates away from their initial 1/2
 
 
 def test_euclidean_and_complex_messages_read_a_detached_relation_table() -> None:
@@ -232,5 +351,8 @@ def test_fused_decoder_equals_eager() -> None:
         grads = torch.autograd.grad(sc.square().sum(), wrt)
         out.append((sc, grads))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        ref = 0.5 * (_ref_phi(m, z, s, r) + _ref_phi(m, m.entity, s, r))
+    torch.testing.assert_close(out[1][0], ref, rtol=1e-5, atol=1e-6)
     for a, b in zip(out[1][1], out[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
