@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -30,6 +32,48 @@ def _maxsim(q, d, qm, dm):
             sim = qn[a][qm[a]] @ dn[b][dm[b]].T
             out[a, b] = sim.max(1).values.sum()
     return out
+
+
+def _colbert_att(q, d, qm, dm, qa, da, beta, gamma):
+    """The module-docstring score written as a loop: ``sum_i exp(beta a_qi) max_j (a_dj^gamma
+    E_qi . E_dj)`` over valid tokens, L2-normalised embeddings."""
+    qn, dn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(d, dim=-1)
+    out = torch.zeros(q.shape[0], d.shape[0], dtype=q.dtype)
+    for a in range(q.shape[0]):
+        for b in range(d.shape[0]):
+            total = 0.0
+            for i in range(q.shape[1]):
+                if not qm[a, i]:
+                    continue
+                best = max(float(da[b, j]) ** gamma * float(qn[a, i] @ dn[b, j])
+                           for j in range(d.shape[1]) if dm[b, j])
+                total += math.exp(beta * float(qa[a, i])) * best
+            out[a, b] = total
+    return out
+
+
+def test_scores_equal_the_explicit_loop_with_random_importances():
+    """Dense path, core path and ``max_matches`` equal the per-token loop with random query and
+    document importances (replacing ``a_dj^gamma`` by a per-document constant, or moving it
+    outside the max, changes the scores)."""
+    q, d, qm, dm, qa, da = _data(seed=5)
+    layer = ColBERTAttention(beta=0.9, gamma=0.7)
+    ref = _colbert_att(q, d, qm, dm, qa, da, 0.9, 0.7)
+    torch.testing.assert_close(layer(q, d, qm, dm, qa, da), ref)
+    pairs = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
+                        ).flatten(1)
+    torch.testing.assert_close(layer.score_pairs(q, d, pairs, qm, dm, qa, da), ref.flatten())
+    # per query token: the best importance-weighted match, no query weight
+    mm = layer.max_matches(q, d, qm, dm, da)
+    for a, b, i in ((0, 0, 0), (1, 3, 2), (2, 4, 3), (0, 2, 1)):
+        want = 0.0 if not qm[a, i] else _colbert_att(
+            q[a:a + 1, i:i + 1], d[b:b + 1], qm[a:a + 1, i:i + 1], dm[b:b + 1],
+            torch.zeros(1, 1, dtype=q.dtype), da[b:b + 1], 0.9, 0.7)[0, 0].item()
+        assert abs(mm[a, b, i].item() - want) < 1e-12
+    # the data tell per-token from per-document importances apart (mean over valid tokens)
+    flat = _colbert_att(q, d, qm, dm, qa, (da * dm).sum(1, keepdim=True).expand_as(da)
+                        / dm.sum(1, keepdim=True), 0.9, 0.7)
+    assert (flat - ref).abs().max() > 0.05
 
 
 def test_weights_none_is_maxsim_and_constant_importance_ranks_alike():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,7 @@ from graphattn.nn.tokens import (
     NeuroGameAttention,
     causal_ema,
     causal_ema_loop,
+    neurogame,
 )
 from graphattn.nn.tokens.neurogame import (
     coalition_value,
@@ -28,7 +32,7 @@ from graphattn.nn.tokens.neurogame import (
     mc_shapley,
     mean_field,
 )
-from graphattn.tokens import heavy_hitter, sink_window, token_attention
+from graphattn.tokens import TokenGraph, heavy_hitter, sink_window, token_attention
 
 
 def _plain_causal(layer, x):
@@ -38,6 +42,62 @@ def _plain_causal(layer, x):
                                                                      layer.w_v))
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return layer.w_o(o.transpose(1, 2).reshape(B, T, D))
+
+
+def _mka_reference(layer, x, mask, long_term=None):
+    """Dense MKA-Full / FastMKA from the module docstring, written out (float64): router
+    ``softmax(Linear(act(Linear(q))))``, session memory by an explicit EMA loop, long-term memory
+    repeated along positions, per-head masked softmax. Returns ``(y [B, T, D], lam [B, T, L])``."""
+    B, T, D = x.shape
+    H = layer.heads
+    dh = D // H
+    fast = isinstance(layer, FastMKAttention)
+    wq, wk, wv, wo = (m.weight.detach() for m in (layer.w_q, layer.w_k, layer.w_v, layer.w_o))
+    r1, r2 = layer.router[0], layer.router[2]
+    if fast:  # SiLU
+        def act(t):
+            return t / (1 + torch.exp(-t))
+    else:  # exact GELU
+        def act(t):
+            return 0.5 * t * (1 + torch.erf(t / math.sqrt(2)))
+    y = torch.zeros_like(x)
+    lams = torch.zeros(B, T, layer.levels, dtype=x.dtype)
+    for b in range(B):
+        q = x[b] @ wq.T
+        logits = act(q @ r1.weight.detach().T + r1.bias.detach()) @ r2.weight.detach().T \
+            + r2.bias.detach()
+        lam = torch.exp(logits - logits.max(-1, keepdim=True).values)
+        lam = lam / lam.sum(-1, keepdim=True)
+        lams[b] = lam
+        s, session = torch.zeros(D, dtype=x.dtype), []
+        for j in range(T):  # s_j = beta s_{j-1} + (1 - beta) x_j, s_0 = 0
+            s = layer.beta * s + (1 - layer.beta) * x[b, j]
+            session.append(s)
+        levels = [x[b], torch.stack(session)]
+        if layer.levels == 3:
+            levels.append(torch.stack([long_term[j % long_term.size(0)] for j in range(T)]))
+
+        def attend(src, q=q):
+            k, v = src @ wk.T, src @ wv.T
+            out = torch.zeros(T, D, dtype=x.dtype)
+            for h in range(H):
+                c = slice(h * dh, (h + 1) * dh)
+                score = (q[:, c] @ k[:, c].T / math.sqrt(dh)).masked_fill(~mask, float("-inf"))
+                out[:, c] = torch.softmax(score, -1) @ v[:, c]
+            return out
+
+        if fast:  # fuse per key position with that position's own router weights
+            o = attend(sum(lam[:, li, None] * mem for li, mem in enumerate(levels)))
+        else:  # one attention per level, mixed with the query's router weights
+            o = sum(lam[:, li, None] * attend(mem) for li, mem in enumerate(levels))
+        y[b] = o @ wo.T
+    return y, lams
+
+
+def _sharpen_router(layer, scale=8.0):
+    """Spread the router weights over (0, 1) so that every memory level carries weight."""
+    with torch.no_grad():
+        layer.router[-1].weight.mul_(scale)
 
 
 # ---- MKA / FastMKA ---------------------------------------------------------------------------
@@ -52,6 +112,8 @@ def test_causal_ema_vectorised_equals_loop() -> None:
 
 @pytest.mark.parametrize("cls", [MKAttention, FastMKAttention])
 def test_mka_reduces_to_causal_softmax(cls) -> None:
+    """Limits reduce to causal softmax, and with beta = 0.9 and a spread router the output is
+    the written-out two-level reference (a dropped or wrong session EMA changes it)."""
     torch.manual_seed(0)
     layer = cls(16, heads=4, beta=0.0)  # beta -> 0: session memory = local
     x = torch.randn(2, 9, 16)
@@ -61,22 +123,41 @@ def test_mka_reduces_to_causal_softmax(cls) -> None:
         layer.router[-1].weight.zero_()
         layer.router[-1].bias.copy_(torch.tensor([1e4, -1e4]))
     torch.testing.assert_close(layer(x), _plain_causal(layer, x), atol=1e-5, rtol=1e-5)
+    # beta = 0.9, both levels weighted: sum_l lam_il SDPA(q, W_k L_l, W_v L_l) (or fused)
+    layer = cls(16, heads=4, beta=0.9).double()
+    _sharpen_router(layer)
+    x = x.double()
+    y, lam = layer(x, return_router=True)
+    ref, ref_lam = _mka_reference(layer, x, torch.ones(9, 9, dtype=torch.bool).tril())
+    assert ref_lam.min() < 0.2 and ref_lam.max() > 0.8  # a non-trivial router
+    torch.testing.assert_close(lam, ref_lam)
+    torch.testing.assert_close(y, ref)
+    assert (y - _plain_causal(layer, x)).abs().max() > 1e-2  # the session level matters
 
 
 @pytest.mark.parametrize("cls", [MKAttention, FastMKAttention])
 def test_mka_is_causal_and_router_is_simplex(cls) -> None:
+    """Causal, router rows on the simplex, and equal to the written-out three-level reference
+    (local, session EMA, repeated long-term memory) on the causal and a window graph."""
     torch.manual_seed(1)
-    layer = cls(16, heads=2, long_term=True)
-    x = torch.randn(1, 10, 16)
-    mem = torch.randn(3, 16)
+    layer = cls(16, heads=2, long_term=True).double()
+    _sharpen_router(layer)
+    x = torch.randn(1, 10, 16, dtype=torch.float64)
+    mem = torch.randn(3, 16, dtype=torch.float64)
     y, lam = layer(x, long_term=mem, return_router=True)
-    torch.testing.assert_close(lam.sum(-1), torch.ones(1, 10))
+    torch.testing.assert_close(lam.sum(-1), torch.ones(1, 10, dtype=torch.float64))
     x2 = x.clone()
-    x2[:, 6:] += torch.randn(1, 4, 16)
+    x2[:, 6:] += torch.randn(1, 4, 16, dtype=torch.float64)
     torch.testing.assert_close(layer(x2, long_term=mem)[:, :6], y[:, :6])
-    # any causal token graph: a window through the sparse core
+    i, j = torch.arange(10).unsqueeze(1), torch.arange(10).unsqueeze(0)
+    ref, ref_lam = _mka_reference(layer, x, j <= i, mem)
+    assert ref_lam.min() < 0.1 and ref_lam.max() > 0.6
+    torch.testing.assert_close(lam, ref_lam)
+    torch.testing.assert_close(y, ref)
+    # any causal token graph: a window (i - 3 <= j <= i) through the sparse core
     yw = layer(x, tokens.window(10, 3), long_term=mem)
     assert yw.shape == y.shape and not torch.allclose(yw, y)
+    torch.testing.assert_close(yw, _mka_reference(layer, x, (j <= i) & (j >= i - 3), mem)[0])
 
 
 # ---- IAM -------------------------------------------------------------------------------------
@@ -113,33 +194,66 @@ def test_iam_layers_sum_to_causal_on_the_partition() -> None:
 
 # ---- PC-CrossDiff ----------------------------------------------------------------------------
 
-def test_differential_attention_identities() -> None:
+def _diff_reference(layer, xq, xk, mask):
+    """Dense differential attention from the module docstring, written out (float64): head
+    ``h`` uses Q/K sub-heads ``2h`` and ``2h + 1`` (``d`` channels each) and V head ``h``
+    (``2d`` channels); ``lam = exp(lq1.lk1) - exp(lq2.lk2) + lambda_init``; output
+    ``W_o concat_h (1 - lambda_init) LN((A1 - lam A2) V_h)``, LN without affine, eps 1e-5.
+    Returns ``(y [B, Tq, D], A1 V [B, Tq, H, 2d], A2 V, lam)``."""
+    B, Tq, D = xq.shape
+    H = layer.heads
+    d = D // (2 * H)
+    wq, wk, wv, wo = (m.weight.detach() for m in (layer.w_q, layer.w_k, layer.w_v, layer.w_o))
+    lq1, lk1, lq2, lk2 = (p.detach() for p in (layer.lambda_q1, layer.lambda_k1,
+                                               layer.lambda_q2, layer.lambda_k2))
+    lam = math.exp(float(lq1 @ lk1)) - math.exp(float(lq2 @ lk2)) + layer.lambda_init
+    y = torch.zeros_like(xq)
+    r1 = torch.zeros(B, Tq, H, 2 * d, dtype=xq.dtype)
+    r2 = torch.zeros_like(r1)
+    for b in range(B):
+        q, k, v = xq[b] @ wq.T, xk[b] @ wk.T, xk[b] @ wv.T
+        heads = []
+        for h in range(H):
+            s1, s2 = slice(2 * h * d, (2 * h + 1) * d), slice((2 * h + 1) * d, (2 * h + 2) * d)
+            vh = v[:, 2 * h * d:(2 * h + 2) * d]
+            a1, a2 = (torch.softmax((q[:, s] @ k[:, s].T / math.sqrt(d)).masked_fill(
+                ~mask, float("-inf")), -1) for s in (s1, s2))
+            r1[b, :, h], r2[b, :, h] = a1 @ vh, a2 @ vh
+            o = (a1 - lam * a2) @ vh
+            o = (o - o.mean(-1, keepdim=True)) / torch.sqrt(
+                o.var(-1, unbiased=False, keepdim=True) + 1e-5)
+            heads.append((1 - layer.lambda_init) * o)
+        y[b] = torch.cat(heads, -1) @ wo.T
+    return y, r1, r2, lam
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_differential_attention_identities(causal) -> None:
+    """Forward, both maps and lambda equal the written-out dense reference with the default
+    lambda_init and lambda far from 0 and from lambda_init, on the full and the causal
+    bipartite edges: ``A1 + lam A2``, a dropped ``A2`` or ``(1 - lambda_init)``, a swapped
+    sub-head or a wrong mask all change the output."""
     torch.manual_seed(4)
-    layer = DifferentialAttention(16, heads=2)
-    xq, xk = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
-    tg = tokens.bipartite(5, 7)
-    a1, a2 = layer.maps(xq, xk, tg)
-    # same sub-heads: (A1 - lam A1) V = (1 - lam) A1 V
+    layer = DifferentialAttention(16, heads=2, causal=causal).double()
     with torch.no_grad():
-        layer.lambda_q1.copy_(layer.lambda_q2)
-        layer.lambda_k1.copy_(layer.lambda_k2)
-    assert abs(layer.lam().item() - layer.lambda_init) < 1e-7
-    # lambda = 0 (init 0, equal exponentials): plain softmax cross-attention before the LN
-    plain = DifferentialAttention(16, heads=2, lambda_init=0.0)
-    with torch.no_grad():
-        plain.lambda_q1.copy_(plain.lambda_q2)
-        plain.lambda_k1.copy_(plain.lambda_k2)
-    a1p, _ = plain.maps(xq, xk, tg)
-    out = plain(xq, xk)
-    torch.testing.assert_close(out, plain.w_o(F.layer_norm(a1p, (a1p.size(-1),)).flatten(-2)))
-    # row sums of the differential map are 1 - lambda: apply it to constant values
-    ones = torch.ones(2, 7, 2, 16)
-    lam = layer.lam().item()
-    q = layer.w_q(xq).view(2, 5, 2, 2, 4)
-    k = layer.w_k(xk).view(2, 7, 2, 2, 4)
-    r1 = token_attention(q[..., 0, :], k[..., 0, :], ones, tg)
-    r2 = token_attention(q[..., 1, :], k[..., 1, :], ones, tg)
-    torch.testing.assert_close(r1 - lam * r2, torch.full_like(r1, 1 - lam))
+        for p in (layer.lambda_q1, layer.lambda_k1, layer.lambda_q2, layer.lambda_k2):
+            p.normal_(0.0, 0.3)
+    Tq, Tk = (6, 6) if causal else (5, 7)  # causal: query i reads keys j <= i
+    xq = torch.randn(2, Tq, 16, dtype=torch.float64)
+    xk = torch.randn(2, Tk, 16, dtype=torch.float64)
+    mask = (torch.arange(Tk).unsqueeze(0) <= torch.arange(Tq).unsqueeze(1)) if causal \
+        else torch.ones(Tq, Tk, dtype=torch.bool)
+    y, r1, r2, lam = _diff_reference(layer, xq, xk, mask)
+    assert abs(lam) > 0.2 and abs(lam - layer.lambda_init) > 0.1
+    assert abs(layer.lam().item() - lam) < 1e-12
+    torch.testing.assert_close(layer(xq, xk), y)
+    a1, a2 = layer.maps(xq, xk, tokens.bipartite(Tq, Tk, causal))
+    torch.testing.assert_close(a1, r1)
+    torch.testing.assert_close(a2, r2)
+    # the self edge set (x_kv omitted) is the same operator on (x, x)
+    torch.testing.assert_close(layer(xk), _diff_reference(layer, xk, xk, (
+        torch.arange(Tk).unsqueeze(0) <= torch.arange(Tk).unsqueeze(1)) if causal
+        else torch.ones(Tk, Tk, dtype=torch.bool))[0])
 
 
 def test_differential_full_vs_causal_bipartite() -> None:
@@ -191,31 +305,60 @@ def _game(n=6, seed=8):
     return v, (lambda masks: coalition_value(v, masks))
 
 
+def _exact_sample_distributions(value, n):
+    """By enumeration, the exact single-sample distributions of the three estimators: marginal
+    gains over all ``n!`` orders (Shapley, ``[n!, n]``), over all subsets of the others
+    (Banzhaf, ``n x [2^(n-1)]``) and the pair (0, 1)'s second difference over all subsets of
+    the rest (interaction, ``[2^(n-2)]``)."""
+    perms = list(itertools.permutations(range(n)))
+    before = torch.zeros(len(perms), n, n, dtype=torch.float64)  # [order, player, member]
+    for o, perm in enumerate(perms):
+        for t, i in enumerate(perm):
+            before[o, i, list(perm[:t])] = 1
+    with_i = torch.maximum(before, torch.eye(n, dtype=torch.float64))
+    shapley = (value(with_i.reshape(-1, n)) - value(before.reshape(-1, n))).view(-1, n)
+    subsets = torch.tensor(list(itertools.product((0.0, 1.0), repeat=n)), dtype=torch.float64)
+    banzhaf = []
+    for i in range(n):
+        without = subsets[subsets[:, i] == 0]
+        plus = without.clone()
+        plus[:, i] = 1
+        banzhaf.append(value(plus) - value(without))
+    rest = subsets[(subsets[:, 0] == 0) & (subsets[:, 1] == 0)]
+
+    def pair(a, b):
+        m = rest.clone()
+        m[:, 0], m[:, 1] = a, b
+        return value(m)
+
+    return shapley, banzhaf, pair(1, 1) - pair(1, 0) - pair(0, 1) + pair(0, 0)
+
+
 def test_mc_estimators_are_unbiased_against_exact_values() -> None:
+    """Seeded MC estimates lie within 5 standard errors (exact per-sample spread / sqrt(K), by
+    enumeration) of the enumerated values; a biased coalition distribution (inclusion 0.6, or
+    uniform coalitions for Shapley) is off by many standard errors."""
     n = 6
     v, value = _game(n)
     g = torch.Generator().manual_seed(0)
-    phi, ban = exact_shapley(value, n), exact_banzhaf(value, n)
-    assert abs(phi.sum().item() - value(torch.ones(1, n, dtype=torch.float64)).item()) < 1e-9
-    K = 4000
+    shap_s, ban_s, int_s = _exact_sample_distributions(value, n)
+    phi, phi_sd = shap_s.mean(0), shap_s.std(0, unbiased=False)
+    ban = torch.stack([b.mean() for b in ban_s])
+    ban_sd = torch.stack([b.std(unbiased=False) for b in ban_s])
+    inter, inter_sd = int_s.mean(), int_s.std(unbiased=False)
+    assert abs(phi.sum().item() - torch.linalg.vector_norm(v.sum(0)).item()) < 1e-9  # efficiency
+    torch.testing.assert_close(exact_shapley(value, n), phi)
+    torch.testing.assert_close(exact_banzhaf(value, n), ban)
+    K = 8000
     est_phi = mc_shapley(value, n, K, g)
     est_ban = mc_banzhaf(value, n, K, g)
-    scale = v.norm(dim=1).max().item()  # a bound on one marginal gain
-    tol = 4 * scale / K**0.5
-    assert (est_phi - phi).abs().max() < tol and (est_ban - ban).abs().max() < tol
-    # interaction index of the pair (0, 1) by enumeration
-    masks = torch.tensor([[a, b, c, d] for a in (0, 1) for b in (0, 1) for c in (0, 1)
-                          for d in (0, 1)], dtype=torch.float64)
-
-    def with_pair(bits_i, bits_j):
-        m = torch.zeros(16, n, dtype=torch.float64)
-        m[:, 2:] = masks
-        m[:, 0], m[:, 1] = bits_i, bits_j
-        return value(m)
-
-    exact_j = (with_pair(1, 1) - with_pair(1, 0) - with_pair(0, 1) + with_pair(0, 0)).mean()
     est_j = mc_interaction(value, n, torch.tensor([[0], [1]]), K, g)
-    assert abs(est_j.item() - exact_j.item()) < 2 * tol
+    se_phi, se_ban, se_j = phi_sd / K**0.5, ban_sd / K**0.5, inter_sd / K**0.5
+    assert ((est_phi - phi).abs() < 5 * se_phi + 1e-12).all(), (est_phi - phi) / se_phi
+    assert ((est_ban - ban).abs() < 5 * se_ban + 1e-12).all(), (est_ban - ban) / se_ban
+    assert abs(est_j.item() - inter.item()) < 5 * se_j.item(), (est_j - inter) / se_j
+    # the tolerances are tight: Shapley != Banzhaf here by far more than 5 SE
+    assert ((phi - ban).abs() / se_phi).max() > 20
 
 
 def test_mean_field_properties_and_exact_gibbs() -> None:
@@ -246,7 +389,91 @@ def test_mean_field_properties_and_exact_gibbs() -> None:
     assert (m - exact).abs().max() < 2e-3
 
 
-def test_neurogame_layer_shapes_gradients_and_relabelled_values() -> None:
+def _enum_mask(n, members):
+    m = torch.zeros(n, dtype=torch.float64)
+    m[list(members)] = 1
+    return m
+
+
+def _subsets_of_others(n, exclude):
+    others = [k for k in range(n) if k not in exclude]
+    return [S for r in range(len(others) + 1) for S in itertools.combinations(others, r)]
+
+
+def _enum_shapley(value, n, samples, generator=None, dtype=torch.float64):
+    """Stand-in for ``mc_shapley``: exact, by the subset-weighted formula."""
+    out = torch.zeros(n, dtype=dtype)
+    for i in range(n):
+        for S in _subsets_of_others(n, (i,)):
+            w = math.factorial(len(S)) * math.factorial(n - len(S) - 1) / math.factorial(n)
+            vals = value(torch.stack([_enum_mask(n, S + (i,)), _enum_mask(n, S)]).to(dtype))
+            out[i] += w * (vals[0] - vals[1])
+    return out
+
+
+def _enum_banzhaf(value, n, samples, generator=None, dtype=torch.float64):
+    """Stand-in for ``mc_banzhaf``: exact, mean over all coalitions of the others."""
+    out = torch.zeros(n, dtype=dtype)
+    for i in range(n):
+        subs = _subsets_of_others(n, (i,))
+        plus = value(torch.stack([_enum_mask(n, S + (i,)) for S in subs]).to(dtype))
+        out[i] = (plus - value(torch.stack([_enum_mask(n, S) for S in subs]).to(dtype))).mean()
+    return out
+
+
+def _enum_interaction(value, n, edges, samples, generator=None, dtype=torch.float64):
+    """Stand-in for ``mc_interaction``: exact, mean over all coalitions of the rest."""
+    out = torch.zeros(edges.size(1), dtype=dtype)
+    for e, (i, j) in enumerate(edges.T.tolist()):
+        subs = _subsets_of_others(n, (i, j))
+        v11, v10, v01, v00 = (value(torch.stack([_enum_mask(n, S + extra) for S in subs])
+                                    .to(dtype)) for extra in ((i, j), (i,), (j,), ()))
+        out[e] = (v11 - v10 - v01 + v00).mean()
+    return out
+
+
+def _neurogame_reference(layer, x, edge_index):
+    """NeuroGame pooling from the module docstring, written out: ``v(C) = ReLU(c |sum_C W_v
+    x|)``, Shapley over all orders, Banzhaf over all coalitions, ``h = a phi + (1 - a) beta``,
+    ``J_ij`` the enumerated interaction index on each edge ``j -> i`` (``i != j``), dense damped
+    mean field with the layer's stopping rule, ``p ~ (1 + m) / 2``, ``y = p @ W_v x``.
+    Returns ``(h, J [N, N], m, y)``."""
+    n = x.size(0)
+    v = x @ layer.w_v.weight.detach().T
+
+    def val(members):
+        s = v[list(members)].sum(0) if members else torch.zeros(v.size(1), dtype=v.dtype)
+        return max(layer.c * torch.linalg.vector_norm(s).item(), 0.0)
+
+    orders = list(itertools.permutations(range(n)))
+    phi = torch.zeros(n, dtype=torch.float64)
+    for order in orders:
+        for t, i in enumerate(order):
+            phi[i] += (val(order[:t + 1]) - val(order[:t])) / len(orders)
+    ban = torch.tensor([sum(val(S + (i,)) - val(S) for S in _subsets_of_others(n, (i,)))
+                        / 2 ** (n - 1) for i in range(n)], dtype=torch.float64)
+    a = 1 / (1 + math.exp(-layer.gate.item()))
+    h = a * phi + (1 - a) * ban
+    J = torch.zeros(n, n, dtype=torch.float64)
+    for j, i in edge_index.T.tolist():
+        if i != j:
+            J[i, j] = sum(val(S + (i, j)) - val(S + (i,)) - val(S + (j,)) + val(S)
+                          for S in _subsets_of_others(n, (i, j))) / 2 ** (n - 2)
+    m = torch.zeros(n, dtype=torch.float64)
+    for _ in range(layer.iters):
+        new = (1 - layer.damping) * m + layer.damping * torch.tanh((h + J @ m) / layer.gamma)
+        res = (new - m).abs().max().item()
+        m = new
+        if res < layer.tol:
+            break
+    p = (1 + m) / 2
+    return h, J, m, (p / p.sum()) @ v
+
+
+def test_neurogame_layer_shapes_gradients_and_relabelled_values(monkeypatch) -> None:
+    """With the MC estimators replaced by exact enumeration the layer's field, couplings,
+    marginals and pooled output equal the written-out reference and are equivariant under
+    relabelling tokens and graph (a negated J or the read-out ``(1 - m) / 2`` fails)."""
     torch.manual_seed(10)
     layer = NeuroGameAttention(8, samples=8).double()
     x = torch.randn(7, 8, dtype=torch.float64)
@@ -255,10 +482,40 @@ def test_neurogame_layer_shapes_gradients_and_relabelled_values() -> None:
     assert y.shape == (8,) and m.shape == (7,) and m.abs().max() <= 1
     y.sum().backward()
     assert layer.w_v.weight.grad.abs().sum() > 0
-    # relabelling tokens: the pooled output is unchanged with exact (enumerated) values
-    perm = torch.randperm(7)
-    v = layer.w_v(x).detach()
-    vp = v[perm]
-    phi = exact_shapley(lambda masks: coalition_value(v, masks), 7)
-    phip = exact_shapley(lambda masks: coalition_value(vp, masks), 7)
-    torch.testing.assert_close(phip, phi[perm])
+    # exact estimators; spy on the mean-field call for h and J
+    monkeypatch.setattr(neurogame, "mc_shapley", _enum_shapley)
+    monkeypatch.setattr(neurogame, "mc_banzhaf", _enum_banzhaf)
+    monkeypatch.setattr(neurogame, "mc_interaction", _enum_interaction)
+    seen = []
+
+    def spy(h, edges, weights, *args):
+        seen.append((h.detach(), edges, weights.detach()))
+        return mean_field(h, edges, weights, *args)
+
+    monkeypatch.setattr(neurogame, "mean_field", spy)
+    n = 5
+    layer = NeuroGameAttention(4, value_scale=0.125).double()  # gamma 0.25: m in (-1, 1)
+    with torch.no_grad():
+        layer.gate.fill_(0.8)  # a = 0.69: phi and beta enter with different weights
+    x = torch.randn(n, 4, dtype=torch.float64)
+    pairs = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 3), (1, 4)]  # symmetric, plus two self-loops
+    ei = torch.tensor([[a for a, _ in pairs] + [b for _, b in pairs] + [0, 2],
+                       [b for _, b in pairs] + [a for a, _ in pairs] + [0, 2]])
+    y, m = layer(x, TokenGraph(ei, n, n))
+    h_ref, J_ref, m_ref, y_ref = _neurogame_reference(layer, x, ei)
+    h, edges, w = seen[-1]
+    J = torch.zeros(n, n, dtype=torch.float64)
+    J[edges[1], edges[0]] = w
+    assert (edges[0] != edges[1]).all() and edges.size(1) == 2 * len(pairs)
+    torch.testing.assert_close(h, h_ref)
+    torch.testing.assert_close(J, J_ref)
+    assert torch.equal(J, J.T) and (J_ref.abs() > 0.01).sum() >= 8  # couplings matter
+    torch.testing.assert_close(m, m_ref)
+    assert 0.05 < m.abs().max() < 0.95
+    torch.testing.assert_close(y, y_ref)
+    # relabelling tokens and graph: m is permuted, the pooled output is unchanged
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    inv = torch.argsort(perm)
+    yp, mp = layer(x[perm], TokenGraph(inv[ei], n, n))
+    torch.testing.assert_close(mp, m[perm])
+    torch.testing.assert_close(yp, y)
