@@ -9,8 +9,8 @@ code, ``../shared/papers/GRAPH_PAPERS.md`` section 4.2):
   i\hat{\mathbf{h}}_s) \odot (\mathbf{r}_{re} + i\mathbf{r}_{im})\big) = \mathbf{h}_s \odot
   \mathbf{r}_{re} - \hat{\mathbf{h}}_s \odot \mathbf{r}_{im}`.
 * Hyperbolic (AttH): with Givens rotation/reflection candidates,
-  :math:`\beta = \mathrm{softmax}\big(\langle\mathbf{a}_r, \mathrm{Ref}_r\mathbf{h}_s\rangle,
-  \langle\mathbf{a}_r, \mathrm{Rot}_r\mathbf{h}_s\rangle\big)/\sqrt{d}`,
+  :math:`\beta = \mathrm{softmax}\big(\langle\mathbf{a}_r, \mathrm{Ref}_r\mathbf{h}_s\rangle
+  / \sqrt{d},\ \langle\mathbf{a}_r, \mathrm{Rot}_r\mathbf{h}_s\rangle / \sqrt{d}\big)`,
   :math:`\mathbf{q} = \beta_1\mathrm{Ref}_r\mathbf{h}_s + \beta_2\mathrm{Rot}_r\mathbf{h}_s`, and
   :math:`\mathbf{m} = \log_0^c\big(\mathrm{proj}(\exp_0^c(\mathbf{q}) \oplus_c
   \exp_0^c(\mathbf{t}_r))\big)`.
