@@ -24,8 +24,11 @@ LN without affine parameters over each head's ``2d`` channels, heads concatenate
 :math:`\sim\mathcal{N}(0, 0.1)`. Both softmaxes and sums run in
 :func:`graphattn.ops.edge_attention` (or the dense path), so any token graph works: self
 patterns, the full bipartite graph (:func:`graphattn.tokens.bipartite`, the default, the
-paper's intent) or the causal-bipartite one (``causal=True``: what the released code does
-when no mask is passed).
+paper's intent) or the causal-bipartite one (``causal=True``). With as many queries as keys
+the latter is the released code's default mask (query ``i`` reads keys ``j <= i``, used when
+no mask is passed); with ``Tq != Tk`` the released code keeps that index-aligned mask, while
+:func:`~graphattn.tokens.bipartite` aligns the prefixes in proportion (query ``i`` reads the
+first ``floor((i + 1) Tk / Tq)`` keys): pass ``TokenGraph`` edges of your own for the other.
 
 Shapes:
     - **input:** ``x_q [B, Tq, D]``, ``x_kv [B, Tk, D]``
