@@ -37,9 +37,20 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
     Returns:
         ``[Tq, H, Dv]`` (or ``[B, Tq, H, Dv]``).
     """
-    if q.dim() == 4:
-        if k.dim() != 4 or v.dim() != 4 or not q.size(0) == k.size(0) == v.size(0):
-            raise ValueError("batched q, k, v must all be [B, T, H, D] with the same B")
+    batched = isinstance(q, Tensor) and q.dim() == 4
+    rank, form = (4, "[B, T, H, D]") if batched else (3, "[T, H, D]")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.dim() != rank:
+            raise ValueError(f"'{name}' must be a {form} tensor (as 'q'), got "
+                             f"{tuple(getattr(t, 'shape', ()))}")
+    if batched and not q.size(0) == k.size(0) == v.size(0):
+        raise ValueError(f"batched q, k, v must have the same B, got {q.size(0)}, {k.size(0)}, "
+                         f"{v.size(0)}")
+    t = 1 if batched else 0  # the token dimension
+    if q.size(t) != tg.num_queries or k.size(t) != tg.num_keys or v.size(t) != tg.num_keys:
+        raise ValueError(f"token graph has {tg.num_queries} queries and {tg.num_keys} keys; got "
+                         f"q {q.size(t)}, k {k.size(t)}, v {v.size(t)} tokens")
+    if batched:
         use_dense = tg.is_dense if dense is None else dense
         if use_dense and bias is None:
             return _dense(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tg,
@@ -50,13 +61,6 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
         out = token_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), big, scale,
                               eb, dense=False)
         return out.view(B, tg.num_queries, *out.shape[1:])
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor) or t.dim() != 3:
-            raise ValueError(f"'{name}' must be a [T, H, D] tensor, got "
-                             f"{tuple(getattr(t, 'shape', ()))}")
-    if q.size(0) != tg.num_queries or k.size(0) != tg.num_keys or v.size(0) != tg.num_keys:
-        raise ValueError(f"token graph has {tg.num_queries} queries and {tg.num_keys} keys; got "
-                         f"q {q.size(0)}, k {k.size(0)}, v {v.size(0)} tokens")
     use_dense = tg.is_dense if dense is None else dense
     if use_dense and bias is not None:
         raise ValueError("the dense path takes no per-edge bias; pass dense=False")

@@ -129,6 +129,15 @@ def test_bad_inputs() -> None:
                         tokens.full(4))
     with pytest.raises(ValueError, match="w must be"):
         tokens.window(4, -1)
+    # batched sequences are checked against the graph too, on the dense kinds as well (SDPA
+    # would run any length with a causal or full pattern, and broadcast a [Tq, 1] mask)
+    q = torch.randn(2, 8, 2, 4)
+    for tg, k in ((tokens.causal(5), q), (tokens.full(5), q),
+                  (tokens.bipartite(8, 1, True), q[:, :4])):
+        with pytest.raises(ValueError, match="token graph has"):
+            token_attention(q, k, k, tg)
+    with pytest.raises(ValueError, match=r"'k' must be a \[B, T, H, D\]"):
+        token_attention(q, q[0], q[0], tokens.full(8))
 
 
 def test_rope_is_relative_and_leaves_prefix_alone() -> None:
