@@ -173,3 +173,24 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="pairs"):
         layer.score_pairs(q, d, torch.tensor([[0], [7]]))
     assert "beta=1.0" in repr(layer)
+
+
+def test_padded_documents_give_finite_gradients_through_their_importances():
+    """Importances from attention_importance are 0 on padding; with gamma in (0, 1) the weight
+    a^gamma there must carry a zero gradient (its derivative is infinite at 0, which made every
+    gradient NaN), on the dense path and through score_pairs; the values are unchanged."""
+    q, d, qm, dm, _, _ = _data(seed=2)
+    A = torch.rand(d.shape[0], 2, d.shape[1], d.shape[1], dtype=d.dtype).requires_grad_()
+    layer = ColBERTAttention(beta=0.5, gamma=0.5)
+    imp = attention_importance(A, dm)
+    assert (imp[~dm] == 0).all() and (~dm).any()
+    pairs = torch.tensor([[0, 1, 2], [4, 0, 3]])
+    for score in (lambda: layer(q, d, qm, dm, None, attention_importance(A, dm)).sum(),
+                  lambda: layer.score_pairs(q, d, pairs, qm, dm, None,
+                                            attention_importance(A, dm)).sum()):
+        A.grad = None
+        score().backward(inputs=[A])
+        assert torch.isfinite(A.grad).all() and A.grad.abs().sum() > 0
+    w = layer.weights(None, torch.tensor([0.0, 0.25, -1.0]))[1]
+    torch.testing.assert_close(w, torch.tensor([0.0, 0.5, 0.0]))
+    assert ColBERTAttention(gamma=0.0).weights(None, torch.zeros(2))[1].tolist() == [1.0, 1.0]

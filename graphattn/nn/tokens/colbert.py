@@ -26,6 +26,8 @@ Document embeddings and weights do not depend on the query and are precomputed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,9 +104,18 @@ class ColBERTAttention(nn.Module):
 
     def weights(self, q_importance: Tensor | None, d_importance: Tensor | None
                 ) -> tuple[Tensor | None, Tensor | None]:
-        """Query weights :math:`e^{\\beta a}` and document weights :math:`a^{\\gamma}`."""
+        """Query weights :math:`e^{\\beta a}` and document weights :math:`a^{\\gamma}`
+        (negative importances count as 0). At :math:`a = 0` the weight is :math:`0^\\gamma`
+        with a zero gradient: for :math:`0 < \\gamma < 1` the derivative
+        :math:`\\gamma a^{\\gamma - 1}` is infinite there, and padded tokens (importance 0 from
+        :func:`attention_importance`) would turn every gradient into NaN."""
         u = None if q_importance is None else torch.exp(self.beta * q_importance)
-        w = None if d_importance is None else d_importance.clamp_min(0).pow(self.gamma)
+        w = None
+        if d_importance is not None:
+            a = d_importance.clamp_min(0)
+            pos = a > 0
+            zero = a.new_tensor(0.0 ** self.gamma if self.gamma >= 0 else math.inf)
+            w = torch.where(pos, a.masked_fill(~pos, 1.0).pow(self.gamma), zero)
         return u, w
 
     def _prep(self, q, d, q_mask, d_mask, q_importance, d_importance):
