@@ -107,6 +107,19 @@ def test_bad_sh_irreps_raise():
         DepthwiseTensorProduct("4x0e+2x1o", "2x0e+1x1o", "4x0e+2x1o")
 
 
+def test_tensor_product_inputs_of_other_widths_raise_on_both_backends(backend):
+    """Extra columns of x or y (the kernel read past them silently) and one weight row for
+    all edges (the torch path broadcast it) are refused the same way on both paths."""
+    tp = DepthwiseTensorProduct("4x0e+2x1o", "1x0e+1x1o", "4x0e+2x1o")
+    E = 5
+    x, y, w = torch.randn(E, 10), torch.randn(E, 4), torch.randn(E, tp.weight_numel)
+    assert tp(x, y, w).shape == (E, tp.dim_out)
+    for args, name in (((torch.randn(E, 11), y, w), "x"), ((x, torch.randn(E, 5), w), "y"),
+                       ((x, y, w[:1]), "weight"), ((x, y[:4], w), "y")):
+        with pytest.raises(ValueError, match=rf"'{name}' must have shape \[E=5, "):
+            tp(*args)
+
+
 native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._C not built")
 
 

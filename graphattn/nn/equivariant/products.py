@@ -171,6 +171,7 @@ class DepthwiseTensorProduct(nn.Module):
     def forward(self, x: Tensor, y: Tensor, weight: Tensor, prescaled: bool = False) -> Tensor:
         """``prescaled``: ``weight`` already carries the path constants (``path_const``, one
         per weight column; e.g. folded into the radial network's last layer)."""
+        self._check(x, y, weight)
         # one pass per edge (csrc/cpu/tensor_product.cpp), same function; its derivatives
         # of every order are the kernels' too (conservative forces -dE/dr trained on: the
         # harmonics carry a gradient and the backward runs under create_graph)
@@ -181,6 +182,16 @@ class DepthwiseTensorProduct(nn.Module):
             return _native.call("depthwise_tp", x, y, w, self.coupling, self.meta,
                                 self.dim_out)
         return self.forward_torch(x, y, weight, prescaled)
+
+    def _check(self, x: Tensor, y: Tensor, weight: Tensor) -> None:
+        """``x [E, dim in]``, ``y [E, dim sh]``, ``weight [E, weight_numel]``: the same rows, the
+        exact widths (no broadcast weight row, no extra columns), on both paths."""
+        E = x.shape[0] if isinstance(x, Tensor) and x.dim() == 2 else "E"
+        for t, name, width in ((x, "x", sum(self.in_sizes)), (y, "y", sum(self.sh_sizes)),
+                               (weight, "weight", sum(self.w_sizes))):
+            if not isinstance(t, Tensor) or t.dim() != 2 or tuple(t.shape) != (E, width):
+                got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"'{name}' must have shape [E={E}, {width}], got {got}")
 
     def forward_torch(self, x: Tensor, y: Tensor, weight: Tensor,
                       prescaled: bool = False) -> Tensor:
