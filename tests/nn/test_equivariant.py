@@ -276,6 +276,8 @@ def test_charge_embedding_and_bad_inputs():
     assert not torch.allclose(e0, e1)
     with pytest.raises(ValueError, match="charge"):
         model(z, pos, edge_index=ei, charge=torch.tensor([9]))
+    with pytest.raises(TypeError, match="'charge' must be an integer"):  # not cut to 0
+        model(z, pos, edge_index=ei, charge=torch.tensor([0.7]))
     with pytest.raises(TypeError, match="'z'"):
         model(z.double(), pos)
     with pytest.raises(ValueError, match="'pos'"):

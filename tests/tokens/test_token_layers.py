@@ -519,3 +519,28 @@ def test_neurogame_layer_shapes_gradients_and_relabelled_values(monkeypatch) -> 
     yp, mp = layer(x[perm], TokenGraph(inv[ei], n, n))
     torch.testing.assert_close(mp, m[perm])
     torch.testing.assert_close(yp, y)
+
+
+def test_token_layers_refuse_inputs_of_another_shape_or_dtype() -> None:
+    """Tokens of another width, rank or dtype, a long-term memory of another shape and an empty
+    NeuroGame input raise errors naming the argument (before: torch's matmul, unpack, stack or
+    reshape messages)."""
+    x = torch.randn(2, 8, 16)
+    cases = [
+        (lambda: DifferentialAttention(16, heads=2)(torch.randn(2, 8, 12)), ValueError, "'x_q'"),
+        (lambda: DifferentialAttention(16, heads=2)(x, x.double()), TypeError, "'x_kv'"),
+        (lambda: ItemAwareAttention(16)(x[0], torch.zeros(8, dtype=torch.long)), ValueError,
+         r"'x' must be a floating \[B, T, D\]"),
+        (lambda: MKAttention(16)(x.double()), TypeError, "'x' must have the layer's dtype"),
+        (lambda: MKAttention(16, long_term=True)(x, long_term=torch.randn(16)), ValueError,
+         r"'long_term' must be a floating \[M, D\]"),
+        (lambda: FastMKAttention(16, long_term=True)(x, long_term=torch.randn(3, 4, 16)),
+         ValueError, "'long_term' must have B=2"),
+        (lambda: NeuroGameAttention(8)(torch.randn(0, 8), tokens.full(0)), ValueError,
+         "at least one token"),
+        (lambda: NeuroGameAttention(8)(torch.randn(5, 6), tokens.full(5)), ValueError,
+         r"'x' must be a floating \[N, D\] tensor with D=8"),
+    ]
+    for call, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call()

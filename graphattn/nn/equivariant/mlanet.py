@@ -310,6 +310,9 @@ class MLANet(nn.Module):
             q = torch.zeros(B, dtype=torch.long, device=z.device) if charge is None else charge
             if q.shape != (B,):
                 raise ValueError(f"'charge' must have shape [B={B}], got {list(q.shape)}")
+            if q.is_floating_point() or q.is_complex():
+                raise TypeError(f"'charge' must be an integer tensor (total charges), got "
+                                f"{q.dtype}")
             if bool(((q < -self.max_charge) | (q > self.max_charge)).any()):
                 raise ValueError(f"'charge' must lie in [-{self.max_charge}, {self.max_charge}]")
             s = s + self.charge_embed(q.long() + self.max_charge)[batch]

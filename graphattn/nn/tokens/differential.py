@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...tokens import TokenGraph, bipartite, token_attention
+from ._checks import check_tokens
 
 
 class DifferentialAttention(nn.Module):
@@ -87,7 +88,10 @@ class DifferentialAttention(nn.Module):
     def forward(self, x_q: Tensor, x_kv: Tensor | None = None, tg: TokenGraph | None = None
                 ) -> Tensor:
         x_kv = x_q if x_kv is None else x_kv
-        if x_q.dim() != 3 or x_kv.dim() != 3 or x_q.size(0) != x_kv.size(0):
+        D, dtype = self.w_q.in_features, self.w_q.weight.dtype
+        check_tokens(x_q, "x_q", D, dtype)
+        check_tokens(x_kv, "x_kv", D, dtype)
+        if x_q.size(0) != x_kv.size(0):
             raise ValueError(f"x_q and x_kv must be [B, T, D] with the same B, got "
                              f"{tuple(x_q.shape)} and {tuple(x_kv.shape)}")
         tg = tg if tg is not None else bipartite(x_q.size(1), x_kv.size(1), self.causal)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ...tokens import TokenGraph, causal, grouped, token_attention
+from ._checks import check_tokens
 
 MODES = ("intra", "inter", "causal")
 
@@ -57,6 +58,7 @@ class ItemAwareAttention(nn.Module):
         return intra if self.mode == "intra" else inter
 
     def forward(self, x: Tensor, item_ids: Tensor) -> Tensor:
+        check_tokens(x, "x", self.qkv.in_features, self.qkv.weight.dtype)
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).unbind(2)
         if item_ids.dim() == 1:

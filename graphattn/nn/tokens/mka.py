@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ...tokens import TokenGraph, causal, token_attention
+from ._checks import check_tokens
 
 
 def causal_ema(x: Tensor, beta: float, chunk: int = 64) -> Tensor:
@@ -94,17 +95,20 @@ class _MKABase(nn.Module):
 
     def memories(self, x: Tensor, long_term: Tensor | None) -> list[Tensor]:
         """``[L1, L2(, L3)]``, each ``[B, T, D]``."""
-        if x.dim() != 3 or x.size(-1) != self.dim:
-            raise ValueError(f"x must be [B, T, {self.dim}], got {tuple(x.shape)}")
+        check_tokens(x, "x", self.dim, self.w_q.weight.dtype)
         mem = [x, causal_ema(x, self.beta)]
         if self.levels == 3:
             B, T, D = x.shape
             if long_term is None:
                 lt = x.new_zeros(B, T, D)
             else:
-                lt = long_term if long_term.dim() == 3 else long_term.expand(B, -1, -1)
-                if lt.size(-1) != D:
-                    raise ValueError(f"long_term must have {D} channels, got {lt.size(-1)}")
+                rank3 = isinstance(long_term, Tensor) and long_term.dim() == 3
+                check_tokens(long_term, "long_term", D, x.dtype,
+                             "[B, M, D]" if rank3 else "[M, D]")
+                if rank3 and long_term.size(0) != B:
+                    raise ValueError(f"'long_term' must have B={B} rows of memories (or be "
+                                     f"[M, D], shared), got {list(long_term.shape)}")
+                lt = long_term if rank3 else long_term.expand(B, -1, -1)
                 reps = -(-T // max(lt.size(1), 1))
                 lt = lt.repeat(1, reps, 1)[:, :T] if lt.size(1) else x.new_zeros(B, T, D)
             mem.append(lt)
@@ -134,6 +138,7 @@ class MKAttention(_MKABase):
 
     def forward(self, x: Tensor, tg: TokenGraph | None = None, long_term: Tensor | None = None,
                 return_router: bool = False):
+        check_tokens(x, "x", self.dim, self.w_q.weight.dtype)
         tg = tg if tg is not None else causal(x.size(1))
         q = self.w_q(x)
         lam = self.route(q)
@@ -155,6 +160,7 @@ class FastMKAttention(_MKABase):
 
     def forward(self, x: Tensor, tg: TokenGraph | None = None, long_term: Tensor | None = None,
                 return_router: bool = False):
+        check_tokens(x, "x", self.dim, self.w_q.weight.dtype)
         tg = tg if tg is not None else causal(x.size(1))
         q = self.w_q(x)
         lam = self.route(q)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...tokens import TokenGraph
+from ._checks import check_tokens
 
 
 def coalition_value(v: Tensor, masks: Tensor, c: float | Tensor = 1.0) -> Tensor:
@@ -178,8 +179,12 @@ class NeuroGameAttention(nn.Module):
 
     def forward(self, x: Tensor, tg: TokenGraph, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor]:
-        if x.dim() != 2 or x.size(0) != tg.num_keys or tg.num_keys != tg.num_queries:
+        check_tokens(x, "x", self.w_v.in_features, self.w_v.weight.dtype, "[N, D]")
+        if x.size(0) != tg.num_keys or tg.num_keys != tg.num_queries:
             raise ValueError(f"x must be [N, D] with N = {tg.num_keys} tokens of a self graph")
+        if x.size(0) == 0:
+            raise ValueError("'x' must hold at least one token: the pooled output is a "
+                             "distribution over the tokens")
         n = x.size(0)
         v = self.w_v(x)
 
