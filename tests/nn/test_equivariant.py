@@ -383,6 +383,8 @@ def test_gaussian_attention_edge_attr_must_have_one_row_per_edge():
     att = GaussianDynamicAttention(8, heads=2, head_dim=4, edge_dim=3, edge_weighted=True)
     x = torch.randn(N, 8)
     assert att(x, ei, torch.randn(ei.shape[1], 3)).shape == (N, 8)
+    with pytest.raises(TypeError, match="'x' must have the layer's dtype"):
+        att(x.float(), ei, torch.randn(ei.shape[1], 3))
     for bad in (torch.randn(1, 3), torch.randn(ei.shape[1] + 1, 3), torch.randn(ei.shape[1], 2)):
         with pytest.raises(ValueError, match=r"'edge_attr' must have shape \[E=9, edge_dim=3\]"):
             att(x, ei, bad)

@@ -155,6 +155,8 @@ class GaussianDynamicAttention(nn.Module):
                 return_attention_weights: bool = False):
         if x.dim() != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"'x' must be [N, {self.in_channels}], got {list(x.shape)}")
+        if x.dtype != self.q.weight.dtype:
+            raise TypeError(f"'x' must have the layer's dtype {self.q.weight.dtype}, got {x.dtype}")
         N, H, D = x.shape[0], self.heads, self.head_dim
         graph = ops.build_graph(edge_index, N)
         src = edge_index[0]
