@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -271,3 +272,20 @@ def test_computational_graph_to_data_validation():
         g.to_data(0, 1)
     with pytest.raises(ValueError, match="top_k"):
         g.to_data(0, 0, top_k=0)
+
+
+def test_edge_invariance_loss_hand_computed_values():
+    """Three tokens, the last sensitive: rows 0 and 1 re-normalised over columns 0 and 1,
+    (2/3, 1/3) vs (1/3, 2/3) and (1/4, 3/4) vs (1/2, 1/2); the symmetrised KL is half the sum of
+    both KLs, (ln 2 / 3 + ln 3 / 8) / 2 over the two kept rows, the squared distance
+    (2/9 + 1/8) / 2 (a sum instead of the mean, a KL without the 1/2, or the sensitive row or
+    column kept, gives other numbers)."""
+    attn = torch.tensor([[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.9, 0.05, 0.05]]],
+                        dtype=torch.float64)
+    attn_cf = torch.tensor([[[0.25, 0.5, 0.25], [0.4, 0.4, 0.2], [0.05, 0.05, 0.9]]],
+                           dtype=torch.float64)
+    sens = torch.tensor([[False, False, True]])
+    kl = edge_invariance_loss(attn, attn_cf, sens, distance="kl", eps=1e-15)
+    l2 = edge_invariance_loss(attn, attn_cf, sens, distance="l2", eps=1e-15)
+    assert abs(kl.item() - (math.log(2) / 3 + math.log(3) / 8) / 2) < 1e-12
+    assert abs(l2.item() - (2 / 9 + 1 / 8) / 2) < 1e-12
