@@ -544,3 +544,23 @@ def test_token_layers_refuse_inputs_of_another_shape_or_dtype() -> None:
     for call, exc, match in cases:
         with pytest.raises(exc, match=match):
             call()
+
+
+def test_neurogame_couples_each_pair_once_in_both_directions() -> None:
+    """The Ising couplings live on unordered pairs: a one-way graph (kNN-like) gives the same
+    marginals as its symmetrised version, and a duplicated edge does not count twice."""
+    torch.manual_seed(3)
+    layer = NeuroGameAttention(4, samples=64).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    one_way = torch.tensor([[0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 2]])
+    sym = torch.cat([one_way, one_way.flip(0)], 1)
+    dup = torch.cat([sym, sym[:, :3]], 1)
+
+    def run(ei):
+        return layer(x, TokenGraph(ei, 5, 5), torch.Generator().manual_seed(7))
+
+    y, m = run(sym)
+    for ei in (one_way, dup):
+        y2, m2 = run(ei)
+        torch.testing.assert_close(m2, m)
+        torch.testing.assert_close(y2, y)

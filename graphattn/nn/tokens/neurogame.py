@@ -13,7 +13,8 @@ use the mechanism). Tokens are players of a cooperative game with coalition valu
   against exact enumeration for :math:`N \le 10`);
 * couplings :math:`J_{ij} = \mathbb{E}_S[v(S\cup\{i,j\}) - v(S\cup\{i\}) - v(S\cup\{j\}) +
   v(S)]` (the Banzhaf interaction index, :math:`S` uniform over subsets of the other tokens),
-  estimated only on the edges of a sparse token graph, symmetric with zero diagonal;
+  estimated only on the pairs joined by an edge of a sparse token graph (in either direction;
+  a pair joined twice counts once), symmetric with zero diagonal;
 * marginals by damped mean field, i.e. message passing over those edges:
 
   .. math::
@@ -199,8 +200,12 @@ class NeuroGameAttention(nn.Module):
         und = torch.unique(key)  # one estimate per unordered pair: J symmetric
         pairs = torch.stack([und // n, und % n])
         j_und = mc_interaction(value, n, pairs, self.samples, generator, v.dtype)
-        J = j_und[torch.searchsorted(und, key)]
-        m, _, _ = mean_field(h, ei, J, self.gamma, self.damping, self.iters, self.tol)
+        # the Ising field of i sums J_ij m_j over every pair {i, j} once: each pair's coupling
+        # acts in both directions (also when the graph holds one, e.g. a kNN graph) and a
+        # duplicated edge does not count twice
+        both = torch.cat([pairs, pairs.flip(0)], 1)
+        m, _, _ = mean_field(h, both, torch.cat([j_und, j_und]), self.gamma, self.damping,
+                             self.iters, self.tol)
         p = (1 + m) / 2
         p = p / p.sum().clamp_min(1e-12)
         return p @ v, m
