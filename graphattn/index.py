@@ -379,7 +379,10 @@ def build_graph(
         validate (bool): check dtype, shape and index range (one host sync per new graph).
             A validated graph lets the native kernels skip their own index checks
             (:meth:`EdgeGraph.indices_trusted`); with ``validate=False`` they check every
-            index on every call (on the GPU, a host sync each).
+            index on every call (on the GPU, a host sync each). The reference (torch) path
+            has no such check: there an unvalidated out-of-range source raises from torch's
+            gather, but a destination beyond ``num_dst`` leaves its edge outside every row
+            (dropped without a word), so keep the default unless the indices are known good.
         self_loops (bool): remove the self-loops of ``edge_index`` and add one per node (the
             first ``min(num_src, num_dst)`` nodes), exactly as PyG's ``GATConv`` does;
             ``graph.kept`` then maps the remaining edges to their original ids. This needs a

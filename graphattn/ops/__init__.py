@@ -227,7 +227,8 @@ def _segment(src: Tensor, ptr: Tensor, reduce: str,
         out, arg = _native.call("segment_reduce", s, ptr, reduce, validated)
         arg = arg if reduce == "max" else None
     else:
-        if not validated and not torch.compiler.is_compiling():
+        # on the CPU (on a GPU the two reads would be host syncs in every step)
+        if not validated and ptr.device.type == "cpu" and not torch.compiler.is_compiling():
             _check_ptr(ptr, s.size(0))
         out, arg = _reference.segment_reduce(s, ptr, reduce)
     if flat:

@@ -46,10 +46,10 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
     if batched and not q.size(0) == k.size(0) == v.size(0):
         raise ValueError(f"batched q, k, v must have the same B, got {q.size(0)}, {k.size(0)}, "
                          f"{v.size(0)}")
-    t = 1 if batched else 0  # the token dimension
-    if q.size(t) != tg.num_queries or k.size(t) != tg.num_keys or v.size(t) != tg.num_keys:
+    td = 1 if batched else 0  # the token dimension
+    if q.size(td) != tg.num_queries or k.size(td) != tg.num_keys or v.size(td) != tg.num_keys:
         raise ValueError(f"token graph has {tg.num_queries} queries and {tg.num_keys} keys; got "
-                         f"q {q.size(t)}, k {k.size(t)}, v {v.size(t)} tokens")
+                         f"q {q.size(td)}, k {k.size(td)}, v {v.size(td)} tokens")
     if batched:
         use_dense = tg.is_dense if dense is None else dense
         if use_dense and bias is None:

@@ -223,6 +223,8 @@ def test_features_and_edge_attr_of_another_shape_or_dtype_raise(backend, mode):
         layer(x.double(), ei)
     with pytest.raises(ValueError, match="'x_dst' must have 4 features"):
         layer((x, torch.randn(5, 3)), ei)
+    with pytest.raises(ValueError, match=r"'size' \(5, 6\) does not match"):
+        layer((x, x), ei, size=(5, 6))
 
 
 @pytest.mark.parametrize("mode", ["gatv2", "transformer"])

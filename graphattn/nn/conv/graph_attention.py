@@ -347,6 +347,11 @@ class GraphAttention(MessagePassing):
         n_dst = (x_dst.size(0) if x_dst is not None else None) if size is None else size[1]
         if n_dst is None:
             raise ValueError("'size' is required when 'x_dst' is None")
+        if size is not None and (x_src.size(0) != n_src
+                                 or (x_dst is not None and x_dst.size(0) != n_dst)):
+            got = (x_src.size(0), None if x_dst is None else x_dst.size(0))
+            raise ValueError(f"'size' {tuple(size)} does not match the features' node counts "
+                             f"(x_src, x_dst) = {got}")
         if edge_attr is not None and self.lin_edge is None:
             raise ValueError("'edge_attr' was given but the layer was built with edge_dim=None")
         graph = self._graph(edge_index, n_src, n_dst)
@@ -413,11 +418,8 @@ class GraphAttention(MessagePassing):
                     training=self.training,
                 )
             else:  # edge features enter inside the LeakyReLU: scores are formed per edge
-                z = (
-                    h_r.index_select(0, _caller_edge_index(graph)[1])
-                    + h_l.index_select(0, _caller_edge_index(graph)[0])
-                    + e
-                )
+                ei = _caller_edge_index(graph)
+                z = h_r.index_select(0, ei[1]) + h_l.index_select(0, ei[0]) + e
                 s = (F.leaky_relu(z, self.negative_slope) * self.att).sum(-1)
                 empty = h_l.new_empty(n_dst, H, 0), h_l.new_empty(n_src, H, 0)
                 out = ops.edge_attention(
