@@ -190,14 +190,23 @@ class MLANetInteraction(nn.Module):
         p = ops.segment_softmax(self.logits(x, edge_index, geom, feats, graph) + logf, graph)
         alpha = p * geom["fc"].unsqueeze(-1)
         if self.degree_scaling:  # times the smooth in-degree D_i = sum_j f_c(r_ij)
-            deg = ops.aggregate(geom["fc"].unsqueeze(-1), graph, "sum")
-            alpha = alpha * deg.index_select(0, dst)
+            alpha = alpha * smooth_degree(geom, graph).index_select(0, dst)
         out = self.conv(x, alpha, graph, src, dst, geom["radial"], geom["sh"], feats)
         return (out, p) if return_attention else out
 
     def extra_repr(self) -> str:
         return (f"{self.irreps_node}, heads={self.heads}, chemical={self.chemical}, "
                 f"geometric={self.geometric}")
+
+
+def smooth_degree(geom: dict, graph: EdgeGraph) -> Tensor:
+    r"""The smooth in-degree :math:`D_i = \sum_j f_c(r_{ij})`, ``[N, 1]``, over the edges of an
+    :class:`~graphattn.nn.equivariant.conv.EdgeGeometry` dict: computed once and kept in it
+    (``geom["degree"]``), so that the interactions of one model share it."""
+    deg = geom.get("degree")
+    if deg is None or deg.shape[0] != graph.num_dst:
+        deg = geom["degree"] = ops.aggregate(geom["fc"].unsqueeze(-1), graph, "sum")
+    return deg
 
 
 def _ptr(batch: Tensor, num_graphs: int) -> Tensor:
