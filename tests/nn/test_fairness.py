@@ -289,3 +289,32 @@ def test_edge_invariance_loss_hand_computed_values():
     l2 = edge_invariance_loss(attn, attn_cf, sens, distance="l2", eps=1e-15)
     assert abs(kl.item() - (math.log(2) / 3 + math.log(3) / 8) / 2) < 1e-12
     assert abs(l2.item() - (2 / 9 + 1 / 8) / 2) < 1e-12
+
+
+def test_ugid_loss_refuses_layer_head_and_mask_arguments_it_would_misread():
+    """A negative layer index (edge term from the back, node term from the front), an
+    out-of-range one, an integer head tensor (read as indices, not a mask), a sensitive mask
+    of one row for a batch of two (broadcast) and counterpart words of another shape raise
+    errors naming the argument."""
+    B, L, H, T, D = 2, 2, 2, 4, 3
+    att = torch.softmax(torch.randn(B, L, H, T, T), -1)
+    sens = torch.zeros(B, T, dtype=torch.bool)
+    sens[:, 1] = True
+
+    def graph(s=sens):
+        return ComputationalGraph(hidden=torch.randn(B, L + 1, T, D), attention=att,
+                                  mask=torch.ones(B, T, dtype=torch.bool), sensitive=s)
+
+    loss = UGIDLoss()
+    assert torch.isfinite(loss(graph(), graph(), layers=[1])["total"])
+    for bad in ([-1], [2]):
+        with pytest.raises(ValueError, match=r"'layers' must hold layer indices in \[0, 2\)"):
+            loss(graph(), graph(), layers=bad)
+    with pytest.raises(TypeError, match="'heads' must be a bool mask"):
+        loss(graph(), graph(), heads=torch.ones(L, H, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"'graph_cf.sensitive' must be a \[B=2, T=4\]"):
+        loss(graph(), graph(sens[:1]))
+    lg = torch.randn(B, 10)
+    with pytest.raises(ValueError, match="'index_cf' must have the shape of 'index'"):
+        logit_constraint_loss(lg, lg, torch.zeros(B, 2, dtype=torch.long),
+                              torch.zeros(B, 1, dtype=torch.long))

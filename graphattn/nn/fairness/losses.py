@@ -167,6 +167,9 @@ def logit_constraint_loss(logits: Tensor, logits_cf: Tensor, index: Tensor,
             raise ValueError(f"'{n}' must have shape [B={logits.shape[0]}, K], got {list(t.shape)}")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= logits.shape[-1]):
             raise ValueError(f"'{n}' holds ids outside [0, {logits.shape[-1]})")
+    if index_cf.shape != index.shape:  # pairs (a, a~): one counterpart per word
+        raise ValueError(f"'index_cf' must have the shape of 'index' {list(index.shape)}, got "
+                         f"{list(index_cf.shape)}")
     lp = F.log_softmax(logits, -1).gather(-1, index)
     lq = F.log_softmax(logits_cf, -1).gather(-1, index_cf)
     return (lp - lq).pow(2).mean()
@@ -222,13 +225,27 @@ class UGIDLoss(nn.Module):
             raise ValueError("counterfactual graphs must have equal shapes "
                              f"({list(graph.attention.shape)} vs {list(graph_cf.attention.shape)})")
         L = graph.attention.shape[1]
-        layers = list(range(L)) if layers is None else list(layers)
+        layers = list(range(L)) if layers is None else [int(i) for i in layers]
+        if any(not 0 <= i < L for i in layers):
+            # a negative index would pick layer L + i for the edge term but hidden output
+            # i + 1 (from the front) for the node term
+            raise ValueError(f"'layers' must hold layer indices in [0, {L}), got {layers}")
         att, att_cf = graph.attention[:, layers], graph_cf.attention[:, layers]
         if heads is not None:
+            if not isinstance(heads, Tensor) or heads.dtype != torch.bool:
+                raise TypeError(f"'heads' must be a bool mask [len(layers), H], got "
+                                f"{getattr(heads, 'dtype', type(heads).__name__)} (an integer "
+                                f"tensor would index heads instead of masking them)")
             if heads.shape != att.shape[1:3]:
                 raise ValueError(f"'heads' must have shape {list(att.shape[1:3])}, "
                                  f"got {list(heads.shape)}")
             att, att_cf = att[:, heads], att_cf[:, heads]
+        B, T = graph.attention.shape[0], graph.attention.shape[-1]
+        for g, name in ((graph, "graph"), (graph_cf, "graph_cf")):
+            if g.sensitive is None or tuple(g.sensitive.shape) != (B, T):
+                got = None if g.sensitive is None else list(g.sensitive.shape)
+                raise ValueError(f"'{name}.sensitive' must be a [B={B}, T={T}] bool mask, "
+                                 f"got {got}")
         S = graph.sensitive | graph_cf.sensitive
         mask = graph.mask & graph_cf.mask
         zero = graph.attention.new_zeros(())
