@@ -356,3 +356,23 @@ def test_fused_decoder_equals_eager() -> None:
     torch.testing.assert_close(out[1][0], ref, rtol=1e-5, atol=1e-6)
     for a, b in zip(out[1][1], out[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dymrl_refuses_ids_and_tables_it_would_misread() -> None:
+    """A negative subject id (read from the back), a snapshot built for another number of
+    relations (its inverse ids would land on other relations) and a relation table of another
+    width (broadcast over the features) raise errors naming them."""
+    m, gs, mods = _tiny_model()
+    r = torch.tensor([0])
+    for bad in (-1, 8):
+        with pytest.raises(ValueError, match=r"subject ids must be in \[0, 8\)"):
+            m(gs, torch.tensor([bad]), r, modalities=mods)
+    other = RelationalGraph.from_triples(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]),
+                                         8, 1)
+    with pytest.raises(ValueError, match="built for 1 relations, the model has 3"):
+        m([other], torch.tensor([0]), r, modalities=mods)
+    with pytest.raises(ValueError, match="same num_relations"):
+        RelationalGraph.union([gs[0], other])
+    layer = RelationalLayer("euclidean", 6, 4)
+    with pytest.raises(ValueError, match=r"relation table 0 must be \[num relation ids, d=4\]"):
+        layer(_points(6, 4, 1.0, 20), _graph(), _points(6, 1, 1.0, 21))

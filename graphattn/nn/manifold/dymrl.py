@@ -216,6 +216,10 @@ class DyMRL(nn.Module):
         for g in history:
             if g.num_nodes != N:
                 raise ValueError(f"snapshot has {g.num_nodes} nodes, the model {N} entities")
+            if g.num_relations is not None and g.num_relations != self.num_relations:
+                # its inverse ids r + R' would land on other relations of the model
+                raise ValueError(f"snapshot was built for {g.num_relations} relations, the "
+                                 f"model has {self.num_relations}")
         modalities = modalities or {}
         k = len(history)
         e0 = self.entity
@@ -257,6 +261,9 @@ class DyMRL(nn.Module):
         if s.shape != r.shape or s.dim() != 1:
             raise ValueError(f"s and r must be equal-length 1-D tensors, got {tuple(s.shape)} "
                              f"and {tuple(r.shape)}")
+        if s.numel() and (s.min() < 0 or s.max() >= self.num_entities):
+            raise ValueError(f"subject ids must be in [0, {self.num_entities}), got "
+                             f"[{int(s.min())}, {int(s.max())}]")
         if r.numel() and (r.min() < 0 or r.max() >= 2 * self.num_relations):
             raise ValueError(f"relation ids must be in [0, {2 * self.num_relations}) (inverses "
                              f"included), got [{int(r.min())}, {int(r.max())}]")

@@ -35,6 +35,8 @@ class RelationalGraph:
         has_in: ``[num_nodes]`` bool, nodes with at least one in-edge.
         node_entity: ``[num_nodes]`` entity id of each node, when nodes are not entities
             themselves (unions of snapshots, compacted graphs); ``None`` means identity.
+        num_relations: ``R`` of :meth:`from_triples` (inverse ids are ``r + R``), checked
+            against the model's; ``None`` for graphs assembled by hand.
     """
 
     src: Tensor
@@ -44,6 +46,7 @@ class RelationalGraph:
     graph: EdgeGraph
     has_in: Tensor
     node_entity: Tensor | None = None
+    num_relations: int | None = None
 
     def entity_of(self, nodes: Tensor) -> Tensor:
         return nodes if self.node_entity is None else self.node_entity[nodes]
@@ -60,7 +63,7 @@ class RelationalGraph:
         has_in = torch.zeros(nodes.numel(), dtype=torch.bool)
         has_in[d] = True
         return RelationalGraph(s, d, self.rel, nodes.numel(), graph, has_in,
-                               self.entity_of(nodes)), nodes
+                               self.entity_of(nodes), self.num_relations), nodes
 
     @classmethod
     def union(cls, graphs: list[RelationalGraph]) -> RelationalGraph:
@@ -73,8 +76,12 @@ class RelationalGraph:
         dst = torch.cat([g.dst + j * N for j, g in enumerate(graphs)])
         rel = torch.cat([g.rel for g in graphs])
         graph = build_graph(torch.stack([src, dst]), N * len(graphs), cache=False)
+        counts = {g.num_relations for g in graphs}
+        if len(counts) > 1:
+            raise ValueError(f"all snapshots of a union must have the same num_relations, got "
+                             f"{sorted(counts, key=str)}")
         return cls(src, dst, rel, N * len(graphs), graph, torch.cat([g.has_in for g in graphs]),
-                   torch.arange(N * len(graphs)) % N)
+                   torch.arange(N * len(graphs)) % N, counts.pop())
 
     @classmethod
     def from_triples(cls, s: Tensor, r: Tensor, o: Tensor, num_nodes: int,
@@ -94,14 +101,14 @@ class RelationalGraph:
         graph = build_graph(torch.stack([src, dst]), num_nodes, cache=False)
         has_in = torch.zeros(num_nodes, dtype=torch.bool)
         has_in[dst] = True
-        return cls(src, dst, rel, num_nodes, graph, has_in)
+        return cls(src, dst, rel, num_nodes, graph, has_in, None, num_relations)
 
     def relabel(self, perm: Tensor) -> RelationalGraph:
         """The same graph with node ``i`` renamed ``perm[i]``."""
         s, d = perm[self.src], perm[self.dst]
         graph = build_graph(torch.stack([s, d]), self.num_nodes, cache=False)
         return RelationalGraph(s, d, self.rel, self.num_nodes, graph,
-                               self.has_in[torch.argsort(perm)], None)
+                               self.has_in[torch.argsort(perm)], None, self.num_relations)
 
 
 class RelationalLayer(nn.Module):
@@ -143,6 +150,10 @@ class RelationalLayer(nn.Module):
     def forward(self, h: Tensor, g: RelationalGraph, *rel: Tensor) -> Tensor:
         if h.dim() != 2 or h.size(0) != g.num_nodes:
             raise ValueError(f"h must be [{g.num_nodes}, d], got {tuple(h.shape)}")
+        for i, t in enumerate(rel):  # one row per relation id, the width of h (no broadcast)
+            if t.dim() != 2 or t.size(1) != h.size(1):
+                raise ValueError(f"relation table {i} must be [num relation ids, d={h.size(1)}], "
+                                 f"got {list(t.shape)}")
         if g.src.numel() == 0:
             return h
         hs = h[g.src]
