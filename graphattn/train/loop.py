@@ -245,6 +245,13 @@ def fit(
         row["time"] = time.perf_counter() - t0
         history.append(row)
 
+        if not math.isfinite(row[config.monitor]):
+            # no epoch could count as better than a NaN, or ever beat an infinite best: early
+            # stopping would end the run without a best.pt; the files of the epochs before stay
+            raise FloatingPointError(
+                f"evaluate() returned {config.monitor}={row[config.monitor]} at epoch {epoch} "
+                f"(TrainConfig.monitor): the run diverged; lower the learning rate or clip "
+                f"the gradients, and resume from {run_dir / 'checkpoint.pt'} if it exists")
         value = sign * row[config.monitor]
         improved = value < best_value
         if improved:

@@ -116,6 +116,11 @@ def test_monitor_errors_and_max_mode(tmp_path: Path) -> None:
         fit(model, opt, lambda e: {}, lambda e: {"val_acc": 1.0}, cfg)
     with pytest.raises(ValueError, match="mode"):
         TrainConfig("x", mode="maximum")
+    # a NaN monitor (a diverged run) raises at once: no epoch could improve on it, so early
+    # stopping would end the run without best.pt (and a NaN in metrics.json)
+    cfg = TrainConfig("nan", epochs=3, patience=1, runs_dir=tmp_path, progress=False)
+    with pytest.raises(FloatingPointError, match="val_loss=nan at epoch 0"):
+        fit(model, opt, lambda e: {}, lambda e: {"val_loss": float("nan")}, cfg)
 
     accs = [0.1, 0.5, 0.3, 0.2]
     saved: dict[int, dict[str, torch.Tensor]] = {}
