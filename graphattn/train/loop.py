@@ -91,10 +91,19 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ``ValueError`` for an unusable setting."""
-        if not self.name:
+        if not isinstance(self.name, str) or not self.name:
             raise ValueError("TrainConfig.name must be a non-empty string")
+        if self.name in (".", "..") or any(c in self.name for c in "/\\"):
+            # runs_dir / name must stay inside runs_dir ("../x" wrote beside it)
+            raise ValueError(f"TrainConfig.name must be one folder name (no '/', '\\', '.' or "
+                             f"'..'), got {self.name!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"TrainConfig.mode must be 'min' or 'max', got {self.mode!r}")
+        for key in ("epochs", "patience"):
+            v = getattr(self, key)
+            if (v is not None or key == "epochs") and (not isinstance(v, int)
+                                                       or isinstance(v, bool)):
+                raise TypeError(f"TrainConfig.{key} must be an int, got {v!r}")
         if self.epochs < 0:
             raise ValueError(f"TrainConfig.epochs must be >= 0, got {self.epochs}")
         if self.patience is not None and self.patience < 1:

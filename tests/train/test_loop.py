@@ -116,6 +116,12 @@ def test_monitor_errors_and_max_mode(tmp_path: Path) -> None:
         fit(model, opt, lambda e: {}, lambda e: {"val_acc": 1.0}, cfg)
     with pytest.raises(ValueError, match="mode"):
         TrainConfig("x", mode="maximum")
+    for bad in ("../escape", "a/b", "..", 3):
+        with pytest.raises(ValueError, match="TrainConfig.name must be"):
+            TrainConfig(bad)
+    for kw in ({"epochs": "3"}, {"epochs": 2.5}, {"patience": True}):
+        with pytest.raises(TypeError, match="must be an int"):
+            TrainConfig("x", **kw)
     # a NaN monitor (a diverged run) raises at once: no epoch could improve on it, so early
     # stopping would end the run without best.pt (and a NaN in metrics.json)
     cfg = TrainConfig("nan", epochs=3, patience=1, runs_dir=tmp_path, progress=False)
