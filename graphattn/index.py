@@ -69,9 +69,10 @@ class EdgeGraph:
         csc_dst (Tensor): ``[E]`` int64, destination of each edge in CSC order.
         num_src (int): number of source nodes.
         num_dst (int): number of destination nodes.
-        edge_index (Tensor, optional): ``[2, E]`` the edge list this graph represents, in
-            the caller's order (with self-loops added when built with ``self_loops=True``;
-            formed from ``input_index`` and ``kept`` on first use, then kept).
+        edge_index (Tensor): ``[2, E]`` the edge list this graph represents, in the
+            caller's order (with self-loops added when built with ``self_loops=True``;
+            formed from ``input_index`` and ``kept`` on first use, then kept; for a graph
+            assembled without ``input_index``, its CSR endpoints put back in caller order).
         input_index (Tensor, optional): the ``edge_index`` given to :func:`build_graph`.
         kept (Tensor, optional): for graphs built with ``self_loops=True``, the ids (in the
             original ``edge_index``) of the non-loop edges, which come first; the
@@ -122,8 +123,10 @@ class EdgeGraph:
         return _inverse(self.perm)
 
     @_cached
-    def edge_index(self) -> Tensor | None:
-        if self.kept is None or self.input_index is None:
+    def edge_index(self) -> Tensor:
+        if self.input_index is None:  # assembled by hand: its CSR endpoints in caller order
+            return torch.stack([self.from_csr(self.src), self.from_csr(self.dst)])
+        if self.kept is None:
             return self.input_index
         return _append_loops(self.input_index.index_select(1, self.kept), self.num_src,
                              self.num_dst)

@@ -57,16 +57,6 @@ def _check_width(x: Tensor, lin: Linear, name: str) -> None:
         raise TypeError(f"'{name}' must have the layer's dtype {w.dtype}, got {x.dtype}")
 
 
-def _caller_edge_index(graph: EdgeGraph) -> Tensor:
-    """``[2, E]`` edges of ``graph`` in its caller order (the order of per-edge inputs and
-    outputs): its ``edge_index``, or for a hand-built graph without one, its CSR endpoints
-    put back in that order."""
-    ei = graph.edge_index
-    if ei is None:
-        ei = torch.stack([graph.from_csr(graph.src), graph.from_csr(graph.dst)])
-    return ei
-
-
 def _fold(weight: Tensor, att: Tensor) -> Tensor:
     """``[H, F]`` rows ``att_h^T W_h`` of a bias-free ``Linear(F, H*C)`` and ``att [1, H, C]``."""
     H, C = att.shape[-2:]
@@ -418,7 +408,7 @@ class GraphAttention(MessagePassing):
                     training=self.training,
                 )
             else:  # edge features enter inside the LeakyReLU: scores are formed per edge
-                ei = _caller_edge_index(graph)
+                ei = graph.edge_index
                 z = h_r.index_select(0, ei[1]) + h_l.index_select(0, ei[0]) + e
                 s = (F.leaky_relu(z, self.negative_slope) * self.att).sum(-1)
                 empty = h_l.new_empty(n_dst, H, 0), h_l.new_empty(n_src, H, 0)
@@ -451,7 +441,7 @@ class GraphAttention(MessagePassing):
             v = _lin(self.lin_value, x_src).view(-1, H, C)
             bias = None
             if e is not None:
-                bias = (q.index_select(0, _caller_edge_index(graph)[1]) * e).sum(-1) / math.sqrt(C)
+                bias = (q.index_select(0, graph.edge_index[1]) * e).sum(-1) / math.sqrt(C)
             out = ops.edge_attention(
                 q,
                 k,
@@ -506,7 +496,7 @@ class GraphAttention(MessagePassing):
                 out = add(self.bias)
         out = out.reshape(shape[0], -1)
         if alpha is not None:
-            return out, (_caller_edge_index(graph), alpha)
+            return out, (graph.edge_index, alpha)
         return out
 
     def __repr__(self) -> str:
