@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ... import ops
+from ._checks import check_tokens
 
 __all__ = ["ColBERTAttention", "attention_importance"]
 
@@ -61,13 +62,6 @@ def attention_importance(attention: Tensor, mask: Tensor, keep: Tensor | None = 
     recv = (attention * kf[:, None, :, None]).sum(2).mean(1) * kf  # [B, T]
     n = kf.sum(1, keepdim=True).clamp_min(1.0)
     return recv / recv.sum(1, keepdim=True).clamp_min(1e-12) * n
-
-
-def _check_tokens(x: Tensor, name: str) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 3:
-        shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"'{name}' must be a floating [B, L, D] tensor of token embeddings, "
-                         f"got {shape}")
 
 
 def _check_side(x: Tensor, t: Tensor | None, name: str, dtype=None) -> Tensor | None:
@@ -119,8 +113,8 @@ class ColBERTAttention(nn.Module):
         return u, w
 
     def _prep(self, q, d, q_mask, d_mask, q_importance, d_importance):
-        _check_tokens(q, "q")
-        _check_tokens(d, "d")
+        check_tokens(q, "q", form="[B, L, D]")
+        check_tokens(d, "d", form="[B, L, D]")
         if q.shape[-1] != d.shape[-1]:
             raise ValueError(f"'q' and 'd' must share the embedding size, got {q.shape[-1]} and "
                              f"{d.shape[-1]}")
