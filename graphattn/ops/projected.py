@@ -7,31 +7,40 @@ r"""Dot-product edge attention of linear projections with a memory-lean backward
     \mathbf{o}^{(h)}_i = \sum_{j \in \mathcal{N}(i)}
         \operatorname{softmax}_{j}\big(\text{scale}\ \mathbf{q}^{(h)}_i \cdot
         \mathbf{k}^{(h)}_j\big)\, \mathbf{v}^{(h)}_j
+        \;\big[+\, (W_s \mathbf{x}^{dst}_i + \mathbf{b}_s)^{(h)}\big]
 
-(the attention of PyG's ``TransformerConv``). The numbers are those of the composition
-:func:`graphattn.ops.linear` (``F.linear``, on oneDNN where that is faster) +
-:func:`graphattn.ops.edge_attention`; what differs is the backward on the
-native CPU path. There the attention backward runs as its two passes: the destination pass
-gives :math:`\partial\mathbf{q}`, which is turned into the gradients of :math:`W_q`,
-:math:`\mathbf{b}_q` and :math:`\mathbf{x}^{dst}` and freed before the source pass allocates
-:math:`\partial\mathbf{k}` and :math:`\partial\mathbf{v}`, and the source pass runs by
-blocks of source rows (about 1 MB of :math:`\partial\mathbf{k}, \partial\mathbf{v}` each),
-each block turned into its rows of the gradient of :math:`\mathbf{x}^{src}` and its terms of
-the gradients of :math:`W_k, \mathbf{b}_k, W_v, \mathbf{b}_v` before the next. The
-composition holds all three ``[N, H, C]`` gradients at once (they leave one autograd node
-together); this holds one, then blocks.
+(the attention of PyG's ``TransformerConv``, with its optional root term
+:math:`W_s \mathbf{x}^{dst}_i + \mathbf{b}_s`, ``lin_skip``). The numbers are those of the
+composition :func:`graphattn.ops.linear` (``F.linear``, on oneDNN where that is faster) +
+:func:`graphattn.ops.edge_attention` (+ the root term); what differs is the memory on the
+native CPU path:
+
+* forward: the root term is added into the attention's output by blocks of rows (no second
+  ``[N, H * C]`` buffer);
+* backward: the attention backward runs as its two passes, each by blocks of rows (about
+  1 MB of gradients each). The destination pass gives :math:`\partial\mathbf{q}` of a block of
+  destination rows, which is turned into those rows of the gradient of
+  :math:`\mathbf{x}^{dst}` and their terms of the gradients of :math:`W_q, \mathbf{b}_q`
+  (and of :math:`W_s, \mathbf{b}_s`, from the same rows of the output gradient) before the
+  next block; the source pass does the same with :math:`\partial\mathbf{k},
+  \partial\mathbf{v}` of a block of source rows, the gradient of :math:`\mathbf{x}^{src}` and
+  :math:`W_k, \mathbf{b}_k, W_v, \mathbf{b}_v`.
+
+The composition holds all three ``[N, H, C]`` gradients at once (they leave one autograd node
+together) and the root term's output beside the attention's; this holds one block at a time.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..index import EdgeGraph
-from .dense import input_grad, linear
+from .dense import input_grad, linear, product
 
 _DOT = 0
-_BLOCK_BYTES = 1 << 20  # grad k + grad v of one block of source rows in the backward
+_BLOCK_BYTES = 1 << 20  # one block of rows: root-term products, grads in the backward
 
 
 def _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads):
@@ -49,32 +58,50 @@ def _attend(q, k, v, graph_tensors, scale, validated):
     return out, lse
 
 
+def _rows(n: int, width: int, itemsize: int) -> int:
+    """Rows of a block of ``width`` columns: about :data:`_BLOCK_BYTES` (at least 256)."""
+    return max(256, _BLOCK_BYTES // max(1, width * itemsize))
+
+
+def _add_root(out: Tensor, x_dst: Tensor, ws: Tensor, bs: Tensor | None) -> None:
+    """``out [N, H * Dv] += x_dst W_s^T + b_s`` in place, by blocks of rows: each block's
+    product (:func:`graphattn.ops.dense.product`, oneDNN where faster) is added while it is
+    in cache, so no second ``[N, H * Dv]`` buffer exists."""
+    rows = _rows(out.size(0), out.size(1), out.element_size())
+    for b in range(0, out.size(0), rows):
+        out[b:b + rows] += product(x_dst[b:b + rows], ws, bs)
+
+
 class _ProjectedDotAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_dst, x_src, wq, bq, wk, bk, wv, bv, ptr, src, cp, ce, cd, heads, scale,
-                validated):
+    def forward(ctx, x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, ptr, src, cp, ce, cd, heads,
+                scale, validated):
         q, k, v = _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads)
         out, lse = _attend(q, k, v, (ptr, src, cp, ce, cd), scale, validated)
-        ctx.save_for_backward(x_dst, x_src, wq, bq, wk, bk, wv, bv, q, k, v, lse, ptr, src, cp,
-                              ce, cd)
+        if ws is not None:
+            _add_root(out.view(out.size(0), out.size(1) * out.size(2)), x_dst, ws, bs)
+        ctx.save_for_backward(x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, q, k, v, lse, ptr,
+                              src, cp, ce, cd)
         ctx.heads, ctx.scale, ctx.validated = heads, scale, validated
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x_dst, x_src, wq, bq, wk, bk, wv, bv, q, k, v, lse, ptr, src, cp, ce,
+        (x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, q, k, v, lse, ptr, src, cp, ce,
          cd) = ctx.saved_tensors
         need = ctx.needs_input_grad
-        params = (x_dst, x_src, wq, bq, wk, bk, wv, bv)
+        params = (x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs)
         none = (None,) * 8  # graph tensors, heads, scale, validated
         if torch.is_grad_enabled():  # create_graph=True: recompute with autograd recording
             wanted = [i for i, t in enumerate(params) if t is not None and need[i]]
-            grads: list = [None] * 8
+            grads: list = [None] * len(params)
             if wanted:
                 with torch.enable_grad():
-                    q_, k_, v_ = _project(*params, ctx.heads)
+                    q_, k_, v_ = _project(*params[:8], ctx.heads)
                     out, _ = _attend(q_, k_, v_, (ptr, src, cp, ce, cd), ctx.scale,
                                      ctx.validated)
+                    if ws is not None:
+                        out = out + F.linear(x_dst, ws, bs).view(out.shape)
                 res = torch.autograd.grad(out, [params[i] for i in wanted], grad_out,
                                           create_graph=True, allow_unused=True)
                 for i, g in zip(wanted, res):
@@ -82,24 +109,50 @@ class _ProjectedDotAttention(torch.autograd.Function):
             return (*grads, *none)
         ops = torch.ops.graphattn
         scale, validated = ctx.scale, ctx.validated
-        # destination pass: grad q -> grads of W_q, b_q, x_dst; then grad q is freed
-        gq, _, _, stats = ops.edge_attention_backward_dst(grad_out, None, q, k, v, None, None,
-                                                          lse, ptr, src, _DOT, scale, 0.2,
-                                                          validated)
-        g = gq.flatten(1)
-        g_xd = input_grad(g, wq) if need[0] else None
-        g_wq = g.t() @ x_dst if need[2] else None
-        g_bq = g.sum(0) if bq is not None and need[3] else None
-        del gq, g
-        # source pass, by blocks of source rows: each block's grad k, grad v -> its rows of
-        # grad x_src and its terms of the grads of W_k, b_k, W_v, b_v; then the block is freed
-        Ns, width = k.size(0), k.size(1) * k.size(2) + v.size(1) * v.size(2)
-        rows = max(256, _BLOCK_BYTES // max(1, width * k.element_size()))
+
+        def zeros_if(t, i, *shape):
+            return t.new_zeros(shape or t.shape) if t is not None and need[i] else None
+
+        g_wq, g_bq, g_wk, g_bk = zeros_if(wq, 2), zeros_if(bq, 3), zeros_if(wk, 4), zeros_if(bk, 5)
+        g_wv, g_bv, g_ws, g_bs = zeros_if(wv, 6), zeros_if(bv, 7), zeros_if(ws, 8), zeros_if(bs, 9)
+        g_xd = x_dst.new_empty(x_dst.shape) if need[0] else None
         g_xs = x_src.new_empty(x_src.shape) if need[1] else None
-        g_wk = wk.new_zeros(wk.shape) if need[4] else None
-        g_bk = wk.new_zeros(wk.size(0)) if bk is not None and need[5] else None
-        g_wv = wv.new_zeros(wv.shape) if need[6] else None
-        g_bv = wv.new_zeros(wv.size(0)) if bv is not None and need[7] else None
+        Nd, Ns, H = q.size(0), k.size(0), q.size(1)
+        # destination pass, by blocks of destination rows: each block's grad q (and rows of
+        # the output gradient, for the root term) -> its rows of grad x_dst and its terms of
+        # the grads of W_q, b_q (W_s, b_s); the block is freed before the next. The CSR rows
+        # [b, e) are the edges ptr[b]..ptr[e] of src, re-based to start at 0.
+        stats = q.new_empty(Nd, 2 * H)
+        width = q.size(1) * q.size(2) + (grad_out.size(1) * grad_out.size(2) if ws is not None
+                                         else 0)
+        rows = _rows(Nd, width, q.element_size())
+        starts = list(range(0, Nd, rows))
+        offsets = ptr[starts + [Nd]].tolist() if starts else []
+        for n, b in enumerate(starts):
+            e, lo, hi = min(b + rows, Nd), offsets[n], offsets[n + 1]
+            gq, _, _, st = ops.edge_attention_backward_dst(
+                grad_out[b:e], None, q[b:e], k, v, None, None, lse[b:e], ptr[b:e + 1] - lo,
+                src[lo:hi], _DOT, scale, 0.2, validated)
+            stats[b:e] = st
+            g, xd = gq.flatten(1), x_dst[b:e]
+            go = grad_out[b:e].reshape(e - b, -1).contiguous() if ws is not None else None
+            if g_xd is not None:
+                if go is None:
+                    g_xd[b:e] = input_grad(g, wq)
+                else:
+                    torch.add(input_grad(g, wq), input_grad(go, ws), out=g_xd[b:e])
+            if g_wq is not None:
+                g_wq.addmm_(g.t(), xd)
+            if g_bq is not None:
+                g_bq += g.sum(0)
+            if g_ws is not None:
+                g_ws.addmm_(go.t(), xd)
+            if g_bs is not None:
+                g_bs += go.sum(0)
+            del gq, g, go
+        # source pass, by blocks of source rows: each block's grad k, grad v -> its rows of
+        # grad x_src and its terms of the grads of W_k, b_k, W_v, b_v
+        rows = _rows(Ns, k.size(1) * k.size(2) + v.size(1) * v.size(2), k.element_size())
         for b in range(0, Ns, rows):
             e = min(b + rows, Ns)
             # the first block's call checks the indices; they are the same for the others
@@ -118,7 +171,7 @@ class _ProjectedDotAttention(torch.autograd.Function):
             if g_bv is not None:
                 g_bv += gv.sum(0)
             del gk, gv
-        return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, *none)
+        return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, g_ws, g_bs, *none)
 
 
 def _check_linear(x: Tensor, w: Tensor, b: Tensor | None, name: str, heads: int) -> None:
@@ -155,6 +208,8 @@ def projected_attention(
     graph: EdgeGraph,
     heads: int,
     scale: float | None = None,
+    weight_skip: Tensor | None = None,
+    bias_skip: Tensor | None = None,
 ) -> Tensor:
     r"""Dot-product edge attention of the projections of ``x_dst`` (queries) and ``x_src``
     (keys, values): module docstring.
@@ -168,6 +223,8 @@ def projected_attention(
         graph (EdgeGraph): the edges ``j -> i``.
         heads (int): number of heads :math:`H`.
         scale (float, optional): score scale, :math:`1/\sqrt{D}` by default.
+        weight_skip, bias_skip: the root term's projection ``[H * Dv, F_dst]``, ``[H * Dv]``
+            or ``None`` (PyG ``TransformerConv``'s ``lin_skip``; no root term by default).
 
     Returns:
         ``[N_dst, H, Dv]``.
@@ -189,6 +246,13 @@ def projected_attention(
     if weight_q.size(0) != weight_k.size(0):
         raise ValueError(f"'weight_q' and 'weight_k' must have the same number of outputs, "
                          f"got {weight_q.size(0)} and {weight_k.size(0)}")
+    if weight_skip is None and bias_skip is not None:
+        raise ValueError("'bias_skip' needs 'weight_skip'")
+    if weight_skip is not None:
+        _check_linear(x_dst, weight_skip, bias_skip, "skip", heads)
+        if weight_skip.size(0) != weight_v.size(0):
+            raise ValueError(f"'weight_skip' must have the outputs of 'weight_v' "
+                             f"({weight_v.size(0)}), got {weight_skip.size(0)}")
     D = weight_q.size(0) // heads
     scale = float(D) ** -0.5 if scale is None else float(scale)
     graph = _check_graph(graph, x_dst)
@@ -201,8 +265,11 @@ def projected_attention(
     if not lean:
         q, k, v = _project(x_dst, x_src, weight_q, bias_q, weight_k, bias_k, weight_v, bias_v,
                            heads)
-        return edge_attention(q, k, v, graph, "dot", scale=scale)
+        out = edge_attention(q, k, v, graph, "dot", scale=scale)
+        if weight_skip is not None:
+            out = out + linear(x_dst, weight_skip, bias_skip).view(out.shape)
+        return out
     return _ProjectedDotAttention.apply(
-        x_dst, x_src, weight_q, bias_q, weight_k, bias_k, weight_v, bias_v, graph.ptr,
-        graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst, heads, scale,
-        graph.indices_trusted())
+        x_dst, x_src, weight_q, bias_q, weight_k, bias_k, weight_v, bias_v, weight_skip,
+        bias_skip, graph.ptr, graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst, heads,
+        scale, graph.indices_trusted())

@@ -110,13 +110,14 @@ def test_source_pass_by_row_blocks_equals_its_slices(kind):
 
 
 # ---- projected_attention --------------------------------------------------------------------
-def _params(n_src, n_dst, F_src, F_dst, H, C, biases=True):
+def _params(n_src, n_dst, F_src, F_dst, H, C, biases=True, root=False):
+    """Inputs and the q, k, v (and with ``root``, root-term) weights and biases."""
     t = dict(dtype=torch.float64, requires_grad=True)
     x_src = torch.randn(n_src, F_src, **t)
     x_dst = x_src if n_dst is None else torch.randn(n_dst, F_dst, **t)
-    ws = [(torch.randn(H * C, f, dtype=torch.float64) * 0.5).requires_grad_()
-          for f in (F_dst, F_src, F_src)]
-    bs = [torch.randn(H * C, **t) if biases else None for _ in range(3)]
+    fans = (F_dst, F_src, F_src, F_dst) if root else (F_dst, F_src, F_src)
+    ws = [(torch.randn(H * C, f, dtype=torch.float64) * 0.5).requires_grad_() for f in fans]
+    bs = [torch.randn(H * C, **t) if biases else None for _ in fans]
     return x_dst, x_src, ws, bs
 
 
@@ -124,26 +125,31 @@ def _composition(x_dst, x_src, ws, bs, g, H, scale):
     q = F.linear(x_dst, ws[0], bs[0]).view(x_dst.size(0), H, -1)
     k = F.linear(x_src, ws[1], bs[1]).view(x_src.size(0), H, -1)
     v = F.linear(x_src, ws[2], bs[2]).view(x_src.size(0), H, -1)
-    return ops.edge_attention(q, k, v, g, "dot", scale=scale)
+    out = ops.edge_attention(q, k, v, g, "dot", scale=scale)
+    if len(ws) == 4:  # the root term
+        out = out + F.linear(x_dst, ws[3], bs[3]).view(out.shape)
+    return out
 
 
 def _projected(x_dst, x_src, ws, bs, g, H, scale):
+    root = {"weight_skip": ws[3], "bias_skip": bs[3]} if len(ws) == 4 else {}
     return ops.projected_attention(x_dst, x_src, ws[0], bs[0], ws[1], bs[1], ws[2], bs[2], g, H,
-                                   scale=scale)
+                                   scale=scale, **root)
 
 
 @pytest.mark.parametrize("bipartite", [False, True])
 @pytest.mark.parametrize("biases", [False, True])
-def test_projected_attention_equals_the_composition(backend, bipartite, biases):
+@pytest.mark.parametrize("root", [False, True])
+def test_projected_attention_equals_the_composition(backend, bipartite, biases, root):
     H, C = 2, 3
     if bipartite:
         ei = torch.stack([torch.randint(0, 9, (50,)), torch.randint(0, 6, (50,))])
         g = build_graph(ei, (9, 7), cache=False)  # destination 6 has no in-edge
-        x_dst, x_src, ws, bs = _params(9, 7, 5, 4, H, C, biases)
+        x_dst, x_src, ws, bs = _params(9, 7, 5, 4, H, C, biases, root)
     else:
         ei = ragged_edge_index(12)
         g = build_graph(ei, 12, cache=False)
-        x_dst, x_src, ws, bs = _params(12, None, 5, 5, H, C, biases)
+        x_dst, x_src, ws, bs = _params(12, None, 5, 5, H, C, biases, root)
     leaves = [t for t in (x_dst, x_src, *ws, *bs) if t is not None]
     leaves = list({id(t): t for t in leaves}.values())
     go = torch.randn(x_dst.size(0), H, C, dtype=torch.float64)
@@ -170,32 +176,56 @@ def test_projected_attention_without_nodes_or_edges(backend, sides):
         assert gr.shape == t.shape and not gr.any()
 
 
+@pytest.mark.parametrize("sides", [(0, 3), (3, 0), (4, 3)])
+def test_projected_attention_root_term_without_nodes_or_edges(backend, sides):
+    """The same with the root term: the output is the root term alone, and so are the
+    gradients (none reaches x_src, W_k, b_k, W_v, b_v, W_q, b_q)."""
+    ns, nd = sides
+    g = build_graph(torch.empty(2, 0, dtype=torch.long), (ns, nd), cache=False)
+    x_dst, x_src, ws, bs = _params(ns, nd, 5, 4, 2, 3, root=True)
+    leaves = [x_dst, x_src, *ws, *bs]
+    go = torch.randn(nd, 2, 3, dtype=torch.float64)
+    out = _projected(x_dst, x_src, ws, bs, g, 2, 0.5)
+    root = F.linear(x_dst, ws[3], bs[3]).view(nd, 2, 3)
+    torch.testing.assert_close(out, root)
+    got = torch.autograd.grad((out * go).sum(), leaves)
+    want = torch.autograd.grad((root * go).sum(), leaves, allow_unused=True,
+                               materialize_grads=True)
+    for t, a, b in zip(leaves, got, want):
+        assert a.shape == t.shape
+        torch.testing.assert_close(a, b)
+
+
 @native_only
-def test_projected_attention_gradcheck_and_double_backward():
+@pytest.mark.parametrize("root", [False, True])
+def test_projected_attention_gradcheck_and_double_backward(root):
     ei = ragged_edge_index(8)
-    g = build_graph(ei, 8, cache=False)
-    x_dst, x_src, ws, bs = _params(8, 6, 3, 4, 2, 2)
+    x_dst, x_src, ws, bs = _params(8, 6, 3, 4, 2, 2, root=root)
     g = build_graph(torch.stack([ei[0], ei[1] % 6]), (8, 6), cache=False)
+    n = len(ws)
     with ops.set_backend("native"):
         assert torch.autograd.gradcheck(
-            lambda xd, xs, w0, b0, w1, b1, w2, b2: _projected(xd, xs, (w0, w1, w2),
-                                                               (b0, b1, b2), g, 2, 0.5),
-            (x_dst, x_src, ws[0], bs[0], ws[1], bs[1], ws[2], bs[2]))
+            lambda xd, xs, *wb: _projected(xd, xs, wb[:n], wb[n:], g, 2, 0.5),
+            (x_dst, x_src, *ws, *bs))
         # create_graph=True (a gradient penalty): the second derivatives of the composition
         go = torch.randn(6, 2, 2, dtype=torch.float64)
         res = []
         for fn in (_projected, _composition):
             out = fn(x_dst, x_src, ws, bs, g, 2, 0.5)
             (gx,) = torch.autograd.grad((out * go).sum(), x_src, create_graph=True)
-            res.append(torch.autograd.grad(gx.pow(2).sum(), ws + [x_dst]))
+            # (the root term's weight does not reach grad x_src: zero)
+            res.append(torch.autograd.grad(gx.pow(2).sum(), ws + [x_dst], allow_unused=True,
+                                           materialize_grads=True))
         for a, b in zip(*res):
             torch.testing.assert_close(a, b)
 
 
 class LiveBigTensors(TorchDispatchMode):
     """Peak number of elements held at once by the storages of at least ``min_numel``
-    elements that ops produce while the mode is on. A storage counts while any tensor made
-    on it (views included, each once) is alive (weak references)."""
+    elements that ops allocate while the mode is on. A storage counts while any tensor made
+    on it (views included, each once) is alive (weak references); an op's output on the
+    storage of one of its inputs (a view, an in-place or ``out=`` result) allocates nothing
+    and is not counted."""
 
     def __init__(self, min_numel: int):
         super().__init__()
@@ -208,8 +238,12 @@ class LiveBigTensors(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr()
+                  for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel:
+            if (isinstance(t, torch.Tensor) and t.numel() >= self.min_numel
+                    and t.untyped_storage().data_ptr() not in inputs):
                 key = t.untyped_storage().data_ptr()
                 self.refs[key] = self.refs.get(key, 0) + 1
                 self.size[key] = t.untyped_storage().nbytes() // t.element_size()
@@ -219,55 +253,69 @@ class LiveBigTensors(TorchDispatchMode):
 
 
 @native_only
-def test_projected_attention_in_source_blocks_equals_the_composition(monkeypatch):
-    """Source pass in blocks of 256 rows (the floor; 4 blocks here, the last one short):
-    values and every gradient, x_src's included, equal the composition's."""
+@pytest.mark.parametrize("root", [False, True])
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_projected_attention_in_blocks_equals_the_composition(monkeypatch, root, broadcast):
+    """Both backward passes and the root term in blocks of 256 rows (the floor; 3 blocks of
+    destination rows, the last short and its last rows without in-edges, 4 of source rows):
+    values and every gradient, x_dst's and x_src's included, equal the composition's, also for
+    the gradient of out.sum() (one row broadcast over all rows, stride 0)."""
     from graphattn.ops import projected
 
     monkeypatch.setattr(projected, "_BLOCK_BYTES", 1)
     n_src, n_dst, H, C = 900, 700, 2, 3
     ei = torch.stack([torch.randint(0, n_src, (6000,)), torch.randint(0, n_dst - 5, (6000,))])
     g = build_graph(ei, (n_src, n_dst), cache=False)
-    x_dst, x_src, ws, bs = _params(n_src, n_dst, 5, 4, H, C)
+    x_dst, x_src, ws, bs = _params(n_src, n_dst, 5, 4, H, C, root=root)
     leaves = [x_dst, x_src, *ws, *bs]
     go = torch.randn(n_dst, H, C, dtype=torch.float64)
     res = []
     with ops.set_backend("native"):
         for fn in (_projected, _composition):
             out = fn(x_dst, x_src, ws, bs, g, H, 0.7)
-            res.append((out, *torch.autograd.grad((out * go).sum(), leaves)))
+            loss = out.sum() if broadcast else (out * go).sum()
+            res.append((out, *torch.autograd.grad(loss, leaves)))
     for a, b in zip(*res):
         torch.testing.assert_close(a, b)
 
 
 @native_only
-def test_projected_attention_backward_holds_one_gradient_then_blocks(monkeypatch):
-    """The composition holds grad q, grad k, grad v at once; projected_attention holds grad q
-    alone, then grad k and grad v of one block of source rows at a time (256 of 2,000 rows
-    here), whose storages the probe counts too."""
+@pytest.mark.parametrize("root", [False, True])
+def test_projected_attention_holds_blocks_not_whole_gradients(monkeypatch, root):
+    """Peak storages allocated by the forward and by the backward, in units of N * H * C
+    elements (blocks of 256 of 2,000 rows; the probe counts every storage of 1/16 unit and
+    more). Forward: q, k, v and the output (4) and the [N, H] log-sum-exp (0.125), and with
+    the root term one block of its product (0.13), where the composition also holds the root
+    term's output and their sum (6.1). Backward: besides the output's gradient (1) and the
+    [N, 2H] row record (0.25), one block of grad q (0.13) with the output gradient's rows
+    (0.13, root term), or one of grad k and grad v (0.26) with their input-gradient products,
+    where the composition holds grad q, grad k and grad v at once (4) and a backward holding
+    the whole grad q would reach 2.25."""
     from graphattn.ops import projected
 
     monkeypatch.setattr(projected, "_BLOCK_BYTES", 1)
     N, H, C = 2000, 4, 8
     ei = torch.randint(0, N, (2, 20000))
     g = build_graph(ei, N, cache=False)
-    x_dst, x_src, ws, bs = _params(N, None, 16, 16, H, C)
+    x_dst, x_src, ws, bs = _params(N, None, 16, 16, H, C, root=root)
     x_src.requires_grad_(False)
     unit = N * H * C
     go = torch.randn(N, H, C, dtype=torch.float64)
-    peaks = {}
+    fwd, bwd = {}, {}
     with ops.set_backend("native"):
         for fn in (_projected, _composition):
-            loss = (fn(x_dst, x_src, ws, bs, g, H, 0.5) * go).sum()
-            with LiveBigTensors(unit // 16) as probe:  # storages of 1/16 unit and more
+            with LiveBigTensors(unit // 16) as probe:
+                out = fn(x_dst, x_src, ws, bs, g, H, 0.5)
+            fwd[fn.__name__] = probe.peak / unit
+            loss = (out * go).sum()
+            with LiveBigTensors(unit // 16) as probe:
                 loss.backward()
-            peaks[fn.__name__] = probe.peak / unit
-    # in units of N * H * C elements, besides the output's gradient (1) and the [N, 2H] row
-    # record (0.25): the destination pass holds grad q (1); each block of the source pass
-    # holds grad k and grad v of 256 rows (0.26) and a view of x_src's rows (its storage,
-    # 0.5); the whole source pass would hold 2. The composition holds 3.
-    assert peaks["_composition"] >= 4, peaks
-    assert peaks["_projected"] < 2.5, peaks
+            bwd[fn.__name__] = probe.peak / unit
+            del out, loss
+    assert fwd["_composition"] >= (6 if root else 4), fwd
+    assert fwd["_projected"] < 4.3, fwd
+    assert bwd["_composition"] >= 4, bwd
+    assert bwd["_projected"] < 1.75, bwd
 
 
 @native_only

@@ -429,13 +429,17 @@ class GraphAttention(MessagePassing):
                 raise ValueError("mode 'transformer' needs destination features 'x_dst'")
             lins = (self.lin_query, self.lin_key, self.lin_value)
             if e is None and not want_w and drop == 0.0 and all(_plain(lin) for lin in lins):
-                # projections and attention in one autograd node whose backward frees
-                # grad q before grad k, grad v exist (ops.projected_attention)
+                # projections, attention and the root term in one autograd node that holds
+                # blocks of rows, not whole gradients (ops.projected_attention)
+                skip = self.lin_skip
+                root = (skip is not None and self.lin_beta is None and self.concat
+                        and _plain(skip))
                 out = ops.projected_attention(
                     x_dst, x_src, *(t for lin in lins for t in (lin.weight, lin.bias)), graph, H,
-                    scale=1.0 / math.sqrt(C),
+                    scale=1.0 / math.sqrt(C), weight_skip=skip.weight if root else None,
+                    bias_skip=skip.bias if root else None,
                 )
-                return self._finish(out, x_dst, graph, None)
+                return self._finish(out, x_dst, graph, None, root_added=root)
             q = _lin(self.lin_query, x_dst).view(-1, H, C)
             k = _lin(self.lin_key, x_src).view(-1, H, C)
             v = _lin(self.lin_value, x_src).view(-1, H, C)
@@ -467,9 +471,11 @@ class GraphAttention(MessagePassing):
         return self._finish(out, x_dst, graph, alpha)
 
     def _finish(self, out: Tensor, x_dst: Tensor | None, graph: EdgeGraph,
-                alpha: Tensor | None) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Heads concatenated (or averaged), skip / residual and bias added; with ``alpha``,
-        also ``(edge_index, alpha)``."""
+                alpha: Tensor | None, root_added: bool = False
+                ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Heads concatenated (or averaged), skip / residual and bias added (the transformer's
+        skip unless ``root_added``: already in ``out``); with ``alpha``, also
+        ``(edge_index, alpha)``."""
         # `out` [N, H, C] is this layer's own tensor and no backward saved it: the skip,
         # residual and bias are added into it in place (on the tensor itself, never on a view
         # of it, which autograd would have to copy), without another [N, H * C] buffer
@@ -481,7 +487,7 @@ class GraphAttention(MessagePassing):
             return out.add_(t.view(-1, *shape[1:]) if t.dim() == 2 else t.view(shape[1:]))
 
         if self.mode == "transformer":
-            if self.lin_skip is not None:
+            if self.lin_skip is not None and not root_added:
                 x_r = _lin(self.lin_skip, x_dst)
                 if self.lin_beta is not None:
                     out = out.reshape(-1, x_r.size(-1))
