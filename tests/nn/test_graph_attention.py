@@ -127,6 +127,23 @@ def test_empty_graph_gives_finite_output(backend):
     torch.testing.assert_close(out, layer.bias.expand(5, -1))
 
 
+@pytest.mark.parametrize("mode", ["gat", "gatv2", "transformer"])
+@pytest.mark.parametrize("edge_dim", [None, 3])
+@pytest.mark.parametrize("concat", [True, False])
+def test_no_nodes_gives_empty_output_and_gradients(backend, mode, edge_dim, concat):
+    """A graph without nodes (an empty batch): a [0, H * C] (or [0, C]) output, as PyG's
+    layers give, and zero gradients (the head reshape of an empty tensor is explicit)."""
+    ref, ours = pair(mode, 5, 4, heads=2, edge_dim=edge_dim, concat=concat)
+    x = torch.randn(0, 5, requires_grad=True)
+    ei = torch.empty(2, 0, dtype=torch.long)
+    ea = None if edge_dim is None else torch.randn(0, edge_dim)
+    out = ours(x, ei, edge_attr=ea)
+    assert out.shape == ref(x, ei, edge_attr=ea).shape == (0, 8 if concat else 4)
+    grads = torch.autograd.grad(out.sum(), [x, *ours.parameters()], allow_unused=True,
+                                materialize_grads=True)
+    assert all(not g.any() for g in grads)
+
+
 def test_lazy_repr_and_reset_parameters():
     layer = GraphAttention(-1, 8, heads=2, mode="gatv2")
     out = layer(torch.randn(5, 6), torch.tensor([[0, 1, 2], [1, 2, 3]]))

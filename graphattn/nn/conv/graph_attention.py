@@ -500,7 +500,7 @@ class GraphAttention(MessagePassing):
                 out = add(_lin(self.res, x_dst))
             if self.bias is not None:
                 out = add(self.bias)
-        out = out.reshape(shape[0], -1)
+        out = out.reshape(shape[0], math.prod(shape[1:]))  # explicit: -1 is ambiguous at N = 0
         if alpha is not None:
             return out, (graph.edge_index, alpha)
         return out
