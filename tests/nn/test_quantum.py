@@ -219,6 +219,50 @@ def test_bad_inputs() -> None:
         make_executor("aer", spec, shots=0)
 
 
+def test_layer_bad_inputs_raise_named_errors() -> None:
+    """Q-AGNN's inputs are checked where they enter (each case failed deep inside torch or
+    PyG, or was accepted: negative edge weights gave NaN degrees, targets outside [0, 1] a
+    loss); a graph without nodes gives an empty output."""
+    torch.manual_seed(0)
+    model = QAGNN(5, hidden=4, num_qubits=3, reps=1, heads=1)
+    x, ei = torch.randn(6, 5), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    assert model(torch.randn(0, 5), torch.empty(2, 0, dtype=torch.long)).shape == (0,)
+    with pytest.raises(ValueError, match=r"x must have 5 features \(in_channels\), got \[6, 4\]"):
+        model(torch.randn(6, 4), ei)
+    with pytest.raises(TypeError, match="x must have the dtype of the layer's parameters"):
+        model(x.double(), ei)
+    with pytest.raises(ValueError, match=r"'edge_index\[0\]' \(sources\) holds 9"):
+        model(x, torch.tensor([[0, 9], [1, 2]]))
+    with pytest.raises(TypeError, match="'edge_index' must have dtype torch.int64"):
+        model(x, ei.float())
+    with pytest.raises(ValueError, match="'edge_index' must have shape"):
+        model(x, ei[0])
+    with pytest.raises(ValueError, match="edge_weight must be finite and non-negative"):
+        model(x, ei, torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"edge_weight must have shape \[E\] = \[4\], got \[3\]"):
+        model(x, ei, torch.ones(3))
+    with pytest.raises(TypeError, match="edge_weight must be a floating-point tensor"):
+        model(x, ei, torch.ones(4, dtype=torch.long))
+    logits = torch.zeros(4)
+    with pytest.raises(ValueError, match=r"target must hold probabilities in \[0, 1\]"):
+        QAGNN.loss(logits, torch.tensor([0, 1, 2, 1]))
+    with pytest.raises(ValueError, match=r"target must hold probabilities in \[0, 1\]"):
+        QAGNN.loss(logits, torch.tensor([0.0, 1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"target must have the shape of logits \[4\]"):
+        QAGNN.loss(logits, torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="pos_weight must be positive"):
+        QAGNN.loss(logits, torch.tensor([0.0, 1.0, 1.0, 0.0]), pos_weight=torch.tensor(-2.0))
+    soft = QAGNN.loss(logits, torch.tensor([0.0, 1.0, 0.5, 1.0]))  # soft labels are fine
+    assert soft.item() == pytest.approx(math.log(2))
+    # an executor built for another circuit
+    model.executor = TorchExecutor(CircuitSpec(2, 1))
+    with pytest.raises(ValueError, match="'executor' runs the circuit"):
+        model(x, ei)
+    model.executor = "statevector"
+    with pytest.raises(TypeError, match="'executor' must be a graphattn Executor"):
+        model(x, ei)
+
+
 @pytest.mark.parametrize("self_loops", [False, True])
 def test_encoder_reduces_to_tagconv(self_loops: bool) -> None:
     torch.manual_seed(0)

@@ -421,6 +421,12 @@ def quantum_expectations(spec: CircuitSpec, angles: Tensor, weights: Tensor,
     """
     if executor is None:
         return torch_expectations(spec, angles, weights)
+    if not isinstance(executor, Executor):
+        raise TypeError(f"'executor' must be a graphattn Executor (make_executor) or None, got "
+                        f"{type(executor).__name__}")
+    if executor.spec != spec:
+        raise ValueError(f"'executor' runs the circuit {executor.spec}, not this layer's {spec}: "
+                         f"build it with make_executor(name, layer.spec)")
     if angles.dim() != 2 or angles.size(1) != spec.num_qubits:
         raise ValueError(f"angles must be [B, {spec.num_qubits}], got {tuple(angles.shape)}")
     if weights.shape != (spec.num_weights,):

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ... import ops
-from ...index import build_graph
+from ...index import build_graph, validate_edge_index
 from ..conv import GraphAttention
 from .circuit import CircuitSpec
 from .execution import Executor, quantum_expectations
@@ -68,8 +68,7 @@ class MultiHopEncoder(nn.Module):
     def hops(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         r""":math:`[\mathbf{X} \,\|\, \hat{\mathbf{A}}\mathbf{X} \,\|\, \dots \,\|\,
         \hat{\mathbf{A}}^K\mathbf{X}]`, ``[N, (K+1) F]``."""
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            raise ValueError(f"x must be a [N, F] tensor, got {getattr(x, 'shape', type(x))}")
+        self._check(x, edge_index, edge_weight)
         N = x.size(0)
         ei, w = gcn_norm(edge_index, edge_weight, N, improved=False,
                          add_self_loops=self.add_self_loops, dtype=x.dtype)
@@ -82,6 +81,31 @@ class MultiHopEncoder(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         return self.lin(self.hops(x, edge_index, edge_weight))
+
+    def _check(self, x: object, edge_index: object, edge_weight: object) -> None:
+        """Named errors for inputs the filter cannot take (instead of torch's messages from
+        deep inside, or NaN from the normalisation of a negative degree)."""
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError(f"x must be a [N, F] tensor, got {getattr(x, 'shape', type(x))}")
+        F_in = self.lin.in_features // (self.K + 1)
+        if x.size(1) != F_in:
+            raise ValueError(f"x must have {F_in} features (in_channels), got {list(x.shape)}")
+        w = self.lin.weight
+        if x.dtype != w.dtype:
+            raise TypeError(f"x must have the dtype of the layer's parameters ({w.dtype}), got "
+                            f"{x.dtype}")
+        validate_edge_index(edge_index, x.size(0), x.size(0))
+        if edge_weight is None:
+            return
+        if not isinstance(edge_weight, Tensor) or not edge_weight.is_floating_point():
+            raise TypeError(f"edge_weight must be a floating-point tensor, got "
+                            f"{getattr(edge_weight, 'dtype', type(edge_weight).__name__)}")
+        if tuple(edge_weight.shape) != (edge_index.size(1),):
+            raise ValueError(f"edge_weight must have shape [E] = [{edge_index.size(1)}], got "
+                             f"{list(edge_weight.shape)}")
+        if edge_weight.numel() and not bool(((edge_weight >= 0) & edge_weight.isfinite()).all()):
+            raise ValueError("edge_weight must be finite and non-negative (the symmetric "
+                             "normalisation takes the inverse square root of each degree)")
 
 
 class QuantumGraphAttention(nn.Module):
@@ -202,6 +226,16 @@ class QAGNN(nn.Module):
 
     @staticmethod
     def loss(logits: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
-        """Binary cross-entropy on logits."""
+        """Binary cross-entropy on logits; ``target`` holds probabilities in [0, 1] (the labels
+        0 / 1, or soft labels), ``pos_weight`` a positive weight of the positive class."""
+        if not isinstance(target, Tensor) or target.shape != getattr(logits, "shape", None):
+            raise ValueError(f"target must have the shape of logits "
+                             f"{list(getattr(logits, 'shape', []))}, got "
+                             f"{list(getattr(target, 'shape', [type(target).__name__]))}")
+        if target.numel() and not bool(((target >= 0) & (target <= 1)).all()):
+            raise ValueError(f"target must hold probabilities in [0, 1] (labels 0 / 1), got values "
+                             f"in [{float(target.min())}, {float(target.max())}]")
+        if pos_weight is not None and not bool((torch.as_tensor(pos_weight) > 0).all()):
+            raise ValueError(f"pos_weight must be positive, got {pos_weight}")
         return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype),
                                                   pos_weight=pos_weight)
