@@ -358,6 +358,40 @@ def test_fused_decoder_equals_eager() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_dymrl_bad_arguments_and_modalities_raise_named_errors() -> None:
+    """Sizes of the model, query ids of another dtype and modality features that are unknown,
+    missing, of another shape or dtype raise errors naming them (a KeyError, a shape error of
+    a matmul or a GRU, a ZeroDivisionError or nothing at all before); an empty query batch
+    scores nothing."""
+    for kw, msg in ((dict(heads=0), "heads must be an int >= 1, got 0"),
+                    (dict(dim=0), "dim must be an int >= 2, got 0"),
+                    (dict(layers=-1), "layers must be an int >= 0, got -1")):
+        with pytest.raises(ValueError, match=msg):
+            DyMRL(8, 3, **{"dim": 4, **kw})
+    with pytest.raises(ValueError, match="num_entities must be an int >= 1, got 0"):
+        DyMRL(0, 3, dim=4)
+    with pytest.raises(ValueError, match="num_relations must be an int >= 1, got 0"):
+        DyMRL(8, 0, dim=4)
+    m, gs, mods = _tiny_model()
+    s, r = torch.tensor([0, 1]), torch.tensor([0, 1])
+    assert m(gs, s[:0], r[:0], modalities=mods).shape == (0, 8)
+    torch.testing.assert_close(m(gs, s.int(), r.int(), modalities=mods),
+                               m(gs, s, r, modalities=mods))
+    with pytest.raises(TypeError, match="s must be an integer"):
+        m(gs, s.float(), r, modalities=mods)
+    exact = r"exactly the modalities the model was built with \['text'\]"
+    with pytest.raises(ValueError, match=exact + r", got \[\]"):
+        m(gs, s, r)
+    with pytest.raises(ValueError, match=exact + r", got \['image', 'text'\]"):
+        m(gs, s, r, modalities={**mods, "image": mods["text"]})
+    with pytest.raises(ValueError, match=r"modality 'text' must be a \[8, 5\] feature matrix"):
+        m(gs, s, r, modalities={"text": mods["text"][:, :4]})
+    with pytest.raises(ValueError, match=r"modality 'text' must be a \[8, 5\] feature matrix"):
+        m(gs, s, r, modalities={"text": mods["text"][:7]})
+    with pytest.raises(TypeError, match="modality 'text' must have the dtype of the model"):
+        m(gs, s, r, modalities={"text": mods["text"].float()})
+
+
 def test_dymrl_refuses_ids_and_tables_it_would_misread() -> None:
     """A negative subject id (read from the back), a snapshot built for another number of
     relations (its inverse ids would land on other relations) and a relation table of another

@@ -137,6 +137,11 @@ class DyMRL(nn.Module):
                  dropout: float = 0.0, init_scale: float = 1e-3, curvature: float = 1.0,
                  fused_decoder: bool = False) -> None:
         super().__init__()
+        sizes = (("num_entities", num_entities, 1), ("num_relations", num_relations, 1),
+                 ("dim", dim, 2), ("layers", layers, 0), ("heads", heads, 1))
+        for name, val, low in sizes:
+            if not isinstance(val, int) or isinstance(val, bool) or val < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
         if dim % 2:
             raise ValueError(f"dim must be even (Givens 2x2 blocks), got {dim}")
         N, R2 = num_entities, 2 * num_relations
@@ -258,6 +263,10 @@ class DyMRL(nn.Module):
 
     def score(self, z: Tensor, s: Tensor, r: Tensor) -> Tensor:
         """Scores ``[Q, N]`` of every entity as the answer of ``(s, r, ?)``."""
+        for name, t in (("s", s), ("r", r)):
+            if not isinstance(t, Tensor) or t.dtype not in (torch.long, torch.int):
+                raise TypeError(f"{name} must be an integer (int64 or int32) tensor of ids, got "
+                                f"{getattr(t, 'dtype', type(t).__name__)}")
         if s.shape != r.shape or s.dim() != 1:
             raise ValueError(f"s and r must be equal-length 1-D tensors, got {tuple(s.shape)} "
                              f"and {tuple(r.shape)}")

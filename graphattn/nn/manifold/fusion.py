@@ -97,7 +97,22 @@ class ModalityGRU(nn.Module):
 
     def forward(self, e0: Tensor, structural: Tensor, modalities: dict[str, Tensor]
                 ) -> list[Tensor]:
+        """``[GRU(structural, E0), GRU(X_m W_m, E0) for each modality m]`` in the order of
+        ``modality_dims``; ``modalities`` maps every one of its names (and no other) to a
+        ``[N, n_m]`` feature matrix."""
+        if not isinstance(modalities, dict) or set(modalities) != set(self.proj):
+            got = sorted(modalities) if isinstance(modalities, dict) else type(modalities).__name__
+            raise ValueError(f"modalities must give the features of exactly the modalities the "
+                             f"model was built with {sorted(self.proj)}, got {got}")
         out = [self.gru(structural, e0)]
-        for name, feats in modalities.items():
-            out.append(self.gru(self.proj[name](feats), e0))
+        for name, proj in self.proj.items():
+            feats = modalities[name]
+            want = [e0.size(0), proj.in_features]
+            if not isinstance(feats, Tensor) or list(feats.shape) != want:
+                raise ValueError(f"modality '{name}' must be a {want} feature matrix (one row per "
+                                 f"entity), got {list(getattr(feats, 'shape', []))}")
+            if feats.dtype != proj.weight.dtype:
+                raise TypeError(f"modality '{name}' must have the dtype of the model "
+                                f"({proj.weight.dtype}), got {feats.dtype}")
+            out.append(self.gru(proj(feats), e0))
         return out

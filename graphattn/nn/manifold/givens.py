@@ -21,9 +21,9 @@ def _pairs(g: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if g.size(-1) != x.size(-1) or x.size(-1) % 2:
         raise ValueError(f"Givens parameters and vectors must share an even last dimension, got "
                          f"{g.size(-1)} and {x.size(-1)}")
-    g = g.reshape(*g.shape[:-1], -1, 2)
+    g = g.reshape(*g.shape[:-1], g.size(-1) // 2, 2)  # explicit: -1 is ambiguous for 0 rows
     g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-15)
-    x = x.reshape(*x.shape[:-1], -1, 2)
+    x = x.reshape(*x.shape[:-1], x.size(-1) // 2, 2)
     return g[..., 0], g[..., 1], x[..., 0], x[..., 1]
 
 
