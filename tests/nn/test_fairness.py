@@ -318,3 +318,43 @@ def test_ugid_loss_refuses_layer_head_and_mask_arguments_it_would_misread():
     with pytest.raises(ValueError, match="'index_cf' must have the shape of 'index'"):
         logit_constraint_loss(lg, lg, torch.zeros(B, 2, dtype=torch.long),
                               torch.zeros(B, 1, dtype=torch.long))
+
+
+def test_ugid_refuses_head_counts_masks_logits_and_eps_it_would_misread():
+    """rank_heads' k < 1 (topk's own error, or no head), its negative layers and a graph
+    without sensitive positions; a valid-token mask of one row for a batch of two (broadcast
+    in UGIDLoss); logits of more than two dims (gathered along the wrong dim, or the anchor's
+    batch mean divided by B alone); a non-positive eps (0 / 0 for a fully excluded row): each
+    raises an error naming the argument."""
+    B, L, H, T, D = 2, 2, 2, 4, 3
+    att = torch.softmax(torch.randn(B, L, H, T, T), -1)
+    sens = torch.zeros(B, T, dtype=torch.bool)
+    sens[:, 1] = True
+    ones = torch.ones(B, T, dtype=torch.bool)
+
+    def graph(s=sens, m=ones):
+        return ComputationalGraph(hidden=torch.randn(B, L + 1, T, D), attention=att, mask=m,
+                                  sensitive=s)
+
+    assert rank_heads(graph(), graph(), k=2).sum() == 2
+    assert rank_heads(graph(), graph(), k=99).all()  # more than there are: all of them
+    for k in (-1, 0, 1.5):
+        with pytest.raises(ValueError, match="'k' must be an int >= 1"):
+            rank_heads(graph(), graph(), k=k)
+    with pytest.raises(ValueError, match=r"'layers' must hold layer indices in \[0, 2\)"):
+        rank_heads(graph(), graph(), k=1, layers=[-1])
+    with pytest.raises(ValueError, match="'graph_cf.sensitive' must be a .* mark the sensitive"):
+        rank_heads(graph(), graph(s=None), k=1)
+    with pytest.raises(ValueError, match=r"'graph.mask' must be a \[B=2, T=4\] bool mask"):
+        UGIDLoss()(graph(m=ones[:1]), graph())
+    with pytest.raises(ValueError, match=r"'graph_cf.mask' must be a \[B=2, T=4\] bool mask"):
+        rank_heads(graph(), graph(m=ones[:1]), k=1)
+    lg3 = torch.randn(B, 3, 10)
+    with pytest.raises(ValueError, match="'logits' must have at most 2 dims"):
+        logit_constraint_loss(lg3, lg3, torch.zeros(B, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="'logits_ref' must have at most 2 dims"):
+        anchor_loss(lg3, lg3)
+    a = _maps()
+    for eps in (0.0, -1e-8):
+        with pytest.raises(ValueError, match="'eps' must be positive"):
+            edge_invariance_loss(a, a, eps=eps)

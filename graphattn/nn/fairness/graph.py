@@ -18,7 +18,8 @@ from torch import Tensor
 
 from ... import ops
 
-__all__ = ["ComputationalGraph", "extract_graph", "rank_heads", "route", "sensitive_positions"]
+__all__ = ["ComputationalGraph", "check_layers", "counterfactual_masks", "extract_graph",
+           "rank_heads", "route", "sensitive_positions"]
 
 
 @dataclass
@@ -136,19 +137,54 @@ def route(data, values: Tensor) -> Tensor:
     return ops.aggregate(msg.flatten(1), graph, "sum").view(N, H, -1)
 
 
+def counterfactual_masks(graph: ComputationalGraph, graph_cf: ComputationalGraph
+                         ) -> tuple[Tensor, Tensor]:
+    """Checks that two graphs form a counterfactual pair (equal attention shapes, both with
+    ``[B, T]`` sensitive and valid-token masks) and returns the positions excluded from the
+    invariance terms (sensitive in either) and those valid in both, each ``[B, T]`` bool."""
+    if graph_cf.attention.shape != graph.attention.shape:
+        raise ValueError("counterfactual graphs must have equal shapes "
+                         f"({list(graph.attention.shape)} vs {list(graph_cf.attention.shape)})")
+    B, T = graph.attention.shape[0], graph.attention.shape[-1]
+    for g, name in ((graph, "graph"), (graph_cf, "graph_cf")):
+        for field in ("sensitive", "mask"):
+            m = getattr(g, field)
+            if not isinstance(m, Tensor) or tuple(m.shape) != (B, T):
+                got = list(m.shape) if isinstance(m, Tensor) else m
+                hint = ": mark the sensitive positions first" if m is None else ""
+                raise ValueError(f"'{name}.{field}' must be a [B={B}, T={T}] bool mask, got "
+                                 f"{got}{hint}")
+    S = graph.sensitive.bool() | graph_cf.sensitive.bool()
+    return S, graph.mask.bool() & graph_cf.mask.bool()
+
+
+def check_layers(layers: Iterable[int] | None, L: int) -> list[int]:
+    """``layers`` as a list of indices in ``[0, L)`` (all by default). A negative index is
+    refused: it would pick layer ``L + i`` of the attention but hidden output ``i + 1``."""
+    layers = list(range(L)) if layers is None else [int(i) for i in layers]
+    if any(not 0 <= i < L for i in layers):
+        raise ValueError(f"'layers' must hold layer indices in [0, {L}), got {layers}")
+    return layers
+
+
 def rank_heads(graph: ComputationalGraph, graph_cf: ComputationalGraph, k: int,
                layers: list[int] | None = None) -> Tensor:
     r"""Picks the ``k`` most bias-sensitive heads: those whose attention differs most between
     the counterfactual inputs (the edge term per head, sensitive rows/columns excluded).
+
+    Args:
+        k (int): heads to pick, ``>= 1`` (all of them if more than ``len(layers) * H``).
+        layers (list of int, optional): layer indices in ``[0, L)`` (default all).
 
     Returns:
         ``[len(layers), H]`` bool.
     """
     from .losses import edge_invariance_loss
 
-    layers = list(range(graph.num_layers)) if layers is None else list(layers)
-    S = graph.sensitive | graph_cf.sensitive
-    mask = graph.mask & graph_cf.mask
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"'k' must be an int >= 1, got {k!r}")
+    layers = check_layers(layers, graph.num_layers)
+    S, mask = counterfactual_masks(graph, graph_cf)
     with torch.no_grad():
         score = torch.stack([torch.stack([
             edge_invariance_loss(graph.attention[:, layer, h], graph_cf.attention[:, layer, h],

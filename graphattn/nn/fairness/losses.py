@@ -61,7 +61,8 @@ def _keep_mask(sensitive: Tensor | None, mask: Tensor | None, shape: tuple[int, 
     return keep
 
 
-def _check_pair(a: Tensor, b: Tensor, name: str, min_dim: int) -> None:
+def _check_pair(a: Tensor, b: Tensor, name: str, min_dim: int, max_dim: int | None = None
+                ) -> None:
     for n, t in ((name, a), (f"{name}_cf", b)):
         if not isinstance(t, Tensor):
             raise TypeError(f"'{n}' must be a tensor, got {type(t).__name__}")
@@ -73,6 +74,8 @@ def _check_pair(a: Tensor, b: Tensor, name: str, min_dim: int) -> None:
             f"token length), got {list(a.shape)} and {list(b.shape)}")
     if a.dim() < min_dim:
         raise ValueError(f"'{name}' must have at least {min_dim} dims, got {list(a.shape)}")
+    if max_dim is not None and a.dim() > max_dim:
+        raise ValueError(f"'{name}' must have at most {max_dim} dims, got {list(a.shape)}")
 
 
 def edge_invariance_loss(attn: Tensor, attn_cf: Tensor, sensitive: Tensor | None = None,
@@ -95,6 +98,8 @@ def edge_invariance_loss(attn: Tensor, attn_cf: Tensor, sensitive: Tensor | None
     _check_pair(attn, attn_cf, "attn", 3)
     if distance not in ("kl", "l2"):
         raise ValueError(f"'distance' must be 'kl' or 'l2', got {distance!r}")
+    if not eps > 0:  # eps = 0 gives 0 / 0 for a row whose columns are all excluded
+        raise ValueError(f"'eps' must be positive, got {eps}")
     B, T = attn.shape[0], attn.shape[-1]
     if attn.shape[-2] != T:
         raise ValueError(f"'attn' must end in square [T, T] maps, got {list(attn.shape)}")
@@ -158,7 +163,7 @@ def logit_constraint_loss(logits: Tensor, logits_cf: Tensor, index: Tensor,
         scalar: mean squared difference of log-probabilities; invariant to adding a constant
         to all logits of a row.
     """
-    _check_pair(logits, logits_cf, "logits", 2)
+    _check_pair(logits, logits_cf, "logits", 2, 2)  # [B, V]: one scored position per input
     index_cf = index if index_cf is None else index_cf
     for n, t in (("index", index), ("index_cf", index_cf)):
         if not isinstance(t, Tensor) or t.dtype != torch.long:
@@ -185,7 +190,7 @@ def anchor_loss(logits_ref: Tensor, logits: Tensor) -> Tensor:
     Returns:
         scalar: batch-mean KL divergence (0 when the two models agree).
     """
-    _check_pair(logits_ref, logits, "logits_ref", 2)
+    _check_pair(logits_ref, logits, "logits_ref", 2, 2)  # batchmean divides by B alone
     return F.kl_div(F.log_softmax(logits, -1), F.log_softmax(logits_ref.detach(), -1),
                     log_target=True, reduction="batchmean")
 
@@ -219,17 +224,10 @@ class UGIDLoss(nn.Module):
                 anchor: Tensor | None = None) -> dict[str, Tensor]:
         """``layers`` selects attention layers and hidden-state outputs (default all);
         ``heads`` (``[len(layers), H]`` bool) selects the bias-sensitive heads."""
-        if graph.sensitive is None:
-            raise ValueError("graph.sensitive is None: mark the sensitive positions first")
-        if graph_cf.attention.shape != graph.attention.shape:
-            raise ValueError("counterfactual graphs must have equal shapes "
-                             f"({list(graph.attention.shape)} vs {list(graph_cf.attention.shape)})")
-        L = graph.attention.shape[1]
-        layers = list(range(L)) if layers is None else [int(i) for i in layers]
-        if any(not 0 <= i < L for i in layers):
-            # a negative index would pick layer L + i for the edge term but hidden output
-            # i + 1 (from the front) for the node term
-            raise ValueError(f"'layers' must hold layer indices in [0, {L}), got {layers}")
+        from .graph import check_layers, counterfactual_masks
+
+        S, mask = counterfactual_masks(graph, graph_cf)
+        layers = check_layers(layers, graph.attention.shape[1])
         att, att_cf = graph.attention[:, layers], graph_cf.attention[:, layers]
         if heads is not None:
             if not isinstance(heads, Tensor) or heads.dtype != torch.bool:
@@ -240,14 +238,6 @@ class UGIDLoss(nn.Module):
                 raise ValueError(f"'heads' must have shape {list(att.shape[1:3])}, "
                                  f"got {list(heads.shape)}")
             att, att_cf = att[:, heads], att_cf[:, heads]
-        B, T = graph.attention.shape[0], graph.attention.shape[-1]
-        for g, name in ((graph, "graph"), (graph_cf, "graph_cf")):
-            if g.sensitive is None or tuple(g.sensitive.shape) != (B, T):
-                got = None if g.sensitive is None else list(g.sensitive.shape)
-                raise ValueError(f"'{name}.sensitive' must be a [B={B}, T={T}] bool mask, "
-                                 f"got {got}")
-        S = graph.sensitive | graph_cf.sensitive
-        mask = graph.mask & graph_cf.mask
         zero = graph.attention.new_zeros(())
         out = {"edge": edge_invariance_loss(att, att_cf, S, mask, self.edge_distance),
                "node": node_invariance_loss(graph.hidden[:, [i + 1 for i in layers]],
