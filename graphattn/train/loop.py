@@ -6,12 +6,15 @@ evaluation, a tqdm bar, early stopping on ``config.monitor``, and the run direct
 ``runs_dir/name/``:
 
 * ``metrics.json``: the config, the history, the best epoch and row, whether the run stopped
-  early and the total wall time; rewritten after every epoch.
+  early and the total wall time; rewritten after every epoch. It is strict JSON: a metric
+  that is NaN or infinite is written as ``null``.
 * ``checkpoint.pt``: model, optimizer and scheduler states, the epoch, history, best row,
   early-stopping counter and the python / numpy / torch (and CUDA) RNG states; rewritten
   after every epoch. ``TrainConfig(resume=True)`` continues from it, bitwise identical to an
   uninterrupted run as long as the closures draw randomness only from those global RNGs
-  (data loaders with worker processes or private generators carry their own state).
+  (data loaders with worker processes or private generators carry their own state). A
+  resume refuses a checkpoint made with another ``seed``, ``monitor`` or ``mode``, or for
+  another optimizer class, before it loads anything.
 * ``best.pt``: the model state of the best epoch so far; :func:`load_best` loads it. The model
   itself is left at its *last* state when :func:`fit` returns.
 * ``curve.png``: :func:`~graphattn.train.plot_curves` of the history, written at the end.
@@ -162,7 +165,7 @@ def load_best(model: nn.Module, run_dir: str | Path) -> nn.Module:
     Returns:
         ``model``, for chaining.
     """
-    state = torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True)
+    state = _load(Path(run_dir) / "best.pt")
     _unwrap(model).load_state_dict(state)
     return model
 
@@ -211,7 +214,8 @@ def fit(
     best: dict[str, float] = {}
     best_epoch, bad, prior_time, start = -1, 0, 0.0, 0
     if config.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = _load(ckpt_path)
+        _check_resumable(ckpt, ckpt_path, config, optimizer)
         _unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -227,11 +231,11 @@ def fit(
         return config.patience is not None and bad >= config.patience
 
     def write_metrics(stopped: bool) -> None:
-        _atomic_write_text(run_dir / "metrics.json", json.dumps({
+        _atomic_write_text(run_dir / "metrics.json", json.dumps(_finite_or_null({
             "config": config.to_dict(), "history": history, "best_epoch": best_epoch,
             "best": best, "stopped_early": stopped,
             "total_time": prior_time + time.perf_counter() - wall_start,
-        }, indent=1))
+        }), indent=1, allow_nan=False))
 
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +284,8 @@ def fit(
             _atomic_save({
                 "model": _unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "optimizer_class": type(optimizer).__name__,
+                "run": {k: getattr(config, k) for k in _RESUME_KEYS},
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
                 "bad_epochs": bad, "total_time": prior_time + time.perf_counter() - wall_start,
@@ -297,6 +303,56 @@ def fit(
         plot_curves(history, run_dir / "curve.png", title=config.name)
     return RunResult(history=history, best_epoch=best_epoch, best=best, run_dir=run_dir,
                      stopped_early=stopped_early)
+
+
+#: Settings a resume must share with the run that wrote the checkpoint: another seed would be
+#: recorded but not used (the RNG states come from the checkpoint), another monitor or mode
+#: would compare new values with a best row chosen by the old rule.
+_RESUME_KEYS = ("seed", "monitor", "mode")
+_CKPT_KEYS = ("model", "optimizer", "history", "best", "best_epoch", "bad_epochs",
+              "total_time", "epoch", "rng")
+
+
+def _load(path: Path) -> Any:
+    """``torch.load`` of a run file, with an error naming it if it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files fail in zipfile, pickle, struct, ...
+        raise ValueError(f"cannot read {path} ({type(e).__name__}: {e}); it is corrupt or not "
+                         f"a graphattn run file: delete it, or start a fresh run "
+                         f"(TrainConfig(resume=False) or another name)") from e
+
+
+def _check_resumable(ckpt: Any, path: Path, config: TrainConfig,
+                     optimizer: torch.optim.Optimizer) -> None:
+    """Refuses a checkpoint that this run cannot continue, before anything is loaded."""
+    missing = [k for k in _CKPT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else _CKPT_KEYS
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of fit() (missing {list(missing)}): delete "
+                         f"it or start a fresh run (TrainConfig(resume=False) or another name)")
+    fresh = "start a fresh run (TrainConfig(resume=False) or another name)"
+    run = ckpt.get("run")  # absent in checkpoints written before it was recorded
+    if isinstance(run, dict):
+        for key in _RESUME_KEYS:
+            if key in run and run[key] != getattr(config, key):
+                raise ValueError(f"{path} was written with {key}={run[key]!r}, this run has "
+                                 f"TrainConfig.{key}={getattr(config, key)!r}: resume with the "
+                                 f"same {key}, or {fresh}")
+    cls = ckpt.get("optimizer_class")
+    if cls is not None and cls != type(optimizer).__name__:
+        raise ValueError(f"{path} holds the state of a {cls} optimizer, this run has a "
+                         f"{type(optimizer).__name__}: resume with a {cls}, or {fresh}")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None`` (JSON ``null``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def _is_main() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -189,3 +190,65 @@ def test_ddp_model_saves_plain_state(tmp_path: Path) -> None:
         assert torch.equal(plain.weight, ddp.module.weight)
     finally:
         dist.destroy_process_group()
+
+
+def test_resume_refuses_another_seed_optimizer_or_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    """Each case raises an error naming the file and the setting, before anything is loaded
+    (another seed was recorded but not used; another optimizer's state loaded the weights and
+    then failed with a KeyError; a torn file failed with struct.error or pickle errors)."""
+    _run(tmp_path, "r", 2)
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+
+    def resume(opt_cls=torch.optim.Adam, **kw):
+        model = _model(init_seed=5)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = opt_cls(model.parameters(), lr=1e-2)
+        cfg = TrainConfig("r", epochs=3, runs_dir=tmp_path, resume=True, progress=False, **kw)
+        try:
+            fit(model, opt, *_closures(model, opt), cfg)
+        finally:  # refused before the weights were touched
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, before[k]), k
+
+    with pytest.raises(ValueError, match=r"checkpoint.pt was written with seed=0, this run has "
+                                         r"TrainConfig.seed=7"):
+        resume(seed=7)
+    with pytest.raises(ValueError, match="written with monitor='val_loss'"):
+        resume(monitor="loss")
+    with pytest.raises(ValueError, match="written with mode='min'"):
+        resume(mode="max")
+    with pytest.raises(ValueError, match="holds the state of a Adam optimizer, this run has a "
+                                         "SGD"):
+        resume(torch.optim.SGD)
+    ckpt.write_bytes(ckpt.read_bytes()[:200])  # torn
+    with pytest.raises(ValueError, match="cannot read .*checkpoint.pt .*corrupt"):
+        resume()
+    torch.save({"model": {}}, ckpt)  # a torch file, but not a checkpoint of fit()
+    with pytest.raises(ValueError, match=r"is not a checkpoint of fit\(\) \(missing"):
+        resume()
+    (tmp_path / "r" / "best.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="cannot read .*best.pt"):
+        load_best(_model(), tmp_path / "r")
+
+
+def test_metrics_json_is_strict_with_non_finite_metrics(tmp_path: Path) -> None:
+    """A NaN or infinite metric that is not the monitored one is written as null (a bare NaN
+    made metrics.json unreadable by strict JSON parsers); the history keeps the float."""
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train_epoch, evaluate = _closures(model, opt)
+
+    def train_nan(epoch):
+        return {**train_epoch(epoch), "grad_norm": float("nan"), "ratio": float("inf")}
+
+    cfg = TrainConfig("nan", epochs=2, runs_dir=tmp_path, progress=False)
+    result = fit(model, opt, train_nan, evaluate, cfg)
+    assert math.isnan(result.history[0]["grad_norm"])
+
+    def strict(c):
+        raise ValueError(f"non-strict JSON constant {c}")
+
+    data = json.loads((tmp_path / "nan" / "metrics.json").read_text(), parse_constant=strict)
+    assert data["history"][1]["grad_norm"] is None and data["history"][1]["ratio"] is None
+    assert data["best"]["grad_norm"] is None
+    assert math.isfinite(data["history"][1]["loss"])
