@@ -302,8 +302,10 @@ def test_gdegan_bad_inputs_and_structures_without_edges():
     x, pos = torch.randn(4, 5), torch.randn(4, 3)
     with pytest.raises(ValueError, match="sorted"):
         model(x, pos, batch=torch.tensor([0, 1, 0, 1]))
-    with pytest.raises(ValueError, match="'batch' must be an int64"):
+    with pytest.raises(ValueError, match=r"batch must have shape \[N\] = \[4\]"):
         model(x, pos, batch=torch.tensor([0, 0, 1]))
+    with pytest.raises(TypeError, match="batch must be an integer tensor"):
+        model(x, pos, batch=torch.tensor([0.0, 0.0, 1.0, 1.0]))
     with pytest.raises((ValueError, RuntimeError), match=r"edge_index\[0\]"):
         model(x, pos, edge_index=torch.tensor([[0, 9], [1, 0]]))
     with pytest.raises(ValueError, match=r"'x' must be \[N, 5\]"):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ... import ops
-from ...geometry import _check_pos, edge_vectors
+from ...geometry import _check_batch, _check_pos, edge_vectors
 from ...index import EdgeGraph
 from .products import (
     DepthwiseTensorProduct,
@@ -193,17 +193,11 @@ class EdgeGeometry(nn.Module):
 
 
 def check_batch(batch: Tensor | None, num_nodes: int, device: torch.device) -> Tensor:
-    """``batch`` as given (all zeros when ``None``) after checking that it is a sorted int64
-    ``[num_nodes]`` tensor, as PyG's ``Batch`` gives it: the segment reductions of the
-    readouts take each structure's nodes as one contiguous segment."""
-    if batch is None:
-        return torch.zeros(num_nodes, dtype=torch.long, device=device)
-    if not isinstance(batch, Tensor) or batch.dtype != torch.long or batch.shape != (num_nodes,):
-        got = (f"{batch.dtype} {list(batch.shape)}" if isinstance(batch, Tensor)
-               else type(batch).__name__)
-        raise ValueError(f"'batch' must be an int64 tensor of shape [N={num_nodes}], got {got}")
-    if batch.numel() and int(batch.min()) < 0:
-        raise ValueError(f"'batch' must hold structure ids >= 0, got {int(batch.min())}")
+    """``batch`` as an int64 tensor (all zeros when ``None``) after the checks of the radius
+    and kNN graphs (:mod:`graphattn.geometry`: an integer ``[num_nodes]`` tensor of graph ids
+    >= 0) and one more: sorted, as PyG's ``Batch`` gives it, since the segment reductions of
+    the readouts take each structure's nodes as one contiguous segment."""
+    batch = _check_batch(batch, num_nodes, device)
     if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
         raise ValueError("'batch' must be sorted (PyG's Batch is)")
     return batch

@@ -137,6 +137,8 @@ class DepthwiseTensorProduct(nn.Module):
         self.w_sizes = [mul for *_, mul, _, _ in paths]
         self.register_buffer("path_const", torch.tensor(const), persistent=False)
         self.dim_out = int(self.irreps_out.dim)
+        # the exact widths of x, y and weight that _check asks of every call
+        self._widths = (sum(self.in_sizes), sum(self.sh_sizes), sum(self.w_sizes))
         meta, coupling = self._path_table(o3)
         self.register_buffer("meta", meta, persistent=False)
         self.register_buffer("coupling", coupling, persistent=False)
@@ -187,8 +189,7 @@ class DepthwiseTensorProduct(nn.Module):
         """``x [E, dim in]``, ``y [E, dim sh]``, ``weight [E, weight_numel]``: the same rows, the
         exact widths (no broadcast weight row, no extra columns), on both paths."""
         E = x.shape[0] if isinstance(x, Tensor) and x.dim() == 2 else "E"
-        for t, name, width in ((x, "x", sum(self.in_sizes)), (y, "y", sum(self.sh_sizes)),
-                               (weight, "weight", sum(self.w_sizes))):
+        for t, name, width in zip((x, y, weight), ("x", "y", "weight"), self._widths):
             if not isinstance(t, Tensor) or t.dim() != 2 or tuple(t.shape) != (E, width):
                 got = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"'{name}' must have shape [E={E}, {width}], got {got}")
