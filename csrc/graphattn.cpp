@@ -114,6 +114,21 @@ TORCH_LIBRARY(graphattn, m) {
       "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
       "float negative_slope, bool kv_shared=False, bool validated=False, int row_begin=0, "
       "int? row_end=None) -> (Tensor, Tensor)");
+  // The 'additive' (GAT) backward in two ops (CPU): _values fills the per-edge records of the
+  // out-edges of the source rows [row_begin, row_end) in `record` [E, 2H] and returns their
+  // grad v, from `stats` = [lse (+inf for -inf), q] [N_dst, 2H]; once every source row has run,
+  // _scores returns (grad q, grad k, grad bias or an empty tensor) from the records. Together
+  // they equal edge_attention_backward of kind 1; apart, a caller consumes grad v block by
+  // block (graphattn.ops.projected_attention).
+  m.def(
+      "edge_attention_backward_additive_values(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
+      "Tensor? bias, Tensor stats, Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, "
+      "float negative_slope, Tensor(a!) record, bool validated=False, int row_begin=0, "
+      "int? row_end=None) -> Tensor");
+  m.def(
+      "edge_attention_backward_additive_scores(Tensor(a!) record, Tensor ptr, Tensor csc_ptr, "
+      "Tensor csc_eid, float negative_slope, bool bias_grad=False, bool validated=False) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

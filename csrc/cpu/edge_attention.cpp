@@ -466,31 +466,14 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
 //      gradient); grad q_i = sum_e ds_e. No gather and no exponential.
 //   B2 (source rows, CSC): grad k_j = sum_e ds_e.
 // eb is [E, 2H] (32 bytes per edge at H = 4), the one per-edge buffer of this backward.
-template <int HC, int DVC, typename scalar_t>
-void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
-                       const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                       const scalar_t* bias, const scalar_t* lse, const int64_t* ptr,
-                       const int64_t* src, const int64_t* cptr, const int64_t* ceid,
-                       const int64_t* cdst, double slope_, scalar_t* gq, scalar_t* gk,
-                       scalar_t* gv, scalar_t* gbias, scalar_t* eb, scalar_t* stats,
-                       bool kv_shared) {
+// The per-destination record of B1, [lse_i, q_i]: one short random read per edge. A fully
+// masked head (lse = -inf) is stored as +inf, so that exp(s - lse) is 0 without a branch and
+// the head loops of B1 vectorise.
+template <typename scalar_t>
+void additive_stats(const Dims& dm, const scalar_t* q, const scalar_t* lse, scalar_t* stats) {
   using acc_t = typename Acc<scalar_t>::type;
-  static_assert(std::is_same<acc_t, scalar_t>::value,
-                "the packed row statistics hold accumulator values in scalar_t");
-  const int64_t H = HC ? HC : dm.H, Dv = DVC ? DVC : dm.Dv, E = dm.E, S = stats_width(H);
-  const acc_t slope = acc_t(slope_);
+  const int64_t H = dm.H, S = stats_width(H);
   const acc_t NEG_INF = -std::numeric_limits<acc_t>::infinity();
-  auto grain = [&](int64_t rows) {  // about 4096 edges per task
-    return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, E / std::max<int64_t>(1, rows)));
-  };
-  const int64_t grain_d = grain(dm.Nd), grain_s = grain(dm.Ns);
-  auto pre = [&](int64_t e, int64_t h, acc_t qi, acc_t kj) -> acc_t {  // z_e before LeakyReLU
-    return qi + kj + (bias ? acc_t(bias[e * H + h]) : acc_t(0));
-  };
-
-  // record [lse_i, q_i] of each destination: one short random read per edge in B1. A fully
-  // masked head (lse = -inf) is stored as +inf, so that exp(s - lse) is 0 without a branch
-  // and the head loops below vectorise.
   const acc_t POS_INF = std::numeric_limits<acc_t>::infinity();
   at::parallel_for(0, dm.Nd, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
@@ -500,9 +483,30 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
         stats[i * S + H + h] = q[i * H + h];
       }
   });
+}
 
-  // ---- B1: source rows -> dp_e, grad v ------------------------------------------------------
-  at::parallel_for(0, dm.Ns, grain_s, [&](int64_t begin, int64_t end) {
+// about 4096 edges per task of a pass over `rows` rows
+inline int64_t additive_grain(int64_t E, int64_t rows) {
+  return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, E / std::max<int64_t>(1, rows)));
+}
+
+// B1 of the 'additive' backward over the source rows [src_begin, src_end): their out-edges'
+// records in eb and grad v, written from row 0 of gv_out (see backward_additive).
+template <int HC, int DVC, typename scalar_t>
+void additive_values(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
+                     const scalar_t* k, const scalar_t* v, const scalar_t* bias,
+                     const scalar_t* stats, const int64_t* cptr, const int64_t* ceid,
+                     const int64_t* cdst, double slope_, scalar_t* eb, scalar_t* gv_out,
+                     int64_t src_begin, int64_t src_end) {
+  using acc_t = typename Acc<scalar_t>::type;
+  static_assert(std::is_same<acc_t, scalar_t>::value,
+                "the packed row statistics hold accumulator values in scalar_t");
+  const int64_t H = HC ? HC : dm.H, Dv = DVC ? DVC : dm.Dv, E = dm.E, S = stats_width(H);
+  const acc_t slope = acc_t(slope_);
+  auto pre = [&](int64_t e, int64_t h, acc_t qi, acc_t kj) -> acc_t {  // z_e before LeakyReLU
+    return qi + kj + (bias ? acc_t(bias[e * H + h]) : acc_t(0));
+  };
+  at::parallel_for(src_begin, src_end, additive_grain(E, dm.Ns), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gvj(H * Dv);
     for (int64_t j = begin; j < end; ++j) {
       std::fill(gvj.begin(), gvj.end(), acc_t(0));
@@ -537,13 +541,23 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
           for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
         }
       }
-      scalar_t* gvo = (kv_shared ? gk : gv) + j * H * Dv;  // k is v: B2 adds grad k
+      scalar_t* gvo = gv_out + (j - src_begin) * H * Dv;
       for (int64_t t = 0; t < H * Dv; ++t) gvo[t] = scalar_t(gvj[t]);
     }
   });
+}
 
+// A and B2 of the 'additive' backward, from the complete records of B1 (backward_additive).
+// add_to_gk: grad k already holds grad v (k is v) and B2 adds to it.
+template <int HC, typename scalar_t>
+void additive_scores(const Dims& dm, const int64_t* ptr, const int64_t* cptr,
+                     const int64_t* ceid, double slope_, scalar_t* eb, scalar_t* gq,
+                     scalar_t* gk, scalar_t* gbias, bool add_to_gk) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t H = HC ? HC : dm.H, E = dm.E;
+  const acc_t slope = acc_t(slope_);
   // ---- A: destination rows -> delta, ds (in eb), grad q -----------------------------------
-  at::parallel_for(0, dm.Nd, grain_d, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, dm.Nd, additive_grain(E, dm.Nd), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> dl(H), gqi(H);
     acc_t* __restrict__ d = dl.data();
     acc_t* __restrict__ g = gqi.data();
@@ -574,7 +588,7 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
   });
 
   // ---- B2: source rows -> grad k = sum of ds over out-edges ---------------------------------
-  at::parallel_for(0, dm.Ns, grain_s, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, dm.Ns, additive_grain(E, dm.Ns), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> gkj(H);
     for (int64_t j = begin; j < end; ++j) {
       std::fill(gkj.begin(), gkj.end(), acc_t(0));
@@ -584,9 +598,37 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
         for (int64_t h = 0; h < H; ++h) gkj[h] += acc_t(ds[h]);
       }
       for (int64_t h = 0; h < H; ++h)
-        gk[j * H + h] = scalar_t((kv_shared ? acc_t(gk[j * H + h]) : acc_t(0)) + gkj[h]);
+        gk[j * H + h] = scalar_t((add_to_gk ? acc_t(gk[j * H + h]) : acc_t(0)) + gkj[h]);
     }
   });
+}
+
+// Backward of 'additive' (GAT): s_e = LeakyReLU(z_e), z_e = q_i + k_j + b_e, one scalar per
+// head, so no score needs a row gather and the rows are gathered once (file header):
+//   B1 (source rows, CSC): p_e from the record [lse_i, q_i], dp_e = dO_i . v_j (+ gw_e);
+//      grad v_j = sum_e p_e dO_i; the edge's record in eb: u_e = p_e dp_e and p_e carrying
+//      LeakyReLU'(z_e) in its sign (negative: slope, positive: 1).
+//   A  (destination rows, CSR, eb streamed in order): delta_i = sum_e u_e,
+//      ds_e = LeakyReLU'(z_e) (u_e - p_e delta_i) into eb (in place, and into the bias
+//      gradient); grad q_i = sum_e ds_e. No gather and no exponential.
+//   B2 (source rows, CSC): grad k_j = sum_e ds_e.
+// eb is [E, 2H] (32 bytes per edge at H = 4), the one per-edge buffer of this backward. The
+// ops edge_attention_backward_additive_values / _scores run B1 (by blocks of source rows) and
+// A + B2 apart, so that a caller consumes grad v block by block (ops.projected_attention).
+template <int HC, int DVC, typename scalar_t>
+void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const scalar_t* gw,
+                       const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                       const scalar_t* bias, const scalar_t* lse, const int64_t* ptr,
+                       const int64_t* src, const int64_t* cptr, const int64_t* ceid,
+                       const int64_t* cdst, double slope_, scalar_t* gq, scalar_t* gk,
+                       scalar_t* gv, scalar_t* gbias, scalar_t* eb, scalar_t* stats,
+                       bool kv_shared) {
+  (void)src;
+  additive_stats(dm, q, lse, stats);
+  // k is v: B1 writes grad v into grad k, B2 adds grad k
+  additive_values<HC, DVC, scalar_t>(dm, go, gos, gw, k, v, bias, stats, cptr, ceid, cdst,
+                                     slope_, eb, kv_shared ? gk : gv, 0, dm.Ns);
+  additive_scores<HC, scalar_t>(dm, ptr, cptr, ceid, slope_, eb, gq, gk, gbias, kv_shared);
 }
 
 struct BackwardOut {
@@ -749,6 +791,89 @@ std::tuple<at::Tensor, at::Tensor> edge_attention_backward_src_cpu(
   return {o.gk, o.gv};
 }
 
+// 'additive' (GAT) backward in two ops (backward_additive): _values runs B1 over the source
+// rows [row_begin, row_end), filling their out-edges' records in `record` [E, 2H] and
+// returning their grad v; once every source row has run, _scores runs A and B2 on the records
+// and returns (grad q, grad k, grad bias). `stats` is the [N_dst, 2H] record [lse_i (+inf for
+// -inf), q_i] (graphattn.ops.projected builds it).
+at::Tensor edge_attention_backward_additive_values_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const c10::optional<at::Tensor>& bias_, const at::Tensor& stats_, const at::Tensor& csc_ptr,
+    const at::Tensor& csc_eid, const at::Tensor& csc_dst, double negative_slope,
+    at::Tensor& record, bool validated, int64_t row_begin, c10::optional<int64_t> row_end_) {
+  TORCH_CHECK(q_.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
+  const Dims dm = check_attention_shapes(q_, k_, v_, c10::nullopt, bias_, q_.size(0),
+                                         csc_eid.numel(), ADDITIVE);
+  check_grad_shapes(dm, q_, grad_out_, c10::nullopt);
+  check_csc_shapes(dm, csc_ptr, csc_eid, csc_dst);
+  check_ptr(csc_ptr, dm.E, "csc_ptr", validated);
+  check_range(csc_eid, dm.E, "csc_eid", validated);
+  check_range(csc_dst, dm.Nd, "csc_dst", validated);
+  const int64_t H = dm.H, row_end = row_end_.value_or(dm.Ns);
+  TORCH_CHECK(0 <= row_begin && row_begin <= row_end && row_end <= dm.Ns, "graphattn: the "
+              "source rows [row_begin, row_end) must satisfy 0 <= row_begin <= row_end <= "
+              "N_src = ", dm.Ns, ", got [", row_begin, ", ", row_end, ")");
+  TORCH_CHECK(stats_.sizes() == at::IntArrayRef({dm.Nd, 2 * H}),
+              "graphattn: 'stats' must have shape [N_dst, 2 * H] = [", dm.Nd, ", ", 2 * H,
+              "], got ", stats_.sizes());
+  check_float(stats_, "stats", q_.scalar_type(), q_.device());
+  TORCH_CHECK(record.sizes() == at::IntArrayRef({dm.E, 2 * H}) && record.is_contiguous(),
+              "graphattn: 'record' must be a contiguous [E, 2 * H] = [", dm.E, ", ", 2 * H,
+              "] tensor, got ", record.sizes());
+  check_float(record, "record", q_.scalar_type(), q_.device());
+  const AttentionInputs in = contiguous_inputs(q_, k_, v_, c10::nullopt, bias_, ADDITIVE);
+  const RowView go = row_view(grad_out_);
+  const at::Tensor stats = stats_.contiguous();
+  at::Tensor gv = at::empty({row_end - row_begin, H, dm.Dv}, in.q.options());
+  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "graphattn::edge_attention_backward_additive",
+                             [&] {
+    dispatch_dims(dm, [&](auto hc, auto, auto dvc) {
+      additive_values<decltype(hc)::value, decltype(dvc)::value, scalar_t>(
+          dm, go.t.data_ptr<scalar_t>(), go.stride, nullptr, in.k.data_ptr<scalar_t>(),
+          in.v.data_ptr<scalar_t>(), in.has_bias ? in.bias.data_ptr<scalar_t>() : nullptr,
+          stats.data_ptr<scalar_t>(), csc_ptr.data_ptr<int64_t>(), csc_eid.data_ptr<int64_t>(),
+          csc_dst.data_ptr<int64_t>(), negative_slope, record.data_ptr<scalar_t>(),
+          gv.data_ptr<scalar_t>(), row_begin, row_end);
+    });
+  });
+  return gv;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_additive_scores_cpu(
+    at::Tensor& record, const at::Tensor& ptr, const at::Tensor& csc_ptr,
+    const at::Tensor& csc_eid, double negative_slope, bool bias_grad, bool validated) {
+  TORCH_CHECK(record.device().is_cpu(), "graphattn: 'record' must be on the CPU for the CPU "
+              "kernel");
+  TORCH_CHECK(record.dim() == 2 && record.size(1) % 2 == 0 && record.size(1) > 0 &&
+                  record.is_contiguous(),
+              "graphattn: 'record' must be a contiguous [E, 2 * H] tensor, got ",
+              record.sizes());
+  TORCH_CHECK(record.scalar_type() == at::kFloat || record.scalar_type() == at::kDouble,
+              "graphattn: 'record' must be float32 or float64, got ", record.scalar_type());
+  const int64_t E = record.size(0), H = record.size(1) / 2;
+  check_ptr(ptr, E, "ptr", validated);
+  check_ptr(csc_ptr, E, "csc_ptr", validated);
+  TORCH_CHECK(csc_eid.numel() == E, "graphattn: 'csc_eid' must have E = ", E,
+              " entries (the rows of 'record'), got ", csc_eid.numel());
+  check_range(csc_eid, E, "csc_eid", validated);
+  const Dims dm{ptr.numel() - 1, csc_ptr.numel() - 1, E, H, 1, 1};
+  const auto opt = record.options();
+  at::Tensor gq = at::empty({dm.Nd, H, 1}, opt), gk = at::empty({dm.Ns, H, 1}, opt);
+  at::Tensor gbias = bias_grad ? at::empty({E, H}, opt) : at::empty({0}, opt);
+  AT_DISPATCH_FLOATING_TYPES(record.scalar_type(), "graphattn::edge_attention_backward_additive",
+                             [&] {
+    auto run = [&](auto hc) {
+      additive_scores<decltype(hc)::value, scalar_t>(
+          dm, ptr.data_ptr<int64_t>(), csc_ptr.data_ptr<int64_t>(), csc_eid.data_ptr<int64_t>(),
+          negative_slope, record.data_ptr<scalar_t>(), gq.data_ptr<scalar_t>(),
+          gk.data_ptr<scalar_t>(), bias_grad ? gbias.data_ptr<scalar_t>() : nullptr, false);
+    };
+    if (H == 4) run(std::integral_constant<int, 4>{});
+    else run(std::integral_constant<int, 0>{});
+  });
+  return {gq, gk, gbias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(graphattn, CPU, m) {
@@ -756,6 +881,8 @@ TORCH_LIBRARY_IMPL(graphattn, CPU, m) {
   m.impl("edge_attention_backward", &edge_attention_backward_cpu);
   m.impl("edge_attention_backward_dst", &edge_attention_backward_dst_cpu);
   m.impl("edge_attention_backward_src", &edge_attention_backward_src_cpu);
+  m.impl("edge_attention_backward_additive_values", &edge_attention_backward_additive_values_cpu);
+  m.impl("edge_attention_backward_additive_scores", &edge_attention_backward_additive_scores_cpu);
 }
 
 }  // namespace graphattn

@@ -52,6 +52,7 @@ __all__ = [
     "segment_sum",
     "set_backend",
     "native_available",
+    "projected_additive_attention",
     "projected_attention",
     "split_heads",
 ]
@@ -627,4 +628,7 @@ def edge_attention(
     return out
 
 
-from .projected import projected_attention  # noqa: E402  (uses the helpers above)
+from .projected import (  # noqa: E402  (uses the helpers above)
+    projected_additive_attention,
+    projected_attention,
+)

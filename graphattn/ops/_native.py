@@ -115,6 +115,21 @@ if WITH_EXT:
         gv = v.new_empty(0) if kv_shared else v.new_empty(rows, *v.shape[1:])
         return k.new_empty(rows, *k.shape[1:]), gv
 
+    @torch.library.register_fake("graphattn::edge_attention_backward_additive_values")
+    def _ea_bwd_add_values_fake(grad_out, q, k, v, bias, stats, csc_ptr, csc_eid, csc_dst,
+                                negative_slope, record, validated=False, row_begin=0,
+                                row_end=None):
+        rows = (v.shape[0] if row_end is None else row_end) - row_begin
+        return v.new_empty(rows, *v.shape[1:])
+
+    @torch.library.register_fake("graphattn::edge_attention_backward_additive_scores")
+    def _ea_bwd_add_scores_fake(record, ptr, csc_ptr, csc_eid, negative_slope, bias_grad=False,
+                                validated=False):
+        H = record.shape[1] // 2
+        gbias = record.new_empty(record.shape[0], H) if bias_grad else record.new_empty(0)
+        return (record.new_empty(ptr.shape[0] - 1, H, 1),
+                record.new_empty(csc_ptr.shape[0] - 1, H, 1), gbias)
+
     @torch.library.register_fake("graphattn::edge_pair_dot")
     def _pair_dot_fake(a, b, ptr, src, validated=False):
         return a.new_empty(src.shape[0], a.shape[1])

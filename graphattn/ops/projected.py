@@ -32,6 +32,8 @@ together) and the root term's output beside the attention's; this holds one bloc
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -56,6 +58,15 @@ def _attend(q, k, v, graph_tensors, scale, validated):
     out, lse, _ = torch.ops.graphattn.edge_attention(q, k, v, None, None, ptr, src, cp, ce, cd,
                                                      _DOT, scale, 0.2, False, validated)
     return out, lse
+
+
+def _aliases(params: tuple) -> tuple:
+    """A view of each input, for the recomputation of a backward with ``create_graph=True``:
+    the gradient with respect to the view counts only the paths through this input's place in
+    the function, not those through another input computed from it (``x_dst`` is ``x_src``,
+    or scores computed from ``x``), which autograd adds on its own; the views keep the
+    second derivatives connected to the inputs."""
+    return tuple(None if t is None else t.view_as(t) for t in params)
 
 
 def _rows(n: int, width: int, itemsize: int) -> int:
@@ -97,6 +108,8 @@ class _ProjectedDotAttention(torch.autograd.Function):
             grads: list = [None] * len(params)
             if wanted:
                 with torch.enable_grad():
+                    params = _aliases(params)
+                    x_dst, ws, bs = params[0], params[8], params[9]
                     q_, k_, v_ = _project(*params[:8], ctx.heads)
                     out, _ = _attend(q_, k_, v_, (ptr, src, cp, ce, cd), ctx.scale,
                                      ctx.validated)
@@ -174,23 +187,169 @@ class _ProjectedDotAttention(torch.autograd.Function):
         return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, g_ws, g_bs, *none)
 
 
+_ADDITIVE = 1
+
+
+class _ProjectedAdditiveAttention(torch.autograd.Function):
+    """GAT's attention of the values ``x W^T + b`` with the lean backward of
+    :func:`projected_additive_attention`."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, a_dst, a_src, ptr, src, cp, ce, cd, heads, slope, validated):
+        h = product(x, w, b)
+        h = h.view(h.size(0), heads, h.size(1) // heads)
+        out, lse, _ = torch.ops.graphattn.edge_attention(a_dst, a_src, h, None, None, ptr, src,
+                                                         cp, ce, cd, _ADDITIVE, 1.0, slope,
+                                                         False, validated)
+        ctx.save_for_backward(x, w, b, a_dst, a_src, h, lse, ptr, src, cp, ce, cd)
+        ctx.heads, ctx.slope, ctx.validated = heads, slope, validated
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w, b, a_dst, a_src, h, lse, ptr, src, cp, ce, cd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        params = (x, w, b, a_dst, a_src)
+        none = (None,) * 8  # graph tensors, heads, slope, validated
+        if torch.is_grad_enabled():  # create_graph=True: recompute with autograd recording
+            wanted = [i for i, t in enumerate(params) if t is not None and need[i]]
+            grads: list = [None] * len(params)
+            if wanted:
+                with torch.enable_grad():
+                    params = _aliases(params)
+                    x, w, b, a_dst, a_src = params
+                    h_ = linear(x, w, b)
+                    h_ = h_.view(h_.size(0), ctx.heads, h_.size(1) // ctx.heads)
+                    out, _, _ = torch.ops.graphattn.edge_attention(
+                        a_dst, a_src, h_, None, None, ptr, src, cp, ce, cd, _ADDITIVE, 1.0,
+                        ctx.slope, False, ctx.validated)
+                res = torch.autograd.grad(out, [params[i] for i in wanted], grad_out,
+                                          create_graph=True, allow_unused=True)
+                for i, g in zip(wanted, res):
+                    grads[i] = g if g is not None else torch.zeros_like(params[i])
+            return (*grads, *none)
+        ops = torch.ops.graphattn
+        Nd, Ns, H = a_dst.size(0), h.size(0), ctx.heads
+        # [lse_i (+inf where a head is fully masked), q_i]: the destination record of the values
+        # pass (the kernel's own layout, see edge_attention_backward_additive_values)
+        stats = torch.cat([lse.masked_fill(lse == -math.inf, math.inf),
+                           a_dst.reshape(Nd, H)], 1)
+        record = h.new_empty(src.numel(), 2 * H)
+        g_x = x.new_empty(x.shape) if need[0] else None
+        g_w = w.new_zeros(w.shape) if need[1] else None
+        g_b = b.new_zeros(b.shape) if b is not None and need[2] else None
+        rows = _rows(Ns, h.size(1) * h.size(2), h.element_size())
+        for blk in range(0, Ns, rows):
+            e = min(blk + rows, Ns)
+            # the first block's call checks the indices; they are the same for the others
+            gv = ops.edge_attention_backward_additive_values(
+                grad_out, a_dst, a_src, h, None, stats, cp, ce, cd, ctx.slope, record,
+                ctx.validated or blk > 0, blk, e)
+            g = gv.flatten(1)
+            if g_x is not None:
+                g_x[blk:e] = input_grad(g, w)
+            if g_w is not None:
+                g_w.addmm_(g.t(), x[blk:e])
+            if g_b is not None:
+                g_b += g.sum(0)
+            del gv, g
+        gq, gk, _ = ops.edge_attention_backward_additive_scores(record, ptr, cp, ce, ctx.slope,
+                                                                 False, ctx.validated)
+        return (g_x, g_w, g_b, gq.view(a_dst.shape) if need[3] else None,
+                gk.view(a_src.shape) if need[4] else None, *none)
+
+
+def projected_additive_attention(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    score_dst: Tensor,
+    score_src: Tensor,
+    graph: EdgeGraph,
+    heads: int,
+    negative_slope: float = 0.2,
+) -> Tensor:
+    r"""GAT's attention (PyG ``GATConv``) of the values :math:`\mathbf{h}_j = W\mathbf{x}_j +
+    \mathbf{b}` with its per-node score terms given:
+
+    .. math::
+        \mathbf{o}^{(h)}_i = \sum_{j \in \mathcal{N}(i)} \operatorname{softmax}_j\big(
+            \mathrm{LeakyReLU}(a^{dst}_{i,h} + a^{src}_{j,h})\big)\, \mathbf{h}^{(h)}_j
+
+    (``GATConv`` computes :math:`a^{src}_{j,h} = \langle \mathbf{att}^{src}_h,
+    \mathbf{h}^{(h)}_j\rangle`, and ``a^{dst}`` likewise: the caller forms them, e.g. as
+    ``x @ (att ⊙ W)`` without an ``[N, H, C]`` temporary). The numbers are those of
+    :func:`graphattn.ops.linear` + :func:`graphattn.ops.edge_attention` with
+    ``kind="additive"``; on the native CPU path the backward runs the attention backward's
+    values pass by blocks of source rows (about 1 MB of :math:`\partial\mathbf{h}` each),
+    each block turned into its rows of the gradient of :math:`\mathbf{x}` and its terms of the
+    gradients of :math:`W, \mathbf{b}` before the next, then the score pass; the composition
+    holds all of :math:`\partial\mathbf{h}` ``[N, H, C]`` beside the ``[E, 2H]`` per-edge record.
+
+    Args:
+        x (Tensor): node features ``[N, F]`` (sources and destinations: one node set).
+        weight, bias: the projection ``[H * C, F]``, ``[H * C]`` or ``None``.
+        score_dst, score_src (Tensor): ``[N, H]`` (or ``[N, H, 1]``) score terms.
+        graph (EdgeGraph): the edges ``j -> i`` over the ``N`` nodes.
+        heads (int): :math:`H`.
+        negative_slope (float): the LeakyReLU's slope.
+
+    Returns:
+        ``[N, H, C]``.
+    """
+    from . import _check_graph, _check_tensor, _use_native, edge_attention
+
+    if _check_tensor(x, "x").dim() != 2:
+        raise ValueError(f"'x' must be a 2-D tensor [N, F], got {list(x.shape)}")
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"'heads' must be a positive int, got {heads!r}")
+    _check_linear(x, weight, bias, "", heads)
+    graph = _check_graph(graph, x)
+    if (graph.num_src, graph.num_dst) != (x.size(0), x.size(0)):
+        raise ValueError(f"'graph' joins ({graph.num_src}, {graph.num_dst}) nodes but 'x' has "
+                         f"{x.size(0)}")
+    N = x.size(0)
+    scores = []
+    for t, n in ((score_dst, "score_dst"), (score_src, "score_src")):
+        _check_tensor(t, n)
+        if tuple(t.shape) not in ((N, heads), (N, heads, 1)):
+            raise ValueError(f"'{n}' must have shape [N, H] = [{N}, {heads}], got "
+                             f"{list(t.shape)}")
+        if t.dtype != x.dtype or t.device != x.device:
+            raise TypeError(f"'{n}' must have the dtype and device of 'x' ({x.dtype}, "
+                            f"{x.device}), got ({t.dtype}, {t.device})")
+        scores.append(t.view(N, heads, 1))
+    lean = (x.device.type == "cpu" and _use_native(x)
+            and hasattr(torch.ops.graphattn, "edge_attention_backward_additive_values")
+            and not torch.compiler.is_compiling())
+    if not lean:
+        h = linear(x, weight, bias)
+        h = h.view(N, heads, h.size(1) // heads)
+        return edge_attention(scores[0], scores[1], h, graph, "additive",
+                              negative_slope=negative_slope)
+    return _ProjectedAdditiveAttention.apply(
+        x, weight, bias, scores[0], scores[1], graph.ptr, graph.src, graph.csc_ptr,
+        graph.csc_eid, graph.csc_dst, heads, float(negative_slope), graph.indices_trusted())
+
+
 def _check_linear(x: Tensor, w: Tensor, b: Tensor | None, name: str, heads: int) -> None:
     from . import _check_tensor
 
-    _check_tensor(w, f"weight_{name}")
+    wn, bn = (f"weight_{name}", f"bias_{name}") if name else ("weight", "bias")
+    _check_tensor(w, wn)
     if b is not None:
-        _check_tensor(b, f"bias_{name}")
+        _check_tensor(b, bn)
     if w.dim() != 2:
-        raise ValueError(f"'weight_{name}' must be a 2-D tensor [out, in], got {list(w.shape)}")
+        raise ValueError(f"'{wn}' must be a 2-D tensor [out, in], got {list(w.shape)}")
     if w.size(1) != x.size(1):
-        raise ValueError(f"'weight_{name}' takes {w.size(1)} input features but its input "
+        raise ValueError(f"'{wn}' takes {w.size(1)} input features but its input "
                          f"has {x.size(1)}")
     if w.size(0) % heads:
-        raise ValueError(f"'weight_{name}' has {w.size(0)} outputs, not a multiple of "
+        raise ValueError(f"'{wn}' has {w.size(0)} outputs, not a multiple of "
                          f"heads={heads}")
     if b is not None and tuple(b.shape) != (w.size(0),):
-        raise ValueError(f"'bias_{name}' must have shape [{w.size(0)}], got {list(b.shape)}")
-    for t, n in ((w, f"weight_{name}"), (b, f"bias_{name}")):
+        raise ValueError(f"'{bn}' must have shape [{w.size(0)}], got {list(b.shape)}")
+    for t, n in ((w, wn), (b, bn)):
         if t is not None and (t.dtype != x.dtype or t.device != x.device):
             raise TypeError(f"'{n}' must have the dtype and device of its input "
                             f"({x.dtype}, {x.device}), got ({t.dtype}, {t.device})")

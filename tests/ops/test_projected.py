@@ -198,24 +198,32 @@ def test_projected_attention_root_term_without_nodes_or_edges(backend, sides):
 
 @native_only
 @pytest.mark.parametrize("root", [False, True])
-def test_projected_attention_gradcheck_and_double_backward(root):
+@pytest.mark.parametrize("shared", [False, True])
+def test_projected_attention_gradcheck_and_double_backward(root, shared):
+    """gradcheck, and the second derivatives of the composition, also where x_dst is x_src
+    (self-attention: the recomputation of the create_graph backward counted x's paths twice,
+    each input's gradient then held the other's paths too)."""
     ei = ragged_edge_index(8)
-    x_dst, x_src, ws, bs = _params(8, 6, 3, 4, 2, 2, root=root)
-    g = build_graph(torch.stack([ei[0], ei[1] % 6]), (8, 6), cache=False)
+    if shared:
+        x_dst, x_src, ws, bs = _params(8, None, 3, 3, 2, 2, root=root)
+        g = build_graph(ei, 8, cache=False)
+    else:
+        x_dst, x_src, ws, bs = _params(8, 6, 3, 4, 2, 2, root=root)
+        g = build_graph(torch.stack([ei[0], ei[1] % 6]), (8, 6), cache=False)
     n = len(ws)
     with ops.set_backend("native"):
         assert torch.autograd.gradcheck(
             lambda xd, xs, *wb: _projected(xd, xs, wb[:n], wb[n:], g, 2, 0.5),
             (x_dst, x_src, *ws, *bs))
         # create_graph=True (a gradient penalty): the second derivatives of the composition
-        go = torch.randn(6, 2, 2, dtype=torch.float64)
+        go = torch.randn(x_dst.size(0), 2, 2, dtype=torch.float64)
         res = []
         for fn in (_projected, _composition):
             out = fn(x_dst, x_src, ws, bs, g, 2, 0.5)
             (gx,) = torch.autograd.grad((out * go).sum(), x_src, create_graph=True)
             # (the root term's weight does not reach grad x_src: zero)
-            res.append(torch.autograd.grad(gx.pow(2).sum(), ws + [x_dst], allow_unused=True,
-                                           materialize_grads=True))
+            res.append((gx, *torch.autograd.grad(gx.pow(2).sum(), ws + [x_dst],
+                                                 allow_unused=True, materialize_grads=True)))
         for a, b in zip(*res):
             torch.testing.assert_close(a, b)
 
@@ -359,3 +367,230 @@ def test_projected_attention_rejects_bad_input():
         ops.projected_attention(x[:5], x, w, b, w, b, w, b, g, 2)
     with pytest.raises(TypeError, match="'graph' must be a graphattn EdgeGraph"):
         ops.projected_attention(x, x, w, b, w, b, w, b, "graph", 2)
+
+
+# ---- the 'additive' (GAT) backward in two ops, projected_additive_attention -----------------
+def _additive_parts(gw_bias=True, n=16):
+    ei = ragged_edge_index(n)
+    g = build_graph(ei, n, cache=False)
+    q, k, v, _, b = make_inputs("additive", n, n, ei.size(1), 4, 1, Dv=6, grad=False)
+    bias = g.to_csr(b) if gw_bias else None
+    _, lse, _ = OPS.edge_attention(q, k, v, None, bias, g.ptr, g.src, g.csc_ptr, g.csc_eid,
+                                   g.csc_dst, 1, 1.0, 0.2, False)
+    go = torch.randn(n, 4, 6, dtype=torch.float64)
+    stats = torch.cat([lse.masked_fill(lse == -float("inf"), float("inf")), q.view(n, 4)], 1)
+    return g, q, k, v, bias, lse, go, stats
+
+
+@native_only
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_additive_backward_ops_equal_the_fused_backward(with_bias):
+    """_values over blocks of source rows (empty ones included) then _scores give the fused
+    'additive' backward's grad v, grad q, grad k and grad bias bit for bit (the same kernel
+    code), and check their input."""
+    g, q, k, v, bias, lse, go, stats = _additive_parts(with_bias)
+    fused = OPS.edge_attention_backward(go, None, q, k, v, None, bias, lse, g.ptr, g.src,
+                                        g.csc_ptr, g.csc_eid, g.csc_dst, 1, 1.0, 0.2)
+    record = q.new_empty(g.num_edges, 8)
+    gv = torch.cat([OPS.edge_attention_backward_additive_values(
+        go, q, k, v, bias, stats, g.csc_ptr, g.csc_eid, g.csc_dst, 0.2, record, False, b, e)
+        for b, e in ((0, 5), (5, 5), (5, 16))])
+    gq, gk, gbias = OPS.edge_attention_backward_additive_scores(record, g.ptr, g.csc_ptr,
+                                                                g.csc_eid, 0.2, with_bias)
+    torch.testing.assert_close(gv, fused[2], rtol=0, atol=0)
+    torch.testing.assert_close(gq, fused[0], rtol=0, atol=0)
+    torch.testing.assert_close(gk, fused[1], rtol=0, atol=0)
+    if with_bias:
+        torch.testing.assert_close(gbias, fused[4], rtol=0, atol=0)
+    else:
+        assert gbias.numel() == 0
+    args = (go, q, k, v, bias, stats, g.csc_ptr, g.csc_eid, g.csc_dst, 0.2)
+    with pytest.raises(RuntimeError, match="'record' must be a contiguous \\[E, 2 \\* H\\]"):
+        OPS.edge_attention_backward_additive_values(*args, record[:, :4])
+    with pytest.raises(RuntimeError, match="'stats' must have shape \\[N_dst, 2 \\* H\\]"):
+        OPS.edge_attention_backward_additive_values(go, q, k, v, bias, lse, *args[6:], record)
+    with pytest.raises(RuntimeError, match=r"0 <= row_begin <= row_end <= N_src = 16, got "
+                                           r"\[3, 17\)"):
+        OPS.edge_attention_backward_additive_values(*args, record, False, 3, 17)
+    bad = g.csc_dst.clone()
+    bad[3] = 999
+    with pytest.raises(RuntimeError, match="'csc_dst' holds 999"):
+        OPS.edge_attention_backward_additive_values(*args[:8], bad, 0.2, record)
+    bad = g.csc_eid.clone()
+    bad[2] = -4
+    with pytest.raises(RuntimeError, match="'csc_eid' holds -4"):
+        OPS.edge_attention_backward_additive_scores(record, g.ptr, g.csc_ptr, bad, 0.2)
+    with pytest.raises(RuntimeError, match="'record' must be a contiguous \\[E, 2 \\* H\\]"):
+        OPS.edge_attention_backward_additive_scores(record[:, :3], g.ptr, g.csc_ptr, g.csc_eid,
+                                                    0.2)
+
+
+@native_only
+def test_additive_backward_ops_opcheck():
+    g, q, k, v, bias, lse, go, stats = _additive_parts(True)
+    record = q.new_zeros(g.num_edges, 8)
+    torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_additive_values.default,
+                          (go, q, k, v, bias, stats, g.csc_ptr, g.csc_eid, g.csc_dst, 0.2,
+                           record, False, 4, 12))
+    OPS.edge_attention_backward_additive_values(go, q, k, v, bias, stats, g.csc_ptr, g.csc_eid,
+                                                g.csc_dst, 0.2, record)
+    torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_additive_scores.default,
+                          (record.clone(), g.ptr, g.csc_ptr, g.csc_eid, 0.2, True))
+
+
+def _gat_params(n, F_in, H, C, bias=True):
+    t = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, F_in, **t)
+    w = (torch.randn(H * C, F_in, dtype=torch.float64) * 0.5).requires_grad_()
+    b = torch.randn(H * C, **t) if bias else None
+    att = torch.randn(2, H, C, **t)
+    return x, w, b, att
+
+
+def _gat_scores(x, w, att, H, C):
+    h = (x @ w.t()).view(-1, H, C)  # the bias does not enter GAT's scores
+    return (h * att[1]).sum(-1), (h * att[0]).sum(-1)  # score_dst, score_src
+
+
+def _gat_composition(x, w, b, att, g, H, C):
+    sd, ss = _gat_scores(x, w, att, H, C)
+    h = F.linear(x, w, b).view(-1, H, C)
+    return ops.edge_attention(sd, ss, h, g, "additive", negative_slope=0.2)
+
+
+def _gat_composition_of_scores(x, w, b, sd, ss, g, H):
+    h = F.linear(x, w, b)
+    return ops.edge_attention(sd, ss, h.view(h.size(0), H, -1), g, "additive",
+                              negative_slope=0.2)
+
+
+def _gat_projected(x, w, b, att, g, H, C):
+    sd, ss = _gat_scores(x, w, att, H, C)
+    return ops.projected_additive_attention(x, w, b, sd, ss, g, H, negative_slope=0.2)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_projected_additive_attention_equals_the_composition(backend, monkeypatch, bias,
+                                                             broadcast):
+    """Values and every gradient (x, W, b, att through the score terms) equal the
+    composition's, on a ragged graph (hub, duplicates, self-loops, nodes without in-edges), with
+    the values pass in blocks of 256 source rows (3 here, the last one short), also for the
+    gradient of out.sum() (stride 0)."""
+    from graphattn.ops import projected
+
+    monkeypatch.setattr(projected, "_BLOCK_BYTES", 1)
+    n, H, C = 600, 2, 3
+    ei = torch.cat([ragged_edge_index(n), torch.randint(0, n - 2, (2, 3000))], 1)
+    g = build_graph(ei, n, cache=False)
+    x, w, b, att = _gat_params(n, 5, H, C, bias)
+    leaves = [t for t in (x, w, b, att) if t is not None]
+    go = torch.randn(n, H, C, dtype=torch.float64)
+    res = []
+    for fn in (_gat_projected, _gat_composition):
+        out = fn(x, w, b, att, g, H, C)
+        loss = out.sum() if broadcast else (out * go).sum()
+        res.append((out, *torch.autograd.grad(loss, leaves)))
+    for a, r in zip(*res):
+        torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_projected_additive_attention_without_nodes_or_edges(backend, n):
+    g = build_graph(torch.empty(2, 0, dtype=torch.long), n, cache=False)
+    x, w, b, att = _gat_params(n, 5, 2, 3)
+    out = _gat_projected(x, w, b, att, g, 2, 3)
+    assert out.shape == (n, 2, 3) and not out.any()
+    grads = torch.autograd.grad(out.sum(), [x, w, b, att], allow_unused=True,
+                                materialize_grads=True)
+    for t, gr in zip((x, w, b, att), grads):
+        assert gr.shape == t.shape and not gr.any()
+
+
+@native_only
+def test_projected_additive_attention_gradcheck_and_double_backward():
+    ei = ragged_edge_index(8)
+    g = build_graph(ei, 8, cache=False)
+    x, w, b, att = _gat_params(8, 3, 2, 2)
+    with ops.set_backend("native"):
+        assert torch.autograd.gradcheck(
+            lambda *p: _gat_projected(*p, g, 2, 2), (x, w, b, att))
+        go = torch.randn(8, 2, 2, dtype=torch.float64)
+        res = []
+        for fn in (_gat_projected, _gat_composition):
+            out = fn(x, w, b, att, g, 2, 2)
+            (gx,) = torch.autograd.grad((out * go).sum(), x, create_graph=True)
+            res.append(torch.autograd.grad(gx.pow(2).sum(), [w, att], allow_unused=True,
+                                           materialize_grads=True))
+        for a, r in zip(*res):
+            torch.testing.assert_close(a, r)
+
+
+@native_only
+def test_projected_additive_attention_holds_blocks_not_the_values_gradient(monkeypatch):
+    """Peak storages allocated by the backward, in units of N * H * C elements (blocks of
+    256 of 2,000 rows, C = 64): besides the output's gradient (1), the [E, 2H] per-edge record
+    (E = 20,000 edges: 0.31) and the [N, 2H] destination record (0.03), one block of the
+    values' gradient (0.13) and its product for the gradient of x, where the composition holds
+    the whole values' gradient (1) beside its per-edge record."""
+    from graphattn.ops import projected
+
+    monkeypatch.setattr(projected, "_BLOCK_BYTES", 1)
+    N, H, C = 2000, 4, 64
+    g = build_graph(torch.randint(0, N, (2, 20000)), N, cache=False)
+    x, w, b, att = _gat_params(N, 16, H, C)
+    x.requires_grad_(False)
+    with torch.no_grad():  # score terms as inputs: the probe sees the attention node alone
+        sd, ss = _gat_scores(x, w, att, H, C)
+    unit = N * H * C
+    go = torch.randn(N, H, C, dtype=torch.float64)
+    peaks = {}
+    with ops.set_backend("native"):
+        for name, fn in (("projected", ops.projected_additive_attention),
+                         ("composition", lambda *a, **k: _gat_composition_of_scores(*a, **k))):
+            loss = (fn(x, w, b, sd, ss, g, H) * go).sum()
+            with LiveBigTensors(unit // 16) as probe:
+                loss.backward()
+            peaks[name] = probe.peak / unit
+    # the composition also holds its [E, 2H] record (0.31), inside its kernel: unseen here
+    assert peaks["composition"] >= 2, peaks
+    assert peaks["projected"] < 1.75, peaks
+
+
+def test_projected_additive_attention_rejects_bad_input():
+    g = build_graph(ragged_edge_index(6), 6, cache=False)
+    x, w, b = torch.randn(6, 4), torch.randn(8, 4), torch.randn(8)
+    s = torch.randn(6, 2)
+    with pytest.raises(ValueError, match="'x' must be a 2-D tensor"):
+        ops.projected_additive_attention(x[0], w, b, s, s, g, 2)
+    with pytest.raises(ValueError, match="'weight' takes 4 input features but its input has 3"):
+        ops.projected_additive_attention(x[:, :3], w, b, s, s, g, 2)
+    with pytest.raises(ValueError, match="'weight' has 8 outputs, not a multiple of heads=3"):
+        ops.projected_additive_attention(x, w, b, s, s, g, 3)
+    with pytest.raises(ValueError, match=r"'score_src' must have shape \[N, H\] = \[6, 2\]"):
+        ops.projected_additive_attention(x, w, b, s, s[:, :1], g, 2)
+    with pytest.raises(TypeError, match="'score_dst' must have the dtype and device of 'x'"):
+        ops.projected_additive_attention(x, w, b, s.double(), s, g, 2)
+    with pytest.raises(ValueError, match=r"'graph' joins \(6, 6\) nodes but 'x' has 5"):
+        ops.projected_additive_attention(x[:5], w, b, s[:5], s[:5], g, 2)
+
+
+@native_only
+def test_gat_layer_takes_projected_additive_attention(monkeypatch):
+    calls, real = [], ops.projected_additive_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "projected_additive_attention", spy)
+    layer = GraphAttention(8, 4, heads=2, mode="gat")
+    x, ei = torch.randn(20, 8), torch.randint(0, 20, (2, 80))
+    with ops.set_backend("native"):
+        out = layer(x, ei)
+        assert calls, "the GAT layer did not use ops.projected_additive_attention"
+        calls.clear()
+        layer(x, ei, return_attention_weights=True)  # needs the weights: the general path
+        assert not calls
+    with ops.set_backend("reference"):
+        torch.testing.assert_close(layer(x, ei), out)

@@ -350,8 +350,17 @@ class GraphAttention(MessagePassing):
         want_w = bool(return_attention_weights)
         drop = self.dropout if self.training else 0.0
         if self.mode == "gat":
-            h_src = _lin(lin_s, x_src).view(-1, H, C)
             shared = x_dst is x_src and lin_d is lin_s
+            if shared and e is None and not want_w and drop == 0.0 and _plain(lin_s):
+                # projection and attention in one autograd node whose backward holds blocks
+                # of the values' gradient, not all of it (ops.projected_additive_attention)
+                a = x_src @ torch.cat([_fold(lin_s.weight, self.att_src),
+                                       _fold(lin_s.weight, self.att_dst)]).t()
+                out = ops.projected_additive_attention(
+                    x_src, lin_s.weight, lin_s.bias, a[:, H:], a[:, :H], graph, H,
+                    negative_slope=self.negative_slope)
+                return self._finish(out, x_dst, graph, None)
+            h_src = _lin(lin_s, x_src).view(-1, H, C)
             if not (_plain(lin_s) and _plain(lin_d)):
                 # hooks, adapters or a lazy lin_dst: scores from the modules' own outputs
                 a_src = (h_src * self.att_src).sum(-1)
