@@ -123,8 +123,8 @@ class _ProjectedDotAttention(torch.autograd.Function):
         ops = torch.ops.graphattn
         scale, validated = ctx.scale, ctx.validated
 
-        def zeros_if(t, i, *shape):
-            return t.new_zeros(shape or t.shape) if t is not None and need[i] else None
+        def zeros_if(t, i):  # a zero gradient to accumulate into, where one is wanted
+            return t.new_zeros(t.shape) if t is not None and need[i] else None
 
         g_wq, g_bq, g_wk, g_bk = zeros_if(wq, 2), zeros_if(bq, 3), zeros_if(wk, 4), zeros_if(bk, 5)
         g_wv, g_bv, g_ws, g_bs = zeros_if(wv, 6), zeros_if(bv, 7), zeros_if(ws, 8), zeros_if(bs, 9)
