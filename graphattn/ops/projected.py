@@ -74,6 +74,31 @@ def _rows(n: int, width: int, itemsize: int) -> int:
     return max(256, _BLOCK_BYTES // max(1, width * itemsize))
 
 
+def _accumulate(g: Tensor, x: Tensor, g_w: Tensor | None, g_b: Tensor | None) -> None:
+    """Adds one block's terms ``g^T x`` and ``sum(g)`` to the weight and bias gradients."""
+    if g_w is not None:
+        g_w.addmm_(g.t(), x)
+    if g_b is not None:
+        g_b += g.sum(0)
+
+
+def _recompute_grads(params: tuple, need: tuple, grad_out: Tensor, forward) -> list:
+    """The gradients of a ``create_graph=True`` backward: ``forward(*aliases)`` recomputed with
+    autograd recording, differentiated at the aliases of the wanted inputs (zeros for an
+    input it does not reach)."""
+    wanted = [i for i, t in enumerate(params) if t is not None and need[i]]
+    grads: list = [None] * len(params)
+    if wanted:
+        with torch.enable_grad():
+            params = _aliases(params)
+            out = forward(*params)
+        res = torch.autograd.grad(out, [params[i] for i in wanted], grad_out,
+                                  create_graph=True, allow_unused=True)
+        for i, g in zip(wanted, res):
+            grads[i] = g if g is not None else torch.zeros_like(params[i])
+    return grads
+
+
 def _add_root(out: Tensor, x_dst: Tensor, ws: Tensor, bs: Tensor | None) -> None:
     """``out [N, H * Dv] += x_dst W_s^T + b_s`` in place, by blocks of rows: each block's
     product (:func:`graphattn.ops.dense.product`, oneDNN where faster) is added while it is
@@ -104,22 +129,12 @@ class _ProjectedDotAttention(torch.autograd.Function):
         params = (x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs)
         none = (None,) * 8  # graph tensors, heads, scale, validated
         if torch.is_grad_enabled():  # create_graph=True: recompute with autograd recording
-            wanted = [i for i, t in enumerate(params) if t is not None and need[i]]
-            grads: list = [None] * len(params)
-            if wanted:
-                with torch.enable_grad():
-                    params = _aliases(params)
-                    x_dst, ws, bs = params[0], params[8], params[9]
-                    q_, k_, v_ = _project(*params[:8], ctx.heads)
-                    out, _ = _attend(q_, k_, v_, (ptr, src, cp, ce, cd), ctx.scale,
-                                     ctx.validated)
-                    if ws is not None:
-                        out = out + F.linear(x_dst, ws, bs).view(out.shape)
-                res = torch.autograd.grad(out, [params[i] for i in wanted], grad_out,
-                                          create_graph=True, allow_unused=True)
-                for i, g in zip(wanted, res):
-                    grads[i] = g if g is not None else torch.zeros_like(params[i])
-            return (*grads, *none)
+            def forward(x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs):
+                q_, k_, v_ = _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, ctx.heads)
+                out, _ = _attend(q_, k_, v_, (ptr, src, cp, ce, cd), ctx.scale, ctx.validated)
+                return out if ws is None else out + F.linear(x_dst, ws, bs).view(out.shape)
+
+            return (*_recompute_grads(params, need, grad_out, forward), *none)
         ops = torch.ops.graphattn
         scale, validated = ctx.scale, ctx.validated
 
@@ -154,14 +169,9 @@ class _ProjectedDotAttention(torch.autograd.Function):
                     g_xd[b:e] = input_grad(g, wq)
                 else:
                     torch.add(input_grad(g, wq), input_grad(go, ws), out=g_xd[b:e])
-            if g_wq is not None:
-                g_wq.addmm_(g.t(), xd)
-            if g_bq is not None:
-                g_bq += g.sum(0)
-            if g_ws is not None:
-                g_ws.addmm_(go.t(), xd)
-            if g_bs is not None:
-                g_bs += go.sum(0)
+            _accumulate(g, xd, g_wq, g_bq)
+            if go is not None:
+                _accumulate(go, xd, g_ws, g_bs)
             del gq, g, go
         # source pass, by blocks of source rows: each block's grad k, grad v -> its rows of
         # grad x_src and its terms of the grads of W_k, b_k, W_v, b_v
@@ -175,14 +185,8 @@ class _ProjectedDotAttention(torch.autograd.Function):
             gk, gv, xs = gk.flatten(1), gv.flatten(1), x_src[b:e]
             if g_xs is not None:
                 torch.add(input_grad(gk, wk), input_grad(gv, wv), out=g_xs[b:e])
-            if g_wk is not None:
-                g_wk.addmm_(gk.t(), xs)
-            if g_bk is not None:
-                g_bk += gk.sum(0)
-            if g_wv is not None:
-                g_wv.addmm_(gv.t(), xs)
-            if g_bv is not None:
-                g_bv += gv.sum(0)
+            _accumulate(gk, xs, g_wk, g_bk)
+            _accumulate(gv, xs, g_wv, g_bv)
             del gk, gv
         return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, g_ws, g_bs, *none)
 
@@ -212,22 +216,14 @@ class _ProjectedAdditiveAttention(torch.autograd.Function):
         params = (x, w, b, a_dst, a_src)
         none = (None,) * 8  # graph tensors, heads, slope, validated
         if torch.is_grad_enabled():  # create_graph=True: recompute with autograd recording
-            wanted = [i for i, t in enumerate(params) if t is not None and need[i]]
-            grads: list = [None] * len(params)
-            if wanted:
-                with torch.enable_grad():
-                    params = _aliases(params)
-                    x, w, b, a_dst, a_src = params
-                    h_ = linear(x, w, b)
-                    h_ = h_.view(h_.size(0), ctx.heads, h_.size(1) // ctx.heads)
-                    out, _, _ = torch.ops.graphattn.edge_attention(
-                        a_dst, a_src, h_, None, None, ptr, src, cp, ce, cd, _ADDITIVE, 1.0,
-                        ctx.slope, False, ctx.validated)
-                res = torch.autograd.grad(out, [params[i] for i in wanted], grad_out,
-                                          create_graph=True, allow_unused=True)
-                for i, g in zip(wanted, res):
-                    grads[i] = g if g is not None else torch.zeros_like(params[i])
-            return (*grads, *none)
+            def forward(x, w, b, a_dst, a_src):
+                h_ = linear(x, w, b)
+                h_ = h_.view(h_.size(0), ctx.heads, h_.size(1) // ctx.heads)
+                return torch.ops.graphattn.edge_attention(
+                    a_dst, a_src, h_, None, None, ptr, src, cp, ce, cd, _ADDITIVE, 1.0,
+                    ctx.slope, False, ctx.validated)[0]
+
+            return (*_recompute_grads(params, need, grad_out, forward), *none)
         ops = torch.ops.graphattn
         Nd, Ns, H = a_dst.size(0), h.size(0), ctx.heads
         # [lse_i (+inf where a head is fully masked), q_i]: the destination record of the values
@@ -248,10 +244,7 @@ class _ProjectedAdditiveAttention(torch.autograd.Function):
             g = gv.flatten(1)
             if g_x is not None:
                 g_x[blk:e] = input_grad(g, w)
-            if g_w is not None:
-                g_w.addmm_(g.t(), x[blk:e])
-            if g_b is not None:
-                g_b += g.sum(0)
+            _accumulate(g, x[blk:e], g_w, g_b)
             del gv, g
         gq, gk, _ = ops.edge_attention_backward_additive_scores(record, ptr, cp, ce, ctx.slope,
                                                                  False, ctx.validated)

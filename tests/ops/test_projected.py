@@ -327,19 +327,21 @@ def test_projected_attention_holds_blocks_not_whole_gradients(monkeypatch, root)
 
 
 @native_only
-def test_transformer_layer_takes_projected_attention(monkeypatch):
-    calls, real = [], ops.projected_attention
+@pytest.mark.parametrize("mode, op", [("transformer", "projected_attention"),
+                                      ("gat", "projected_additive_attention")])
+def test_layers_take_their_projected_node(monkeypatch, mode, op):
+    calls, real = [], getattr(ops, op)
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "projected_attention", spy)
-    layer = GraphAttention(8, 4, heads=2, mode="transformer")
+    monkeypatch.setattr(ops, op, spy)
+    layer = GraphAttention(8, 4, heads=2, mode=mode)
     x, ei = torch.randn(20, 8), torch.randint(0, 20, (2, 80))
     with ops.set_backend("native"):
         out = layer(x, ei)
-        assert calls, "the transformer layer did not use ops.projected_attention"
+        assert calls, f"the {mode} layer did not use ops.{op}"
         calls.clear()
         layer(x, ei, return_attention_weights=True)  # needs the weights: the general path
         assert not calls
@@ -573,24 +575,3 @@ def test_projected_additive_attention_rejects_bad_input():
         ops.projected_additive_attention(x, w, b, s.double(), s, g, 2)
     with pytest.raises(ValueError, match=r"'graph' joins \(6, 6\) nodes but 'x' has 5"):
         ops.projected_additive_attention(x[:5], w, b, s[:5], s[:5], g, 2)
-
-
-@native_only
-def test_gat_layer_takes_projected_additive_attention(monkeypatch):
-    calls, real = [], ops.projected_additive_attention
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ops, "projected_additive_attention", spy)
-    layer = GraphAttention(8, 4, heads=2, mode="gat")
-    x, ei = torch.randn(20, 8), torch.randint(0, 20, (2, 80))
-    with ops.set_backend("native"):
-        out = layer(x, ei)
-        assert calls, "the GAT layer did not use ops.projected_additive_attention"
-        calls.clear()
-        layer(x, ei, return_attention_weights=True)  # needs the weights: the general path
-        assert not calls
-    with ops.set_backend("reference"):
-        torch.testing.assert_close(layer(x, ei), out)
