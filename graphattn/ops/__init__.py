@@ -54,6 +54,7 @@ __all__ = [
     "native_available",
     "projected_additive_attention",
     "projected_attention",
+    "projected_v2_attention",
     "split_heads",
 ]
 
@@ -631,4 +632,5 @@ def edge_attention(
 from .projected import (  # noqa: E402  (uses the helpers above)
     projected_additive_attention,
     projected_attention,
+    projected_v2_attention,
 )

@@ -41,22 +41,23 @@ from torch import Tensor
 from ..index import EdgeGraph
 from .dense import input_grad, linear, product
 
-_DOT = 0
+_DOT, _V2 = 0, 2
 _BLOCK_BYTES = 1 << 20  # one block of rows: root-term products, grads in the backward
 
 
 def _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads):
+    """q, k, v ``[N, H, D]``; without ``wv`` the values are the keys (v is k)."""
     q = linear(x_dst, wq, bq)
     k = linear(x_src, wk, bk)
-    v = linear(x_src, wv, bv)
+    v = k if wv is None else linear(x_src, wv, bv)
     # explicit widths: -1 is ambiguous for a side without nodes
     return tuple(t.view(t.size(0), heads, t.size(1) // heads) for t in (q, k, v))
 
 
-def _attend(q, k, v, graph_tensors, scale, validated):
+def _attend(q, k, v, att, graph_tensors, kind, scale, slope, validated):
     ptr, src, cp, ce, cd = graph_tensors
-    out, lse, _ = torch.ops.graphattn.edge_attention(q, k, v, None, None, ptr, src, cp, ce, cd,
-                                                     _DOT, scale, 0.2, False, validated)
+    out, lse, _ = torch.ops.graphattn.edge_attention(q, k, v, att, None, ptr, src, cp, ce, cd,
+                                                     kind, scale, slope, False, validated)
     return out, lse
 
 
@@ -108,35 +109,42 @@ def _add_root(out: Tensor, x_dst: Tensor, ws: Tensor, bs: Tensor | None) -> None
         out[b:b + rows] += product(x_dst[b:b + rows], ws, bs)
 
 
-class _ProjectedDotAttention(torch.autograd.Function):
+class _ProjectedAttention(torch.autograd.Function):
+    """Attention of kind ``dot`` or ``v2`` of projections, with the lean backward of
+    :func:`projected_attention` / :func:`projected_v2_attention`."""
+
     @staticmethod
-    def forward(ctx, x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, ptr, src, cp, ce, cd, heads,
-                scale, validated):
+    def forward(ctx, x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, att, ptr, src, cp, ce, cd,
+                heads, kind, scale, slope, validated):
         q, k, v = _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, heads)
-        out, lse = _attend(q, k, v, (ptr, src, cp, ce, cd), scale, validated)
+        out, lse = _attend(q, k, v, att, (ptr, src, cp, ce, cd), kind, scale, slope, validated)
         if ws is not None:
             _add_root(out.view(out.size(0), out.size(1) * out.size(2)), x_dst, ws, bs)
-        ctx.save_for_backward(x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, q, k, v, lse, ptr,
-                              src, cp, ce, cd)
-        ctx.heads, ctx.scale, ctx.validated = heads, scale, validated
+        ctx.save_for_backward(x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, att, q, k, v, lse,
+                              ptr, src, cp, ce, cd)
+        ctx.heads, ctx.kind, ctx.scale = heads, kind, scale
+        ctx.slope, ctx.validated = slope, validated
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, q, k, v, lse, ptr, src, cp, ce,
+        (x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, att, q, k, v, lse, ptr, src, cp, ce,
          cd) = ctx.saved_tensors
         need = ctx.needs_input_grad
-        params = (x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs)
-        none = (None,) * 8  # graph tensors, heads, scale, validated
+        params = (x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, att)
+        none = (None,) * 10  # graph tensors, heads, kind, scale, slope, validated
+        kind, scale, slope = ctx.kind, ctx.scale, ctx.slope
         if torch.is_grad_enabled():  # create_graph=True: recompute with autograd recording
-            def forward(x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs):
+            def forward(x_dst, x_src, wq, bq, wk, bk, wv, bv, ws, bs, att):
                 q_, k_, v_ = _project(x_dst, x_src, wq, bq, wk, bk, wv, bv, ctx.heads)
-                out, _ = _attend(q_, k_, v_, (ptr, src, cp, ce, cd), ctx.scale, ctx.validated)
+                out, _ = _attend(q_, k_, v_, att, (ptr, src, cp, ce, cd), kind, scale, slope,
+                                 ctx.validated)
                 return out if ws is None else out + F.linear(x_dst, ws, bs).view(out.shape)
 
             return (*_recompute_grads(params, need, grad_out, forward), *none)
         ops = torch.ops.graphattn
-        scale, validated = ctx.scale, ctx.validated
+        validated, shared = ctx.validated, wv is None
+        g_att = att.new_zeros(att.shape) if att is not None and need[10] else None
 
         def zeros_if(t, i):  # a zero gradient to accumulate into, where one is wanted
             return t.new_zeros(t.shape) if t is not None and need[i] else None
@@ -158,10 +166,12 @@ class _ProjectedDotAttention(torch.autograd.Function):
         offsets = ptr[starts + [Nd]].tolist() if starts else []
         for n, b in enumerate(starts):
             e, lo, hi = min(b + rows, Nd), offsets[n], offsets[n + 1]
-            gq, _, _, st = ops.edge_attention_backward_dst(
-                grad_out[b:e], None, q[b:e], k, v, None, None, lse[b:e], ptr[b:e + 1] - lo,
-                src[lo:hi], _DOT, scale, 0.2, validated)
+            gq, gatt, _, st = ops.edge_attention_backward_dst(
+                grad_out[b:e], None, q[b:e], k, v, att, None, lse[b:e], ptr[b:e + 1] - lo,
+                src[lo:hi], kind, scale, slope, validated)
             stats[b:e] = st
+            if g_att is not None:
+                g_att += gatt
             g, xd = gq.flatten(1), x_dst[b:e]
             go = grad_out[b:e].reshape(e - b, -1).contiguous() if ws is not None else None
             if g_xd is not None:
@@ -175,20 +185,26 @@ class _ProjectedDotAttention(torch.autograd.Function):
             del gq, g, go
         # source pass, by blocks of source rows: each block's grad k, grad v -> its rows of
         # grad x_src and its terms of the grads of W_k, b_k, W_v, b_v
-        rows = _rows(Ns, k.size(1) * k.size(2) + v.size(1) * v.size(2), k.element_size())
+        width = k.size(1) * k.size(2) + (0 if shared else v.size(1) * v.size(2))
+        rows = _rows(Ns, width, k.element_size())
         for b in range(0, Ns, rows):
             e = min(b + rows, Ns)
             # the first block's call checks the indices; they are the same for the others
-            gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, None, None, stats,
-                                                     ptr, src, cp, ce, cd, _DOT, scale, 0.2,
-                                                     False, validated or b > 0, b, e)
-            gk, gv, xs = gk.flatten(1), gv.flatten(1), x_src[b:e]
+            # (v is k: one gradient, grad k + grad v, in gk)
+            gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, att, None, stats,
+                                                     ptr, src, cp, ce, cd, kind, scale, slope,
+                                                     shared, validated or b > 0, b, e)
+            gk, xs = gk.flatten(1), x_src[b:e]
             if g_xs is not None:
-                torch.add(input_grad(gk, wk), input_grad(gv, wv), out=g_xs[b:e])
+                if shared:
+                    g_xs[b:e] = input_grad(gk, wk)
+                else:
+                    torch.add(input_grad(gk, wk), input_grad(gv.flatten(1), wv), out=g_xs[b:e])
             _accumulate(gk, xs, g_wk, g_bk)
-            _accumulate(gv, xs, g_wv, g_bv)
+            if not shared:
+                _accumulate(gv.flatten(1), xs, g_wv, g_bv)
             del gk, gv
-        return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, g_ws, g_bs, *none)
+        return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, g_ws, g_bs, g_att, *none)
 
 
 _ADDITIVE = 1
@@ -421,7 +437,82 @@ def projected_attention(
         if weight_skip is not None:
             out = out + linear(x_dst, weight_skip, bias_skip).view(out.shape)
         return out
-    return _ProjectedDotAttention.apply(
+    return _ProjectedAttention.apply(
         x_dst, x_src, weight_q, bias_q, weight_k, bias_k, weight_v, bias_v, weight_skip,
-        bias_skip, graph.ptr, graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst, heads,
-        scale, graph.indices_trusted())
+        bias_skip, None, graph.ptr, graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst,
+        heads, _DOT, scale, 0.2, graph.indices_trusted())
+
+
+def projected_v2_attention(
+    x_dst: Tensor,
+    x_src: Tensor,
+    weight_r: Tensor,
+    bias_r: Tensor | None,
+    weight_l: Tensor,
+    bias_l: Tensor | None,
+    att: Tensor,
+    graph: EdgeGraph,
+    heads: int,
+    negative_slope: float = 0.2,
+) -> Tensor:
+    r"""GATv2's attention (PyG ``GATv2Conv``) of its two projections,
+    :math:`\mathbf{r}_i = W_r\mathbf{x}^{dst}_i + \mathbf{b}_r` and
+    :math:`\mathbf{l}_j = W_l\mathbf{x}^{src}_j + \mathbf{b}_l`:
+
+    .. math::
+        \mathbf{o}^{(h)}_i = \sum_{j \in \mathcal{N}(i)} \operatorname{softmax}_j\big(
+            \mathbf{a}_h^\top \mathrm{LeakyReLU}(\mathbf{r}^{(h)}_i + \mathbf{l}^{(h)}_j)\big)
+            \, \mathbf{l}^{(h)}_j
+
+    The numbers are those of :func:`graphattn.ops.linear` + :func:`graphattn.ops.edge_attention`
+    with ``kind="v2"``; on the native CPU path the backward runs its destination and source
+    passes by blocks of rows, as :func:`projected_attention` does (the keys are the values, so
+    the source pass gives one gradient per block).
+
+    Args:
+        x_dst (Tensor): destination features ``[N_dst, F_dst]``.
+        x_src (Tensor): source features ``[N_src, F_src]`` (may be ``x_dst`` itself).
+        weight_r, bias_r: destination projection ``[H * C, F_dst]``, ``[H * C]`` or ``None``.
+        weight_l, bias_l: source projection ``[H * C, F_src]``, ``[H * C]`` or ``None``.
+        att (Tensor): ``[H, C]`` (or ``[1, H, C]``).
+        graph (EdgeGraph): the edges ``j -> i``.
+        heads (int): :math:`H`.
+        negative_slope (float): the LeakyReLU's slope.
+
+    Returns:
+        ``[N_dst, H, C]``.
+    """
+    from . import _check_graph, _check_tensor, _use_native, edge_attention
+
+    for t, n in ((x_dst, "x_dst"), (x_src, "x_src")):
+        if _check_tensor(t, n).dim() != 2:
+            raise ValueError(f"'{n}' must be a 2-D tensor [N, F], got {list(t.shape)}")
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"'heads' must be a positive int, got {heads!r}")
+    _check_linear(x_dst, weight_r, bias_r, "r", heads)
+    _check_linear(x_src, weight_l, bias_l, "l", heads)
+    if weight_r.size(0) != weight_l.size(0):
+        raise ValueError(f"'weight_r' and 'weight_l' must have the same number of outputs, "
+                         f"got {weight_r.size(0)} and {weight_l.size(0)}")
+    C = weight_l.size(0) // heads
+    _check_tensor(att, "att")
+    if tuple(att.shape) not in ((heads, C), (1, heads, C)):
+        raise ValueError(f"'att' must have shape [H, C] = [{heads}, {C}], got {list(att.shape)}")
+    if att.dtype != x_src.dtype or att.device != x_src.device:
+        raise TypeError(f"'att' must have the dtype and device of 'x_src' ({x_src.dtype}, "
+                        f"{x_src.device}), got ({att.dtype}, {att.device})")
+    graph = _check_graph(graph, x_dst)
+    if (x_src.size(0), x_dst.size(0)) != (graph.num_src, graph.num_dst):
+        raise ValueError(f"'graph' joins ({graph.num_src}, {graph.num_dst}) nodes but the "
+                         f"features give ({x_src.size(0)}, {x_dst.size(0)})")
+    a = att.reshape(heads, C)
+    lean = (x_dst.device.type == "cpu" and _use_native(x_dst)
+            and hasattr(torch.ops.graphattn, "edge_attention_backward_dst")
+            and not torch.compiler.is_compiling())
+    if not lean:
+        q, k, _ = _project(x_dst, x_src, weight_r, bias_r, weight_l, bias_l, None, None, heads)
+        return edge_attention(q, k, k, graph, "v2", att=a, negative_slope=negative_slope)
+    return _ProjectedAttention.apply(
+        x_dst, x_src, weight_r, bias_r, weight_l, bias_l, None, None, None, None, a,
+        graph.ptr, graph.src, graph.csc_ptr, graph.csc_eid, graph.csc_dst, heads, _V2, 1.0,
+        float(negative_slope), graph.indices_trusted())

@@ -328,7 +328,8 @@ def test_projected_attention_holds_blocks_not_whole_gradients(monkeypatch, root)
 
 @native_only
 @pytest.mark.parametrize("mode, op", [("transformer", "projected_attention"),
-                                      ("gat", "projected_additive_attention")])
+                                      ("gat", "projected_additive_attention"),
+                                      ("gatv2", "projected_v2_attention")])
 def test_layers_take_their_projected_node(monkeypatch, mode, op):
     calls, real = [], getattr(ops, op)
 
@@ -575,3 +576,117 @@ def test_projected_additive_attention_rejects_bad_input():
         ops.projected_additive_attention(x, w, b, s.double(), s, g, 2)
     with pytest.raises(ValueError, match=r"'graph' joins \(6, 6\) nodes but 'x' has 5"):
         ops.projected_additive_attention(x[:5], w, b, s[:5], s[:5], g, 2)
+
+
+# ---- projected_v2_attention (GATv2) ----------------------------------------------------------
+def _v2_params(n_src, n_dst, F_src, F_dst, H, C):
+    x_dst, x_src, ws, bs = _params(n_src, n_dst, F_src, F_dst, H, C)
+    att = torch.randn(1, H, C, dtype=torch.float64, requires_grad=True)
+    return x_dst, x_src, ws[:2], bs[:2], att
+
+
+def _v2_composition(x_dst, x_src, ws, bs, att, g, H):
+    r = F.linear(x_dst, ws[0], bs[0]).view(x_dst.size(0), H, -1)
+    l_ = F.linear(x_src, ws[1], bs[1]).view(x_src.size(0), H, -1)
+    return ops.edge_attention(r, l_, l_, g, "v2", att=att, negative_slope=0.2)
+
+
+def _v2_projected(x_dst, x_src, ws, bs, att, g, H):
+    return ops.projected_v2_attention(x_dst, x_src, ws[0], bs[0], ws[1], bs[1], att, g, H,
+                                      negative_slope=0.2)
+
+
+@pytest.mark.parametrize("bipartite", [False, True])
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_projected_v2_attention_in_blocks_equals_the_composition(backend, monkeypatch,
+                                                                 bipartite, broadcast):
+    """Values and every gradient (x_dst, x_src, W_r, b_r, W_l, b_l, att) equal the
+    composition's, with both backward passes in blocks of 256 rows, on a ragged graph or a
+    bipartite one whose last destinations have no in-edges, also for out.sum()'s gradient."""
+    from graphattn.ops import projected
+
+    monkeypatch.setattr(projected, "_BLOCK_BYTES", 1)
+    H, C = 2, 3
+    if bipartite:
+        n_src, n_dst = 900, 700
+        ei = torch.stack([torch.randint(0, n_src, (6000,)),
+                          torch.randint(0, n_dst - 5, (6000,))])
+        g = build_graph(ei, (n_src, n_dst), cache=False)
+        x_dst, x_src, ws, bs, att = _v2_params(n_src, n_dst, 5, 4, H, C)
+    else:
+        ei = torch.cat([ragged_edge_index(600), torch.randint(0, 598, (2, 3000))], 1)
+        g = build_graph(ei, 600, cache=False)
+        x_dst, x_src, ws, bs, att = _v2_params(600, None, 5, 5, H, C)
+    leaves = list({id(t): t for t in (x_dst, x_src, *ws, *bs, att)}.values())
+    go = torch.randn(x_dst.size(0), H, C, dtype=torch.float64)
+    res = []
+    for fn in (_v2_projected, _v2_composition):
+        out = fn(x_dst, x_src, ws, bs, att, g, H)
+        loss = out.sum() if broadcast else (out * go).sum()
+        res.append((out, *torch.autograd.grad(loss, leaves)))
+    for a, r in zip(*res):
+        torch.testing.assert_close(a, r)
+
+
+@native_only
+@pytest.mark.parametrize("shared", [False, True])
+def test_projected_v2_attention_gradcheck_and_double_backward(shared):
+    ei = ragged_edge_index(8)
+    if shared:
+        x_dst, x_src, ws, bs, att = _v2_params(8, None, 3, 3, 2, 2)
+        g = build_graph(ei, 8, cache=False)
+    else:
+        x_dst, x_src, ws, bs, att = _v2_params(8, 6, 3, 4, 2, 2)
+        g = build_graph(torch.stack([ei[0], ei[1] % 6]), (8, 6), cache=False)
+    with ops.set_backend("native"):
+        assert torch.autograd.gradcheck(
+            lambda xd, xs, w0, b0, w1, b1, a: _v2_projected(xd, xs, (w0, w1), (b0, b1), a, g, 2),
+            (x_dst, x_src, ws[0], bs[0], ws[1], bs[1], att))
+        go = torch.randn(x_dst.size(0), 2, 2, dtype=torch.float64)
+        res = []
+        for fn in (_v2_projected, _v2_composition):
+            out = fn(x_dst, x_src, ws, bs, att, g, 2)
+            (gx,) = torch.autograd.grad((out * go).sum(), x_src, create_graph=True)
+            res.append((gx, *torch.autograd.grad(gx.pow(2).sum(), [*ws, att, x_dst],
+                                                 allow_unused=True, materialize_grads=True)))
+        for a, r in zip(*res):
+            torch.testing.assert_close(a, r)
+
+
+@native_only
+def test_projected_v2_attention_holds_blocks_not_whole_gradients(monkeypatch):
+    """Backward storages in units of N * H * C (blocks of 256 of 2,000 rows): besides the
+    output's gradient (1) and the [N, 2H] row record (0.25), one block of grad r (0.13) or of
+    the keys' gradient (0.13) with its products, where the composition holds grad r and the
+    keys' gradient at once (2)."""
+    from graphattn.ops import projected
+
+    monkeypatch.setattr(projected, "_BLOCK_BYTES", 1)
+    N, H, C = 2000, 4, 8
+    g = build_graph(torch.randint(0, N, (2, 20000)), N, cache=False)
+    x_dst, x_src, ws, bs, att = _v2_params(N, None, 16, 16, H, C)
+    x_src.requires_grad_(False)
+    unit = N * H * C
+    go = torch.randn(N, H, C, dtype=torch.float64)
+    peaks = {}
+    with ops.set_backend("native"):
+        for fn in (_v2_projected, _v2_composition):
+            loss = (fn(x_dst, x_src, ws, bs, att, g, H) * go).sum()
+            with LiveBigTensors(unit // 16) as probe:
+                loss.backward()
+            peaks[fn.__name__] = probe.peak / unit
+    assert peaks["_v2_composition"] >= 3, peaks
+    assert peaks["_v2_projected"] < 1.75, peaks
+
+
+def test_projected_v2_attention_rejects_bad_input():
+    g = build_graph(ragged_edge_index(6), 6, cache=False)
+    x, w, b, att = torch.randn(6, 4), torch.randn(8, 4), torch.randn(8), torch.randn(2, 4)
+    with pytest.raises(ValueError, match="'weight_l' takes 4 input features but its input has 3"):
+        ops.projected_v2_attention(x, x[:, :3], w, b, w, b, att, g, 2)
+    with pytest.raises(ValueError, match=r"'att' must have shape \[H, C\] = \[2, 4\]"):
+        ops.projected_v2_attention(x, x, w, b, w, b, att[:, :3], g, 2)
+    with pytest.raises(TypeError, match="'att' must have the dtype and device of 'x_src'"):
+        ops.projected_v2_attention(x, x, w, b, w, b, att.double(), g, 2)
+    with pytest.raises(ValueError, match="'weight_r' and 'weight_l' must have the same number"):
+        ops.projected_v2_attention(x, x, w[:6], b[:6], w, b, att, g, 2)

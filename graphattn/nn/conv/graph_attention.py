@@ -395,9 +395,17 @@ class GraphAttention(MessagePassing):
                 training=self.training,
             )
         elif self.mode == "gatv2":
-            h_l = _lin(self.lin_l, x_src).view(-1, H, C)
             if x_dst is None:
                 raise ValueError("mode 'gatv2' needs destination features 'x_dst'")
+            if (e is None and not want_w and drop == 0.0 and self.lin_r is not self.lin_l
+                    and _plain(self.lin_l) and _plain(self.lin_r)):
+                # projections and attention in one autograd node that holds blocks of rows,
+                # not whole gradients (ops.projected_v2_attention)
+                out = ops.projected_v2_attention(
+                    x_dst, x_src, self.lin_r.weight, self.lin_r.bias, self.lin_l.weight,
+                    self.lin_l.bias, self.att, graph, H, negative_slope=self.negative_slope)
+                return self._finish(out, x_dst, graph, None)
+            h_l = _lin(self.lin_l, x_src).view(-1, H, C)
             h_r = (
                 h_l
                 if (self.share_weights and x_dst is x_src)
