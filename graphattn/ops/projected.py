@@ -306,7 +306,7 @@ def projected_additive_attention(
     Returns:
         ``[N, H, C]``.
     """
-    from . import _check_graph, _check_tensor, _use_native, edge_attention
+    from . import _check_graph, _check_tensor, edge_attention
 
     if _check_tensor(x, "x").dim() != 2:
         raise ValueError(f"'x' must be a 2-D tensor [N, F], got {list(x.shape)}")
@@ -328,9 +328,7 @@ def projected_additive_attention(
             raise TypeError(f"'{n}' must have the dtype and device of 'x' ({x.dtype}, "
                             f"{x.device}), got ({t.dtype}, {t.device})")
         scores.append(t.view(N, heads, 1))
-    lean = (x.device.type == "cpu" and _use_native(x)
-            and hasattr(torch.ops.graphattn, "edge_attention_backward_additive_values")
-            and not torch.compiler.is_compiling())
+    lean = _lean(x, "edge_attention_backward_additive_values")
     if not lean:
         h = linear(x, weight, bias)
         h = h.view(N, heads, h.size(1) // heads)
@@ -339,6 +337,36 @@ def projected_additive_attention(
     return _ProjectedAdditiveAttention.apply(
         x, weight, bias, scores[0], scores[1], graph.ptr, graph.src, graph.csc_ptr,
         graph.csc_eid, graph.csc_dst, heads, float(negative_slope), graph.indices_trusted())
+
+
+def _lean(x: Tensor, op: str) -> bool:
+    """Whether the lean node runs: the native CPU kernels (float32/float64 CPU tensors,
+    backend ``native`` or ``auto`` with the extension built, ``op`` registered), outside
+    ``torch.compile``."""
+    from . import _use_native
+
+    return (x.device.type == "cpu" and _use_native(x) and hasattr(torch.ops.graphattn, op)
+            and not torch.compiler.is_compiling())
+
+
+def _check_sides(x_dst: Tensor, x_src: Tensor, heads: int) -> None:
+    from . import _check_tensor
+
+    for t, n in ((x_dst, "x_dst"), (x_src, "x_src")):
+        if _check_tensor(t, n).dim() != 2:
+            raise ValueError(f"'{n}' must be a 2-D tensor [N, F], got {list(t.shape)}")
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"'heads' must be a positive int, got {heads!r}")
+
+
+def _check_sides_graph(graph: EdgeGraph, x_dst: Tensor, x_src: Tensor) -> EdgeGraph:
+    from . import _check_graph
+
+    graph = _check_graph(graph, x_dst)
+    if (x_src.size(0), x_dst.size(0)) != (graph.num_src, graph.num_dst):
+        raise ValueError(f"'graph' joins ({graph.num_src}, {graph.num_dst}) nodes but the "
+                         f"features give ({x_src.size(0)}, {x_dst.size(0)})")
+    return graph
 
 
 def _check_linear(x: Tensor, w: Tensor, b: Tensor | None, name: str, heads: int) -> None:
@@ -401,13 +429,9 @@ def projected_attention(
     backend ``native`` or ``auto`` with the extension built) outside ``torch.compile``;
     anywhere else this is the plain composition, with the same numbers.
     """
-    from . import _check_graph, _check_tensor, _use_native, edge_attention
+    from . import edge_attention
 
-    for t, n in ((x_dst, "x_dst"), (x_src, "x_src")):
-        if _check_tensor(t, n).dim() != 2:
-            raise ValueError(f"'{n}' must be a 2-D tensor [N, F], got {list(t.shape)}")
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"'heads' must be a positive int, got {heads!r}")
+    _check_sides(x_dst, x_src, heads)
     _check_linear(x_dst, weight_q, bias_q, "q", heads)
     _check_linear(x_src, weight_k, bias_k, "k", heads)
     _check_linear(x_src, weight_v, bias_v, "v", heads)
@@ -423,13 +447,8 @@ def projected_attention(
                              f"({weight_v.size(0)}), got {weight_skip.size(0)}")
     D = weight_q.size(0) // heads
     scale = float(D) ** -0.5 if scale is None else float(scale)
-    graph = _check_graph(graph, x_dst)
-    if (x_src.size(0), x_dst.size(0)) != (graph.num_src, graph.num_dst):
-        raise ValueError(f"'graph' joins ({graph.num_src}, {graph.num_dst}) nodes but the "
-                         f"features give ({x_src.size(0)}, {x_dst.size(0)})")
-    lean = (x_dst.device.type == "cpu" and _use_native(x_dst)
-            and hasattr(torch.ops.graphattn, "edge_attention_backward_dst")
-            and not torch.compiler.is_compiling())
+    graph = _check_sides_graph(graph, x_dst, x_src)
+    lean = _lean(x_dst, "edge_attention_backward_dst")
     if not lean:
         q, k, v = _project(x_dst, x_src, weight_q, bias_q, weight_k, bias_k, weight_v, bias_v,
                            heads)
@@ -482,13 +501,9 @@ def projected_v2_attention(
     Returns:
         ``[N_dst, H, C]``.
     """
-    from . import _check_graph, _check_tensor, _use_native, edge_attention
+    from . import _check_tensor, edge_attention
 
-    for t, n in ((x_dst, "x_dst"), (x_src, "x_src")):
-        if _check_tensor(t, n).dim() != 2:
-            raise ValueError(f"'{n}' must be a 2-D tensor [N, F], got {list(t.shape)}")
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"'heads' must be a positive int, got {heads!r}")
+    _check_sides(x_dst, x_src, heads)
     _check_linear(x_dst, weight_r, bias_r, "r", heads)
     _check_linear(x_src, weight_l, bias_l, "l", heads)
     if weight_r.size(0) != weight_l.size(0):
@@ -501,14 +516,9 @@ def projected_v2_attention(
     if att.dtype != x_src.dtype or att.device != x_src.device:
         raise TypeError(f"'att' must have the dtype and device of 'x_src' ({x_src.dtype}, "
                         f"{x_src.device}), got ({att.dtype}, {att.device})")
-    graph = _check_graph(graph, x_dst)
-    if (x_src.size(0), x_dst.size(0)) != (graph.num_src, graph.num_dst):
-        raise ValueError(f"'graph' joins ({graph.num_src}, {graph.num_dst}) nodes but the "
-                         f"features give ({x_src.size(0)}, {x_dst.size(0)})")
+    graph = _check_sides_graph(graph, x_dst, x_src)
     a = att.reshape(heads, C)
-    lean = (x_dst.device.type == "cpu" and _use_native(x_dst)
-            and hasattr(torch.ops.graphattn, "edge_attention_backward_dst")
-            and not torch.compiler.is_compiling())
+    lean = _lean(x_dst, "edge_attention_backward_dst")
     if not lean:
         q, k, _ = _project(x_dst, x_src, weight_r, bias_r, weight_l, bias_l, None, None, heads)
         return edge_attention(q, k, k, graph, "v2", att=a, negative_slope=negative_slope)
