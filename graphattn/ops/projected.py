@@ -41,7 +41,7 @@ from torch import Tensor
 from ..index import EdgeGraph
 from .dense import input_grad, linear, product
 
-_DOT, _V2 = 0, 2
+_DOT, _ADDITIVE, _V2 = 0, 1, 2
 _BLOCK_BYTES = 1 << 20  # one block of rows: root-term products, grads in the backward
 
 
@@ -144,11 +144,11 @@ class _ProjectedAttention(torch.autograd.Function):
             return (*_recompute_grads(params, need, grad_out, forward), *none)
         ops = torch.ops.graphattn
         validated, shared = ctx.validated, wv is None
-        g_att = att.new_zeros(att.shape) if att is not None and need[10] else None
 
         def zeros_if(t, i):  # a zero gradient to accumulate into, where one is wanted
             return t.new_zeros(t.shape) if t is not None and need[i] else None
 
+        g_att = zeros_if(att, 10)
         g_wq, g_bq, g_wk, g_bk = zeros_if(wq, 2), zeros_if(bq, 3), zeros_if(wk, 4), zeros_if(bk, 5)
         g_wv, g_bv, g_ws, g_bs = zeros_if(wv, 6), zeros_if(bv, 7), zeros_if(ws, 8), zeros_if(bs, 9)
         g_xd = x_dst.new_empty(x_dst.shape) if need[0] else None
@@ -194,20 +194,27 @@ class _ProjectedAttention(torch.autograd.Function):
             gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, att, None, stats,
                                                      ptr, src, cp, ce, cd, kind, scale, slope,
                                                      shared, validated or b > 0, b, e)
-            gk, xs = gk.flatten(1), x_src[b:e]
+            gk, gv, xs = gk.flatten(1), None if shared else gv.flatten(1), x_src[b:e]
             if g_xs is not None:
                 if shared:
                     g_xs[b:e] = input_grad(gk, wk)
                 else:
-                    torch.add(input_grad(gk, wk), input_grad(gv.flatten(1), wv), out=g_xs[b:e])
+                    torch.add(input_grad(gk, wk), input_grad(gv, wv), out=g_xs[b:e])
             _accumulate(gk, xs, g_wk, g_bk)
             if not shared:
-                _accumulate(gv.flatten(1), xs, g_wv, g_bv)
+                _accumulate(gv, xs, g_wv, g_bv)
             del gk, gv
         return (g_xd, g_xs, g_wq, g_bq, g_wk, g_bk, g_wv, g_bv, g_ws, g_bs, g_att, *none)
 
 
-_ADDITIVE = 1
+
+def additive_stats(lse: Tensor, q: Tensor) -> Tensor:
+    """The ``[N_dst, 2H]`` destination record that
+    ``edge_attention_backward_additive_values`` reads: ``[lse_i, q_i]`` per row, with ``+inf``
+    for a fully masked head's ``-inf`` (the layout of the fused kernel's own record,
+    ``additive_stats`` in ``csrc/cpu/edge_attention.cpp``)."""
+    N, H = lse.shape
+    return torch.cat([lse.masked_fill(lse == -math.inf, math.inf), q.reshape(N, H)], 1)
 
 
 class _ProjectedAdditiveAttention(torch.autograd.Function):
@@ -241,11 +248,8 @@ class _ProjectedAdditiveAttention(torch.autograd.Function):
 
             return (*_recompute_grads(params, need, grad_out, forward), *none)
         ops = torch.ops.graphattn
-        Nd, Ns, H = a_dst.size(0), h.size(0), ctx.heads
-        # [lse_i (+inf where a head is fully masked), q_i]: the destination record of the values
-        # pass (the kernel's own layout, see edge_attention_backward_additive_values)
-        stats = torch.cat([lse.masked_fill(lse == -math.inf, math.inf),
-                           a_dst.reshape(Nd, H)], 1)
+        Ns, H = h.size(0), ctx.heads
+        stats = additive_stats(lse, a_dst)
         record = h.new_empty(src.numel(), 2 * H)
         g_x = x.new_empty(x.shape) if need[0] else None
         g_w = w.new_zeros(w.shape) if need[1] else None

@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from graphattn import ops
 from graphattn.index import build_graph
 from graphattn.nn import GraphAttention
+from graphattn.ops.projected import additive_stats
 from tests.conftest import ragged_edge_index
 from tests.ops.test_edge_attention import make_inputs
 
@@ -381,7 +382,7 @@ def _additive_parts(gw_bias=True, n=16):
     _, lse, _ = OPS.edge_attention(q, k, v, None, bias, g.ptr, g.src, g.csc_ptr, g.csc_eid,
                                    g.csc_dst, 1, 1.0, 0.2, False)
     go = torch.randn(n, 4, 6, dtype=torch.float64)
-    stats = torch.cat([lse.masked_fill(lse == -float("inf"), float("inf")), q.view(n, 4)], 1)
+    stats = additive_stats(lse, q)
     return g, q, k, v, bias, lse, go, stats
 
 

@@ -354,10 +354,9 @@ class GraphAttention(MessagePassing):
             if shared and e is None and not want_w and drop == 0.0 and _plain(lin_s):
                 # projection and attention in one autograd node whose backward holds blocks
                 # of the values' gradient, not all of it (ops.projected_additive_attention)
-                a = x_src @ torch.cat([_fold(lin_s.weight, self.att_src),
-                                       _fold(lin_s.weight, self.att_dst)]).t()
+                a_src, a_dst = self._shared_scores(x_src, lin_s)
                 out = ops.projected_additive_attention(
-                    x_src, lin_s.weight, lin_s.bias, a[:, H:], a[:, :H], graph, H,
+                    x_src, lin_s.weight, lin_s.bias, a_dst, a_src, graph, H,
                     negative_slope=self.negative_slope)
                 return self._finish(out, x_dst, graph, None)
             h_src = _lin(lin_s, x_src).view(-1, H, C)
@@ -371,10 +370,8 @@ class GraphAttention(MessagePassing):
                     a_dst = (h_dst * self.att_dst).sum(-1)
             # a_src = <att_src, W x_j> per head, computed as x_j @ (att_src^T W): the same
             # numbers without an [N, H, C] temporary (and its [N, H, C] gradient)
-            elif shared:  # one pass over x for both: [N, 2H]
-                a = x_src @ torch.cat([_fold(lin_s.weight, self.att_src),
-                                       _fold(lin_s.weight, self.att_dst)]).t()
-                a_src, a_dst = a[:, :H], a[:, H:]
+            elif shared:
+                a_src, a_dst = self._shared_scores(x_src, lin_s)
             else:
                 a_src = x_src @ _fold(lin_s.weight, self.att_src).t()
                 if x_dst is not None:
@@ -486,6 +483,13 @@ class GraphAttention(MessagePassing):
         if want_w:
             out, alpha = out
         return self._finish(out, x_dst, graph, alpha)
+
+    def _shared_scores(self, x: Tensor, lin: Linear) -> tuple[Tensor, Tensor]:
+        """GAT's score terms ``(a_src, a_dst)`` ``[N, H]`` of one node set under one
+        projection, in one pass over ``x``: ``x @ [att_src^T W; att_dst^T W]^T`` (:func:`_fold`)."""
+        H = self.heads
+        a = x @ torch.cat([_fold(lin.weight, self.att_src), _fold(lin.weight, self.att_dst)]).t()
+        return a[:, :H], a[:, H:]
 
     def _finish(self, out: Tensor, x_dst: Tensor | None, graph: EdgeGraph,
                 alpha: Tensor | None, root_added: bool = False
