@@ -21,6 +21,10 @@
 // grad v_j and a per-edge record [E, 2H]), then by destination rows streaming that record
 // (delta_i, ds_e, grad q_i), then one short pass by source rows for grad k_j = sum_e ds_e
 // (backward_additive).
+// Per-edge arithmetic: the per-head dot products (scores, dO_i . v_j) reduce four heads at
+// once where the shapes allow (head_sums.h), and the exponentials are taken in one
+// vectorised loop per destination row (forward, pass A) or per chunk of kChunk out-edges
+// (pass B), not one scalar call per edge and head: both had cost more than the gathers.
 // grad_out is read in place when each of its rows is contiguous, whatever the row stride (0
 // for the broadcast gradient of out.sum()): no [N, H, Dv] copy of it.
 #include <ATen/ATen.h>
@@ -35,36 +39,27 @@
 
 #include "checks.h"
 #include "fast_exp.h"
+#include "head_sums.h"
 
 namespace graphattn {
 namespace {
 
-// LeakyReLU without a branch, so that the loops around it vectorise (-inf stays -inf)
-template <typename T>
-inline T lrelu(T x, T slope) {
-  return std::max(x, T(0)) + slope * std::min(x, T(0));
-}
-
-// Score of the edge j -> i for one head. qi/kj point at the head's D entries.
-template <int KIND, typename scalar_t, typename acc_t>
-inline acc_t edge_score(const scalar_t* __restrict__ qi, const scalar_t* __restrict__ kj,
-                        const scalar_t* __restrict__ att_h, int64_t D, acc_t scale, acc_t slope,
-                        acc_t b) {
-  if constexpr (KIND == DOT) {
-    acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t d = 0; d < D; ++d) s += acc_t(qi[d]) * acc_t(kj[d]);
-    return s * scale + b;
-  } else if constexpr (KIND == ADDITIVE) {
-    return lrelu<acc_t>(acc_t(qi[0]) + acc_t(kj[0]) + b, slope);
+// Scores of the edge j -> i for every head into sc[0..H): qi, kj point at the rows' H * D
+// entries, bias_e at the edge's H biases (or null). 'dot' and 'v2' reduce through head_sums
+// (four heads at once where it can); 'additive' has one scalar per head.
+template <int KIND, int DC, typename scalar_t, typename acc_t>
+inline void edge_scores(const scalar_t* __restrict__ qi, const scalar_t* __restrict__ kj,
+                        const scalar_t* __restrict__ att, const scalar_t* __restrict__ bias_e,
+                        int64_t H, int64_t D, acc_t scale, acc_t slope,
+                        acc_t* __restrict__ sc) {
+  if constexpr (KIND == ADDITIVE) {
+    for (int64_t h = 0; h < H; ++h)
+      sc[h] = lrelu<acc_t>(acc_t(qi[h]) + acc_t(kj[h]) + (bias_e ? acc_t(bias_e[h]) : acc_t(0)),
+                           slope);
   } else {
-    acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t d = 0; d < D; ++d) {
-      const acc_t z = acc_t(qi[d]) + acc_t(kj[d]);
-      s += acc_t(att_h[d]) * lrelu<acc_t>(z, slope);
-    }
-    return s + b;
+    head_sums<KIND, DC, scalar_t, acc_t>(qi, kj, att, H, D, slope, sc);
+    for (int64_t h = 0; h < H; ++h)
+      sc[h] = (KIND == DOT ? sc[h] * scale : sc[h]) + (bias_e ? acc_t(bias_e[h]) : acc_t(0));
   }
 }
 
@@ -97,6 +92,17 @@ inline void prefetch_row(const T* p, int64_t n) {
   const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
 }
+
+// p[t] = exp(x[t]) in place, in one loop that vectorises (fast_exp.h)
+template <typename T>
+inline void exps(T* __restrict__ x, int64_t n) {
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) x[t] = fast_exp<T>(x[t]);
+}
+
+// out-edges per chunk of the backward's pass by source rows: their rows stay in L1 between
+// the chunk's scores and its accumulation
+constexpr int64_t kChunk = 16;
 
 // Width of the per-destination record the backward packs for its passes by source rows:
 // [lse_i (H), delta_i (H)] ('dot', 'v2') or [lse_i (H), q_i (H)] ('additive').
@@ -159,16 +165,16 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
       std::fill(mx.begin(), mx.end(), NEG_INF);
       for (int64_t t = 0; t < deg; ++t) {
         const int64_t e = e0 + t;
-        if (e + kPrefetch < E) prefetch_row(k + src[e + kPrefetch] * H * D, H * D);
-        const scalar_t* kj = k + src[e] * H * D;
-        for (int64_t h = 0; h < H; ++h) {
-          const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-          const acc_t sc = edge_score<KIND, scalar_t, acc_t>(qi + h * D, kj + h * D,
-                                                              att ? att + h * D : nullptr, D,
-                                                              scale, slope, b);
-          S[t * H + h] = sc;
-          mx[h] = sc > mx[h] ? sc : mx[h];
+        if (e + kPrefetch < E) {
+          const int64_t jn = src[e + kPrefetch];
+          prefetch_row(k + jn * H * D, H * D);
+          prefetch_row(v + jn * H * Dv, H * Dv);
         }
+        acc_t* st = S.data() + t * H;
+        edge_scores<KIND, DC, scalar_t, acc_t>(qi, k + src[e] * H * D, att,
+                                               bias ? bias + e * H : nullptr, H, D, scale,
+                                               slope, st);
+        for (int64_t h = 0; h < H; ++h) mx[h] = st[h] > mx[h] ? st[h] : mx[h];
       }
       // exponentials (a -inf max means every edge of the head is masked)
       for (int64_t h = 0; h < H; ++h) {
@@ -186,7 +192,6 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
       acc_t* __restrict__ a = acc.data();
       for (int64_t t = 0; t < deg; ++t) {
         const int64_t e = e0 + t;
-        if (e + kPrefetch < E) prefetch_row(v + src[e + kPrefetch] * H * Dv, H * Dv);
         const scalar_t* __restrict__ vj = v + src[e] * H * Dv;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t p = S[t * H + h];
@@ -284,17 +289,22 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   // Both passes recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j (+ gw_e) and
   // ds_e = p_e (dp_e - delta_i) from rows they gather anyway (pass A: k_j, v_j; pass B: q_i,
   // dO_i), so nothing of size E is stored between them: only delta [N_dst, H].
-  auto prob_dp = [&](const scalar_t* qih, const scalar_t* kjh, const scalar_t* ah,
-                     const scalar_t* goih, const scalar_t* vjh, int64_t e, int64_t h, acc_t l,
-                     acc_t* dp_out) -> acc_t {
-    const acc_t b = bias ? acc_t(bias[e * H + h]) : acc_t(0);
-    const acc_t sc = edge_score<KIND, scalar_t, acc_t>(qih, kjh, ah, D, scale, slope, b);
-    acc_t dp = 0;
-#pragma omp simd reduction(+ : dp)
-    for (int64_t c = 0; c < Dv; ++c) dp += acc_t(goih[c]) * acc_t(vjh[c]);
-    if (gw) dp += acc_t(gw[e * H + h]);
-    *dp_out = dp;
-    return fast_exp<acc_t>(sc - l);
+  // The scores of one edge for every head, as s_e - lse_i (-inf for a fully masked head,
+  // NaN for a NaN one), and dp_e (0 for a masked head): the exponentials are taken
+  // afterwards by exps() over many edges at once, so that they vectorise.
+  auto score_dp = [&](const scalar_t* qi, const scalar_t* kj, const scalar_t* goi,
+                      const scalar_t* vj, int64_t e, const scalar_t* l, acc_t* x_out,
+                      acc_t* dp_out) {
+    edge_scores<KIND, DC, scalar_t, acc_t>(qi, kj, att, bias ? bias + e * H : nullptr, H, D,
+                                           scale, slope, x_out);
+    head_sums<DOT, DVC, scalar_t, acc_t>(goi, vj, nullptr, H, Dv, slope, dp_out);
+    for (int64_t h = 0; h < H; ++h) {
+      const acc_t dp = dp_out[h] + (gw ? acc_t(gw[e * H + h]) : acc_t(0));
+      const acc_t lh = acc_t(l[h]);
+      const bool masked = lh == NEG_INF;  // nothing flows back (a NaN row: NaN)
+      x_out[h] = masked ? NEG_INF : x_out[h] - lh;
+      dp_out[h] = masked ? acc_t(0) : dp;
+    }
   };
 
   // per-thread partial sums of grad att (v2 only), reduced in thread order afterwards
@@ -326,7 +336,8 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
         Pb.resize(deg * H);
         DPb.resize(deg * H);
       }
-      // A1: p_e and dp_e of every in-edge (gathers k_j and v_j), delta
+      // A1: s_e - lse_i and dp_e of every in-edge (gathers k_j and v_j); then p_e for the
+      // whole row in one vectorised loop of exponentials; then delta
       for (int64_t t = 0; t < deg; ++t) {
         const int64_t e = e0 + t;
         if (e + kPrefetch < E) {
@@ -335,23 +346,12 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
           prefetch_row(k + jn * H * D, H * D);
         }
         const int64_t j = src[e];
-        const scalar_t* kj = k + j * H * D;
-        const scalar_t* vj = v + j * H * Dv;
-        for (int64_t h = 0; h < H; ++h) {
-          const acc_t l = acc_t(li[h]);
-          if (l == NEG_INF) {  // fully masked row: nothing flows back (a NaN one: NaN)
-            Pb[t * H + h] = 0;
-            DPb[t * H + h] = 0;
-            continue;
-          }
-          acc_t dp;
-          const acc_t p = prob_dp(qi + h * D, kj + h * D, att ? att + h * D : nullptr,
-                                  goi + h * Dv, vj + h * Dv, e, h, l, &dp);
-          Pb[t * H + h] = p;
-          DPb[t * H + h] = dp;
-          dli[h] += p * dp;
-        }
+        score_dp(qi, k + j * H * D, goi, v + j * H * Dv, e, li, Pb.data() + t * H,
+                 DPb.data() + t * H);
       }
+      exps(Pb.data(), deg * H);
+      for (int64_t t = 0; t < deg; ++t)
+        for (int64_t h = 0; h < H; ++h) dli[h] += Pb[t * H + h] * DPb[t * H + h];
       // A2: ds_e = p_e (dp_e - delta_i) -> grad q_i, grad bias, grad att (k_j rows are hot)
       std::fill(gqi.begin(), gqi.end(), acc_t(0));
       for (int64_t t = 0; t < deg; ++t) {
@@ -400,47 +400,58 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   const int64_t avg_out = std::max<int64_t>(1, E / std::max<int64_t>(1, dm.Ns));
   const int64_t grain_b = std::max<int64_t>(1, 4096 / avg_out);
   at::parallel_for(src_begin, src_end, grain_b, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> gkj(H * D), gvj(H * Dv);
+    std::vector<acc_t> gkj(H * D), gvj(H * Dv), X(kChunk * H), DP(kChunk * H);
     for (int64_t j = begin; j < end; ++j) {
       std::fill(gkj.begin(), gkj.end(), acc_t(0));
       std::fill(gvj.begin(), gvj.end(), acc_t(0));
       const scalar_t* kj = k + j * H * D;
       const scalar_t* vj = v + j * H * Dv;
-      for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
-        if (t + kPrefetch < E) {
-          const int64_t in = cdst[t + kPrefetch];
-          prefetch_row(go + in * gos, H * Dv);
-          prefetch_row(q + in * H * D, H * D);
-          prefetch_row(stats + in * S, S);
-          if (bias) prefetch_row(bias + ceid[t + kPrefetch] * H, H);
+      // the out-edges by chunks: their scores and dp (gathers q_i, dO_i and the record),
+      // the chunk's exponentials in one vectorised loop, then grad k_j, grad v_j from the
+      // rows just gathered (still in L1)
+      for (int64_t c0 = cptr[j]; c0 < cptr[j + 1]; c0 += kChunk) {
+        const int64_t n = std::min<int64_t>(kChunk, cptr[j + 1] - c0);
+        for (int64_t u = 0; u < n; ++u) {
+          const int64_t t = c0 + u;
+          if (t + kPrefetch < E) {
+            const int64_t in = cdst[t + kPrefetch];
+            prefetch_row(go + in * gos, H * Dv);
+            prefetch_row(q + in * H * D, H * D);
+            prefetch_row(stats + in * S, S);
+            if (bias) prefetch_row(bias + ceid[t + kPrefetch] * H, H);
+          }
+          const int64_t i = cdst[t];
+          score_dp(q + i * H * D, kj, go + i * gos, vj, ceid[t], stats + i * S,
+                   X.data() + u * H, DP.data() + u * H);
         }
-        const int64_t e = ceid[t];
-        const int64_t i = cdst[t];
-        const scalar_t* goi = go + i * gos;
-        const scalar_t* st = stats + i * S;
-        const scalar_t* qi = q + i * H * D;
-        for (int64_t h = 0; h < H; ++h) {
-          const acc_t l = acc_t(st[h]);
-          if (l == NEG_INF) continue;
-          const scalar_t* qih = qi + h * D;
-          const scalar_t* kjh = kj + h * D;
-          const scalar_t* ah = att ? att + h * D : nullptr;
-          const scalar_t* goih = goi + h * Dv;
-          acc_t dp;
-          const acc_t p = prob_dp(qih, kjh, ah, goih, vj + h * Dv, e, h, l, &dp);
-          const acc_t ds = p * (dp - st[H + h]);
-          acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
+        exps(X.data(), n * H);
+        for (int64_t u = 0; u < n; ++u) {
+          const int64_t i = cdst[c0 + u];
+          const scalar_t* goi = go + i * gos;
+          const scalar_t* st = stats + i * S;
+          const scalar_t* qi = q + i * H * D;
+          for (int64_t h = 0; h < H; ++h) {
+            if (acc_t(st[h]) == NEG_INF) continue;  // masked: no contribution at all
+            const scalar_t* qih = qi + h * D;
+            const scalar_t* goih = goi + h * Dv;
+            const acc_t p = X[u * H + h];
+            const acc_t ds = p * (DP[u * H + h] - st[H + h]);
+            acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
 #pragma omp simd
-          for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
-          acc_t* __restrict__ gk_h = gkj.data() + h * D;
-          if constexpr (KIND == DOT) {
-            const acc_t f = ds * scale;
+            for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
+            acc_t* __restrict__ gk_h = gkj.data() + h * D;
+            if constexpr (KIND == DOT) {
+              const acc_t f = ds * scale;
 #pragma omp simd
-            for (int64_t d = 0; d < D; ++d) gk_h[d] += f * acc_t(qih[d]);
-          } else {
+              for (int64_t d = 0; d < D; ++d) gk_h[d] += f * acc_t(qih[d]);
+            } else {
+              const scalar_t* ah = att + h * D;
+              const scalar_t* kjh = kj + h * D;
 #pragma omp simd
-            for (int64_t d = 0; d < D; ++d)
-              gk_h[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
+              for (int64_t d = 0; d < D; ++d)
+                gk_h[d] +=
+                    ds * acc_t(ah[d]) * dlrelu<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
+            }
           }
         }
       }

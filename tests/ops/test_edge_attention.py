@@ -454,6 +454,39 @@ def test_nan_scores_propagate_as_in_the_reference(kind, dtype):
 
 
 @native_only
+@pytest.mark.parametrize("kind", ["dot", "v2"])
+@pytest.mark.parametrize("H, D", [(4, 32), (8, 32), (4, 64), (8, 64), (6, 32), (4, 48)])
+def test_four_head_reductions_match_the_reference(kind, H, D):
+    """float32 rows with a head width that is a multiple of 16 and a head count that is a
+    multiple of 4 reduce four heads at once (csrc/cpu/head_sums.h; H = 8: two groups, D = 64:
+    four vectors per head; H = 6 and D = 48, a width not dispatched at compile time: the
+    per-head loop). Forward, weights and every gradient equal the reference; a NaN in one
+    lane of one key row and an infinite bias stay where the reference puts them (NaN lanes
+    survive the vector LeakyReLU of 'v2')."""
+    torch.manual_seed(0)
+    ei = ragged_edge_index(20)
+    g = build_graph(ei, 20, cache=False)
+    q, k, v, att, b = make_inputs(kind, 20, 20, ei.size(1), H, D, Dv=D, dtype=torch.float32,
+                                  grad=False)
+    gout = torch.randn(20, H, D)
+    inputs = [t if t is None else t.requires_grad_() for t in (q, k, v, att, b)]
+    a = _run(kind, g, inputs, True, "native", gout)
+    r = _run(kind, g, inputs, True, "reference", gout)
+    for x, y in zip((a[0], a[1], *a[2]), (r[0], r[1], *r[2])):
+        torch.testing.assert_close(x, y, **TOL_GRAD[torch.float32])
+    with torch.no_grad():
+        k[3, H - 1, D - 5] = float("nan")  # the last head of the last group, a high lane
+        b[0, 1] = float("-inf")  # a masked edge
+    res = {}
+    for name in ("native", "reference"):
+        out, w, grads = _run(kind, g, inputs, False, name, gout)
+        res[name] = [t.isnan() for t in (out, w, *grads)]
+    assert res["native"][0].any()
+    for x, y in zip(res["native"], res["reference"]):
+        assert torch.equal(x, y)
+
+
+@native_only
 @pytest.mark.parametrize("kind", ["dot", "additive", "v2"])
 def test_eager_fast_autograd_path_equals_the_registered_op(kind):
     """In eager mode ops.edge_attention records a plain autograd.Function (torch.library's

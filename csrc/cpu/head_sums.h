@@ -1,0 +1,121 @@
+// Per-head reductions of an edge's rows for every head at once:
+//   raw[h] = sum_{d < D} f(a[h * D + d], b[h * D + d])
+// with f = a * b (dot scores, dO . v) or f = att * LeakyReLU(a + b) ('v2' scores).
+//
+// The kernels need 2-3 such reductions per edge and head; reduced one head at a time, each
+// ends in a horizontal sum that the compiler emits (for `omp simd reduction`) as a chain of
+// 16 dependent scalar additions, which cost more than the gathers of the rows. Float rows
+// with a compile-time D that is a multiple of 16 and a head count that is a multiple of 4
+// are reduced four heads together instead: 16-lane partial sums per head, then one
+// transposing tree of additions (hsum4). They are written with GCC / Clang vector
+// extensions, so they compile for any target (AVX-512 registers under -march=native on a
+// machine that has them, narrower ones otherwise). Everything else takes the plain per-head
+// loop. The two orders of summation differ in rounding only; forward and backward use the
+// same one, so the probabilities a backward recomputes are those of its forward.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../attention_shapes.h"
+
+namespace graphattn {
+
+// LeakyReLU without a branch, so that the loops around it vectorise (-inf stays -inf, NaN
+// stays NaN)
+template <typename T>
+inline T lrelu(T x, T slope) {
+  return std::max(x, T(0)) + slope * std::min(x, T(0));
+}
+
+namespace simd {
+typedef float f16 __attribute__((vector_size(64)));
+typedef float f8 __attribute__((vector_size(32)));
+typedef float f4 __attribute__((vector_size(16)));
+
+inline f16 load(const float* p) {
+  f16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// the 8-lane sum of a 16-lane vector's halves
+inline f8 fold_half(f16 a) {
+  return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// pairwise sums of x and y, interleaved by 128-bit halves (x86's hadd):
+// [x0+x1, x2+x3, y0+y1, y2+y3, x4+x5, x6+x7, y4+y5, y6+y7]
+inline f8 hadd(f8 x, f8 y) {
+  return __builtin_shufflevector(x, y, 0, 2, 8, 10, 4, 6, 12, 14) +
+         __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15);
+}
+
+// {sum(a), sum(b), sum(c), sum(d)} of four 16-lane vectors
+inline f4 hsum4(f16 a, f16 b, f16 c, f16 d) {
+  const f8 s = hadd(hadd(fold_half(a), fold_half(b)), hadd(fold_half(c), fold_half(d)));
+  // s = [a, b, c, d] summed over lanes 0-3 of each | the same over lanes 4-7
+  return __builtin_shufflevector(s, s, 0, 1, 2, 3) + __builtin_shufflevector(s, s, 4, 5, 6, 7);
+}
+
+// 16-lane partial sums of one head's D terms
+template <int KIND, int D>
+inline f16 head_lanes(const float* a, const float* b, const float* att, float slope) {
+  static_assert(D % 16 == 0, "head_lanes needs D to be a multiple of 16");
+  const f16 zero = {};
+  f16 acc = {};
+  for (int d = 0; d < D; d += 16) {
+    const f16 x = load(a + d), y = load(b + d);
+    if constexpr (KIND == V2) {
+      const f16 z = x + y;
+      // std::max(z, 0) and std::min(z, 0) lane by lane (a NaN lane stays NaN)
+      const f16 pos = z < zero ? zero : z, neg = zero < z ? zero : z;
+      acc += load(att + d) * (pos + slope * neg);
+    } else {
+      acc += x * y;
+    }
+  }
+  return acc;
+}
+}  // namespace simd
+
+// raw[h] for h < H (see the file header); DC: D at compile time, 0 if known at run time only.
+// KIND is DOT for plain dot products (f = a * b) or V2; att is read for V2 only.
+template <int KIND, int DC, typename scalar_t, typename acc_t>
+inline void head_sums(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                      const scalar_t* __restrict__ att, int64_t H, int64_t D, acc_t slope,
+                      acc_t* __restrict__ raw) {
+  if constexpr (std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value &&
+                DC > 0 && DC % 16 == 0) {
+    if (H % 4 == 0) {
+      for (int64_t h = 0; h < H; h += 4) {
+        auto lanes = [&](int u) {
+          return simd::head_lanes<KIND, DC>(a + (h + u) * DC, b + (h + u) * DC,
+                                            KIND == V2 ? att + (h + u) * DC : nullptr, slope);
+        };
+        const simd::f4 s = simd::hsum4(lanes(0), lanes(1), lanes(2), lanes(3));
+        std::memcpy(raw + h, &s, sizeof(s));
+      }
+      return;
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    const scalar_t* ah = a + h * D;
+    const scalar_t* bh = b + h * D;
+    acc_t s = 0;
+    if constexpr (KIND == V2) {
+      const scalar_t* th = att + h * D;
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < D; ++d)
+        s += acc_t(th[d]) * lrelu<acc_t>(acc_t(ah[d]) + acc_t(bh[d]), slope);
+    } else {
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < D; ++d) s += acc_t(ah[d]) * acc_t(bh[d]);
+    }
+    raw[h] = s;
+  }
+}
+
+}  // namespace graphattn
