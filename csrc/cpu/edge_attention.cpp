@@ -187,18 +187,20 @@ void forward_kernel(const Dims& dm, const scalar_t* q, const scalar_t* k, const 
           S[t * H + h] = p;
           sum[h] += p;
         }
-      // pass 2: weighted sum of the value rows
+      // pass 2: weighted sum of the value rows, by chunks of kChunk edges and within a chunk
+      // head by head, so that a head's accumulator stays in registers over the chunk (the
+      // same order of additions as edge by edge)
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      acc_t* __restrict__ a = acc.data();
-      for (int64_t t = 0; t < deg; ++t) {
-        const int64_t e = e0 + t;
-        const scalar_t* __restrict__ vj = v + src[e] * H * Dv;
+      for (int64_t t0 = 0; t0 < deg; t0 += kChunk) {
+        const int64_t t1 = std::min(deg, t0 + kChunk);
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t p = S[t * H + h];
-          acc_t* __restrict__ ah = a + h * Dv;
-          const scalar_t* __restrict__ vjh = vj + h * Dv;
+          acc_t* __restrict__ ah = acc.data() + h * Dv;
+          for (int64_t t = t0; t < t1; ++t) {
+            const acc_t p = S[t * H + h];
+            const scalar_t* __restrict__ vjh = v + src[e0 + t] * H * Dv + h * Dv;
 #pragma omp simd
-          for (int64_t c = 0; c < Dv; ++c) ah[c] += p * acc_t(vjh[c]);
+            for (int64_t c = 0; c < Dv; ++c) ah[c] += p * acc_t(vjh[c]);
+          }
         }
       }
       // sum is 0 only for a fully masked head; a NaN (or +inf) score makes it NaN, and the
