@@ -2,16 +2,18 @@
 //   raw[h] = sum_{d < D} f(a[h * D + d], b[h * D + d])
 // with f = a * b (dot scores, dO . v) or f = att * LeakyReLU(a + b) ('v2' scores).
 //
-// The kernels need 2-3 such reductions per edge and head; reduced one head at a time, each
-// ends in a horizontal sum that the compiler emits (for `omp simd reduction`) as a chain of
+// The kernels need 2-3 such reductions per edge and head; reduced one head at a time by
+// `omp simd reduction`, each ended in a horizontal sum that the compiler emitted as a chain of
 // 16 dependent scalar additions, which cost more than the gathers of the rows. Float rows
-// with a compile-time D that is a multiple of 16 and a head count that is a multiple of 4
-// are reduced four heads together instead: 16-lane partial sums per head, then one
-// transposing tree of additions (hsum4). They are written with GCC / Clang vector
-// extensions, so they compile for any target (AVX-512 registers under -march=native on a
-// machine that has them, narrower ones otherwise). Everything else takes the plain per-head
-// loop. The two orders of summation differ in rounding only; forward and backward use the
-// same one, so the probabilities a backward recomputes are those of its forward.
+// with a compile-time D that is a multiple of 16 are reduced here with 16-lane partial sums
+// per head, then, four heads at a time, one transposing tree of additions (hsum4; any other
+// head count: each head by two vector folds and three scalar additions, hsum). They are
+// written with GCC / Clang vector extensions, so they compile for any target (AVX-512
+// registers under -march=native on a machine that has them, narrower ones otherwise); hsum4
+// needs __builtin_shufflevector (Clang, GCC >= 12), other compilers (or
+// -DGRAPHATTN_NO_SHUFFLEVECTOR) take hsum for every head. Everything else takes the plain
+// per-head loop. The orders of summation differ in rounding only; forward and backward use
+// the same one, so the probabilities a backward recomputes are those of its forward.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -19,6 +21,13 @@
 #include <type_traits>
 
 #include "../attention_shapes.h"
+
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)) && \
+    !defined(GRAPHATTN_NO_SHUFFLEVECTOR)
+#define GRAPHATTN_HSUM4 1
+#else
+#define GRAPHATTN_HSUM4 0
+#endif
 
 namespace graphattn {
 
@@ -40,12 +49,23 @@ inline f16 load(const float* p) {
   return v;
 }
 
-// the 8-lane sum of a 16-lane vector's halves
-inline f8 fold_half(f16 a) {
-  return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+// the sum of a vector's two halves (a memcpy of each half: the compiler emits one extract)
+template <typename Half, typename Full>
+inline Half fold(Full a) {
+  static_assert(sizeof(Full) == 2 * sizeof(Half), "fold halves a vector");
+  Half lo, hi;
+  std::memcpy(&lo, &a, sizeof(Half));
+  std::memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(Half), sizeof(Half));
+  return lo + hi;
 }
 
+// the sum of a 16-lane vector: two vector folds, then a tree of three scalar additions
+inline float hsum(f16 a) {
+  const f4 s = fold<f4>(fold<f8>(a));
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+#if GRAPHATTN_HSUM4
 // pairwise sums of x and y, interleaved by 128-bit halves (x86's hadd):
 // [x0+x1, x2+x3, y0+y1, y2+y3, x4+x5, x6+x7, y4+y5, y6+y7]
 inline f8 hadd(f8 x, f8 y) {
@@ -55,10 +75,11 @@ inline f8 hadd(f8 x, f8 y) {
 
 // {sum(a), sum(b), sum(c), sum(d)} of four 16-lane vectors
 inline f4 hsum4(f16 a, f16 b, f16 c, f16 d) {
-  const f8 s = hadd(hadd(fold_half(a), fold_half(b)), hadd(fold_half(c), fold_half(d)));
+  const f8 s = hadd(hadd(fold<f8>(a), fold<f8>(b)), hadd(fold<f8>(c), fold<f8>(d)));
   // s = [a, b, c, d] summed over lanes 0-3 of each | the same over lanes 4-7
-  return __builtin_shufflevector(s, s, 0, 1, 2, 3) + __builtin_shufflevector(s, s, 4, 5, 6, 7);
+  return fold<f4>(s);
 }
+#endif
 
 // 16-lane partial sums of one head's D terms
 template <int KIND, int D>
@@ -89,17 +110,19 @@ inline void head_sums(const scalar_t* __restrict__ a, const scalar_t* __restrict
                       acc_t* __restrict__ raw) {
   if constexpr (std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value &&
                 DC > 0 && DC % 16 == 0) {
-    if (H % 4 == 0) {
-      for (int64_t h = 0; h < H; h += 4) {
-        auto lanes = [&](int u) {
-          return simd::head_lanes<KIND, DC>(a + (h + u) * DC, b + (h + u) * DC,
-                                            KIND == V2 ? att + (h + u) * DC : nullptr, slope);
-        };
-        const simd::f4 s = simd::hsum4(lanes(0), lanes(1), lanes(2), lanes(3));
-        std::memcpy(raw + h, &s, sizeof(s));
-      }
-      return;
+    auto lanes = [&](int64_t h) {
+      return simd::head_lanes<KIND, DC>(a + h * DC, b + h * DC,
+                                        KIND == V2 ? att + h * DC : nullptr, slope);
+    };
+    int64_t h = 0;
+#if GRAPHATTN_HSUM4
+    for (; h + 4 <= H; h += 4) {
+      const simd::f4 s = simd::hsum4(lanes(h), lanes(h + 1), lanes(h + 2), lanes(h + 3));
+      std::memcpy(raw + h, &s, sizeof(s));
     }
+#endif
+    for (; h < H; ++h) raw[h] = simd::hsum(lanes(h));
+    return;
   }
   for (int64_t h = 0; h < H; ++h) {
     const scalar_t* ah = a + h * D;
