@@ -457,9 +457,9 @@ def test_nan_scores_propagate_as_in_the_reference(kind, dtype):
 @pytest.mark.parametrize("kind", ["dot", "v2"])
 @pytest.mark.parametrize("H, D", [(4, 32), (8, 32), (4, 64), (8, 64), (6, 32), (4, 48)])
 def test_four_head_reductions_match_the_reference(kind, H, D):
-    """float32 rows with a head width that is a multiple of 16 and a head count that is a
-    multiple of 4 reduce four heads at once (csrc/cpu/head_sums.h; H = 8: two groups, D = 64:
-    four vectors per head; H = 6 and D = 48, a width not dispatched at compile time: the
+    """float32 rows whose head width is a compile-time multiple of 16 reduce four heads at
+    once (csrc/cpu/head_sums.h; H = 8: two groups, D = 64: four vectors per head, H = 6: one
+    group and two heads reduced alone; D = 48, a width not dispatched at compile time: the
     per-head loop). Forward, weights and every gradient equal the reference; a NaN in one
     lane of one key row and an infinite bias stay where the reference puts them (NaN lanes
     survive the vector LeakyReLU of 'v2')."""
