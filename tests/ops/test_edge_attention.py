@@ -475,7 +475,7 @@ def test_four_head_reductions_match_the_reference(kind, H, D):
     for x, y in zip((a[0], a[1], *a[2]), (r[0], r[1], *r[2])):
         torch.testing.assert_close(x, y, **TOL_GRAD[torch.float32])
     with torch.no_grad():
-        k[3, H - 1, D - 5] = float("nan")  # the last head of the last group, a high lane
+        k[3, H - 1, D - 5] = float("nan")  # the last head (H = 6: one reduced alone), a high lane
         b[0, 1] = float("-inf")  # a masked edge
     res = {}
     for name in ("native", "reference"):
