@@ -111,6 +111,19 @@ def test_source_pass_by_row_blocks_equals_its_slices(kind):
 
 
 # ---- projected_attention --------------------------------------------------------------------
+def _assert_same_values_and_grads(fns, args, leaves, go, broadcast):
+    """``fn(*args)`` of each of ``fns`` (a projected node and its composition) gives the same
+    values and the same gradients at ``leaves``, for the loss ``(out * go).sum()`` or, with
+    ``broadcast``, ``out.sum()`` (one gradient row broadcast over all rows, stride 0)."""
+    res = []
+    for fn in fns:
+        out = fn(*args)
+        loss = out.sum() if broadcast else (out * go).sum()
+        res.append((out, *torch.autograd.grad(loss, leaves)))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b)
+
+
 def _params(n_src, n_dst, F_src, F_dst, H, C, biases=True, root=False):
     """Inputs and the q, k, v (and with ``root``, root-term) weights and biases."""
     t = dict(dtype=torch.float64, requires_grad=True)
@@ -278,14 +291,9 @@ def test_projected_attention_in_blocks_equals_the_composition(monkeypatch, root,
     x_dst, x_src, ws, bs = _params(n_src, n_dst, 5, 4, H, C, root=root)
     leaves = [x_dst, x_src, *ws, *bs]
     go = torch.randn(n_dst, H, C, dtype=torch.float64)
-    res = []
     with ops.set_backend("native"):
-        for fn in (_projected, _composition):
-            out = fn(x_dst, x_src, ws, bs, g, H, 0.7)
-            loss = out.sum() if broadcast else (out * go).sum()
-            res.append((out, *torch.autograd.grad(loss, leaves)))
-    for a, b in zip(*res):
-        torch.testing.assert_close(a, b)
+        _assert_same_values_and_grads((_projected, _composition),
+                                      (x_dst, x_src, ws, bs, g, H, 0.7), leaves, go, broadcast)
 
 
 @native_only
@@ -490,13 +498,8 @@ def test_projected_additive_attention_equals_the_composition(backend, monkeypatc
     x, w, b, att = _gat_params(n, 5, H, C, bias)
     leaves = [t for t in (x, w, b, att) if t is not None]
     go = torch.randn(n, H, C, dtype=torch.float64)
-    res = []
-    for fn in (_gat_projected, _gat_composition):
-        out = fn(x, w, b, att, g, H, C)
-        loss = out.sum() if broadcast else (out * go).sum()
-        res.append((out, *torch.autograd.grad(loss, leaves)))
-    for a, r in zip(*res):
-        torch.testing.assert_close(a, r)
+    _assert_same_values_and_grads((_gat_projected, _gat_composition), (x, w, b, att, g, H, C),
+                                  leaves, go, broadcast)
 
 
 @pytest.mark.parametrize("n", [0, 3])
@@ -620,13 +623,8 @@ def test_projected_v2_attention_in_blocks_equals_the_composition(backend, monkey
         x_dst, x_src, ws, bs, att = _v2_params(600, None, 5, 5, H, C)
     leaves = list({id(t): t for t in (x_dst, x_src, *ws, *bs, att)}.values())
     go = torch.randn(x_dst.size(0), H, C, dtype=torch.float64)
-    res = []
-    for fn in (_v2_projected, _v2_composition):
-        out = fn(x_dst, x_src, ws, bs, att, g, H)
-        loss = out.sum() if broadcast else (out * go).sum()
-        res.append((out, *torch.autograd.grad(loss, leaves)))
-    for a, r in zip(*res):
-        torch.testing.assert_close(a, r)
+    _assert_same_values_and_grads((_v2_projected, _v2_composition),
+                                  (x_dst, x_src, ws, bs, att, g, H), leaves, go, broadcast)
 
 
 @native_only
