@@ -102,18 +102,20 @@ TORCH_LIBRARY(graphattn, m) {
   // (grad q, grad att, grad bias, stats [N_dst, 2H]), _src takes that stats record and returns
   // (grad k, grad v) of the source rows [row_begin, row_end) (all by default); together they
   // equal edge_attention_backward. Apart, a caller consumes grad q before grad k and grad v are
-  // allocated, and grad k, grad v block by block (graphattn.ops.projected_attention).
+  // allocated, and grad k, grad v block by block (graphattn.ops.projected_attention). With a
+  // `record` [E, 2H], _dst writes each edge's (p_e, ds_e) into it (p_e = -1 for a fully
+  // masked head) and _src reads them instead of recomputing the scores.
   m.def(
       "edge_attention_backward_dst(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor lse, Tensor ptr, Tensor src, int kind, "
-      "float scale, float negative_slope, bool validated=False) "
+      "float scale, float negative_slope, bool validated=False, Tensor(a!)? record=None) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "edge_attention_backward_src(Tensor grad_out, Tensor? grad_weights, Tensor q, Tensor k, "
       "Tensor v, Tensor? att, Tensor? bias, Tensor stats, Tensor ptr, Tensor src, "
       "Tensor csc_ptr, Tensor csc_eid, Tensor csc_dst, int kind, float scale, "
       "float negative_slope, bool kv_shared=False, bool validated=False, int row_begin=0, "
-      "int? row_end=None) -> (Tensor, Tensor)");
+      "int? row_end=None, Tensor? record=None) -> (Tensor, Tensor)");
   // The 'additive' (GAT) backward in two ops (CPU): _values fills the per-edge records of the
   // out-edges of the source rows [row_begin, row_end) in `record` [E, 2H] and returns their
   // grad v, from `stats` = [lse (+inf for -inf), q] [N_dst, 2H]; once every source row has run,

@@ -16,6 +16,10 @@
 //     dO_i rows it gathers anyway; grad v_j = sum_e p_e dO_i and grad k_j from ds_e. Pass A
 //     packs lse_i and delta_i into one short record per destination, so pass B's random
 //     reads per edge are dO_i, q_i and that record.
+//   The split ops (edge_attention_backward_dst / _src, graphattn.ops.projected_attention)
+//   take an optional per-edge record [E, 2H] instead: pass A writes (p_e, ds_e) there and
+//   pass B reads it in place of the recomputation (its scores, dp_e and exponentials), for
+//   2H values per edge (2 / C of the [E, H, C] messages).
 // 'additive' (GAT) scores need no row gather (q_i, k_j are one scalar per head), so its
 // backward gathers rows once instead of twice: by source rows first (dO_i gathered: dp_e,
 // grad v_j and a per-edge record [E, 2H]), then by destination rows streaming that record
@@ -273,8 +277,8 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
                      const int64_t* ptr, const int64_t* src, const int64_t* cptr,
                      const int64_t* ceid, const int64_t* cdst, double scale_, double slope_,
                      scalar_t* gq, scalar_t* gk, scalar_t* gv, scalar_t* gatt, scalar_t* gbias,
-                     scalar_t* stats, bool kv_shared, int passes, int64_t src_begin,
-                     int64_t src_end) {
+                     scalar_t* stats, scalar_t* rec, bool kv_shared, int passes,
+                     int64_t src_begin, int64_t src_end) {
   using acc_t = typename Acc<scalar_t>::type;
   static_assert(std::is_same<acc_t, scalar_t>::value,
                 "the packed row statistics hold accumulator values in scalar_t");
@@ -290,7 +294,10 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
 
   // Both passes recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j (+ gw_e) and
   // ds_e = p_e (dp_e - delta_i) from rows they gather anyway (pass A: k_j, v_j; pass B: q_i,
-  // dO_i), so nothing of size E is stored between them: only delta [N_dst, H].
+  // dO_i), so nothing of size E is stored between them: only delta [N_dst, H]. Given a
+  // per-edge record rec [E, 2H] (the split ops' optional 'record'), pass A writes
+  // (p_e, ds_e) there and pass B reads them instead of recomputing (no score, no dp, no
+  // exponential: its per-edge arithmetic halves, for E * 2H values of memory).
   // The scores of one edge for every head, as s_e - lse_i (-inf for a fully masked head,
   // NaN for a NaN one), and dp_e (0 for a masked head): the exponentials are taken
   // afterwards by exps() over many edges at once, so that they vectorise.
@@ -379,6 +386,10 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
             }
           }
           if (gbias) gbias[e * H + h] = scalar_t(ds);
+          if (rec) {  // (p_e, ds_e) for pass B; p_e = -1 marks a fully masked head
+            rec[e * 2 * H + h] = li[h] == NEG_INF ? scalar_t(-1) : scalar_t(Pb[t * H + h]);
+            rec[e * 2 * H + H + h] = scalar_t(ds);
+          }
         }
       }
       scalar_t* gqo = gq + i * H * D;
@@ -408,51 +419,69 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
       std::fill(gvj.begin(), gvj.end(), acc_t(0));
       const scalar_t* kj = k + j * H * D;
       const scalar_t* vj = v + j * H * Dv;
-      // the out-edges by chunks: their scores and dp (gathers q_i, dO_i and the record),
-      // the chunk's exponentials in one vectorised loop, then grad k_j, grad v_j from the
-      // rows just gathered (still in L1)
-      for (int64_t c0 = cptr[j]; c0 < cptr[j + 1]; c0 += kChunk) {
-        const int64_t n = std::min<int64_t>(kChunk, cptr[j + 1] - c0);
-        for (int64_t u = 0; u < n; ++u) {
-          const int64_t t = c0 + u;
+      // one out-edge's terms of grad k_j, grad v_j from its p_e and ds_e (qi, goi: the rows
+      // of its destination)
+      auto accumulate = [&](const scalar_t* qi, const scalar_t* goi, int64_t h, acc_t p,
+                            acc_t ds) {
+        const scalar_t* qih = qi + h * D;
+        const scalar_t* goih = goi + h * Dv;
+        acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
+#pragma omp simd
+        for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
+        acc_t* __restrict__ gk_h = gkj.data() + h * D;
+        if constexpr (KIND == DOT) {
+          const acc_t f = ds * scale;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) gk_h[d] += f * acc_t(qih[d]);
+        } else {
+          const scalar_t* ah = att + h * D;
+          const scalar_t* kjh = kj + h * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d)
+            gk_h[d] += ds * acc_t(ah[d]) * dlrelu<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
+        }
+      };
+      if (rec) {  // pass A left (p_e, ds_e) of every edge: nothing to recompute
+        for (int64_t t = cptr[j]; t < cptr[j + 1]; ++t) {
           if (t + kPrefetch < E) {
             const int64_t in = cdst[t + kPrefetch];
             prefetch_row(go + in * gos, H * Dv);
             prefetch_row(q + in * H * D, H * D);
-            prefetch_row(stats + in * S, S);
-            if (bias) prefetch_row(bias + ceid[t + kPrefetch] * H, H);
+            prefetch_row(rec + ceid[t + kPrefetch] * 2 * H, 2 * H);
           }
           const int64_t i = cdst[t];
-          score_dp(q + i * H * D, kj, go + i * gos, vj, ceid[t], stats + i * S,
-                   X.data() + u * H, DP.data() + u * H);
+          const scalar_t* re = rec + ceid[t] * 2 * H;
+          for (int64_t h = 0; h < H; ++h)
+            if (!(re[h] < scalar_t(0)))  // p_e = -1: masked, no contribution (NaN flows)
+              accumulate(q + i * H * D, go + i * gos, h, acc_t(re[h]), acc_t(re[H + h]));
         }
-        exps(X.data(), n * H);
-        for (int64_t u = 0; u < n; ++u) {
-          const int64_t i = cdst[c0 + u];
-          const scalar_t* goi = go + i * gos;
-          const scalar_t* st = stats + i * S;
-          const scalar_t* qi = q + i * H * D;
-          for (int64_t h = 0; h < H; ++h) {
-            if (acc_t(st[h]) == NEG_INF) continue;  // masked: no contribution at all
-            const scalar_t* qih = qi + h * D;
-            const scalar_t* goih = goi + h * Dv;
-            const acc_t p = X[u * H + h];
-            const acc_t ds = p * (DP[u * H + h] - st[H + h]);
-            acc_t* __restrict__ gv_h = gvj.data() + h * Dv;
-#pragma omp simd
-            for (int64_t c = 0; c < Dv; ++c) gv_h[c] += p * acc_t(goih[c]);
-            acc_t* __restrict__ gk_h = gkj.data() + h * D;
-            if constexpr (KIND == DOT) {
-              const acc_t f = ds * scale;
-#pragma omp simd
-              for (int64_t d = 0; d < D; ++d) gk_h[d] += f * acc_t(qih[d]);
-            } else {
-              const scalar_t* ah = att + h * D;
-              const scalar_t* kjh = kj + h * D;
-#pragma omp simd
-              for (int64_t d = 0; d < D; ++d)
-                gk_h[d] +=
-                    ds * acc_t(ah[d]) * dlrelu<acc_t>(acc_t(qih[d]) + acc_t(kjh[d]), slope);
+      } else {
+        // without it: the out-edges by chunks, their scores and dp (gathers q_i, dO_i and the
+        // record), the chunk's exponentials in one vectorised loop, then grad k_j, grad v_j
+        // from the rows just gathered (still in L1)
+        for (int64_t c0 = cptr[j]; c0 < cptr[j + 1]; c0 += kChunk) {
+          const int64_t n = std::min<int64_t>(kChunk, cptr[j + 1] - c0);
+          for (int64_t u = 0; u < n; ++u) {
+            const int64_t t = c0 + u;
+            if (t + kPrefetch < E) {
+              const int64_t in = cdst[t + kPrefetch];
+              prefetch_row(go + in * gos, H * Dv);
+              prefetch_row(q + in * H * D, H * D);
+              prefetch_row(stats + in * S, S);
+              if (bias) prefetch_row(bias + ceid[t + kPrefetch] * H, H);
+            }
+            const int64_t i = cdst[t];
+            score_dp(q + i * H * D, kj, go + i * gos, vj, ceid[t], stats + i * S,
+                     X.data() + u * H, DP.data() + u * H);
+          }
+          exps(X.data(), n * H);
+          for (int64_t u = 0; u < n; ++u) {
+            const int64_t i = cdst[c0 + u];
+            const scalar_t* st = stats + i * S;
+            for (int64_t h = 0; h < H; ++h) {
+              if (acc_t(st[h]) == NEG_INF) continue;  // masked: no contribution at all
+              const acc_t p = X[u * H + h];
+              accumulate(q + i * H * D, go + i * gos, h, p, p * (DP[u * H + h] - st[H + h]));
             }
           }
         }
@@ -661,7 +690,8 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
                          const at::Tensor* csc_eid, const at::Tensor* csc_dst, int64_t kind,
                          double scale, double negative_slope, bool kv_shared, int passes,
                          bool validated, int64_t src_begin = 0,
-                         c10::optional<int64_t> src_end_ = c10::nullopt) {
+                         c10::optional<int64_t> src_end_ = c10::nullopt,
+                         const c10::optional<at::Tensor>& record = c10::nullopt) {
   const Dims dm = check_inputs(q_, k_, v_, att_, bias_, ptr, src, kind, validated);
   check_kv_shared(k_, v_, kv_shared);
   const bool has_gw = check_grad_shapes(dm, q_, grad_out_, grad_weights_);
@@ -682,6 +712,17 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
                 "graphattn: 'stats' must have shape [N_dst, 2 * H] (from "
                 "edge_attention_backward_dst), got ", row_stats.sizes());
     check_float(row_stats, "stats", q_.scalar_type(), q_.device());
+  }
+  // the per-edge record (p_e, ds_e): written in place by a pass A alone, read by a pass B
+  // alone (so it must be contiguous: a view of the caller's tensor is written through)
+  const bool has_rec = record.has_value() && record->defined();
+  if (has_rec) {
+    TORCH_CHECK(passes != (kDstPass | kSrcPass), "graphattn: 'record' is for the split passes");
+    check_float(*record, "record", q_.scalar_type(), q_.device());
+    TORCH_CHECK(record->sizes() == at::IntArrayRef({dm.E, 2 * H}) && record->is_contiguous(),
+                "graphattn: 'record' must be a contiguous [E, 2 * H] = [", dm.E, ", ", 2 * H,
+                "] tensor, got ", record->sizes(), record->is_contiguous() ? "" :
+                " (not contiguous)");
   }
   if (src_pass) {
     check_csc_shapes(dm, *csc_ptr, *csc_eid, *csc_dst);
@@ -728,6 +769,7 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
     scalar_t* gbp = dst_pass && has_bias ? o.gbias.data_ptr<scalar_t>() : nullptr;
     // a record given by the caller is only read (pass B)
     scalar_t* statsp = const_cast<scalar_t*>(o.stats.data_ptr<scalar_t>());
+    scalar_t* recp = has_rec ? record->data_ptr<scalar_t>() : nullptr;
     dispatch_kind(kind, [&](auto kind_tag) {
       constexpr int K = decltype(kind_tag)::value;
       if constexpr (K == ADDITIVE) {  // the entry points give it both passes
@@ -745,8 +787,8 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
               dm, gop, go.stride, gwp, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
               v.data_ptr<scalar_t>(), attp, bp, lsep, ptr.data_ptr<int64_t>(),
               src.data_ptr<int64_t>(), idx(csc_ptr), idx(csc_eid), idx(csc_dst), scale,
-              negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, kv_shared, passes, src_begin,
-              src_end);
+              negative_slope, gqp, gkp, gvp, gattp, gbp, statsp, recp, kv_shared, passes,
+              src_begin, src_end);
         });
       }
     });
@@ -780,11 +822,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backwa
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
     const at::Tensor& lse, const at::Tensor& ptr, const at::Tensor& src, int64_t kind,
-    double scale, double negative_slope, bool validated) {
+    double scale, double negative_slope, bool validated,
+    const c10::optional<at::Tensor>& record) {
   check_split_kind(kind, "edge_attention_backward_dst");
   const BackwardOut o = backward_cpu(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src,
                                      nullptr, nullptr, nullptr, kind, scale, negative_slope,
-                                     false, kDstPass, validated);
+                                     false, kDstPass, validated, 0, c10::nullopt, record);
   return {o.gq, o.gatt, o.gbias, o.stats};
 }
 
@@ -795,12 +838,12 @@ std::tuple<at::Tensor, at::Tensor> edge_attention_backward_src_cpu(
     const at::Tensor& stats, const at::Tensor& ptr, const at::Tensor& src,
     const at::Tensor& csc_ptr, const at::Tensor& csc_eid, const at::Tensor& csc_dst, int64_t kind,
     double scale, double negative_slope, bool kv_shared, bool validated, int64_t row_begin,
-    c10::optional<int64_t> row_end) {
+    c10::optional<int64_t> row_end, const c10::optional<at::Tensor>& record) {
   check_split_kind(kind, "edge_attention_backward_src");
   const BackwardOut o =
       backward_cpu(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, &csc_ptr,
                    &csc_eid, &csc_dst, kind, scale, negative_slope, kv_shared, kSrcPass,
-                   validated, row_begin, row_end);
+                   validated, row_begin, row_end, record);
   return {o.gk, o.gv};
 }
 

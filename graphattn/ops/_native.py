@@ -102,7 +102,7 @@ if WITH_EXT:
 
     @torch.library.register_fake("graphattn::edge_attention_backward_dst")
     def _ea_bwd_dst_fake(grad_out, grad_weights, q, k, v, att, bias, lse, ptr, src, kind, scale,
-                         negative_slope, validated=False):
+                         negative_slope, validated=False, record=None):
         gatt = torch.empty_like(att) if att is not None else q.new_empty(0)
         gbias = torch.empty_like(bias) if bias is not None else q.new_empty(0)
         return torch.empty_like(q), gatt, gbias, q.new_empty(ptr.shape[0] - 1, 2 * q.shape[1])
@@ -110,7 +110,7 @@ if WITH_EXT:
     @torch.library.register_fake("graphattn::edge_attention_backward_src")
     def _ea_bwd_src_fake(grad_out, grad_weights, q, k, v, att, bias, stats, ptr, src, csc_ptr,
                          csc_eid, csc_dst, kind, scale, negative_slope, kv_shared=False,
-                         validated=False, row_begin=0, row_end=None):
+                         validated=False, row_begin=0, row_end=None, record=None):
         rows = (k.shape[0] if row_end is None else row_end) - row_begin
         gv = v.new_empty(0) if kv_shared else v.new_empty(rows, *v.shape[1:])
         return k.new_empty(rows, *k.shape[1:]), gv

@@ -25,6 +25,10 @@ native CPU path:
   next block; the source pass does the same with :math:`\partial\mathbf{k},
   \partial\mathbf{v}` of a block of source rows, the gradient of :math:`\mathbf{x}^{src}` and
   :math:`W_k, \mathbf{b}_k, W_v, \mathbf{b}_v`.
+  The destination pass leaves each edge's softmax weight and score gradient
+  :math:`(p_e, \partial s_e)` in an ``[E, 2H]`` record (2 / C of the ``[E, H, C]`` messages),
+  so that the source pass reads them instead of recomputing the scores (the source pass alone
+  at E = 200k, H = 4, C = 32: 10.3 -> 6.4 ms on 2 cores).
 
 The composition holds all three ``[N, H, C]`` gradients at once (they leave one autograd node
 together) and the root term's output beside the attention's; this holds one block at a time.
@@ -159,6 +163,10 @@ class _ProjectedAttention(torch.autograd.Function):
         # the grads of W_q, b_q (W_s, b_s); the block is freed before the next. The CSR rows
         # [b, e) are the edges ptr[b]..ptr[e] of src, re-based to start at 0.
         stats = q.new_empty(Nd, 2 * H)
+        # each edge's (p_e, ds_e), left by the destination pass for the source pass, which
+        # then need not recompute the scores (E * 2H values: 2 / C of the [E, H, C] messages
+        # that are never allocated)
+        record = q.new_empty(src.numel(), 2 * H)
         width = q.size(1) * q.size(2) + (grad_out.size(1) * grad_out.size(2) if ws is not None
                                          else 0)
         rows = _rows(Nd, width, q.element_size())
@@ -168,7 +176,7 @@ class _ProjectedAttention(torch.autograd.Function):
             e, lo, hi = min(b + rows, Nd), offsets[n], offsets[n + 1]
             gq, gatt, _, st = ops.edge_attention_backward_dst(
                 grad_out[b:e], None, q[b:e], k, v, att, None, lse[b:e], ptr[b:e + 1] - lo,
-                src[lo:hi], kind, scale, slope, validated)
+                src[lo:hi], kind, scale, slope, validated, record[lo:hi])
             stats[b:e] = st
             if g_att is not None:
                 g_att += gatt
@@ -193,7 +201,7 @@ class _ProjectedAttention(torch.autograd.Function):
             # (v is k: one gradient, grad k + grad v, in gk)
             gk, gv = ops.edge_attention_backward_src(grad_out, None, q, k, v, att, None, stats,
                                                      ptr, src, cp, ce, cd, kind, scale, slope,
-                                                     shared, validated or b > 0, b, e)
+                                                     shared, validated or b > 0, b, e, record)
             gk, gv, xs = gk.flatten(1), None if shared else gv.flatten(1), x_src[b:e]
             if g_xs is not None:
                 if shared:
