@@ -7,7 +7,7 @@
 // weighted values are accumulated in a row-local buffer of H * Dv. Only the per-row
 // log-sum-exp [N_dst, H] is saved (plus the [E, H] weights when asked for).
 //
-// Backward, without atomics and without any per-edge buffer:
+// Backward, without atomics and with at most one per-edge buffer of 2H values (below):
 //   pass A (by destination rows): recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j
 //     (+ gw_e when the returned weights receive a gradient), delta_i = sum_e p_e dp_e
 //     (= rowsum(dO_i * O_i), so O is not saved), ds_e = p_e (dp_e - delta_i); accumulate
@@ -16,10 +16,11 @@
 //     dO_i rows it gathers anyway; grad v_j = sum_e p_e dO_i and grad k_j from ds_e. Pass A
 //     packs lse_i and delta_i into one short record per destination, so pass B's random
 //     reads per edge are dO_i, q_i and that record.
-//   The split ops (edge_attention_backward_dst / _src, graphattn.ops.projected_attention)
-//   take an optional per-edge record [E, 2H] instead: pass A writes (p_e, ds_e) there and
-//   pass B reads it in place of the recomputation (its scores, dp_e and exponentials), for
-//   2H values per edge (2 / C of the [E, H, C] messages).
+//   Where a per-edge record [E, 2H] is no larger than grad_out [N_dst, H, Dv]
+//   (use_edge_record: mean in-degree <= Dv / 2), pass A writes (p_e, ds_e) there and pass B
+//   reads it in place of the recomputation (its scores, dp_e and exponentials: about a third
+//   of its time); the split ops (edge_attention_backward_dst / _src,
+//   graphattn.ops.projected_attention) take the record from their caller.
 // 'additive' (GAT) scores need no row gather (q_i, k_j are one scalar per head), so its
 // backward gathers rows once instead of twice: by source rows first (dO_i gathered: dp_e,
 // grad v_j and a per-edge record [E, 2H]), then by destination rows streaming that record
@@ -673,6 +674,12 @@ void backward_additive(const Dims& dm, const scalar_t* go, int64_t gos, const sc
   additive_scores<HC, scalar_t>(dm, ptr, cptr, ceid, slope_, eb, gq, gk, gbias, kv_shared);
 }
 
+// Whether the backward of 'dot' / 'v2' keeps each edge's (p_e, ds_e) between its passes: when
+// that [E, 2H] record is no larger than grad_out [N_dst, H, Dv], so the backward's memory
+// grows by at most the size of the gradient it was given (graphattn.ops.projected applies the
+// same rule to the record it passes to the split ops).
+inline bool use_edge_record(const Dims& dm) { return 2 * dm.E <= dm.Nd * dm.Dv; }
+
 struct BackwardOut {
   at::Tensor gq, gk, gv, gatt, gbias, stats;
 };
@@ -746,9 +753,12 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
   o.gbias = dst_pass && has_bias ? at::empty_like(bias) : at::empty({0}, none);
   // the accumulator type is scalar_t itself (float, double): the record shares q's dtype
   o.stats = dst_pass ? at::empty({dm.Nd, S}, none) : rs;
-  // 'additive': the [E, 2H] per-edge record of its backward (backward_additive)
+  // 'additive': the [E, 2H] per-edge record of its backward (backward_additive); 'dot' and
+  // 'v2' with both passes in this call: the (p_e, ds_e) record where use_edge_record allows
   at::Tensor eb;
-  if (kind == ADDITIVE) eb = at::empty({dm.E, 2 * H}, none);
+  if (kind == ADDITIVE ||
+      (dst_pass && src_pass && !has_rec && use_edge_record(dm)))
+    eb = at::empty({dm.E, 2 * H}, none);
 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "graphattn::edge_attention_backward", [&] {
     auto ptr_or_null = [](const at::Tensor& t) -> scalar_t* {
@@ -769,7 +779,8 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
     scalar_t* gbp = dst_pass && has_bias ? o.gbias.data_ptr<scalar_t>() : nullptr;
     // a record given by the caller is only read (pass B)
     scalar_t* statsp = const_cast<scalar_t*>(o.stats.data_ptr<scalar_t>());
-    scalar_t* recp = has_rec ? record->data_ptr<scalar_t>() : nullptr;
+    scalar_t* recp = has_rec ? record->data_ptr<scalar_t>()
+                             : eb.defined() ? ptr_or_null(eb) : nullptr;
     dispatch_kind(kind, [&](auto kind_tag) {
       constexpr int K = decltype(kind_tag)::value;
       if constexpr (K == ADDITIVE) {  // the entry points give it both passes

@@ -26,9 +26,10 @@ native CPU path:
   \partial\mathbf{v}` of a block of source rows, the gradient of :math:`\mathbf{x}^{src}` and
   :math:`W_k, \mathbf{b}_k, W_v, \mathbf{b}_v`.
   The destination pass leaves each edge's softmax weight and score gradient
-  :math:`(p_e, \partial s_e)` in an ``[E, 2H]`` record (2 / C of the ``[E, H, C]`` messages),
-  so that the source pass reads them instead of recomputing the scores (the source pass alone
-  at E = 200k, H = 4, C = 32: 10.3 -> 6.4 ms on 2 cores).
+  :math:`(p_e, \partial s_e)` in an ``[E, 2H]`` record where that is no larger than the
+  output gradient (mean in-degree at most C / 2), so that the source pass reads them instead
+  of recomputing the scores (the source pass alone at E = 200k, H = 4, C = 32: 10.3 -> 6.4 ms
+  on 2 cores).
 
 The composition holds all three ``[N, H, C]`` gradients at once (they leave one autograd node
 together) and the root term's output beside the attention's; this holds one block at a time.
@@ -164,9 +165,11 @@ class _ProjectedAttention(torch.autograd.Function):
         # [b, e) are the edges ptr[b]..ptr[e] of src, re-based to start at 0.
         stats = q.new_empty(Nd, 2 * H)
         # each edge's (p_e, ds_e), left by the destination pass for the source pass, which
-        # then need not recompute the scores (E * 2H values: 2 / C of the [E, H, C] messages
-        # that are never allocated)
-        record = q.new_empty(src.numel(), 2 * H)
+        # then need not recompute the scores, where that [E, 2H] record is no larger than
+        # grad_out [N_dst, H, Dv] (mean in-degree <= Dv / 2; the fused kernel's rule,
+        # use_edge_record in csrc/cpu/edge_attention.cpp)
+        record = (q.new_empty(src.numel(), 2 * H) if 2 * src.numel() <= Nd * v.size(2)
+                  else None)
         width = q.size(1) * q.size(2) + (grad_out.size(1) * grad_out.size(2) if ws is not None
                                          else 0)
         rows = _rows(Nd, width, q.element_size())
@@ -176,7 +179,8 @@ class _ProjectedAttention(torch.autograd.Function):
             e, lo, hi = min(b + rows, Nd), offsets[n], offsets[n + 1]
             gq, gatt, _, st = ops.edge_attention_backward_dst(
                 grad_out[b:e], None, q[b:e], k, v, att, None, lse[b:e], ptr[b:e + 1] - lo,
-                src[lo:hi], kind, scale, slope, validated, record[lo:hi])
+                src[lo:hi], kind, scale, slope, validated,
+                None if record is None else record[lo:hi])
             stats[b:e] = st
             if g_att is not None:
                 g_att += gatt
