@@ -296,7 +296,8 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   // Both passes recompute p_e = exp(s_e - lse_i), dp_e = dO_i . v_j (+ gw_e) and
   // ds_e = p_e (dp_e - delta_i) from rows they gather anyway (pass A: k_j, v_j; pass B: q_i,
   // dO_i), so nothing of size E is stored between them: only delta [N_dst, H]. Given a
-  // per-edge record rec [E, 2H] (the split ops' optional 'record'), pass A writes
+  // per-edge record rec [E, 2H] (the split ops' 'record', or the fused backward's own where
+  // use_edge_record allows), pass A writes
   // (p_e, ds_e) there and pass B reads them instead of recomputing (no score, no dp, no
   // exponential: its per-edge arithmetic halves, for E * 2H values of memory).
   // The scores of one edge for every head, as s_e - lse_i (-inf for a fully masked head,
@@ -458,7 +459,7 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
         }
       } else {
         // without it: the out-edges by chunks, their scores and dp (gathers q_i, dO_i and the
-        // record), the chunk's exponentials in one vectorised loop, then grad k_j, grad v_j
+        // destination's stats row), the chunk's exponentials in one vectorised loop, then grad k_j, grad v_j
         // from the rows just gathered (still in L1)
         for (int64_t c0 = cptr[j]; c0 < cptr[j + 1]; c0 += kChunk) {
           const int64_t n = std::min<int64_t>(kChunk, cptr[j + 1] - c0);
