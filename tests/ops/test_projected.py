@@ -76,15 +76,19 @@ def test_split_passes_check_their_input():
 
 @native_only
 @pytest.mark.parametrize("kind", [0, 2])
-def test_split_passes_opcheck(kind):
+@pytest.mark.parametrize("record", [False, True])
+def test_split_passes_opcheck(kind, record):
+    """opcheck of both passes, also with the edge record (written by _dst, read by _src)."""
     name = {0: "dot", 2: "v2"}[kind]
     _, _, (g, q, k, v, att, bias, lse, go, stats) = _fused_and_split(name, False, True)
     w = torch.randn(g.num_edges, 4, dtype=torch.float64)
+    rec = (torch.zeros(g.num_edges, 8, dtype=torch.float64),) if record else ()
     torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_dst.default,
-                          (go, w, q, k, v, att, bias, lse, g.ptr, g.src, kind, 0.4, 0.2))
+                          (go, w, q, k, v, att, bias, lse, g.ptr, g.src, kind, 0.4, 0.2, False,
+                           *rec))
     torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_src.default,
                           (go, w, q, k, v, att, bias, stats, g.ptr, g.src, g.csc_ptr, g.csc_eid,
-                           g.csc_dst, kind, 0.4, 0.2, False))
+                           g.csc_dst, kind, 0.4, 0.2, False, False, 0, None, *rec))
 
 
 @native_only
@@ -234,20 +238,6 @@ def test_edge_record_is_checked():
                          (OPS.edge_attention_backward_src, src)):
             with pytest.raises(RuntimeError, match=msg):
                 op(*args, rec)
-
-
-@native_only
-@pytest.mark.parametrize("kind", [0, 2])
-def test_split_passes_with_an_edge_record_opcheck(kind):
-    name = {0: "dot", 2: "v2"}[kind]
-    _, _, (g, q, k, v, att, bias, lse, go, stats) = _fused_and_split(name, False, True)
-    record = torch.zeros(g.num_edges, 8, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_dst.default,
-                          (go, None, q, k, v, att, bias, lse, g.ptr, g.src, kind, 0.4, 0.2,
-                           False, record))
-    torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_src.default,
-                          (go, None, q, k, v, att, bias, stats, g.ptr, g.src, g.csc_ptr,
-                           g.csc_eid, g.csc_dst, kind, 0.4, 0.2, False, False, 0, None, record))
 
 
 # ---- projected_attention --------------------------------------------------------------------
