@@ -297,9 +297,9 @@ void backward_kernel(const Dims& dm, const scalar_t* go, int64_t gos, const scal
   // ds_e = p_e (dp_e - delta_i) from rows they gather anyway (pass A: k_j, v_j; pass B: q_i,
   // dO_i), so nothing of size E is stored between them: only delta [N_dst, H]. Given a
   // per-edge record rec [E, 2H] (the split ops' 'record', or the fused backward's own where
-  // use_edge_record allows), pass A writes
-  // (p_e, ds_e) there and pass B reads them instead of recomputing (no score, no dp, no
-  // exponential: its per-edge arithmetic halves, for E * 2H values of memory).
+  // use_edge_record allows), pass A writes (p_e, ds_e) there and pass B reads them instead
+  // of recomputing (no score, no dp, no exponential: its per-edge arithmetic halves, for
+  // E * 2H values of memory).
   // The scores of one edge for every head, as s_e - lse_i (-inf for a fully masked head,
   // NaN for a NaN one), and dp_e (0 for a masked head): the exponentials are taken
   // afterwards by exps() over many edges at once, so that they vectorise.
@@ -721,11 +721,11 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
                 "edge_attention_backward_dst), got ", row_stats.sizes());
     check_float(row_stats, "stats", q_.scalar_type(), q_.device());
   }
-  // the per-edge record (p_e, ds_e): written in place by a pass A alone, read by a pass B
-  // alone (so it must be contiguous: a view of the caller's tensor is written through)
+  // the caller's per-edge record (p_e, ds_e), given to the split passes only: written in place
+  // by pass A, read by pass B (so it must be contiguous: a view of the caller's tensor is
+  // written through)
   const bool has_rec = record.has_value() && record->defined();
   if (has_rec) {
-    TORCH_CHECK(passes != (kDstPass | kSrcPass), "graphattn: 'record' is for the split passes");
     check_float(*record, "record", q_.scalar_type(), q_.device());
     TORCH_CHECK(record->sizes() == at::IntArrayRef({dm.E, 2 * H}) && record->is_contiguous(),
                 "graphattn: 'record' must be a contiguous [E, 2 * H] = [", dm.E, ", ", 2 * H,
