@@ -22,18 +22,32 @@ native_only = pytest.mark.skipif(not ops.native_available(), reason="graphattn._
 OPS = torch.ops.graphattn if ops.native_available() else None
 
 
-def _fused_and_split(kind, kv_shared, gw):
+def _ragged_inputs(kind, masked=False):
+    """The ragged graph of 16 nodes and float64 inputs (H = 4, D = Dv = 6, per-edge biases in
+    CSR order); with ``masked``, a fully masked head (every in-edge of destination 3 at head 1
+    biased -inf) and a NaN lane (q of destination 5, head 2)."""
     ei = ragged_edge_index(16)
     g = build_graph(ei, 16, cache=False)
     q, k, v, att, b = make_inputs(kind, 16, 16, ei.size(1), 4, 6, Dv=6, grad=False)
+    bias = g.to_csr(b)
+    if masked:
+        bias = bias.clone()
+        lo, hi = g.ptr[3].item(), g.ptr[4].item()
+        assert hi - lo >= 2 and g.ptr[6] > g.ptr[5]
+        bias[lo:hi, 1] = -float("inf")
+        q[5, 2, 0] = float("nan")
+    return g, q, k, v, att, bias
+
+
+def _fused_and_split(kind, kv_shared, gw):
+    g, q, k, v, att, bias = _ragged_inputs(kind)
     if kv_shared:
         v = k
-    bias = g.to_csr(b)
     code = ops.KINDS[kind]
     _, lse, _ = OPS.edge_attention(q, k, v, att, bias, g.ptr, g.src, g.csc_ptr, g.csc_eid,
                                    g.csc_dst, code, 0.4, 0.2, False)
     go = torch.randn(16, 4, 6, dtype=torch.float64)
-    w = torch.randn(ei.size(1), 4, dtype=torch.float64) if gw else None
+    w = torch.randn(g.num_edges, 4, dtype=torch.float64) if gw else None
     fused = OPS.edge_attention_backward(go, w, q, k, v, att, bias, lse, g.ptr, g.src, g.csc_ptr,
                                         g.csc_eid, g.csc_dst, code, 0.4, 0.2, kv_shared)
     gq, gatt, gbias, stats = OPS.edge_attention_backward_dst(go, w, q, k, v, att, bias, lse,
@@ -114,21 +128,6 @@ def test_source_pass_by_row_blocks_equals_its_slices(kind):
                           (*args, 5, 11))
 
 
-
-def _masked_nan_inputs(kind):
-    """The ragged graph's inputs with a fully masked head (every in-edge of destination 3 at
-    head 1 biased -inf) and a NaN lane (q of destination 5, head 2)."""
-    ei = ragged_edge_index(16)
-    g = build_graph(ei, 16, cache=False)
-    q, k, v, att, b = make_inputs(kind, 16, 16, ei.size(1), 4, 6, Dv=6, grad=False)
-    bias = g.to_csr(b).clone()
-    lo, hi = g.ptr[3].item(), g.ptr[4].item()
-    assert hi - lo >= 2 and g.ptr[6] > g.ptr[5]
-    bias[lo:hi, 1] = -float("inf")
-    q[5, 2, 0] = float("nan")
-    return g, q, k, v, att, bias
-
-
 @native_only
 @pytest.mark.parametrize("kind", ["dot", "v2"])
 @pytest.mark.parametrize("kv_shared", [False, True])
@@ -140,13 +139,7 @@ def test_split_passes_with_an_edge_record_equal_the_fused_backward(kind, kv_shar
     pass reads them instead of recomputing: grad k and grad v equal the fused backward's, by
     blocks of source rows too, and NaN exactly where it has them (a NaN lane, a masked head)."""
     code = ops.KINDS[kind]
-    if masked:
-        g, q, k, v, att, bias = _masked_nan_inputs(kind)
-    else:
-        ei = ragged_edge_index(16)
-        g = build_graph(ei, 16, cache=False)
-        q, k, v, att, b = make_inputs(kind, 16, 16, ei.size(1), 4, 6, Dv=6, grad=False)
-        bias = g.to_csr(b)
+    g, q, k, v, att, bias = _ragged_inputs(kind, masked)
     if kv_shared:
         v = k
     H, E = q.size(1), g.num_edges
@@ -189,7 +182,6 @@ def test_split_passes_with_an_edge_record_equal_the_fused_backward(kind, kv_shar
         assert fused[1].isnan().any() and not fused[1].isnan().all()
 
 
-
 @native_only
 @pytest.mark.parametrize("kind", ["dot", "v2"])
 @pytest.mark.parametrize("Dv", [32, 4])
@@ -219,6 +211,7 @@ def test_fused_backward_keeps_the_edge_record_where_it_is_small(kind, Dv):
             code, 0.4, 0.2, False, False, 0, None, rec)
         for a, b in zip(split, fused[1:3]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
 
 @native_only
 def test_edge_record_is_checked():
