@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -42,8 +43,41 @@ template <typename scalar_t>
 void dot_forward(const scalar_t* q, const scalar_t* k, const int64_t* p, int64_t N, int64_t H,
                  int64_t F, int64_t E, scalar_t* s) {
   csr_dots<scalar_t>(
-      p, N, H, F, E, [&](int64_t i, int64_t h) { return q + (i * H + h) * F; },
-      [&](int64_t e, int64_t) { return k + e * F; }, s);
+      p, N, H, F, E, [&](int64_t i) { return q + i * H * F; },
+      [&](int64_t e) { return k + e * F; }, 0, s);
+}
+
+// Float rows whose F is a multiple of V's width W: each edge's key chunk is loaded once for
+// all heads, grad k[e] is summed over the heads in registers and grad q accumulates in its
+// output row (the same additions in the same order as the plain loop below: equal bits).
+template <typename V, int W>
+void dot_backward_rows(const float* g, const float* q, const float* k, const int64_t* p,
+                       int64_t begin, int64_t end, int64_t H, int64_t F, float* gq, float* gk) {
+  using simd::loadv;
+  using simd::storev;
+  for (int64_t i = begin; i < end; ++i) {
+    const float* __restrict__ qi = q + i * H * F;
+    float* __restrict__ gqi = gq ? gq + i * H * F : nullptr;
+    if (gqi) std::fill(gqi, gqi + H * F, 0.f);
+    for (int64_t e = p[i]; e < p[i + 1]; ++e) {
+      const float* __restrict__ ke = k + e * F;
+      const float* __restrict__ ge = g + e * H;
+      for (int64_t c = 0; c < F; c += W) {
+        if (gk) {
+          V acc = {};
+          for (int64_t h = 0; h < H; ++h) acc += ge[h] * loadv<V>(qi + h * F + c);
+          storev(gk + e * F + c, acc);
+        }
+        if (gqi) {
+          const V kv = loadv<V>(ke + c);
+          for (int64_t h = 0; h < H; ++h) {
+            float* o = gqi + h * F + c;
+            storev(o, loadv<V>(o) + ge[h] * kv);
+          }
+        }
+      }
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -51,6 +85,12 @@ void dot_backward(const scalar_t* g, const scalar_t* q, const scalar_t* k, const
                   int64_t N, int64_t H, int64_t F, int64_t E, scalar_t* gq, scalar_t* gk) {
   using acc_t = typename Acc<scalar_t>::type;
   at::parallel_for(0, N, row_grain(N, E, H * F), [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same<scalar_t, float>::value) {
+      if (F % 16 == 0)
+        return dot_backward_rows<simd::f16, 16>(g, q, k, p, begin, end, H, F, gq, gk);
+      if (F % 8 == 0)
+        return dot_backward_rows<simd::f8, 8>(g, q, k, p, begin, end, H, F, gq, gk);
+    }
     std::vector<acc_t> gqi(gq ? H * F : 0), gke(F);
     for (int64_t i = begin; i < end; ++i) {
       if (gq) std::fill(gqi.begin(), gqi.end(), acc_t(0));

@@ -38,8 +38,8 @@ template <typename scalar_t>
 void pair_dot_kernel(const scalar_t* ap, const scalar_t* bp, const int64_t* p, const int64_t* sp,
                      int64_t N, int64_t H, int64_t D, int64_t E, scalar_t* out) {
   csr_dots<scalar_t>(
-      p, N, H, D, E, [&](int64_t i, int64_t h) { return ap + (i * H + h) * D; },
-      [&](int64_t e, int64_t h) { return bp + (sp[e] * H + h) * D; }, out);
+      p, N, H, D, E, [&](int64_t i) { return ap + i * H * D; },
+      [&](int64_t e) { return bp + sp[e] * H * D; }, D, out);
 }
 
 // eid: the edge (row of w) of each position t, null for t itself

@@ -49,6 +49,18 @@ inline f16 load(const float* p) {
   return v;
 }
 
+// a vector of V's width from p (unaligned), and its store
+template <typename V>
+inline V loadv(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename V>
+inline void storev(float* p, V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
 // the sum of a vector's two halves (a memcpy of each half: the compiler emits one extract)
 template <typename Half, typename Full>
 inline Half fold(Full a) {
@@ -59,11 +71,14 @@ inline Half fold(Full a) {
   return lo + hi;
 }
 
-// the sum of a 16-lane vector: two vector folds, then a tree of three scalar additions
-inline float hsum(f16 a) {
-  const f4 s = fold<f4>(fold<f8>(a));
+// the sum of an 8-lane vector: one vector fold, then a tree of three scalar additions
+inline float hsum(f8 a) {
+  const f4 s = fold<f4>(a);
   return (s[0] + s[1]) + (s[2] + s[3]);
 }
+
+// the sum of a 16-lane vector: two vector folds, then a tree of three scalar additions
+inline float hsum(f16 a) { return hsum(fold<f8>(a)); }
 
 #if GRAPHATTN_HSUM4
 // pairwise sums of x and y, interleaved by 128-bit halves (x86's hadd):
@@ -73,11 +88,16 @@ inline f8 hadd(f8 x, f8 y) {
          __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15);
 }
 
-// {sum(a), sum(b), sum(c), sum(d)} of four 16-lane vectors
-inline f4 hsum4(f16 a, f16 b, f16 c, f16 d) {
-  const f8 s = hadd(hadd(fold<f8>(a), fold<f8>(b)), hadd(fold<f8>(c), fold<f8>(d)));
+// {sum(a), sum(b), sum(c), sum(d)} of four 8-lane vectors
+inline f4 hsum4(f8 a, f8 b, f8 c, f8 d) {
+  const f8 s = hadd(hadd(a, b), hadd(c, d));
   // s = [a, b, c, d] summed over lanes 0-3 of each | the same over lanes 4-7
   return fold<f4>(s);
+}
+
+// {sum(a), sum(b), sum(c), sum(d)} of four 16-lane vectors
+inline f4 hsum4(f16 a, f16 b, f16 c, f16 d) {
+  return hsum4(fold<f8>(a), fold<f8>(b), fold<f8>(c), fold<f8>(d));
 }
 #endif
 

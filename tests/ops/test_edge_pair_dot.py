@@ -34,6 +34,21 @@ def test_matches_loop(backend, dtype):
     torch.testing.assert_close(ops.edge_pair_dot(a, b, g), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.skipif(not ops.native_available(), reason="graphattn._C not built")
+@pytest.mark.parametrize("heads", [1, 3, 4, 5, 8])
+@pytest.mark.parametrize("width", [8, 24, 32])
+def test_native_float_vector_paths(heads, width):
+    """Float32 rows whose width is a multiple of 8 take the kernel's vector path (16 or 8
+    lanes, four heads at a time, then the rest one by one): equal to the float64 reference."""
+    ei, g = _bipartite()
+    a, b = torch.randn(8, heads, width), torch.randn(6, heads, width)
+    with ops.set_backend("reference"):
+        want = ops.edge_pair_dot(a.double(), b.double(), g)
+    with ops.set_backend("native"):
+        got = ops.edge_pair_dot(a, b, g)
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+
+
 def test_gradients_first_and_second_order(backend):
     """float64 gradcheck and gradgradcheck; unsorted edges, duplicates, zero in-degree."""
     ei = ragged_edge_index(9)
