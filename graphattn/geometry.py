@@ -42,7 +42,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["edge_vectors", "knn_graph", "periodic_radius_graph", "radius_graph"]
+__all__ = ["MAX_IMAGES", "edge_vectors", "knn_graph", "periodic_radius_graph",
+           "radius_graph"]
 
 
 def _check_pos(pos: Tensor, name: str = "pos") -> None:
@@ -69,8 +70,15 @@ def _check_batch(batch: Tensor | None, n: int, device: torch.device) -> Tensor:
     return batch.long()
 
 
+def _check_finite(t: Tensor, name: str) -> None:
+    """A NaN or inf coordinate fails every distance comparison, so the graph builders would
+    drop its atom's pairs without a word: they refuse it instead."""
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite: it holds NaN or inf entries")
+
+
 def _check_block(block: int) -> None:
-    if not isinstance(block, int) or block < 1:
+    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"block must be a positive int, got {block!r}")
 
 
@@ -113,17 +121,22 @@ def _sq_dist(src: Tensor, tgt: Tensor) -> Tensor:
     return d2
 
 
-def _batch_layout(batch: Tensor) -> tuple[bool, Tensor | None]:
+def _batch_layout(batch: Tensor) -> tuple[bool, Tensor | None, Tensor]:
+    """``(sorted, ptr, batch)``: for a sorted ``batch``, its graphs' offsets ``ptr`` and the
+    ids relabelled ``0, 1, ...`` in order (so that ``ptr`` has one entry per graph present,
+    not per id up to the largest: ids may have gaps or be huge); otherwise ``batch`` as is."""
     n = batch.numel()
     if n == 0:
-        return True, None
+        return True, None, batch
     is_sorted = bool((batch[1:] >= batch[:-1]).all())
     if not is_sorted:
-        return False, None
-    counts = torch.bincount(batch)
+        return False, None, batch
+    _, counts = torch.unique_consecutive(batch, return_counts=True)
     ptr = torch.zeros(counts.numel() + 1, dtype=torch.long, device=batch.device)
     ptr[1:] = torch.cumsum(counts, 0)
-    return True, ptr
+    relabelled = torch.repeat_interleave(torch.arange(counts.numel(), device=batch.device),
+                                         counts, output_size=n)
+    return True, ptr, relabelled
 
 
 def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool = False,
@@ -147,16 +160,18 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
         source.
     """
     _check_pos(pos)
+    _check_finite(pos, "pos")
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
         raise ValueError(f"r must be a finite non-negative float, got {r!r}")
     if max_num_neighbors is not None and (not isinstance(max_num_neighbors, int)
+                                          or isinstance(max_num_neighbors, bool)
                                           or max_num_neighbors < 0):
         raise ValueError(f"max_num_neighbors must be a non-negative int or None, "
                          f"got {max_num_neighbors!r}")
     _check_block(block)
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
-    sorted_batch, ptr = _batch_layout(batch)
+    sorted_batch, ptr, batch = _batch_layout(batch)
     r2 = float(r) ** 2
     out = []
     for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
@@ -202,12 +217,13 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
     if pos.dim() != 2 or not pos.is_floating_point():
         raise ValueError(f"pos must be a float tensor of shape [N, D], got {tuple(pos.shape)} "
                          f"{pos.dtype}")
+    _check_finite(pos, "pos")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     _check_block(block)
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
-    sorted_batch, ptr = _batch_layout(batch)
+    sorted_batch, ptr, batch = _batch_layout(batch)
     out = []
     for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
         d2 = _sq_dist(pos[c0:c1], pos[lo:hi])
@@ -250,6 +266,45 @@ def _effective_cell(cell: Tensor, pbc: tuple[bool, bool, bool]) -> Tensor:
     return cell
 
 
+#: Most periodic images :func:`periodic_radius_graph` enumerates (each costs one pass over
+#: the atom pairs).
+MAX_IMAGES = 100_000
+
+
+def _is_bool(p) -> bool:
+    """A Python or NumPy bool (``numpy.bool_``, named ``bool`` since NumPy 2)."""
+    return isinstance(p, bool) or (type(p).__module__ == "numpy"
+                                   and type(p).__name__ in ("bool", "bool_"))
+
+
+def _flag(p) -> bool | None:
+    """A periodicity flag: a bool (Python, NumPy, 0-d tensor) or an integer 0 / 1 (ASE's
+    ``pbc=[1, 1, 0]``); ``None`` for anything else."""
+    if isinstance(p, Tensor):
+        if p.dim() or p.is_floating_point() or p.is_complex():
+            return None
+        p = p.item()
+    if _is_bool(p):
+        return bool(p)
+    if hasattr(type(p), "__index__") and int(p) in (0, 1):
+        return bool(int(p))
+    return None
+
+
+def _check_pbc(pbc) -> tuple[bool, bool, bool]:
+    """``pbc`` as three bools: three flags (:func:`_flag`) or one bool for all three; anything
+    else (a string, a flag 2, two flags, ...) raises."""
+    if _is_bool(pbc):
+        return (bool(pbc),) * 3
+    flags = None
+    if not isinstance(pbc, (str, bytes)) and hasattr(pbc, "__len__") and len(pbc) == 3:
+        flags = tuple(_flag(p) for p in pbc)
+    if flags is None or None in flags:
+        raise TypeError(f"pbc must be three bools (or 0 / 1; one bool for all axes), got "
+                        f"{pbc!r}")
+    return flags
+
+
 def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
                           pbc: tuple[bool, bool, bool] | list[bool] = (True, True, True),
                           block: int = 4096) -> tuple[Tensor, Tensor]:
@@ -259,8 +314,13 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
         pos: ``[N, 3]`` Cartesian coordinates (need not be wrapped into the cell).
         cell: ``[3, 3]`` lattice vectors as rows.
         r: Cutoff (``>= 0``, may exceed the cell size); edges have ``0 < |v_ij| < r``.
-        pbc: Periodicity per lattice vector; non-periodic rows may be zero.
+        pbc: Periodicity per lattice vector (three bools; one bool for all three, as in
+            ASE); non-periodic rows may be zero.
         block: Targets per step (memory ``O(block * N)`` per image).
+
+    The images needed grow with ``r`` over the cell's plane spacings and with how many cells
+    the positions span; more than :data:`MAX_IMAGES` raises (wrap far-out positions into
+    the cell first, or check the cell's units).
 
     Returns:
         ``edge_index [2, E]`` (row 0 source ``j``, row 1 target ``i``) and ``shift [E, 3]``
@@ -268,16 +328,18 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
         source, then image ``S`` (lexicographic).
     """
     _check_pos(pos)
+    _check_finite(pos, "pos")
     if not isinstance(cell, Tensor):
         raise TypeError(f"cell must be a torch.Tensor of shape [3, 3], got {type(cell).__name__}")
     if cell.shape != (3, 3):
         raise ValueError(f"cell must have shape [3, 3] (lattice vectors as rows), "
                          f"got {tuple(cell.shape)}")
+    if cell.is_complex() or cell.dtype == torch.bool:
+        raise TypeError(f"cell must be a real tensor, got {cell.dtype}")
+    _check_finite(cell, "cell")
     if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
         raise ValueError(f"r must be a finite non-negative float, got {r!r}")
-    pbc = tuple(bool(p) for p in pbc)
-    if len(pbc) != 3:
-        raise ValueError(f"pbc must have 3 entries, got {len(pbc)}")
+    pbc = _check_pbc(pbc)
     _check_block(block)
     dev, dtype = pos.device, pos.dtype
     cell = cell.to(device=dev, dtype=torch.float64)
@@ -294,6 +356,13 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
     span = (frac.max(0).values - frac.min(0).values)
     reps = [int(math.ceil(float(r) / float(plane[k]) + float(span[k]))) if pbc[k] else 0
             for k in range(3)]
+    if math.prod(2 * m + 1 for m in reps) > MAX_IMAGES:
+        raise ValueError(
+            f"periodic_radius_graph would need {' x '.join(str(2 * m + 1) for m in reps)} "
+            f"images (more than MAX_IMAGES = {MAX_IMAGES}): r = {r} against lattice-plane "
+            f"spacings {[round(float(d), 6) for d in plane]}, with 'pos' spanning "
+            f"{[round(float(x), 3) for x in span]} cells; wrap 'pos' into the cell or check "
+            f"the units of 'cell' and 'r'")
     images = torch.tensor(list(itertools.product(*[range(-m, m + 1) for m in reps])),
                           dtype=torch.float64, device=dev)  # lexicographic order
     shifts = (images @ cell).to(dtype)
@@ -328,8 +397,19 @@ def edge_vectors(pos: Tensor, edge_index: Tensor,
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
         got = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)
         raise ValueError(f"edge_index must have shape [2, E], got {got}")
+    if edge_index.dtype != torch.long:
+        raise TypeError(f"edge_index must be an int64 tensor, got {edge_index.dtype}")
+    n = pos.size(0)
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
+        raise ValueError(f"edge_index must hold node indices in [0, {n}) (the rows of pos), "
+                         f"got [{int(edge_index.min())}, {int(edge_index.max())}]")
     vec = pos.index_select(0, edge_index[0]) - pos.index_select(0, edge_index[1])
     if shift is not None:
+        if not isinstance(shift, Tensor):
+            raise TypeError(f"shift must be a torch.Tensor of shape [E, 3], got "
+                            f"{type(shift).__name__}")
+        if not shift.is_floating_point():
+            raise TypeError(f"shift must be a real floating-point tensor, got {shift.dtype}")
         if shift.shape != vec.shape:
             raise ValueError(f"shift must have shape [E, 3] = {list(vec.shape)}, "
                              f"got {tuple(shift.shape)}")

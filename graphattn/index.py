@@ -405,6 +405,17 @@ def build_graph(
         num_src, num_dst = num_nodes
     else:
         num_src = num_dst = num_nodes
+    if not torch.compiler.is_compiling():
+        for n in (num_src, num_dst):
+            # anything with __index__ (ints, NumPy ints, 0-d integer tensors) or a SymInt;
+            # not floats, strings or bools
+            if isinstance(n, bool) or (isinstance(n, Tensor) and (
+                    n.dtype == torch.bool or n.is_floating_point() or n.is_complex())) or (
+                    not isinstance(n, torch.SymInt) and not hasattr(type(n), "__index__")):
+                raise TypeError(f"'num_nodes' must be a non-negative int or a pair of them, "
+                                f"got {num_nodes!r}")
+            if int(n) < 0:
+                raise ValueError(f"'num_nodes' must be non-negative, got {num_nodes!r}")
     if torch.compiler.is_compiling():
         if self_loops:
             raise RuntimeError(
@@ -417,7 +428,8 @@ def build_graph(
         # id() plus a weak reference: a freed tensor whose id is reused never hits
         key = (id(edge_index), edge_index._version, int(num_src), int(num_dst), self_loops)
         hit = _CACHE.get(key)
-        if hit is not None and hit[0]() is edge_index:
+        # a graph cached unvalidated is not returned to a call that asks for the check
+        if hit is not None and hit[0]() is edge_index and (hit[1].validated or not validate):
             _CACHE.move_to_end(key)
             return hit[1]
     if validate:

@@ -186,6 +186,90 @@ def test_bad_inputs() -> None:
         edge_vectors(pos, torch.tensor([[0], [1]]), torch.zeros(2, 3))
 
 
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_coordinates_raise(bad) -> None:
+    """A NaN or inf coordinate fails every distance test: the builders would drop its atom's
+    pairs (a wrong graph, and finite energies of a broken input) instead of refusing it."""
+    pos = torch.rand(4, 3)
+    pos[1, 2] = bad
+    for build in (lambda: radius_graph(pos, 1.0), lambda: knn_graph(pos, 2),
+                  lambda: periodic_radius_graph(pos, torch.eye(3) * 2, 1.0)):
+        with pytest.raises(ValueError, match="pos must be finite"):
+            build()
+    cell = torch.eye(3) * 2
+    cell[0, 1] = bad
+    with pytest.raises(ValueError, match="cell must be finite"):
+        periodic_radius_graph(torch.rand(4, 3), cell, 1.0)
+
+
+def test_periodic_image_count_is_bounded() -> None:
+    """An atom a million cells away, or a cell given in the wrong units, would need millions
+    of images (each a pass over all pairs): refused with the counts, before any is built."""
+    import graphattn.geometry as geo
+
+    with pytest.raises(ValueError, match="MAX_IMAGES"):
+        periodic_radius_graph(torch.tensor([[0.0, 0, 0], [1e6, 0, 0]]), torch.eye(3) * 2, 1.1)
+    with pytest.raises(ValueError, match=r"wrap 'pos' into the cell or check the units"):
+        periodic_radius_graph(torch.rand(3, 3), torch.eye(3) * 1e-3, 1.1)
+    # the bound is the product of the per-axis counts: 3 x 3 x 3 = 27 images here
+    pos = torch.rand(5, 3, generator=torch.Generator().manual_seed(0))
+    ei, _ = periodic_radius_graph(pos, torch.eye(3) * 2, 0.5)
+    geo_max = geo.MAX_IMAGES
+    try:
+        geo.MAX_IMAGES = 27
+        ei2, _ = periodic_radius_graph(pos, torch.eye(3) * 2, 0.5)
+        assert torch.equal(ei, ei2)
+        geo.MAX_IMAGES = 26
+        with pytest.raises(ValueError, match="3 x 3 x 3 images"):
+            periodic_radius_graph(pos, torch.eye(3) * 2, 0.5)
+    finally:
+        geo.MAX_IMAGES = geo_max
+
+
+def test_pbc_and_cell_types() -> None:
+    """pbc: three bools or 0 / 1 (ASE's forms) or one bool for all axes; a string (whose
+    characters are all truthy) or a flag 2 raises, as does a complex cell."""
+    pos = torch.rand(4, 3, generator=torch.Generator().manual_seed(1)) * 2
+    cell = torch.eye(3) * 2
+    base, _ = periodic_radius_graph(pos, cell, 1.2, pbc=(True, True, False))
+    for same in ([1, 1, 0], (True, True, False), torch.tensor([True, True, False])):
+        assert torch.equal(periodic_radius_graph(pos, cell, 1.2, pbc=same)[0], base)
+    assert torch.equal(periodic_radius_graph(pos, cell, 1.2, pbc=True)[0],
+                       periodic_radius_graph(pos, cell, 1.2)[0])
+    for bad in ("FFF", (1, 2, 0), (True, True), 1.0):
+        with pytest.raises(TypeError, match="pbc must be three bools"):
+            periodic_radius_graph(pos, cell, 1.2, pbc=bad)
+    with pytest.raises(TypeError, match="cell must be a real tensor"):
+        periodic_radius_graph(pos, cell.to(torch.complex64), 1.2)
+
+
+def test_sorted_batch_with_huge_or_gapped_ids() -> None:
+    """Graph ids of a sorted batch index nothing: ids 0, 0, 2**36 build the graph of 0, 0, 1
+    (no buffer per id up to the largest)."""
+    pos = torch.tensor([[0.0, 0, 0], [0.5, 0, 0], [0.2, 0, 0]])
+    huge = torch.tensor([0, 0, 2 ** 36])
+    want = radius_graph(pos, 1.0, batch=torch.tensor([0, 0, 1]))
+    assert torch.equal(radius_graph(pos, 1.0, batch=huge), want)
+    assert _as_set(want) == {(0, 1), (1, 0)}
+    assert torch.equal(knn_graph(pos, 1, batch=huge),
+                       knn_graph(pos, 1, batch=torch.tensor([0, 0, 1])))
+
+
+def test_edge_vectors_checks_its_index_and_shift() -> None:
+    pos = torch.rand(3, 3)
+    with pytest.raises(ValueError, match=r"edge_index must hold node indices in \[0, 3\)"):
+        edge_vectors(pos, torch.tensor([[0, -1], [1, 0]]))
+    with pytest.raises(ValueError, match=r"edge_index must hold node indices in \[0, 3\)"):
+        edge_vectors(pos, torch.tensor([[0, 5], [1, 0]]))
+    with pytest.raises(TypeError, match="edge_index must be an int64 tensor"):
+        edge_vectors(pos, torch.tensor([[0.0], [1.0]]))
+    ei = torch.tensor([[0], [1]])
+    with pytest.raises(TypeError, match="shift must be a torch.Tensor"):
+        edge_vectors(pos, ei, [[0.0, 0.0, 0.0]])
+    with pytest.raises(TypeError, match="shift must be a real floating-point tensor"):
+        edge_vectors(pos, ei, torch.zeros(1, 3, dtype=torch.complex64))
+
 def test_empty_and_memory_blocking() -> None:
     assert radius_graph(torch.empty(0, 3), 1.0).shape == (2, 0)
     assert knn_graph(torch.empty(0, 3), 3).shape == (2, 0)

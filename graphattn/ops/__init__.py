@@ -164,7 +164,7 @@ def _check_graph(graph: object, ref: Tensor) -> EdgeGraph:
 def split_heads(x: Tensor, heads: int) -> Tensor:
     """Views ``x[N, F]`` as ``[N, heads, F // heads]``; ``heads`` must divide ``F``."""
     _check_tensor(x, "x")
-    if not isinstance(heads, int) or heads < 1:
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
         raise ValueError(f"'heads' must be a positive int, got {heads!r}")
     if x.dim() != 2:
         raise ValueError(f"'x' must have shape [N, F], got {list(x.shape)}")
@@ -566,8 +566,9 @@ def edge_attention(
         att = att.reshape(att.shape[-2:]) if att.dim() == 3 and att.size(0) == 1 else att
         if tuple(att.shape) != (H, q.size(2)):
             raise ValueError(f"'att' must have shape [{H}, {q.size(2)}], got {list(att.shape)}")
-    else:
-        att = None
+    elif att is not None:
+        raise ValueError(f"'att' is the attention vector of kind 'v2' only; kind {kind!r} "
+                         f"takes none (got one of shape {list(getattr(att, 'shape', []))})")
     if bias is not None:
         _check_tensor(bias, "bias")
         _check_same(bias, q, "bias", "q")

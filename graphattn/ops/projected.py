@@ -326,7 +326,7 @@ def projected_additive_attention(
 
     if _check_tensor(x, "x").dim() != 2:
         raise ValueError(f"'x' must be a 2-D tensor [N, F], got {list(x.shape)}")
-    if not isinstance(heads, int) or heads < 1:
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
         raise ValueError(f"'heads' must be a positive int, got {heads!r}")
     _check_linear(x, weight, bias, "", heads)
     graph = _check_graph(graph, x)
@@ -371,7 +371,7 @@ def _check_sides(x_dst: Tensor, x_src: Tensor, heads: int) -> None:
     for t, n in ((x_dst, "x_dst"), (x_src, "x_src")):
         if _check_tensor(t, n).dim() != 2:
             raise ValueError(f"'{n}' must be a 2-D tensor [N, F], got {list(t.shape)}")
-    if not isinstance(heads, int) or heads < 1:
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
         raise ValueError(f"'heads' must be a positive int, got {heads!r}")
 
 

@@ -290,6 +290,29 @@ def test_charge_embedding_and_bad_inputs():
         model(z, pos.float(), edge_index=ei)
     with pytest.raises((ValueError, RuntimeError), match=r"edge_index\[0\]"):  # before gathers
         model(z, pos, edge_index=torch.tensor([[0, 7], [1, 0]]))
+    with pytest.raises(TypeError, match="'charge' must be an integer"):
+        model(z, pos, edge_index=ei, charge=torch.tensor([True]))
+    # an edge between two structures would let one change the other's energy
+    with pytest.raises(ValueError, match="joins atoms of different structures"):
+        model(z, pos, batch=torch.tensor([0, 0, 1, 1]), edge_index=torch.tensor([[0, 2], [1, 1]]))
+    layer = model.layers[0]
+    geom = model.geometry(pos, ei)
+    x = torch.randn(4, layer.irreps_node.dim)
+    with pytest.raises(ValueError, match=rf"'x' must have shape \[N, {x.shape[1]}\]"):
+        layer(x[:, :10], ei, geom)
+    with pytest.raises(TypeError, match="'x' must have the layer's dtype"):
+        layer(x.float(), ei, geom)
+
+
+def test_conservative_model_leaves_the_callers_positions_alone():
+    """F = -dE/dr needs positions that require grad: the model takes a new leaf, so the
+    caller's tensor does not start requiring grad (its later in-place edits would fail)."""
+    model = MLANet(num_species=10, channels=8, l_channels=4, num_layers=1, heads=2,
+                   conservative=True)
+    z, pos = _molecule(n=5)
+    out = model(z, pos)
+    assert not pos.requires_grad and pos.grad is None
+    assert torch.isfinite(out["forces"]).all() and out["forces"].abs().sum() > 0
 
 
 def test_gdegan_bad_inputs_and_structures_without_edges():
@@ -310,6 +333,8 @@ def test_gdegan_bad_inputs_and_structures_without_edges():
         model(x, pos, edge_index=torch.tensor([[0, 9], [1, 0]]))
     with pytest.raises(ValueError, match=r"'x' must be \[N, 5\]"):
         model(torch.randn(4, 6), pos)
+    with pytest.raises(ValueError, match="joins atoms of different structures"):
+        model(x, pos, batch=torch.tensor([0, 0, 1, 1]), edge_index=torch.tensor([[1, 2], [0, 0]]))
     with pytest.raises(TypeError, match="model's dtype"):
         model(x.float(), pos.float())
     for variant in (dict(), dict(variance="per_channel")):
@@ -325,6 +350,20 @@ def _graph(N=6):
     dst = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 4])
     return torch.stack([src, dst]), N  # node 5 has no in-edges
 
+
+@pytest.mark.parametrize("variant", [dict(), dict(stats="features"),
+                                     dict(stats="features", variance="per_channel")])
+def test_gaussian_attention_on_no_nodes_and_bad_edge_attr(variant):
+    """Every variant runs on a graph of no nodes (an empty [0, H * D] output); an edge_attr of
+    another dtype than x raises naming it."""
+    att = GaussianDynamicAttention(8, heads=2, head_dim=4, **variant)
+    out = att(torch.randn(0, 8), torch.empty(2, 0, dtype=torch.long))
+    assert out.shape == (0, 8)
+    weighted = GaussianDynamicAttention(8, heads=2, head_dim=4, edge_dim=3, edge_weighted=True,
+                                        **variant)
+    ei, N = _graph()
+    with pytest.raises(TypeError, match="'edge_attr' must have the dtype of 'x'"):
+        weighted(torch.randn(N, 8), ei, torch.ones(ei.shape[1], 3, dtype=torch.long))
 
 def test_gaussian_scale_invariance():
     ei, N = _graph()

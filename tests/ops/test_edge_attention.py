@@ -292,6 +292,10 @@ def test_bad_input_raises_clear_errors(backend):
         ops.edge_attention(q, k, v, g, kind="cosine")
     with pytest.raises(ValueError, match="needs the attention vector 'att'"):
         ops.edge_attention(q, k, v, g, kind="v2")
+    with pytest.raises(ValueError, match="'att' is the attention vector of kind 'v2' only"):
+        ops.edge_attention(q, k, v, g, att=torch.randn(2, 4, dtype=q.dtype))  # not ignored
+    with pytest.raises(ValueError, match="heads"):
+        ops.split_heads(q.flatten(1), True)  # a bool is not a head count
     with pytest.raises(TypeError, match="'graph' must be a graphattn EdgeGraph"):
         ops.edge_attention(q, k, v, ei)
     with pytest.raises(ValueError, match="'dropout'"):

@@ -164,6 +164,43 @@ def test_num_nodes_required():
         build_graph(torch.tensor([[0], [1]]))
 
 
+
+@pytest.mark.parametrize("backend_name", ["reference", "native"])
+def test_cache_never_skips_a_requested_validation(backend_name):
+    """A graph cached from an unvalidated build is not handed to a call that asks for the
+    check: the bad destination raises there, not later from some op's pointer check."""
+    if backend_name == "native" and not ops.native_available():
+        pytest.skip("graphattn._C not built")
+    clear_graph_cache()
+    bad = torch.tensor([[0, 1], [1, 7]])
+    with ops.set_backend(backend_name):
+        try:
+            build_graph(bad, 3, validate=False)
+        except (ValueError, RuntimeError):
+            pass  # the native builder checks its indices itself
+        with pytest.raises(ValueError, match=r"edge_index\[1\].*7"):
+            build_graph(bad, 3)
+    good = ragged_edge_index(6)
+    g = build_graph(good, 6, validate=False)
+    assert build_graph(good, 6, validate=False) is g  # hits when no check is asked
+    assert build_graph(good, 6).validated  # a validated build replaces it
+
+
+@pytest.mark.parametrize("num_nodes, exc", [
+    (3.9, TypeError), ("3", TypeError), (True, TypeError), (torch.tensor(3.0), TypeError),
+    ((3, False), TypeError), (-1, ValueError), ((3, -2), ValueError),
+])
+def test_num_nodes_must_be_a_non_negative_int(num_nodes, exc):
+    """Not cut to an int (3.9 -> 3), not read from a string or a bool, never negative; NumPy
+    ints and 0-d integer tensors are ints."""
+    import numpy as np
+
+    ei = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(exc, match="'num_nodes' must be"):
+        build_graph(ei, num_nodes, cache=False, validate=False)
+    for ok in (3, np.int64(3), torch.tensor(3), (3, 3)):
+        assert build_graph(ei, ok, cache=False).num_dst == 3
+
 def test_validated_graphs_are_trusted_until_an_index_changes_in_place():
     """build_graph's validation lets the kernels skip their index scans (on the GPU, a host sync
     each); a graph built without it, or whose index tensors were written since, is checked."""

@@ -165,7 +165,7 @@ class GraphAttention(MessagePassing):
         super().__init__(node_dim=0, **kwargs)
         if mode not in MODES:
             raise ValueError(f"'mode' must be one of {MODES}, got {mode!r}")
-        if not isinstance(heads, int) or heads < 1:
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
             raise ValueError(f"'heads' must be a positive int, got {heads!r}")
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"'out_channels' must be a positive int, got {out_channels!r}")

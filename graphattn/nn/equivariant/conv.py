@@ -37,8 +37,8 @@ from .products import (
 )
 from .radial import apply_folded, folded_layers
 
-__all__ = ["EquivariantAttentionConv", "check_batch", "depthwise_tensor_product",
-           "geometry_graph", "scalar_irreps_first"]
+__all__ = ["EquivariantAttentionConv", "check_batch", "check_edges_within",
+           "depthwise_tensor_product", "geometry_graph", "scalar_irreps_first"]
 
 
 def irreps_blocks(irreps) -> tuple[tuple[int, int], ...]:
@@ -201,6 +201,17 @@ def check_batch(batch: Tensor | None, num_nodes: int, device: torch.device) -> T
     if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
         raise ValueError("'batch' must be sorted (PyG's Batch is)")
     return batch
+
+
+def check_edges_within(edge_index: Tensor, batch: Tensor) -> None:
+    """A caller's ``edge_index`` (checked: int64 ``[2, E]`` in range of ``batch``'s nodes) must
+    keep each edge inside one structure of ``batch``: an edge between two would let one
+    structure's atoms change the other's energy. Skipped under ``torch.compile`` (a host sync)."""
+    if torch.compiler.is_compiling():
+        return
+    g = ops.build_graph(edge_index, batch.shape[0], cache=False)
+    if bool((batch.index_select(0, g.src) != batch.index_select(0, g.dst)).any()):
+        raise ValueError("'edge_index' joins atoms of different structures of 'batch'")
 
 
 def geometry_graph(geom: dict, edge_index: Tensor, num_nodes: int) -> EdgeGraph:

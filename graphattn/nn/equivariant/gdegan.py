@@ -47,6 +47,7 @@ from .conv import (
     EquivariantAttentionConv,
     _e3nn,
     check_batch,
+    check_edges_within,
     geometry_graph,
     scalar_irreps_first,
 )
@@ -143,12 +144,15 @@ class GaussianDynamicAttention(nn.Module):
                        else type(edge_attr).__name__)
                 raise ValueError(f"'edge_attr' must have shape [E={want[0]}, edge_dim={want[1]}],"
                                  f" got {got}")
+            if edge_attr.dtype != x.dtype:
+                raise TypeError(f"'edge_attr' must have the dtype of 'x' ({x.dtype}), got "
+                                f"{edge_attr.dtype}")
             t = self.t(edge_attr).view(want[0], H, D)
         feats = None
         if self.stats == "features":
             if x.shape[1] % H:
                 raise ValueError(f"stats='features' needs in_channels divisible by heads={H}")
-            feats = x.view(N, H, -1)
+            feats = x.view(N, H, x.shape[1] // H)  # explicit width: N may be 0
         return ops.segment_softmax(self.scores(q, k, graph, src, dst, feats, t), graph)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
@@ -228,7 +232,8 @@ class GDEGAN(nn.Module):
 
     Shapes:
         - **x**: :math:`(N, F)`, **pos**: :math:`(N, 3)`, **batch**: :math:`(N)` sorted,
-          **edge_index**: :math:`(2, E)` (default: radius graph at ``cutoff``);
+          **edge_index**: :math:`(2, E)` (default: radius graph at ``cutoff``; a given one keeps
+          each edge inside one structure of ``batch``);
         - output: dict with ``logits`` :math:`(N)` and ``center`` :math:`(B, 3)`.
     """
 
@@ -268,6 +273,8 @@ class GDEGAN(nn.Module):
             from ...geometry import radius_graph
 
             edge_index = radius_graph(pos.detach(), self.cutoff, batch=batch)
+        else:
+            check_edges_within(edge_index, batch)
         geom = self.geometry(pos, edge_index)
         s = self.embed(x)
         h = torch.cat([s, s.new_zeros(s.shape[0], self.irreps.dim - self.channels)], -1)

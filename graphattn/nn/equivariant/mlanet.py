@@ -57,6 +57,7 @@ from .conv import (
     EquivariantAttentionConv,
     _e3nn,
     check_batch,
+    check_edges_within,
     geometry_graph,
     irreps_blocks,
     scalar_irreps_first,
@@ -108,6 +109,8 @@ class MLANetInteraction(nn.Module):
         o3, enn = _e3nn()
         self.degree_scaling = bool(degree_scaling)
         self.irreps_node, C = scalar_irreps_first(irreps_node)
+        # plain values for the forward's checks: no e3nn Irreps reaches torch.compile's guards
+        self.node_dim, self.irreps_str = int(self.irreps_node.dim), str(self.irreps_node)
         self.heads, self.key_dim = int(heads), int(key_dim)
         self.chemical, self.geometric = chemical, geometric
         self.temperature = nn.Parameter(torch.zeros(heads))  # tau_h = softplus(.) + 0.1
@@ -182,6 +185,14 @@ class MLANetInteraction(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, geom: dict,
                 return_attention: bool = False):
+        dim = self.node_dim
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != dim:
+            got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"'x' must have shape [N, {dim}] (irreps {self.irreps_str}), "
+                             f"got {got}")
+        if x.dtype != self.temperature.dtype:
+            raise TypeError(f"'x' must have the layer's dtype {self.temperature.dtype}, got "
+                            f"{x.dtype} (convert the layer with .to({x.dtype}) or x)")
         N = x.shape[0]
         graph = geometry_graph(geom, edge_index, N)
         src, dst = edge_index[0], edge_index[1]
@@ -236,7 +247,8 @@ class MLANet(nn.Module):
 
     Shapes:
         - **z**: :math:`(N)` int64, **pos**: :math:`(N, 3)`, **batch**: :math:`(N)` sorted,
-          **edge_index**: :math:`(2, E)` (default: radius graph at ``cutoff``),
+          **edge_index**: :math:`(2, E)` (default: radius graph at ``cutoff``; a given one keeps
+          each edge inside one structure of ``batch``),
           **shift**: :math:`(E, 3)` periodic image offsets, **charge**: :math:`(B)`;
         - output: dict with ``energy`` :math:`(B)` and ``forces`` :math:`(N, 3)`.
 
@@ -308,18 +320,20 @@ class MLANet(nn.Module):
         batch = self._check(z, pos, batch)
         B = int(batch.max()) + 1 if batch.numel() else 0
         if self.conservative and not pos.requires_grad:
-            pos = pos.requires_grad_(True)
+            pos = pos.detach().requires_grad_(True)  # a new leaf: the caller's pos is left as is
         if edge_index is None:
             from ...geometry import radius_graph
 
             edge_index = radius_graph(pos.detach(), self.cutoff, batch=batch)
+        else:
+            check_edges_within(edge_index, batch)
         geom = self.geometry(pos, edge_index, shift)
         s = self.embed(z)
         if self.charge_embed is not None:
             q = torch.zeros(B, dtype=torch.long, device=z.device) if charge is None else charge
             if q.shape != (B,):
                 raise ValueError(f"'charge' must have shape [B={B}], got {list(q.shape)}")
-            if q.is_floating_point() or q.is_complex():
+            if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
                 raise TypeError(f"'charge' must be an integer tensor (total charges), got "
                                 f"{q.dtype}")
             if bool(((q < -self.max_charge) | (q > self.max_charge)).any()):
