@@ -203,6 +203,13 @@ def test_bad_input_raises(backend):
         GraphAttention(4, 4, mode="gin")
     with pytest.raises(ValueError, match="'heads' must be a positive int"):
         GraphAttention(4, 4, heads=0)
+    with pytest.raises(ValueError, match="'out_channels' must be a positive int"):
+        GraphAttention(4, True)
+    for bad in (-5, 0, (4, 0), True, 2.0):  # only -1 is lazy
+        with pytest.raises(ValueError, match="'in_channels' must be a positive int, -1"):
+            GraphAttention(bad, 4)
+    with pytest.raises(ValueError, match=r"built bipartite \(in_channels=\(4, 6\)\)"):
+        GraphAttention((4, 6), 3)(torch.randn(5, 4), torch.tensor([[0], [1]]))
     layer = GraphAttention(4, 3, heads=2)
     x = torch.randn(5, 4)
     with pytest.raises(ValueError, match=r"edge_index\[0\]"):
@@ -232,8 +239,11 @@ def test_features_and_edge_attr_of_another_shape_or_dtype_raise(backend, mode):
     for rows in (7, 3):
         with pytest.raises(ValueError, match=r"'edge_attr' must have one row per edge"):
             layer(x, ei, torch.randn(rows, 2))
-    with pytest.raises(ValueError, match="'edge_attr' must have 2 features"):
+    with pytest.raises(ValueError, match=r"'edge_attr' must have 2 features \(the layer's "
+                       r"edge_dim\), got \[4, 3\]"):  # as given, before self-loops are added
         layer(x, ei, torch.randn(4, 3))
+    with pytest.raises(TypeError, match="'edge_attr' must have the layer's dtype"):
+        layer(x, ei, torch.ones(4, 2, dtype=torch.long))  # every mode, loops or not
     with pytest.raises(ValueError, match="'x' must have 4 features"):
         layer(torch.randn(5, 6), ei)
     with pytest.raises(TypeError, match="'x' must have the layer's dtype"):

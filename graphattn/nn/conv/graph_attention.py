@@ -46,11 +46,12 @@ def _lin(lin: Linear, x: Tensor) -> Tensor:
     return ops.linear(x, lin.weight, lin.bias)
 
 
-def _check_width(x: Tensor, lin: Linear, name: str) -> None:
-    """``x [*, F]`` fits ``lin`` (``F`` its input width unless lazy; its dtype)."""
+def _check_width(x: Tensor, lin: Linear, name: str, arg: str = "in_channels") -> None:
+    """``x [*, F]`` fits ``lin`` (``F`` its input width unless lazy, the layer's argument
+    ``arg``; its dtype)."""
     width = getattr(lin, "in_channels", getattr(lin, "in_features", -1))
     if width > 0 and x.size(-1) != width:
-        raise ValueError(f"'{name}' must have {width} features (the layer's in_channels), got "
+        raise ValueError(f"'{name}' must have {width} features (the layer's {arg}), got "
                          f"{list(x.shape)}")
     w = lin.weight
     if not isinstance(w, UninitializedParameter) and x.dtype != w.dtype:
@@ -167,8 +168,14 @@ class GraphAttention(MessagePassing):
             raise ValueError(f"'mode' must be one of {MODES}, got {mode!r}")
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
             raise ValueError(f"'heads' must be a positive int, got {heads!r}")
-        if not isinstance(out_channels, int) or out_channels < 1:
+        if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels < 1:
             raise ValueError(f"'out_channels' must be a positive int, got {out_channels!r}")
+        widths = in_channels if isinstance(in_channels, (tuple, list)) else (in_channels,)
+        if len(widths) not in (1, 2) or not all(
+                isinstance(w, int) and not isinstance(w, bool) and (w > 0 or w == -1)
+                for w in widths):
+            raise ValueError(f"'in_channels' must be a positive int, -1 (lazy) or a pair of "
+                             f"them, got {in_channels!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
@@ -259,6 +266,7 @@ class GraphAttention(MessagePassing):
             raise TypeError(f"'edge_attr' must be a Tensor, got {type(edge_attr).__name__}")
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
+        _check_width(edge_attr, self.lin_edge, "edge_attr", "edge_dim")  # as the caller gave it
         if graph.kept is not None:
             n_in = graph.input_index.shape[1]
             if edge_attr.dim() != 2 or edge_attr.size(0) != n_in:
@@ -287,7 +295,6 @@ class GraphAttention(MessagePassing):
         if edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges:
             raise ValueError(f"'edge_attr' must have one row per edge ([{graph.num_edges}, "
                              f"edge_dim]), got {list(edge_attr.shape)}")
-        _check_width(edge_attr, self.lin_edge, "edge_attr")
         return self.lin_edge(edge_attr).view(-1, self.heads, self.out_channels)
 
     # ---- forward ----------------------------------------------------------------------------
@@ -330,6 +337,10 @@ class GraphAttention(MessagePassing):
             lin_s, lin_d = self.lin_l, self.lin_r
         else:
             lin_s, lin_d = self.lin_key, self.lin_query
+        pair = self.in_channels if isinstance(self.in_channels, (tuple, list)) else None
+        if x_src is x_dst and pair is not None and pair[0] != pair[1]:
+            raise ValueError(f"the layer was built bipartite (in_channels={tuple(pair)}): pass "
+                             f"'x' as (x_src, x_dst), got one tensor {list(x_src.shape)}")
         _check_width(x_src, lin_s, "x" if x_src is x_dst else "x_src")
         if x_dst is not None and x_dst is not x_src:
             _check_width(x_dst, lin_d, "x_dst")
