@@ -31,8 +31,13 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
         v: ``[Tk, H, Dv]`` (or ``[B, Tk, H, Dv]``).
         tg: The pattern (``num_queries = Tq``, ``num_keys = Tk``).
         scale: Score scale, default ``1/sqrt(D)``.
-        bias: Per-edge additive score bias ``[E, H]`` or ``[E]`` (sparse path only).
+        bias: Per-edge additive score bias ``[E, H]`` or ``[E]``; sparse path only, so with a
+            bias pass ``dense=False`` for a dense kind (batched or not; ``ValueError`` otherwise).
         dense: Force (``True``) or forbid (``False``) the dense path; default: by kind.
+
+    ``q``, ``k``, ``v`` must be floating tensors of one dtype and device with the same head
+    count ``H`` (no broadcast of one key/value head), and ``k`` the head dim ``D`` of ``q``; both
+    paths check this before running.
 
     Returns:
         ``[Tq, H, Dv]`` (or ``[B, Tq, H, Dv]``).
@@ -46,13 +51,16 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
     if batched and not q.size(0) == k.size(0) == v.size(0):
         raise ValueError(f"batched q, k, v must have the same B, got {q.size(0)}, {k.size(0)}, "
                          f"{v.size(0)}")
+    _check_heads(q, k, v)
     td = 1 if batched else 0  # the token dimension
     if q.size(td) != tg.num_queries or k.size(td) != tg.num_keys or v.size(td) != tg.num_keys:
         raise ValueError(f"token graph has {tg.num_queries} queries and {tg.num_keys} keys; got "
                          f"q {q.size(td)}, k {k.size(td)}, v {v.size(td)} tokens")
+    use_dense = tg.is_dense if dense is None else dense
+    if use_dense and bias is not None:
+        raise ValueError("the dense path takes no per-edge 'bias'; pass dense=False")
     if batched:
-        use_dense = tg.is_dense if dense is None else dense
-        if use_dense and bias is None:
+        if use_dense:
             return _dense(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), tg,
                           scale).transpose(1, 2)
         B = q.size(0)
@@ -61,13 +69,29 @@ def token_attention(q: Tensor, k: Tensor, v: Tensor, tg: TokenGraph, scale: floa
         out = token_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), big, scale,
                               eb, dense=False)
         return out.view(B, tg.num_queries, *out.shape[1:])
-    use_dense = tg.is_dense if dense is None else dense
-    if use_dense and bias is not None:
-        raise ValueError("the dense path takes no per-edge bias; pass dense=False")
     if not use_dense:
         return ops.edge_attention(q, k, v, tg.graph, kind="dot", scale=scale, bias=bias)
     return _dense(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), tg,
                   scale).transpose(0, 1)
+
+
+def _check_heads(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Dtype, device, head count and head dim of ``[..., T, H, D]`` q, k, v (SDPA would
+    broadcast a single key/value head and raise its own dtype error)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not t.is_floating_point():
+            raise TypeError(f"'{name}' must be a floating-point tensor, got dtype {t.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"'{name}' has dtype {t.dtype} but 'q' has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"'{name}' is on {t.device} but 'q' is on {q.device}")
+    H = q.size(-2)
+    if k.size(-2) != H or v.size(-2) != H:
+        raise ValueError(f"'q', 'k', 'v' must share the head count {H}, got "
+                         f"{k.size(-2)}, {v.size(-2)}")
+    if k.size(-1) != q.size(-1):
+        raise ValueError(f"'k' must have head dim {q.size(-1)} like 'q', got {k.size(-1)}")
 
 
 def _dense(qh: Tensor, kh: Tensor, vh: Tensor, tg: TokenGraph, scale: float | None) -> Tensor:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..index import EdgeGraph, build_graph
+from ._checks import check_bool, check_int
 
 DENSE_KINDS = ("full", "causal", "bipartite", "causal_bipartite")
 
@@ -60,6 +61,8 @@ class TokenGraph:
     _graph: EdgeGraph | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.num_queries = check_int(self.num_queries, "num_queries")
+        self.num_keys = check_int(self.num_keys, "num_keys")
         ei = self.edge_index
         if not isinstance(ei, Tensor) or ei.dtype != torch.long or ei.dim() != 2 or ei.size(0) != 2:
             raise ValueError(f"edge_index must be a [2, E] int64 tensor, got "
@@ -115,8 +118,7 @@ def _pairs(T: int, keep) -> tuple[Tensor, Tensor]:
 
 
 def _check_len(T: int, name: str = "T") -> None:
-    if not isinstance(T, int) or T < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {T!r}")
+    check_int(T, name, 0)
 
 
 def full(T: int) -> TokenGraph:
@@ -138,10 +140,9 @@ def dilated(T: int, w: int, dilation: int = 1, causal: bool = True,
             _kind: str = "dilated") -> TokenGraph:
     """Keys at offsets ``0, ±d, ±2d, ..., ±w d`` (only non-negative offsets if causal)."""
     _check_len(T)
-    if not isinstance(w, int) or w < 0:
-        raise ValueError(f"w must be an int >= 0, got {w!r}")
-    if not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+    check_int(w, "w", 0)
+    check_int(dilation, "dilation", 1)
+    check_bool(causal, "causal")
     offs = torch.arange(0 if causal else -w, w + 1) * dilation  # i - j
     i = torch.arange(T).repeat_interleave(offs.numel())
     j = i - offs.repeat(T)
@@ -152,8 +153,10 @@ def dilated(T: int, w: int, dilation: int = 1, causal: bool = True,
 def multiscale(T: int, windows: tuple[int, ...], dilations: tuple[int, ...],
                causal: bool = True) -> TokenGraph:
     """Union of :func:`dilated` windows, one per ``(w, dilation)`` scale (duplicates removed)."""
-    if len(windows) != len(dilations) or not windows:
-        raise ValueError("windows and dilations must be non-empty and of equal length")
+    if (not isinstance(windows, (tuple, list)) or not isinstance(dilations, (tuple, list))
+            or len(windows) != len(dilations) or not windows):
+        raise ValueError(f"windows and dilations must be non-empty tuples of ints of equal "
+                         f"length, got {windows!r} and {dilations!r}")
     ei = torch.cat([dilated(T, w, d, causal).edge_index for w, d in zip(windows, dilations)], 1)
     key = torch.unique(ei[1] * max(T, 1) + ei[0])
     return _self(key % max(T, 1), key // max(T, 1), T, "multiscale", windows=tuple(windows),
@@ -165,6 +168,7 @@ def grouped(item_ids: Tensor, causal: bool = True) -> tuple[TokenGraph, TokenGra
     partition :func:`causal` (or :func:`full`) and share no edge."""
     if not isinstance(item_ids, Tensor) or item_ids.dim() != 1:
         raise ValueError("item_ids must be a 1-D tensor of item ids per token")
+    check_bool(causal, "causal")
     T = item_ids.numel()
     src, dst = _pairs(T, (lambda i, j: j <= i) if causal else
                       (lambda i, j: torch.ones_like(i - j, dtype=torch.bool)))
@@ -179,6 +183,7 @@ def bipartite(Tq: int, Tk: int, causal: bool = False) -> TokenGraph:
     the prefix of the key sequence aligned with its own position)."""
     _check_len(Tq, "Tq")
     _check_len(Tk, "Tk")
+    check_bool(causal, "causal")
     i = torch.arange(Tq).unsqueeze(1)
     j = torch.arange(Tk).unsqueeze(0)
     keep = (j < ((i + 1) * Tk) // max(Tq, 1)) if causal else torch.ones(Tq, Tk, dtype=torch.bool)
@@ -194,6 +199,7 @@ def memory(T: int, slots: int, base: TokenGraph | None = None,
     sequence token; sequence tokens read each other through ``base`` (default causal)."""
     _check_len(T)
     _check_len(slots, "slots")
+    check_bool(slots_attend, "slots_attend")
     base = base if base is not None else causal(T)
     if base.num_queries != T or base.num_keys != T:
         raise ValueError(f"base must be a self pattern over T={T} tokens")
@@ -215,6 +221,7 @@ def grid(shape: tuple[int, ...], radius: int = 1, extent: float = 1.0) -> TokenG
     coordinates in ``[-extent, extent]`` per axis."""
     if len(shape) not in (2, 3) or any(not isinstance(s, int) or s < 1 for s in shape):
         raise ValueError(f"shape must be 2 or 3 positive ints, got {shape!r}")
+    check_int(radius, "radius", 0)
     axes = [torch.arange(s) for s in shape]
     idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
     offs = torch.stack(torch.meshgrid(*[torch.arange(-radius, radius + 1)] * len(shape),
@@ -233,8 +240,11 @@ def grid(shape: tuple[int, ...], radius: int = 1, extent: float = 1.0) -> TokenG
 
 def knn(x: Tensor, k: int, metric: str = "cosine", loop: bool = False) -> TokenGraph:
     """Each token reads its ``k`` nearest tokens by ``metric`` (``cosine`` or ``euclidean``)."""
-    if x.dim() != 2:
-        raise ValueError(f"x must be [T, D], got {tuple(x.shape)}")
+    if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
+        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating [T, D] tensor, got {got}")
+    check_int(k, "k", 1)
+    check_bool(loop, "loop")
     T = x.size(0)
     if metric == "cosine":
         xn = F.normalize(x, dim=1)

@@ -7,7 +7,8 @@ prunes key nodes from the causal edge set (``../shared/papers/TOKEN_PAPERS.md`` 
   the ``window`` most recent tokens;
 * :func:`heavy_hitter`: H2O-style greedy eviction. Before query ``i`` attends, if its cache
   (the kept keys plus ``i``) exceeds ``budget``, the key with the smallest attention mass
-  accumulated so far is evicted, never a sink nor one of the ``recent`` latest tokens.
+  accumulated so far is evicted, never a sink nor one of the ``recent >= 1`` latest tokens
+  (the query itself is always kept).
 
 With a budget at least the sequence length nothing is evicted and both equal full causal
 attention.
@@ -20,13 +21,16 @@ import math
 import torch
 from torch import Tensor
 
+from ._checks import check_int
 from .graph import TokenGraph
 
 
 def sink_window(T: int, sinks: int, window: int) -> TokenGraph:
-    """Edges ``j -> i`` with ``j <= i`` and (``j < sinks`` or ``i - j < window``)."""
-    if sinks < 0 or window < 1:
-        raise ValueError(f"need sinks >= 0 and window >= 1, got {sinks}, {window}")
+    """Edges ``j -> i`` with ``j <= i`` and (``j < sinks`` or ``i - j < window``); ints
+    ``T >= 0``, ``sinks >= 0``, ``window >= 1``."""
+    check_int(T, "T", 0)
+    check_int(sinks, "sinks", 0)
+    check_int(window, "window", 1)
     i = torch.arange(T).unsqueeze(1)
     j = torch.arange(T).unsqueeze(0)
     dst, src = ((j <= i) & ((j < sinks) | (i - j < window))).nonzero(as_tuple=True)
@@ -38,7 +42,14 @@ def sink_window(T: int, sinks: int, window: int) -> TokenGraph:
 def heavy_hitter(q: Tensor, k: Tensor, budget: int, sinks: int = 0, recent: int = 1,
                  scale: float | None = None) -> TokenGraph:
     """H2O eviction for one sequence: ``q, k [T, H, D]``; each query keeps at most ``budget``
-    keys. Attention mass is averaged over heads and accumulated per key."""
+    keys. Attention mass is averaged over heads and accumulated per key.
+
+    ``recent >= 1``: the current query is always kept (as in H2O; with ``recent = 0`` it would
+    be its own eviction candidate with mass 0 and every new token would evict itself);
+    ``sinks >= 0`` and ``budget >= max(1, sinks + recent)``."""
+    check_int(budget, "budget", 1)
+    check_int(sinks, "sinks", 0)
+    check_int(recent, "recent", 1)
     if q.dim() != 3 or k.shape != q.shape:
         raise ValueError(f"q and k must be equal [T, H, D] tensors, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}")

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
+
 
 class RotaryND(nn.Module):
     """N-D RoPE (see the module docstring).
@@ -31,20 +33,23 @@ class RotaryND(nn.Module):
     Args:
         head_dim: ``D`` (divisible by ``2 * n_axes``).
         n_axes: Number of coordinate axes (1, 2 or 3 typically).
-        base: Largest period.
-        min_period: Smallest period.
-        periods: Explicit ``[D / (2 n)]`` periods (overrides ``base``/``min_period``).
+        base: Largest period (> 0).
+        min_period: Smallest period (> 0).
+        periods: Explicit ``[D / (2 n)]`` periods (overrides ``base``/``min_period``); all
+            finite and > 0.
 
     Shapes:
-        - **input:** ``x [T, H, D]``, ``pos [T - prefix, n_axes]`` (coordinates of the
-          non-prefix tokens, which follow the ``prefix`` tokens)
+        - **input:** floating ``x [T, H, D]``, real ``pos [T - prefix, n_axes]`` (coordinates
+          of the non-prefix tokens, which follow the ``prefix`` tokens; ``0 <= prefix <= T``)
         - **output:** ``[T, H, D]``
     """
 
     def __init__(self, head_dim: int, n_axes: int = 2, base: float = 100.0,
                  min_period: float = 1.0, periods: Tensor | None = None) -> None:
         super().__init__()
-        if n_axes < 1 or head_dim % (2 * n_axes):
+        check_int(head_dim, "head_dim", 1)
+        check_int(n_axes, "n_axes", 1)
+        if head_dim % (2 * n_axes):
             raise ValueError(f"head_dim ({head_dim}) must be divisible by 2 * n_axes "
                              f"({2 * n_axes})")
         F_ = head_dim // (2 * n_axes)
@@ -54,22 +59,34 @@ class RotaryND(nn.Module):
         periods = torch.as_tensor(periods, dtype=torch.float64)
         if periods.shape != (F_,):
             raise ValueError(f"periods must have {F_} entries, got {tuple(periods.shape)}")
+        if not (torch.isfinite(periods) & (periods > 0)).all():
+            raise ValueError(f"periods (or base and min_period) must be finite and > 0, got "
+                             f"periods {periods.tolist()}")
         self.head_dim, self.n_axes = head_dim, n_axes
         self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
 
     def angles(self, pos: Tensor) -> Tensor:
         """``[T, D/2]`` rotation angles of coordinates ``pos [T, n_axes]``."""
-        if pos.dim() != 2 or pos.size(1) != self.n_axes:
-            raise ValueError(f"pos must be [T, {self.n_axes}], got {tuple(pos.shape)}")
+        if (not isinstance(pos, Tensor) or pos.dim() != 2 or pos.size(1) != self.n_axes
+                or pos.dtype == torch.bool or pos.is_complex()):
+            got = f"{pos.dtype} {tuple(pos.shape)}" if isinstance(pos, Tensor) else type(pos)
+            raise ValueError(f"pos must be a real [T, {self.n_axes}] tensor, got {got}")
         return (pos.unsqueeze(-1).double() * self.omega).flatten(1)  # axis-major
 
     def forward(self, x: Tensor, pos: Tensor, prefix: int = 0) -> Tensor:
-        if x.dim() != 3 or x.size(-1) != self.head_dim:
-            raise ValueError(f"x must be [T, H, {self.head_dim}], got {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.size(-1) != self.head_dim:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be [T, H, {self.head_dim}], got {got}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}")
+        check_int(prefix, "prefix", 0)
+        if prefix > x.size(0):
+            raise ValueError(f"prefix must be <= the {x.size(0)} tokens of x, got {prefix}")
+        th = self.angles(pos)  # checks pos
         if pos.size(0) != x.size(0) - prefix:
             raise ValueError(f"pos must hold {x.size(0) - prefix} rows (tokens after the "
                              f"{prefix} prefix tokens), got {pos.size(0)}")
-        th = self.angles(pos).to(x.dtype).unsqueeze(1)  # [T', 1, D/2]
+        th = th.to(x.dtype).unsqueeze(1)  # [T', 1, D/2]
         cos, sin = th.cos(), th.sin()
         body = x[prefix:]
         x1, x2 = body.chunk(2, dim=-1)

@@ -194,3 +194,68 @@ def test_padded_documents_give_finite_gradients_through_their_importances():
     w = layer.weights(None, torch.tensor([0.0, 0.25, -1.0]))[1]
     torch.testing.assert_close(w, torch.tensor([0.0, 0.5, 0.0]))
     assert ColBERTAttention(gamma=0.0).weights(None, torch.zeros(2))[1].tolist() == [1.0, 1.0]
+
+
+def test_negative_gamma_dense_and_core_paths_agree():
+    """With gamma < 0 a zero-importance document token has weight +inf; the dense path's
+    empty-document guard turned its +inf best match into 0 (finite scores) while score_pairs
+    returned inf. Only documents without valid tokens score 0 now."""
+    torch.manual_seed(0)
+    layer = ColBERTAttention(gamma=-0.5)
+    q, d = torch.randn(2, 3, 4), torch.randn(3, 5, 4)
+    di = torch.rand(3, 5) + 0.1
+    di[0, 0] = 0
+    pairs = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 2]])
+    dense = layer(q, d, d_importance=di)[pairs[0], pairs[1]]
+    core = layer.score_pairs(q, d, pairs, d_importance=di)
+    assert torch.isinf(dense[:2]).all() and torch.isfinite(dense[2:]).all()
+    torch.testing.assert_close(dense, core)
+    # masked query tokens and fully masked documents still give 0, never NaN
+    qm = torch.tensor([[True, False, True], [True, True, True]])
+    dm = torch.ones(3, 5, dtype=torch.bool)
+    dm[1] = False
+    mm = layer.max_matches(q, d, qm, dm, di)
+    assert mm[0, :, 1].eq(0).all() and mm[:, 1].eq(0).all() and not mm.isnan().any()
+
+
+def test_empty_batches_and_documents():
+    """B_d=0 crashed in torch.cat and L_d=0 in amax; empty documents score 0 (as score_pairs
+    did), empty batches give empty results."""
+    layer = ColBERTAttention()
+    q, d = torch.randn(2, 3, 4), torch.randn(3, 5, 4)
+    assert layer(q, d[:0]).shape == (2, 0)
+    assert layer.max_matches(q, d[:0]).shape == (2, 0, 3)
+    assert layer(q[:0], d).shape == (0, 3)
+    empty = d[:, :0]
+    assert layer(q, empty).equal(torch.zeros(2, 3))
+    assert layer.max_matches(q, empty).equal(torch.zeros(2, 3, 3))
+    pairs = torch.tensor([[0, 1], [2, 0]])
+    torch.testing.assert_close(layer.score_pairs(q, empty, pairs), layer(q, empty)[0, :2] * 0)
+    for chunk in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"chunk must be an int >= 1, got {chunk!r}"):
+            layer(q, d, chunk=chunk)
+    torch.testing.assert_close(layer(q, d, chunk=1), layer(q, d))
+
+
+def test_masks_dtype_and_keep_are_checked():
+    """A float mask of 0.5 counted as all-True, keep of shape [B, 1] or [T] broadcast, and a
+    q/d dtype mismatch raised matmul's RuntimeError."""
+    layer = ColBERTAttention()
+    q, d = torch.randn(2, 3, 4), torch.randn(3, 5, 4)
+    with pytest.raises(ValueError, match="'d_mask' must be a bool mask"):
+        layer(q, d, d_mask=torch.full((3, 5), 0.5))
+    with pytest.raises(ValueError, match=r"'q_mask' must have shape \[2, 3\]"):
+        layer(q, d, q_mask=torch.ones(3, dtype=torch.bool))
+    dm = torch.ones(3, 5, dtype=torch.bool)
+    dm[0, 1:] = False
+    torch.testing.assert_close(layer(q, d, d_mask=dm.long()), layer(q, d, d_mask=dm))
+    with pytest.raises(TypeError, match="'d' has dtype torch.float32 but 'q' has torch.float64"):
+        layer(q.double(), d)
+    A = torch.softmax(torch.randn(2, 2, 4, 4), -1)
+    m = torch.ones(2, 4, dtype=torch.bool)
+    for keep in (torch.tensor([[True], [False]]), torch.tensor([True, True, False, True])):
+        with pytest.raises(ValueError, match=r"'keep' must have shape \[2, 4\]"):
+            attention_importance(A, m, keep)
+    with pytest.raises(ValueError, match="'mask' must be a bool mask"):
+        attention_importance(A, torch.full((2, 4), 0.5))
+    torch.testing.assert_close(attention_importance(A, m.float()), attention_importance(A, m))

@@ -189,3 +189,91 @@ def test_batched_sequences(make) -> None:
         for b in range(3):
             torch.testing.assert_close(out[b], token_attention(q[b], k[b], v[b], tg),
                                        atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_dense_path_checks_heads_head_dim_and_dtype_before_running(batched) -> None:
+    """The dense kinds ran SDPA unchecked: one key/value head broadcast over the query heads
+    (the sparse path refused it) and a dtype mismatch gave SDPA's RuntimeError. Both paths now
+    check first; a per-edge bias on the dense path raises batched as well as unbatched."""
+    T, H, D = 4, 2, 4
+    lead = (3,) if batched else ()
+    q = torch.randn(*lead, T, H, D)
+    one_head = torch.randn(*lead, T, 1, D)
+    for tg in (tokens.full(T), tokens.causal(T)):
+        for dense in (True, False):
+            with pytest.raises(ValueError, match="'q', 'k', 'v' must share the head count 2"):
+                token_attention(q, one_head, one_head, tg, dense=dense)
+            with pytest.raises(ValueError, match="'q', 'k', 'v' must share the head count 2"):
+                token_attention(q, q, one_head, tg, dense=dense)
+            with pytest.raises(ValueError, match="'k' must have head dim 4"):
+                token_attention(q, q[..., :3], q, tg, dense=dense)
+            with pytest.raises(TypeError, match="'k' has dtype torch.float64"):
+                token_attention(q, q.double(), q, tg, dense=dense)
+            with pytest.raises(TypeError, match="'q' must be a floating-point tensor"):
+                token_attention(q.long(), q.long(), q.long(), tg, dense=dense)
+        with pytest.raises(ValueError, match="'bias'"):
+            token_attention(q, q, q, tg, bias=torch.zeros(tg.num_edges))
+        out = token_attention(q, q, q, tg, bias=torch.zeros(tg.num_edges), dense=False)
+        torch.testing.assert_close(out, token_attention(q, q, q, tg), atol=1e-5, rtol=1e-5)
+
+
+def test_builders_refuse_bool_float_and_negative_arguments() -> None:
+    """Accepted silently before (a bool taken as 0/1, a float size, a negative k giving an
+    empty graph) or failing with torch messages that did not name the argument."""
+    x = torch.randn(4, 3)
+    cases = [
+        (lambda: tokens.window(4, True), ValueError, "w must be an int >= 0, got True"),
+        (lambda: tokens.window(4, 1, causal=1), TypeError, "'causal' must be a bool"),
+        (lambda: tokens.dilated(4, 1, True), ValueError, "dilation must be an int >= 1"),
+        (lambda: tokens.full(True), ValueError, "T must be an int >= 0, got True"),
+        (lambda: tokens.causal(2.0), ValueError, "T must be an int >= 0, got 2.0"),
+        (lambda: tokens.knn(x, -1), ValueError, "k must be an int >= 1, got -1"),
+        (lambda: tokens.knn(x, True), ValueError, "k must be an int >= 1, got True"),
+        (lambda: tokens.knn(x, 1.0), ValueError, "k must be an int >= 1, got 1.0"),
+        (lambda: tokens.knn(x.long(), 1), ValueError, r"x must be a floating \[T, D\]"),
+        (lambda: tokens.sink_window(4, 1, 1.5), ValueError, "window must be an int >= 1"),
+        (lambda: tokens.sink_window(-2, 1, 1), ValueError, "T must be an int >= 0, got -2"),
+        (lambda: tokens.sink_window(4, True, 1), ValueError, "sinks must be an int >= 0"),
+        (lambda: tokens.grid((2, 2), -1), ValueError, "radius must be an int >= 0, got -1"),
+        (lambda: tokens.grid((2, 2), 1.5), ValueError, "radius must be an int >= 0, got 1.5"),
+        (lambda: tokens.memory(2, True), ValueError, "slots must be an int >= 0, got True"),
+        (lambda: tokens.memory(2, 1, slots_attend=0), TypeError, "'slots_attend' must be"),
+        (lambda: tokens.multiscale(4, 1, 1), ValueError, "windows and dilations must be"),
+        (lambda: tokens.bipartite(2, 3, causal="yes"), TypeError, "'causal' must be a bool"),
+        (lambda: TokenGraph(torch.zeros(2, 0, dtype=torch.long), -1, -1), ValueError,
+         "num_queries must be an int >= 0, got -1"),
+        (lambda: TokenGraph(torch.zeros(2, 1, dtype=torch.long), 1.5, 1), ValueError,
+         "num_queries must be an int >= 0, got 1.5"),
+        (lambda: TokenGraph(torch.zeros(2, 1, dtype=torch.long), 1, True), ValueError,
+         "num_keys must be an int >= 0, got True"),
+    ]
+    for call, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call()
+    assert tokens.knn(x, 10).num_edges == 12  # k above T - 1 still caps at the other tokens
+
+
+def test_rope_validates_prefix_dtype_and_periods() -> None:
+    """A negative prefix broadcast a one-row slice (5 tokens in, 10 out); prefix=True counted
+    as 1; integer x was rotated by truncated int64 angles; a zero period gave NaN."""
+    rope = RotaryND(8, 2)
+    x = torch.randn(5, 2, 8)
+    with pytest.raises(ValueError, match="prefix must be an int >= 0, got -1"):
+        rope(x, torch.randn(6, 2), prefix=-1)
+    with pytest.raises(ValueError, match="prefix must be an int >= 0, got True"):
+        rope(x, torch.randn(4, 2), prefix=True)
+    with pytest.raises(ValueError, match="prefix must be <= the 5 tokens"):
+        rope(x, torch.randn(0, 2), prefix=6)
+    with pytest.raises(TypeError, match="x must be a floating tensor, got dtype torch.int64"):
+        rope(torch.ones(3, 1, 8, dtype=torch.long), torch.full((3, 2), 0.3))
+    with pytest.raises(ValueError, match=r"pos must be a real \[T, 2\]"):
+        rope(x, torch.ones(5, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="periods .* must be finite and > 0"):
+        RotaryND(4, 1, periods=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="periods .* must be finite and > 0"):
+        RotaryND(4, 1, base=0.0)
+    with pytest.raises(ValueError, match="n_axes must be an int >= 1"):
+        RotaryND(8, 0)
+    assert rope(x, torch.randn(0, 2), prefix=5).equal(x)  # all prefix: unrotated
+    assert rope(x[:0], torch.randn(0, 2)).shape == (0, 2, 8)

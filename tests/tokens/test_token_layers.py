@@ -564,3 +564,73 @@ def test_neurogame_couples_each_pair_once_in_both_directions() -> None:
         y2, m2 = run(ei)
         torch.testing.assert_close(m2, m)
         torch.testing.assert_close(y2, y)
+
+
+def test_heavy_hitter_keeps_the_current_query_and_checks_its_arguments() -> None:
+    """With recent=0 query i was its own eviction candidate (mass 0), so every new token
+    evicted itself and the cache froze at the first keys; H2O always keeps the current token,
+    so recent < 1 is refused, as are non-int budgets."""
+    torch.manual_seed(0)
+    q, k = torch.randn(6, 1, 2), torch.randn(6, 1, 2)
+    with pytest.raises(ValueError, match="recent must be an int >= 1, got 0"):
+        heavy_hitter(q, k, budget=2, sinks=0, recent=0)
+    with pytest.raises(ValueError, match="budget must be an int >= 1, got 2.5"):
+        heavy_hitter(q, k, budget=2.5)
+    with pytest.raises(ValueError, match="sinks must be an int >= 0, got -1"):
+        heavy_hitter(q, k, budget=2, sinks=-1)
+    m = heavy_hitter(q, k, budget=2, sinks=0, recent=1).dense_mask()
+    assert m.diagonal().all() and (m.sum(1)[1:] == 2).all()
+    assert heavy_hitter(q[:0], k[:0], budget=2).num_edges == 0
+
+
+def test_layers_validate_heads_and_counts_at_construction() -> None:
+    """heads=0 gave ZeroDivisionError, 2.0 / -4 torch errors at forward, True was taken as 1;
+    NeuroGame samples=0 failed in torch.stack; MKA's beta was only checked at forward."""
+    for cls in (DifferentialAttention, ItemAwareAttention, MKAttention, FastMKAttention):
+        for h in (0, True, 2.0, -4):
+            with pytest.raises(ValueError, match=f"heads must be an int >= 1, got {h!r}"):
+                cls(8, h)
+        with pytest.raises(ValueError, match="dim must be an int >= 1, got 0"):
+            cls(0, 1)
+    for s in (0, True, 1.5):
+        with pytest.raises(ValueError, match=f"samples must be an int >= 1, got {s!r}"):
+            NeuroGameAttention(4, samples=s)
+    for cls in (MKAttention, FastMKAttention):
+        with pytest.raises(ValueError, match="beta must be a float in"):
+            cls(8, 2, beta=1.5)
+        with pytest.raises(TypeError, match="'long_term' must be a bool"):
+            cls(8, 2, long_term=1)
+    with pytest.raises(ValueError, match="chunk must be an int >= 1, got 0"):
+        causal_ema(torch.randn(2, 5, 3), 0.9, 0)
+
+
+@pytest.mark.parametrize("cls", [MKAttention, FastMKAttention])
+def test_mka_refuses_long_term_memories_without_the_level(cls) -> None:
+    """Built with long_term=False the layer silently ignored the memories it was given."""
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match="'long_term' memories were passed to a layer built "
+                                         "without the long-term level"):
+        cls(8, 2)(x, long_term=torch.randn(3, 8))
+    assert cls(8, 2, long_term=True)(x, long_term=torch.randn(3, 8)).shape == (2, 5, 8)
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "causal"])
+def test_iam_empty_batch_with_per_sequence_item_ids(mode) -> None:
+    """B=0 with [B, T] item ids crashed in torch.stack; it gives an empty output like [T]."""
+    layer = ItemAwareAttention(8, 2, mode)
+    x = torch.randn(0, 5, 8)
+    out = layer(x, torch.zeros(0, 5, dtype=torch.long))
+    assert out.shape == (0, 5, 8)
+    assert layer(x, torch.zeros(5, dtype=torch.long)).shape == (0, 5, 8)
+
+
+def test_mean_field_weights_must_have_one_entry_per_edge() -> None:
+    """A [1] or scalar weight was broadcast over the E edges."""
+    h, e = torch.randn(3), torch.tensor([[0, 1], [1, 0]])
+    for w in (torch.tensor([0.1]), torch.tensor(0.1), torch.ones(3)):
+        with pytest.raises(ValueError, match=r"'weights' must have shape \[E\] = \[2\]"):
+            mean_field(h, e, w)
+    with pytest.raises(ValueError, match=r"'edges' must be a \[2, E\] tensor"):
+        mean_field(h, torch.tensor([0, 1]), torch.ones(2))
+    m, _, _ = mean_field(h, e, torch.tensor([0.1, 0.1]))
+    assert m.shape == (3,)

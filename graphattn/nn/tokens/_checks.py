@@ -6,6 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...tokens._checks import check_bool, check_int, check_mask
+
+__all__ = ["check_bool", "check_int", "check_mask", "check_tokens"]
+
 
 def check_tokens(x: object, name: str, width: int | None = None,
                  dtype: torch.dtype | None = None, form: str = "[B, T, D]") -> Tensor:

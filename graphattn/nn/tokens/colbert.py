@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ... import ops
-from ._checks import check_tokens
+from ._checks import check_int, check_mask, check_tokens
 
 __all__ = ["ColBERTAttention", "attention_importance"]
 
@@ -45,9 +45,10 @@ def attention_importance(attention: Tensor, mask: Tensor, keep: Tensor | None = 
 
     Args:
         attention (Tensor): ``[B, H, T, T]`` attention of one layer (rows = queries).
-        mask (Tensor): ``[B, T]`` valid (non-padding) tokens.
+        mask (Tensor): ``[B, T]`` valid (non-padding) tokens, bool (or only 0 and 1).
         keep (Tensor, optional): ``[B, T]`` tokens that take part (e.g. without ``[CLS]`` and
-            ``[SEP]``, which soak up attention in BERT-style encoders); default ``mask``.
+            ``[SEP]``, which soak up attention in BERT-style encoders), bool (or only 0 and
+            1); default ``mask``.
 
     Returns:
         ``[B, T]``, mean 1 over the kept tokens of each row.
@@ -55,9 +56,8 @@ def attention_importance(attention: Tensor, mask: Tensor, keep: Tensor | None = 
     if attention.dim() != 4 or attention.shape[-1] != attention.shape[-2]:
         raise ValueError(f"'attention' must be [B, H, T, T], got {list(attention.shape)}")
     B, _, T, _ = attention.shape
-    if mask.shape != (B, T):
-        raise ValueError(f"'mask' must be [B, T] = {[B, T]}, got {list(mask.shape)}")
-    k = mask.bool() if keep is None else keep.bool() & mask.bool()
+    mask = check_mask(mask, "mask", (B, T))
+    k = mask if keep is None else check_mask(keep, "keep", (B, T)) & mask
     kf = k.to(attention.dtype)
     recv = (attention * kf[:, None, :, None]).sum(2).mean(1) * kf  # [B, T]
     n = kf.sum(1, keepdim=True).clamp_min(1.0)
@@ -83,11 +83,17 @@ class ColBERTAttention(nn.Module):
 
     Shapes:
         - **q**: :math:`(B_q, L_q, D)`, **d**: :math:`(B_d, L_d, D)` token embeddings;
-        - **q_mask / d_mask**: :math:`(B, L)` bool, tokens that take part (default all);
+        - **q_mask / d_mask**: :math:`(B, L)` bool (or only 0 and 1), tokens that take part
+          (default all);
         - **q_importance / d_importance**: :math:`(B, L)` importances :math:`a` (``None``:
           the plain MaxSim weights 1);
         - **output**: :math:`(B_q, B_d)` scores (:meth:`forward`) or :math:`(P,)`
-          (:meth:`score_pairs`).
+          (:meth:`score_pairs`); a document without tokens (:math:`L_d = 0` or all masked)
+          scores 0, and :math:`B_q` or :math:`B_d = 0` gives an empty result.
+
+    ``q`` and ``d`` must share the dtype. With :math:`\gamma < 0` a document token of
+    importance 0 has weight :math:`+\infty` (:meth:`weights`), so its matches (and the scores)
+    are infinite on both paths.
 
     Cost: :math:`O(|q|\,|d|\,D)` per pair.
     """
@@ -118,8 +124,10 @@ class ColBERTAttention(nn.Module):
         if q.shape[-1] != d.shape[-1]:
             raise ValueError(f"'q' and 'd' must share the embedding size, got {q.shape[-1]} and "
                              f"{d.shape[-1]}")
-        q_mask = _check_side(q, q_mask, "q_mask", torch.bool)
-        d_mask = _check_side(d, d_mask, "d_mask", torch.bool)
+        if d.dtype != q.dtype:
+            raise TypeError(f"'d' has dtype {d.dtype} but 'q' has {q.dtype}")
+        q_mask = None if q_mask is None else check_mask(q_mask, "q_mask", tuple(q.shape[:2]))
+        d_mask = None if d_mask is None else check_mask(d_mask, "d_mask", tuple(d.shape[:2]))
         q_importance = _check_side(q, q_importance, "q_importance", q.dtype)
         d_importance = _check_side(d, d_importance, "d_importance", d.dtype)
         if self.normalize:
@@ -147,7 +155,8 @@ class ColBERTAttention(nn.Module):
         r"""Per query token, its best weighted match in every document,
         :math:`\max_j a_{d_j}^{\gamma} E_{q_i}\cdot E_{d_j}`: ``[B_q, B_d, L_q]`` (0 for
         masked query tokens and empty documents). One GEMM per chunk of ``chunk`` documents
-        (memory :math:`B_q L_q \times` ``chunk`` :math:`L_d`, by default about 64 MB). Query
+        (an int >= 1; memory :math:`B_q L_q \times` ``chunk`` :math:`L_d`, by default about
+        64 MB). Query
         weights do not enter, so a sweep over :math:`\beta` reuses one call."""
         q, d, q_mask, d_mask, _, w = self._prep(q, d, q_mask, d_mask, None, d_importance)
         return self._max_matches(q, d, q_mask, d_mask, w, chunk)
@@ -159,6 +168,9 @@ class ColBERTAttention(nn.Module):
         Ld = d.shape[1]
         if chunk is None:
             chunk = max(1, (1 << 24) // max(1, Bq * Lq * Ld))
+        check_int(chunk, "chunk", 1)
+        if d.shape[0] == 0 or Ld == 0:  # no documents, or documents without tokens: 0
+            return q.new_zeros(Bq, d.shape[0], Lq)
         out = []
         for s in range(0, d.shape[0], chunk):
             dc, mc, wc = d[s:s + chunk], d_mask[s:s + chunk], w[s:s + chunk]
@@ -166,9 +178,11 @@ class ColBERTAttention(nn.Module):
             sim = (q.reshape(Bq * Lq, Dm) @ dc.reshape(C * Ld, Dm).T).view(Bq, Lq, C, Ld)
             sim = (sim * wc).masked_fill(~mc, float("-inf"))
             best = sim.amax(-1)
-            best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))  # empty doc
+            # a document without valid tokens matches nothing: 0 (an infinite best match of a
+            # weight-inf token, gamma < 0, stays infinite as in score_pairs)
+            best = best.masked_fill(~mc.any(-1), 0.0)
             out.append(best.transpose(1, 2))
-        return torch.cat(out, 1) * q_mask[:, None, :]
+        return torch.cat(out, 1).masked_fill(~q_mask[:, None, :], 0.0)
 
     def score_pairs(self, q: Tensor, d: Tensor, pairs: Tensor, q_mask: Tensor | None = None,
                     d_mask: Tensor | None = None, q_importance: Tensor | None = None,

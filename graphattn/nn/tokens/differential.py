@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...tokens import TokenGraph, bipartite, token_attention
-from ._checks import check_tokens
+from ._checks import check_int, check_tokens
 
 
 class DifferentialAttention(nn.Module):
@@ -50,7 +50,7 @@ class DifferentialAttention(nn.Module):
 
     Args:
         dim: ``D`` (divisible by ``2 * heads``).
-        heads: ``H``.
+        heads: ``H`` (an int >= 1).
         lambda_init: :math:`\\lambda_{init}`.
         causal: Default edge set when none is passed: causal-bipartite instead of full.
     """
@@ -58,6 +58,8 @@ class DifferentialAttention(nn.Module):
     def __init__(self, dim: int, heads: int = 4, lambda_init: float = 0.36,
                  causal: bool = False) -> None:
         super().__init__()
+        check_int(dim, "dim", 1)
+        check_int(heads, "heads", 1)
         if dim % (2 * heads):
             raise ValueError(f"dim ({dim}) must be divisible by 2 * heads ({2 * heads})")
         self.dim, self.heads, self.d = dim, heads, dim // (2 * heads)

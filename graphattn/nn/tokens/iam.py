@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ...tokens import TokenGraph, causal, grouped, token_attention
-from ._checks import check_tokens
+from ._checks import check_int, check_tokens
 
 MODES = ("intra", "inter", "causal")
 
@@ -36,8 +36,8 @@ class ItemAwareAttention(nn.Module):
     """One IAM attention layer of a given ``mode``.
 
     Args:
-        dim: ``D``.
-        heads: Heads.
+        dim: ``D`` (divisible by ``heads``).
+        heads: Heads (an int >= 1).
         mode: ``"intra"``, ``"inter"`` or ``"causal"``.
     """
 
@@ -45,6 +45,8 @@ class ItemAwareAttention(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_int(dim, "dim", 1)
+        check_int(heads, "heads", 1)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.mode, self.heads = mode, heads
@@ -70,7 +72,7 @@ class ItemAwareAttention(nn.Module):
                 raise ValueError(f"item_ids must be [T] or [B, T]=[{B}, {T}], got "
                                  f"{tuple(item_ids.shape)}")
             o = torch.stack([token_attention(q[b], k[b], v[b], self.edges(item_ids[b]))
-                             for b in range(B)])
+                             for b in range(B)]) if B else v.new_zeros(v.shape)
         return self.out(o.reshape(B, T, D))
 
 

@@ -33,20 +33,23 @@ Shapes:
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
 
 from ...tokens import TokenGraph, causal, token_attention
-from ._checks import check_tokens
+from ._checks import check_bool, check_int, check_tokens
 
 
 def causal_ema(x: Tensor, beta: float, chunk: int = 64) -> Tensor:
     r"""The causal EMA :math:`\mathbf{s}_j = \beta\mathbf{s}_{j-1} + (1-\beta)\mathbf{x}_j`
     along dimension ``-2`` (``x [..., T, D]``), vectorised: within chunks of ``chunk``
     positions a lower-triangular matrix of powers :math:`\beta^{j-m}` (no overflow, unlike a
-    global :math:`\beta^{-m}` rescaling), and the carried state across chunks."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    global :math:`\beta^{-m}` rescaling), and the carried state across chunks (``chunk``: an
+    int >= 1)."""
+    _check_beta(beta)
+    check_int(chunk, "chunk", 1)
     T = x.size(-2)
     if T == 0:
         return x.clone()
@@ -68,6 +71,11 @@ def causal_ema(x: Tensor, beta: float, chunk: int = 64) -> Tensor:
     return torch.cat(out, dim=-2)
 
 
+def _check_beta(beta: object) -> None:
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be a float in [0, 1), got {beta!r}")
+
+
 def causal_ema_loop(x: Tensor, beta: float) -> Tensor:
     """The sequential reference of :func:`causal_ema` (as in the released code)."""
     s = torch.zeros_like(x[..., 0, :])
@@ -82,6 +90,10 @@ class _MKABase(nn.Module):
     def __init__(self, dim: int, heads: int, beta: float, long_term: bool, act: nn.Module
                  ) -> None:
         super().__init__()
+        check_int(dim, "dim", 1)
+        check_int(heads, "heads", 1)
+        _check_beta(beta)
+        check_bool(long_term, "long_term")
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.dim, self.heads, self.beta = dim, heads, beta
@@ -96,6 +108,9 @@ class _MKABase(nn.Module):
     def memories(self, x: Tensor, long_term: Tensor | None) -> list[Tensor]:
         """``[L1, L2(, L3)]``, each ``[B, T, D]``."""
         check_tokens(x, "x", self.dim, self.w_q.weight.dtype)
+        if self.levels == 2 and long_term is not None:
+            raise ValueError("'long_term' memories were passed to a layer built without the "
+                             "long-term level; build it with long_term=True")
         mem = [x, causal_ema(x, self.beta)]
         if self.levels == 3:
             B, T, D = x.shape
@@ -126,10 +141,11 @@ class MKAttention(_MKABase):
     """MKA-Full (see the module docstring).
 
     Args:
-        dim: ``D``.
-        heads: Attention heads.
-        beta: EMA factor of the session memory (0.9).
-        long_term: Add the third (long-term) memory level.
+        dim: ``D`` (divisible by ``heads``).
+        heads: Attention heads (an int >= 1).
+        beta: EMA factor of the session memory (0.9), in ``[0, 1)``.
+        long_term: Add the third (long-term) memory level; only then may ``forward`` take
+            ``long_term`` memories (``ValueError`` otherwise).
     """
 
     def __init__(self, dim: int, heads: int = 4, beta: float = 0.9, long_term: bool = False

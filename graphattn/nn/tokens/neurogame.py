@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...tokens import TokenGraph
-from ._checks import check_tokens
+from ._checks import check_int, check_tokens
 
 
 def coalition_value(v: Tensor, masks: Tensor, c: float | Tensor = 1.0) -> Tensor:
@@ -140,6 +140,13 @@ def mean_field(h: Tensor, edges: Tensor, weights: Tensor, gamma: float = 0.25,
                ) -> tuple[Tensor, float, int]:
     """Damped mean-field iteration as message passing over ``edges [2, E]`` (``j -> i``) with
     couplings ``weights [E]``; returns ``(m [N], final residual, iterations)``."""
+    if not isinstance(edges, Tensor) or edges.dim() != 2 or edges.size(0) != 2:
+        raise ValueError(f"'edges' must be a [2, E] tensor, got "
+                         f"{list(getattr(edges, 'shape', [])) or type(edges).__name__}")
+    if not isinstance(weights, Tensor) or tuple(weights.shape) != (edges.size(1),):
+        got = list(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(f"'weights' must have shape [E] = [{edges.size(1)}] (one coupling per "
+                         f"edge), got {got}")
     n = h.numel()
     from ...index import build_graph
 
@@ -166,13 +173,14 @@ class NeuroGameAttention(nn.Module):
         gamma: Temperature :math:`\\gamma`.
         damping: :math:`\\eta`.
         iters, tol: Mean-field stopping rule.
-        samples: Monte-Carlo samples for φ, β and J.
+        samples: Monte-Carlo samples for φ, β and J (an int >= 1).
         value_scale: ``c`` of the coalition value.
     """
 
     def __init__(self, dim: int, gamma: float = 0.25, damping: float = 0.7, iters: int = 25,
                  tol: float = 1e-4, samples: int = 16, value_scale: float = 1.0) -> None:
         super().__init__()
+        check_int(samples, "samples", 1)
         self.w_v = nn.Linear(dim, dim, bias=False)
         self.gate = nn.Parameter(torch.zeros(()))
         self.gamma, self.damping, self.iters, self.tol = gamma, damping, iters, tol

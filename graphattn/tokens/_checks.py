@@ -1,0 +1,39 @@
+"""Argument checks shared by the token-graph builders, attention and layers: errors that name
+the argument, the expected type or range and what came in (instead of a torch message or a
+silently reinterpreted value)."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+
+def check_int(value: object, name: str, minimum: int = 0) -> int:
+    """``value`` as an ``int`` after checking it is an integer (bools refused) ``>= minimum``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or value < minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value`` after checking it is a ``bool``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"'{name}' must be a bool, got {value!r}")
+    return value
+
+
+def check_mask(mask: object, name: str, shape: tuple[int, ...]) -> Tensor:
+    """``mask`` as a bool tensor after checking its ``shape``; a mask of another dtype must hold
+    only 0 and 1 (a 0.5 would otherwise silently count as True)."""
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(shape):
+        got = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"'{name}' must have shape {list(shape)}, got {got}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"'{name}' must be a bool mask (or hold only 0 and 1), got "
+                             f"{mask.dtype} values other than 0 and 1")
+        mask = mask.bool()
+    return mask
