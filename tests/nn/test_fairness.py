@@ -358,3 +358,158 @@ def test_ugid_refuses_head_counts_masks_logits_and_eps_it_would_misread():
     for eps in (0.0, -1e-8):
         with pytest.raises(ValueError, match="'eps' must be positive"):
             edge_invariance_loss(a, a, eps=eps)
+
+
+# ---- input handling (audit) -----------------------------------------------------------------
+def _graph_pair(B=2, L=2, H=2, T=3, D=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def one():
+        sens = torch.zeros(B, T, dtype=torch.bool)
+        sens[:, 0] = True
+        return ComputationalGraph(torch.randn(B, L + 1, T, D, generator=g),
+                                  torch.softmax(torch.randn(B, L, H, T, T, generator=g), -1),
+                                  torch.ones(B, T, dtype=torch.bool), sens)
+
+    return one(), one()
+
+
+def test_layers_refuse_bool_float_and_empty():
+    """layers=[0.9] was read as layer 0, [True] as layer 1, [] gave a silent total of 0 in
+    UGIDLoss and a raw torch.stack error in rank_heads."""
+    g, g2 = _graph_pair()
+    loss = UGIDLoss()
+    for bad in ([0.9], [True], [torch.tensor(1.0)]):
+        with pytest.raises(TypeError, match="'layers' must hold int layer indices"):
+            loss(g, g2, layers=bad)
+        with pytest.raises(TypeError, match="'layers' must hold int layer indices"):
+            rank_heads(g, g2, 1, bad)
+    with pytest.raises(TypeError, match="'layers' must be a list of int"):
+        loss(g, g2, layers=1)
+    for f in (lambda: loss(g, g2, layers=[]), lambda: rank_heads(g, g2, 1, [])):
+        with pytest.raises(ValueError, match="'layers' must select at least one layer"):
+            f()
+    # ints of other kinds still work and give the same value as a plain int
+    torch.testing.assert_close(loss(g, g2, layers=[torch.tensor(1)])["total"],
+                               loss(g, g2, layers=[1])["total"])
+
+
+def test_logit_and_anchor_terms_finite_on_empty_and_masked_inputs():
+    lg, lg2 = torch.randn(2, 10), torch.randn(2, 10)
+    assert logit_constraint_loss(lg, lg2, torch.zeros(2, 0, dtype=torch.long)) == 0
+    e = torch.zeros(0, 10, requires_grad=True)
+    out = logit_constraint_loss(e, torch.zeros(0, 10), torch.zeros(0, 1, dtype=torch.long))
+    out.backward()
+    assert out == 0 and torch.isfinite(e.grad).all()
+    assert anchor_loss(torch.zeros(0, 10), torch.zeros(0, 10)) == 0
+    # the same masked (-inf) vocabulary entry in both models: KL is 0 (0 log 0 = 0), not NaN
+    ref = torch.tensor([[0.0, 1.0, float("-inf")], [2.0, float("-inf"), 0.5]])
+    cur = ref.clone().requires_grad_()
+    kl = anchor_loss(ref, cur)
+    kl.backward()
+    assert kl == 0 and torch.isfinite(cur.grad).all()
+    cur2 = (ref + torch.tensor([[0.3, -0.2, 0.0], [0.1, 0.0, 0.4]])).requires_grad_()
+    kl2 = anchor_loss(ref, cur2)
+    kl2.backward()
+    p = ref.softmax(-1)
+    want = torch.xlogy(p, p).sum() - (p * cur2.log_softmax(-1).nan_to_num(neginf=0.0)).sum()
+    torch.testing.assert_close(kl2, want / 2)
+    assert kl2 > 0 and torch.isfinite(cur2.grad).all()
+    # unmasked logits: the value of F.kl_div's batchmean
+    a, b = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    torch.testing.assert_close(anchor_loss(a, b), torch.nn.functional.kl_div(
+        b.log_softmax(-1), a.log_softmax(-1), log_target=True, reduction="batchmean"))
+    # an empty batch no longer makes the UGID total NaN
+    g, g2 = _graph_pair()
+    out = UGIDLoss()(g, g2, logits=lg, logits_cf=lg2, index=torch.zeros(2, 0, dtype=torch.long))
+    assert out["log"] == 0 and torch.isfinite(out["total"])
+
+
+def test_masks_must_be_bool_or_01():
+    """An int tensor of positions was read as a mask; a float mask of 0.3 was all-true."""
+    A, A2 = _maps(B=2, L=1, H=2, T=4, seed=0)[:, 0], _maps(B=2, L=1, H=2, T=4, seed=1)[:, 0]
+    h = torch.randn(2, 4, 3)
+    pos = torch.tensor([[2, 3, 0, 0], [1, 0, 0, 0]])
+    for f in (edge_invariance_loss, node_invariance_loss):
+        x, y = (A, A2) if f is edge_invariance_loss else (h, h + 1)
+        with pytest.raises(TypeError, match="'sensitive' must be a bool tensor, got torch.int64"):
+            f(x, y, sensitive=pos)
+        with pytest.raises(TypeError, match="'mask' must be a bool tensor or an integer tensor "
+                                            "of 0/1 values, got torch.float32"):
+            f(x, y, mask=torch.full((2, 4), 0.3))
+        with pytest.raises(ValueError, match=r"'mask' must be .* holding \[2, 3\]"):
+            f(x, y, mask=pos)
+        m = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # an attention_mask still works
+        torch.testing.assert_close(f(x, y, mask=m), f(x, y, mask=m.bool()))
+    g, g2 = _graph_pair()
+    g2.sensitive = g2.sensitive.long()
+    with pytest.raises(TypeError, match="'graph_cf.sensitive' must be a bool tensor"):
+        UGIDLoss()(g, g2)
+
+
+def test_node_loss_zero_vectors_and_empty_features():
+    h = torch.zeros(1, 1, 3, 4, requires_grad=True)
+    out = node_invariance_loss(h, h.detach().clone())
+    out.backward()
+    assert out == 0 and torch.isfinite(h.grad).all()
+    tiny = torch.full((1, 3, 4), 1e-6)  # below the norm eps: still 0 for identical inputs
+    assert node_invariance_loss(tiny, tiny.clone()) == 0
+    # non-zero vectors: 1 - cos as before
+    a, b = torch.randn(2, 5, 6, dtype=torch.float64), torch.randn(2, 5, 6, dtype=torch.float64)
+    want = (1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)).mean()
+    torch.testing.assert_close(node_invariance_loss(a, b), want)
+    with pytest.raises(ValueError, match="'hidden' must have a non-empty feature dim D"):
+        node_invariance_loss(torch.zeros(1, 1, 3, 0), torch.zeros(1, 1, 3, 0))
+
+
+def test_ugid_refuses_partial_inputs_bad_config_and_short_hidden():
+    g, g2 = _graph_pair()
+    loss = UGIDLoss()
+    idx = torch.zeros(2, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"without \['logits'\]"):
+        loss(g, g2, logits_cf=torch.randn(2, 5), index=idx)
+    with pytest.raises(ValueError, match=r"without \['index'\]"):
+        loss(g, g2, logits=torch.randn(2, 5), logits_cf=torch.randn(2, 5))
+    with pytest.raises(ValueError, match="'anchor_ref' needs 'anchor'"):
+        loss(g, g2, anchor_ref=torch.randn(2, 5))
+    with pytest.raises(ValueError, match="'anchor' needs 'anchor_ref'"):
+        loss(g, g2, anchor=torch.randn(2, 5))
+    with pytest.raises(ValueError, match="'edge_distance' must be one of 'kl', 'l2'"):
+        UGIDLoss(edge_distance="foo")
+    with pytest.raises(ValueError, match="'node_distance' must be one of 'cos', 'l2'"):
+        UGIDLoss(node_distance="kl")
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="'lambda_edge' must be a finite number >= 0"):
+            UGIDLoss(lambda_edge=bad)
+    with pytest.raises(TypeError, match="'lambda_anchor' must be a real number"):
+        UGIDLoss(lambda_anchor="1")
+    short = ComputationalGraph(g.hidden[:, :2], g.attention, g.mask, g.sensitive)
+    with pytest.raises(ValueError, match=r"'graph.hidden' must be \[B=2, L\+1=3, T=3, D\]"):
+        loss(short, g2)
+
+
+def test_edge_loss_refuses_negative_maps_and_mixed_dtypes():
+    A, A2 = _maps(B=2, L=1, H=1, T=4, seed=0)[:, 0, 0], _maps(B=2, L=1, H=1, T=4, seed=1)[:, 0, 0]
+    with pytest.raises(ValueError, match="'attn' must be a non-negative attention map"):
+        edge_invariance_loss(-A, A2)
+    with pytest.raises(ValueError, match="'attn_cf' must be a non-negative attention map"):
+        edge_invariance_loss(A, -A2)
+    with pytest.raises(TypeError, match="'attn' and 'attn_cf' must have the same dtype"):
+        edge_invariance_loss(A, A2.float())
+
+
+def test_to_data_and_digraph_refuse_bool_and_float_arguments():
+    cg = ComputationalGraph(torch.randn(2, 3, 3, 4), torch.softmax(torch.randn(2, 2, 2, 3, 3), -1),
+                            torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="'b' must be an int, got True"):
+        cg.to_data(True, 0)
+    with pytest.raises(TypeError, match="'layer' must be an int, got 0.5"):
+        cg.to_data(0, 0.5)
+    with pytest.raises(TypeError, match="'top_k' must be an int, got True"):
+        cg.to_data(0, 0, top_k=True)
+    with pytest.raises(ValueError, match=r"'b' must be in \[0, 2\), got 2"):
+        cg.to_data(2, 0)
+    with pytest.raises(TypeError, match="'top_k' must be an int, got True"):
+        attention_digraph(torch.rand(3, 3), top_k=True)
+    with pytest.raises(ValueError, match="'top_k' must be >= 1, got 0"):
+        attention_digraph(torch.rand(3, 3), top_k=0)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = ["aligned_edit_distance", "attention_digraph", "graph_edit_distance",
            "is_isomorphic", "spectral_distance"]
 
@@ -40,11 +42,10 @@ def _check_map(attn: Tensor, name: str = "attn") -> None:
 
 def attention_digraph(attn: Tensor, top_k: int = 2, self_loops: bool = False):
     """The top-``k`` in-edges of every query token as a ``networkx.DiGraph`` (edge ``j -> i``
-    with attribute ``weight``)."""
+    with attribute ``weight``). ``top_k`` must be an int ``>= 1`` (a bool is refused)."""
     nx = _nx()
     _check_map(attn)
-    if top_k < 1:
-        raise ValueError(f"'top_k' must be >= 1, got {top_k}")
+    top_k = check_int(top_k, "top_k", 1)
     A = attn.detach().double().cpu().clone()
     if not self_loops:
         A.fill_diagonal_(float("-inf"))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ... import ops
+from ._checks import check_int, check_mask
 
 __all__ = ["ComputationalGraph", "check_layers", "counterfactual_masks", "extract_graph",
            "rank_heads", "route", "sensitive_positions"]
@@ -29,8 +30,10 @@ class ComputationalGraph:
     Shapes:
         - **hidden**: :math:`(B, L+1, T, D)`, the embedding output then each layer's output;
         - **attention**: :math:`(B, L, H, T, T)`, rows (queries) stochastic over valid keys;
-        - **mask**: :math:`(B, T)` bool, valid (non-padding) tokens;
-        - **sensitive**: :math:`(B, T)` bool or ``None``, the positions in :math:`S`;
+        - **mask**: :math:`(B, T)` bool (or integer 0/1, a tokenizer's ``attention_mask``),
+          valid (non-padding) tokens;
+        - **sensitive**: :math:`(B, T)` bool or ``None``, the positions in :math:`S` (an
+          integer tensor is refused by the losses: it may hold positions, not a mask);
         - **input_ids**: :math:`(B, T)` or ``None``.
     """
 
@@ -55,20 +58,19 @@ class ComputationalGraph:
         (``hidden[b, layer]``); edges ``j -> i`` carry ``edge_attr[E, H]`` = the attention of
         every head. With ``top_k`` only the ``k`` strongest in-edges of each node (by the
         head-mean weight) are kept. ``sensitive`` and ``input_ids`` are node attributes.
+        ``b``, ``layer`` and ``top_k`` must be ints (a bool or a float is refused).
         """
         from torch_geometric.data import Data
 
-        if not 0 <= b < self.hidden.shape[0]:
-            raise ValueError(f"'b' must be in [0, {self.hidden.shape[0]}), got {b}")
-        if not 0 <= layer < self.num_layers:
-            raise ValueError(f"'layer' must be in [0, {self.num_layers}), got {layer}")
+        b = check_int(b, "b", 0, self.hidden.shape[0])
+        layer = check_int(layer, "layer", 0, self.num_layers)
+        if top_k is not None:
+            top_k = check_int(top_k, "top_k", 1)
         idx = self.mask[b].nonzero().flatten()
         A = self.attention[b, layer][:, idx][:, :, idx]  # [H, n, n]
         n = idx.numel()
         keep = torch.ones(n, n, dtype=torch.bool, device=A.device)
         if top_k is not None:
-            if top_k < 1:
-                raise ValueError(f"'top_k' must be >= 1, got {top_k}")
             k = min(top_k, n)
             top = A.mean(0).topk(k, dim=-1).indices
             keep = torch.zeros_like(keep).scatter_(1, top, True)
@@ -110,9 +112,11 @@ def extract_graph(model: torch.nn.Module, inputs: Mapping[str, Tensor],
                          "attn_implementation='eager'")
     mask = inputs.get("attention_mask")
     mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-    if sensitive is not None and sensitive.shape != ids.shape:
-        raise ValueError(f"'sensitive' must have the shape of input_ids {list(ids.shape)}, "
-                         f"got {list(sensitive.shape)}")
+    if sensitive is not None:
+        if isinstance(sensitive, Tensor) and sensitive.shape != ids.shape:
+            raise ValueError(f"'sensitive' must have the shape of input_ids {list(ids.shape)}, "
+                             f"got {list(sensitive.shape)}")
+        check_mask(sensitive, "sensitive", tuple(ids.shape))
     return ComputationalGraph(hidden=torch.stack(out.hidden_states, 1),
                               attention=torch.stack(out.attentions, 1), mask=mask,
                               sensitive=sensitive, input_ids=ids)
@@ -141,7 +145,8 @@ def counterfactual_masks(graph: ComputationalGraph, graph_cf: ComputationalGraph
                          ) -> tuple[Tensor, Tensor]:
     """Checks that two graphs form a counterfactual pair (equal attention shapes, both with
     ``[B, T]`` sensitive and valid-token masks) and returns the positions excluded from the
-    invariance terms (sensitive in either) and those valid in both, each ``[B, T]`` bool."""
+    invariance terms (sensitive in either) and those valid in both, each ``[B, T]`` bool.
+    ``sensitive`` must be bool; ``mask`` bool or integer 0/1 (other dtypes are refused)."""
     if graph_cf.attention.shape != graph.attention.shape:
         raise ValueError("counterfactual graphs must have equal shapes "
                          f"({list(graph.attention.shape)} vs {list(graph_cf.attention.shape)})")
@@ -154,14 +159,32 @@ def counterfactual_masks(graph: ComputationalGraph, graph_cf: ComputationalGraph
                 hint = ": mark the sensitive positions first" if m is None else ""
                 raise ValueError(f"'{name}.{field}' must be a [B={B}, T={T}] bool mask, got "
                                  f"{got}{hint}")
-    S = graph.sensitive.bool() | graph_cf.sensitive.bool()
-    return S, graph.mask.bool() & graph_cf.mask.bool()
+    S = (check_mask(graph.sensitive, "graph.sensitive", (B, T))
+         | check_mask(graph_cf.sensitive, "graph_cf.sensitive", (B, T)))
+    return S, (check_mask(graph.mask, "graph.mask", (B, T), allow_01=True)
+               & check_mask(graph_cf.mask, "graph_cf.mask", (B, T), allow_01=True))
 
 
 def check_layers(layers: Iterable[int] | None, L: int) -> list[int]:
-    """``layers`` as a list of indices in ``[0, L)`` (all by default). A negative index is
-    refused: it would pick layer ``L + i`` of the attention but hidden output ``i + 1``."""
-    layers = list(range(L)) if layers is None else [int(i) for i in layers]
+    """``layers`` as a non-empty list of int indices in ``[0, L)`` (all by default). A negative
+    index is refused: it would pick layer ``L + i`` of the attention but hidden output
+    ``i + 1``; so are a bool or a float (``True`` would be layer 1, ``0.9`` layer 0) and an
+    empty selection (nothing to compare: the terms would be a silent 0)."""
+    if layers is None:
+        return list(range(L))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise TypeError(f"'layers' must be a list of int layer indices, got "
+                        f"{type(layers).__name__}")
+    layers = list(layers)
+    for i in layers:
+        try:
+            check_int(i, "layers")
+        except TypeError:
+            raise TypeError(f"'layers' must hold int layer indices, got {i!r} "
+                            f"({getattr(i, 'dtype', type(i).__name__)}) in {layers}") from None
+    layers = [int(i) for i in layers]
+    if not layers:
+        raise ValueError(f"'layers' must select at least one layer in [0, {L}), got []")
     if any(not 0 <= i < L for i in layers):
         raise ValueError(f"'layers' must hold layer indices in [0, {L}), got {layers}")
     return layers
@@ -174,7 +197,8 @@ def rank_heads(graph: ComputationalGraph, graph_cf: ComputationalGraph, k: int,
 
     Args:
         k (int): heads to pick, ``>= 1`` (all of them if more than ``len(layers) * H``).
-        layers (list of int, optional): layer indices in ``[0, L)`` (default all).
+        layers (list of int, optional): non-empty, int layer indices in ``[0, L)`` (default
+            all; bools, floats and an empty list are refused).
 
     Returns:
         ``[len(layers), H]`` bool.
