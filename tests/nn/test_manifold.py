@@ -410,3 +410,142 @@ def test_dymrl_refuses_ids_and_tables_it_would_misread() -> None:
     layer = RelationalLayer("euclidean", 6, 4)
     with pytest.raises(ValueError, match=r"relation table 0 must be \[num relation ids, d=4\]"):
         layer(_points(6, 4, 1.0, 20), _graph(), _points(6, 1, 1.0, 21))
+
+
+def test_curvature_and_init_scale_must_be_finite() -> None:
+    """NaN / inf passed ``c <= 0`` and gave all-NaN scores; NaN init_scale NaN tables."""
+    for c in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match=r"c must be a finite number > 0, got"):
+            PoincareBall(c)
+        with pytest.raises(ValueError, match=r"curvature must be a finite number > 0, got"):
+            DyMRL(4, 2, dim=4, curvature=c)
+    for scale in (float("nan"), float("inf"), -1e-3):
+        with pytest.raises(ValueError, match=r"init_scale must be a finite number >= 0, got"):
+            DyMRL(4, 2, dim=4, init_scale=scale)
+    with pytest.raises(TypeError, match="c must be a real number, got bool"):
+        PoincareBall(True)
+    assert float(PoincareBall(2).c.detach()) == pytest.approx(2.0)
+
+
+def test_score_checks_z() -> None:
+    """z of another dtype was scored in it (float) or failed inside geoopt's TorchScript
+    (int); z with another row count failed with a broadcasting error."""
+    m, gs, mods = _tiny_model(words=False)
+    z = m.encode(gs, mods)
+    s, r = torch.tensor([0, 3]), torch.tensor([1, 5])
+    assert m.score(z, s, r).shape == (2, 8)
+    for bad in (z.float(), z.long()):
+        with pytest.raises(TypeError, match="z must have the dtype of the module's parameters"):
+            m.score(bad, s, r)
+    for bad in (torch.cat([z, z]), z[:, :2]):
+        with pytest.raises(ValueError, match=r"z must be \[num_entities, dim\] = \[8, 4\]"):
+            m.score(bad, s, r)
+
+
+def test_relabel_needs_a_permutation() -> None:
+    g = RelationalGraph.from_triples(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]), 3, 1)
+    with pytest.raises(ValueError, match=r"perm must be a permutation of 0..2 .* \[0, 0, 0\]"):
+        g.relabel(torch.tensor([0, 0, 0]))
+    with pytest.raises(ValueError, match=r"perm must be a permutation of 0..2"):
+        g.relabel(torch.tensor([0, 1, 3]))
+    with pytest.raises(ValueError, match=r"perm must be \[num_nodes\] = \[3\], got \[2\]"):
+        g.relabel(torch.tensor([1, 0]))
+    with pytest.raises(TypeError, match="perm must be an int64 tensor"):
+        g.relabel(torch.tensor([2.0, 0.0, 1.0]))
+    r = g.relabel(torch.tensor([2, 0, 1]))
+    assert r.src.tolist() == [2, 0] and r.dst.tolist() == [0, 2]
+    assert r.has_in.tolist() == [True, False, True]
+
+
+def test_relational_layer_checks_dtypes_and_tables() -> None:
+    """h of another dtype came out in it (or mixed for integers); a relation table with too
+    few rows or the wrong number of tables failed with an IndexError / a TypeError from
+    translation_message(); a union of no graphs with an IndexError."""
+    g, layer = _graph(), RelationalLayer("euclidean", 6, 4)
+    h, rel = _points(6, 4, 1.0, 20), _points(6, 4, 1.0, 21)
+    for bad in (h.float(), torch.ones(6, 4, dtype=torch.long)):
+        with pytest.raises(TypeError, match="h must have the dtype of the module's parameters"):
+            layer(bad, g, rel)
+    with pytest.raises(TypeError, match=r"relation table 0 \(rel\) must have the dtype"):
+        layer(h, g, rel.float())
+    with pytest.raises(ValueError, match=r"relation table 0 \(rel\) has 4 rows, but the graph "
+                                         r"uses relation id 5"):
+        layer(h, g, rel[:4])
+    with pytest.raises(TypeError, match=r"the euclidean layer takes 1 relation table\(s\) "
+                                        r"\(rel\), got 0"):
+        layer(h, g)
+    hyp = RelationalLayer("hyperbolic", 6, 4, PoincareBall(1.0).double())
+    with pytest.raises(TypeError, match=r"takes 4 relation table\(s\) \(rot, ref, context, "
+                                        r"trans\), got 1"):
+        hyp(h, g, rel)
+    with pytest.raises(ValueError, match="graphs must hold at least one RelationalGraph"):
+        RelationalGraph.union([])
+
+
+def test_dymrl_word_edges_and_fusion_attention_named_errors() -> None:
+    we = dict(num_words=1, num_static_relations=1)
+    with pytest.raises(ValueError, match=r"word_edges must be \[K, 3\] .* got \[2\]"):
+        DyMRL(4, 2, dim=4, word_edges=torch.tensor([0, 0]), **we)
+    with pytest.raises(TypeError, match="word_edges must be an int64 tensor"):
+        DyMRL(4, 2, dim=4, word_edges=torch.zeros(1, 3), **we)
+    with pytest.raises(ValueError, match=r"word_edges\[:, 2\] holds word ids in \[5, 5\], "
+                                         r"outside \[0, 1\)"):
+        DyMRL(4, 2, dim=4, word_edges=torch.tensor([[0, 0, 5]]), **we)
+    with pytest.raises(ValueError, match=r"word_edges\[:, 0\] holds entity ids"):
+        DyMRL(4, 2, dim=4, word_edges=torch.tensor([[4, 0, 0]]), **we)
+    with pytest.raises(ValueError, match=r"word_edges\[:, 1\] holds static relation ids"):
+        DyMRL(4, 2, dim=4, word_edges=torch.tensor([[0, 1, 0]]), **we)
+    with pytest.raises(ValueError, match="num_words must be an int >= 1, got 0"):
+        DyMRL(4, 2, dim=4, word_edges=torch.tensor([[0, 0, 0]]), num_static_relations=1)
+    with pytest.raises(ValueError, match="heads must be an int >= 1, got 0"):
+        FusionAttention(4, 0)
+    with pytest.raises(ValueError, match="heads must be an int >= 1, got True"):
+        FusionAttention(4, True)
+    tf = FusionAttention(4, 2)
+    e0 = _points(3, 4, 1.0, 70)
+    with pytest.raises(TypeError, match="keys must have the dtype of the module's parameters"):
+        tf(e0, torch.zeros(3, 2, 4, dtype=torch.float32))
+    with pytest.raises(TypeError, match="e0 must have the dtype of the module's parameters"):
+        tf(e0.float(), torch.zeros(3, 2, 4))
+    assert tf(e0, torch.zeros(3, 2, 4)).shape == (3, 4)
+
+
+def test_points_on_or_outside_the_ball_are_projected_everywhere() -> None:
+    """dist, logmap0 and sqdist_to_all gave finite numbers of no meaning for c|x|^2 >= 1, and
+    dist^2 and sqdist_to_all disagreed ~8x at the boundary; all three now project first."""
+    for c in (1.0, 2.0):
+        ball = PoincareBall(c).double()
+        r = 1 / math.sqrt(c)
+        x = torch.tensor([[0.9, 0.9], [r, 0.0], [0.0, -3.0]]) * r  # outside, boundary, outside
+        y = torch.tensor([[0.1, 0.0], [2 * r, 0.0]])
+        px, py = ball.project(x), ball.project(y)
+        assert (c * px.square().sum(-1) < 1).all()
+        d2 = sqdist_to_all(ball, x, y)
+        assert torch.isfinite(d2).all()
+        torch.testing.assert_close(d2, sqdist_to_all(ball, px, py))
+        # equal to dist^2 below dist's artanh clamp (|-x (+) y| <= 1 - 1e-5), boundary included
+        d = ball.dist(x.unsqueeze(1), y.unsqueeze(0))
+        below = d < 2 * math.atanh(1 - 1e-5) / math.sqrt(c) - 1e-6
+        assert below[:2, 0].all()  # the audit's cases: outside / on the boundary vs (0.1, 0)
+        torch.testing.assert_close(d2[below], d[below].square())
+        torch.testing.assert_close(ball.dist(x[:1], y[:1]), ball.dist(px[:1], py[:1]))
+        torch.testing.assert_close(ball.logmap0(x), ball.logmap0(px))
+        inside = _points(4, 2, 0.2, 71)
+        torch.testing.assert_close(ball.logmap0(inside), geoopt.PoincareBall(c=c).logmap0(inside))
+
+
+def test_givens_zero_pair_keeps_the_norm() -> None:
+    """A (0, 0) parameter pair mapped its block to the zero vector."""
+    g = torch.tensor([[0.0, 0.0, 3.0, 4.0]], requires_grad=True)
+    x = torch.tensor([[3.0, 4.0, 1.0, 2.0]], requires_grad=True)
+    rot, ref = givens_rotation(g, x), givens_reflection(g, x)
+    torch.testing.assert_close(rot[0, :2], x[0, :2])  # identity on the zero-pair block
+    torch.testing.assert_close(ref[0, :2], torch.tensor([3.0, -4.0]))  # first-axis mirror
+    torch.testing.assert_close(rot.norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(ref.norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(givens_reflection(g, ref), x)  # still an involution
+    gg, gx = torch.autograd.grad((rot.square() + ref).sum(), (g, x))
+    assert torch.isfinite(gg).all() and torch.isfinite(gx).all()
+    assert gg[0, :2].abs().sum() == 0
+    assert torch.autograd.gradcheck(lambda g: givens_rotation(g, x.detach()),
+                                    (torch.tensor([[0.3, -0.2, 1.0, 0.5]], requires_grad=True),))

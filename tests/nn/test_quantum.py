@@ -315,3 +315,61 @@ def test_layer_learns_through_the_circuit() -> None:
         first = first if first is not None else loss.item()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_executor_path_checks_dtypes_like_the_simulator() -> None:
+    """With an executor, integer / bool angles came back as int64 zeros / bool True (the
+    read-outs were cast to the angles' dtype) and float32 angles with float64 weights were
+    accepted; both paths now refuse them with the simulator's error."""
+    spec = CircuitSpec(2, 1)
+    a, w = _rand(spec, 3)
+    ex = TorchExecutor(spec)
+    bad = (torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.bool), a.float())
+    for angles in bad:
+        for executor in (ex, None):
+            with pytest.raises(TypeError, match="angles and weights must share a floating dtype"):
+                quantum_expectations(spec, angles, w, executor)
+    with pytest.raises(ValueError, match=r"angles must be a \[B, 2\] tensor, got list"):
+        quantum_expectations(spec, [[0.0, 1.0]], w, ex)
+    assert ex.jobs == 0  # nothing ran
+    torch.testing.assert_close(quantum_expectations(spec, a, w, ex), expectations(spec, a, w))
+
+
+def test_bools_are_not_sizes() -> None:
+    """``True`` is an ``int`` to Python: it was taken as 1 qubit, 1 repetition, 1 hop or
+    1 shot (and failed inside torch.empty for the layer)."""
+    with pytest.raises(ValueError, match=r"num_qubits must be an int in \[1, 16\], got True"):
+        CircuitSpec(True)
+    with pytest.raises(ValueError, match="reps must be an int >= 0, got True"):
+        CircuitSpec(2, reps=True)
+    with pytest.raises(ValueError, match="K must be an int >= 0, got True"):
+        MultiHopEncoder(3, 2, K=True)
+    with pytest.raises(ValueError, match="shots must be an int >= 1, got True"):
+        make_executor("aer", CircuitSpec(1, 0), shots=True)
+    with pytest.raises(ValueError, match=r"num_qubits must be an int in \[1, 16\], got True"):
+        QuantumGraphAttention(3, 2, num_qubits=True)
+    with pytest.raises(ValueError, match="K must be an int >= 0, got False"):
+        QuantumGraphAttention(3, 2, hops=False)
+    assert CircuitSpec(1, 0).num_weights == 2 and MultiHopEncoder(3, 2, K=0).K == 0
+
+
+def test_loss_empty_batch_and_scalar_pos_weight() -> None:
+    """An empty batch gave NaN, a Python float pos_weight a raw torch TypeError, and a
+    per-node [N] pos_weight was broadcast over the batch."""
+    logits, target = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="logits must hold at least one node"):
+        QAGNN.loss(torch.zeros(0), torch.zeros(0))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=torch.tensor(2.0))
+    for pw in (2.0, 2, torch.tensor(2.0), torch.tensor([2.0]), torch.tensor(2.0).double()):
+        torch.testing.assert_close(QAGNN.loss(logits, target, pw), ref)
+    assert QAGNN.loss(logits, target, 2.0).dtype == logits.dtype
+    with pytest.raises(ValueError, match=r"pos_weight must be one weight .* got shape \[3\]"):
+        QAGNN.loss(logits, target, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(TypeError, match="pos_weight must be a real number"):
+        QAGNN.loss(logits, target, True)
+    for pw in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="pos_weight must be positive"):
+            QAGNN.loss(logits, target, pw)
+    with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
+        QAGNN.loss(torch.zeros(3, dtype=torch.long), target)

@@ -58,6 +58,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_float_tensor, check_int, check_real
 from .fusion import FusionAttention, ModalityGRU
 from .messages import atth_point
 from .poincare import PoincareBall
@@ -74,8 +75,34 @@ def sqdist_to_all(ball: PoincareBall, x: Tensor, y: Tensor) -> Tensor:
             (1 - c\|\mathbf{y}\|^2)}\Big),
 
     which equals :math:`\frac{2}{\sqrt{c}}\operatorname{artanh}(\sqrt{c}\|{-\mathbf{x}}
-    \oplus_c \mathbf{y}\|)` (tested against geoopt) with half the elementwise work. Points
-    must lie inside the ball (as :meth:`PoincareBall.project` leaves them)."""
+    \oplus_c \mathbf{y}\|)` (tested against geoopt) with half the elementwise work.
+
+    Args:
+        ball: The ball.
+        x: ``[Q, d]`` points.
+        y: ``[N, d]`` points.
+
+    Both are projected onto the ball first (:meth:`PoincareBall.project`), as
+    :meth:`PoincareBall.dist` does, so points on or outside the boundary are read the same way
+    by both; points DyMRL makes are already inside and unchanged. The result equals
+    ``ball.dist(x, y) ** 2`` wherever ``dist``'s ``artanh`` argument stays below its clamp
+    :math:`1 - 10^{-5}` (distances below :math:`2\operatorname{artanh}(1 - 10^{-5})/\sqrt{c}
+    \approx 12.2/\sqrt{c}`); beyond it ``dist`` saturates and this closed form does not.
+
+    Raises:
+        ValueError: ``x`` / ``y`` not 2-D of one width.
+        TypeError: ``x`` / ``y`` not floating tensors of one dtype.
+    """
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+    if x.dim() != 2 or y.dim() != 2 or x.size(1) != y.size(1):
+        raise ValueError(f"x and y must be [Q, d] and [N, d] with one d, got {list(x.shape)} "
+                         f"and {list(y.shape)}")
+    if x.dtype != y.dtype:
+        raise TypeError(f"x and y must share a dtype, got {x.dtype} and {y.dtype}")
+    x, y = ball.project(x), ball.project(y)
     x2 = x.square().sum(-1, keepdim=True)
     y2 = y.square().sum(-1).unsqueeze(0)
     return _sqdist_tail(x @ y.T, x2, y2, ball.c.to(x.dtype))
@@ -102,6 +129,29 @@ def _score_tail(gram_z: Tensor, x2_z: Tensor, y2_z: Tensor, gram_e: Tensor, x2_e
             + (1 - w) * _phi_tail(gram_e, x2_e, y2_e, c, bias_s, bias_o))
 
 
+def _check_word_edges(word_edges: object, num_entities: int, num_words: object,
+                      num_static_relations: object) -> None:
+    """Named errors for an entity–word graph DyMRL would misread (a raw ``IndexError``, an
+    error about ``'s'`` or ``'edge_index[0]'`` before)."""
+    if not isinstance(word_edges, Tensor) or word_edges.dtype != torch.long:
+        raise TypeError(f"word_edges must be an int64 tensor of (entity, static_relation, word) "
+                        f"rows, got {getattr(word_edges, 'dtype', type(word_edges).__name__)}")
+    if word_edges.dim() != 2 or word_edges.size(1) != 3:
+        raise ValueError(f"word_edges must be [K, 3] (entity, static_relation, word), got "
+                         f"{list(word_edges.shape)}")
+    if not word_edges.numel():
+        return
+    check_int("num_words", num_words, 1)
+    check_int("num_static_relations", num_static_relations, 1)
+    for col, (what, n) in enumerate((("entity", num_entities),
+                                     ("static relation", num_static_relations),
+                                     ("word", num_words))):
+        ids = word_edges[:, col]
+        if ids.min() < 0 or ids.max() >= n:
+            raise ValueError(f"word_edges[:, {col}] holds {what} ids in [{int(ids.min())}, "
+                             f"{int(ids.max())}], outside [0, {n})")
+
+
 @functools.cache
 def _fused(fn):
     """``fn`` through ``torch.compile`` (one fused loop forward and one backward instead of
@@ -124,11 +174,20 @@ class DyMRL(nn.Module):
         modality_dims: e.g. ``{"image": 4096, "text": 768}`` for the static feature matrices
             passed to :meth:`forward`.
         dropout: Dropout of ``TF``.
-        init_scale: Standard deviation of the embedding initialisation (1e-3).
-        curvature: Initial ball curvature ``c``.
+        init_scale: Standard deviation of the embedding initialisation (1e-3), a finite
+            number >= 0.
+        curvature: Initial ball curvature ``c``, a finite number > 0.
         fused_decoder: Runs the decoder's elementwise ``[Q, N]`` part (distance, biases)
             through ``torch.compile`` (about 2x faster training on the CPU; the first call
             compiles for ~15 s and needs a C++ compiler). Same values as the eager path.
+
+    Raises:
+        ValueError: A size that is not an ``int`` in its range, an odd ``dim``, a
+            ``curvature`` / ``init_scale`` that is NaN, infinite or out of range, or
+            ``word_edges`` that are not ``[K, 3]`` or hold ids out of range (entities in
+            ``[0, num_entities)``, static relations in ``[0, num_static_relations)``, words
+            in ``[0, num_words)``).
+        TypeError: ``word_edges`` that are not an int64 tensor.
     """
 
     def __init__(self, num_entities: int, num_relations: int, dim: int = 20, layers: int = 2,
@@ -140,10 +199,13 @@ class DyMRL(nn.Module):
         sizes = (("num_entities", num_entities, 1), ("num_relations", num_relations, 1),
                  ("dim", dim, 2), ("layers", layers, 0), ("heads", heads, 1))
         for name, val, low in sizes:
-            if not isinstance(val, int) or isinstance(val, bool) or val < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
+            check_int(name, val, low)
         if dim % 2:
             raise ValueError(f"dim must be even (Givens 2x2 blocks), got {dim}")
+        curvature = check_real("curvature", curvature)
+        init_scale = check_real("init_scale", init_scale, allow_zero=True)
+        if word_edges is not None:
+            _check_word_edges(word_edges, num_entities, num_words, num_static_relations)
         N, R2 = num_entities, 2 * num_relations
         self.num_entities, self.num_relations, self.dim = N, num_relations, dim
         self.fused_decoder = fused_decoder
@@ -262,7 +324,22 @@ class DyMRL(nn.Module):
                              torch.sigmoid(self.gate_relation[r]))
 
     def score(self, z: Tensor, s: Tensor, r: Tensor) -> Tensor:
-        """Scores ``[Q, N]`` of every entity as the answer of ``(s, r, ?)``."""
+        """Scores ``[Q, N]`` of every entity as the answer of ``(s, r, ?)``.
+
+        Args:
+            z: ``[N, d]`` entity table of :meth:`encode`, in the dtype of the model.
+            s, r: ``[Q]`` subject and relation ids (int64 or int32).
+
+        Raises:
+            TypeError: ``z`` of another dtype than the model's parameters, ``s`` / ``r``
+                not integer tensors.
+            ValueError: ``z`` not ``[N, d]``, ``s`` / ``r`` of different shapes or with ids
+                out of range.
+        """
+        check_float_tensor("z", z, self.entity.dtype)
+        if z.shape != self.entity.shape:
+            raise ValueError(f"z must be [num_entities, dim] = {list(self.entity.shape)} (the "
+                             f"output of encode), got {list(z.shape)}")
         for name, t in (("s", s), ("r", r)):
             if not isinstance(t, Tensor) or t.dtype not in (torch.long, torch.int):
                 raise TypeError(f"{name} must be an integer (int64 or int32) tensor of ids, got "

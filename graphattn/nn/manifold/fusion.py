@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...index import EdgeGraph, build_graph
+from ._checks import check_float_tensor, check_int
 
 
 @lru_cache(maxsize=32)
@@ -45,13 +46,18 @@ class FusionAttention(nn.Module):
     """DyMRL's ``TF`` (see the module docstring).
 
     Args:
-        dim: ``d`` (divisible by ``heads``).
-        heads: Attention heads.
+        dim: ``d`` (an int >= 1, divisible by ``heads``).
+        heads: Attention heads (an int >= 1).
         dropout: Dropout after ``W_o``.
+
+    ``e0`` and ``keys`` must have the dtype of the module's parameters (``TypeError``
+    otherwise) and the shapes of the module docstring (``ValueError``).
     """
 
     def __init__(self, dim: int, heads: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
+        check_int("dim", dim, 1)
+        check_int("heads", heads, 1)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads, self.dk = heads, dim // heads
@@ -64,6 +70,11 @@ class FusionAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, e0: Tensor, keys: Tensor, return_weights: bool = False):
+        dtype = self.w_q.weight.dtype
+        check_float_tensor("e0", e0, dtype)
+        check_float_tensor("keys", keys, dtype)
+        if e0.dim() != 2 or e0.size(1) != self.w_q.in_features:
+            raise ValueError(f"e0 must be [N, d={self.w_q.in_features}], got {list(e0.shape)}")
         if keys.dim() != 3 or keys.shape[0] != e0.shape[0] or keys.shape[2] != e0.shape[1]:
             raise ValueError(f"keys must be [N, m, d] = [{e0.shape[0]}, m, {e0.shape[1]}], got "
                              f"{tuple(keys.shape)}")

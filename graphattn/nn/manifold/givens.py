@@ -8,7 +8,11 @@ For a parameter vector :math:`\mathbf{g} \in \mathbb{R}^d` (``d`` even), each pa
     \mathrm{Rot}: \begin{pmatrix}\cos & -\sin\\ \sin & \cos\end{pmatrix}, \qquad
     \mathrm{Ref}: \begin{pmatrix}\cos & \sin\\ \sin & -\cos\end{pmatrix}.
 
-Both preserve the norm; the reflection is an involution.
+Both preserve the norm; the reflection is an involution. A pair :math:`(0, 0)` has no
+direction and is read as :math:`(1, 0)` (:math:`\vartheta_k = 0`): the rotation leaves its block
+unchanged and the reflection mirrors it about the block's first axis, so the norm is kept
+(it is not scaled to zero), and the gradient with respect to that pair is zero (finite, no
+NaN). A pair whose norm underflows to 0 in its dtype counts as :math:`(0, 0)`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ def _pairs(g: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         raise ValueError(f"Givens parameters and vectors must share an even last dimension, got "
                          f"{g.size(-1)} and {x.size(-1)}")
     g = g.reshape(*g.shape[:-1], g.size(-1) // 2, 2)  # explicit: -1 is ambiguous for 0 rows
-    g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    norm = g.norm(dim=-1, keepdim=True)
+    unit = g / norm.clamp_min(torch.finfo(g.dtype).tiny)  # exact unit pairs where norm > 0
+    first_axis = torch.tensor([1.0, 0.0], dtype=g.dtype, device=g.device)
+    g = torch.where(norm > 0, unit, first_axis)  # (0, 0) -> (1, 0): no zero vector, no NaN
     x = x.reshape(*x.shape[:-1], x.size(-1) // 2, 2)
     return g[..., 0], g[..., 1], x[..., 0], x[..., 1]
 

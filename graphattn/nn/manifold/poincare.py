@@ -23,6 +23,14 @@ clamped to ±15, projection onto radius :math:`(1 - \epsilon)/\sqrt{c}` with
 DyMRL/AttH). :math:`\log_0` and :math:`d_c` clamp the ``artanh`` argument to
 :math:`\pm(1 - 10^{-5})` as DyMRL does (geoopt clamps at :math:`1 - 10^{-7}`), which keeps
 gradients finite at the boundary.
+
+Every operation takes its points through the same projection: :math:`\log_0`, :math:`d_c`
+and :func:`~graphattn.nn.manifold.sqdist_to_all` project their arguments first, as
+:meth:`PoincareBall.expmap0` and :meth:`PoincareBall.mobius_add` project their results. A
+point on or outside the boundary (:math:`c\|\mathbf{x}\|^2 \ge 1`, where the formulas
+alone give meaningless numbers, and different ones for the pairwise and the all-pairs
+distance) is read as its projection onto radius :math:`(1 - \epsilon)/\sqrt{c}`; points
+inside that radius (all the points DyMRL makes) are unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from __future__ import annotations
 import geoopt
 import torch
 from torch import Tensor, nn
+
+from ._checks import check_real
 
 ARTANH_EPS = 1e-5
 
@@ -44,8 +54,12 @@ class PoincareBall(nn.Module):
     """The Poincaré ball of DyMRL/AttH with a learnable curvature.
 
     Args:
-        c: Initial curvature magnitude ``c > 0``.
+        c: Initial curvature magnitude, a finite number ``c > 0``.
         learnable: Learn ``c`` (through ``softplus``, as geoopt does).
+
+    Raises:
+        ValueError: ``c`` NaN, infinite or ``<= 0`` (every distance would be NaN).
+        TypeError: ``c`` not a real number.
 
     Attributes:
         ball: The underlying :class:`geoopt.PoincareBall` (use it for
@@ -54,8 +68,7 @@ class PoincareBall(nn.Module):
 
     def __init__(self, c: float = 1.0, learnable: bool = True) -> None:
         super().__init__()
-        if c <= 0:
-            raise ValueError(f"c must be > 0, got {c}")
+        c = check_real("c", c)
         self.ball = geoopt.PoincareBall(c=c, learnable=learnable)
 
     @property
@@ -67,6 +80,8 @@ class PoincareBall(nn.Module):
         return self.ball.expmap0(u, project=True)
 
     def logmap0(self, y: Tensor) -> Tensor:
+        """:math:`\\log_0^c(y)` of ``y`` projected onto the ball (:meth:`project`)."""
+        y = self.project(y)
         sc = self.c.to(y.dtype).sqrt()
         norm = y.norm(dim=-1, keepdim=True).clamp_min(1e-15)
         return artanh(sc * norm) * y / (sc * norm)
@@ -75,10 +90,14 @@ class PoincareBall(nn.Module):
         return self.ball.mobius_add(x, y, project=project)
 
     def project(self, x: Tensor) -> Tensor:
+        """``x`` with every row beyond radius :math:`(1 - \\epsilon)/\\sqrt{c}` moved onto it
+        (geoopt's ``projx``); rows inside are returned unchanged."""
         return self.ball.projx(x)
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
-        """:math:`d_c(x, y)` over the last dimension (broadcasting)."""
+        """:math:`d_c(x, y)` over the last dimension (broadcasting), of ``x`` and ``y``
+        projected onto the ball (:meth:`project`)."""
+        x, y = self.project(x), self.project(y)
         sc = self.c.to(x.dtype).sqrt()
         diff = self.ball.mobius_add(-x, y, project=False)
         return 2.0 / sc * artanh(sc * diff.norm(dim=-1))

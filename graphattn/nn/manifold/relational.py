@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...index import EdgeGraph, build_graph
+from ._checks import check_float_tensor, check_real
 from .messages import atth_message, complex_message, translation_message
 from .poincare import PoincareBall
 
@@ -68,7 +69,13 @@ class RelationalGraph:
     @classmethod
     def union(cls, graphs: list[RelationalGraph]) -> RelationalGraph:
         """Disjoint union: node ``i`` of ``graphs[j]`` becomes ``j * N + i`` (all graphs have
-        ``N`` nodes), so ``k`` snapshots run as one graph over ``k N`` nodes."""
+        ``N`` nodes), so ``k`` snapshots run as one graph over ``k N`` nodes.
+
+        Raises:
+            ValueError: No graphs, or graphs of different ``num_nodes`` / ``num_relations``.
+        """
+        if not graphs:
+            raise ValueError("graphs must hold at least one RelationalGraph, got none")
         N = graphs[0].num_nodes
         if any(g.num_nodes != N for g in graphs):
             raise ValueError("all snapshots of a union must have the same number of nodes")
@@ -104,7 +111,25 @@ class RelationalGraph:
         return cls(src, dst, rel, num_nodes, graph, has_in, None, num_relations)
 
     def relabel(self, perm: Tensor) -> RelationalGraph:
-        """The same graph with node ``i`` renamed ``perm[i]``."""
+        """The same graph with node ``i`` renamed ``perm[i]``.
+
+        Args:
+            perm: ``[num_nodes]`` int64, a permutation of ``0..num_nodes-1``.
+
+        Raises:
+            TypeError: ``perm`` not an int64 tensor.
+            ValueError: ``perm`` of another length, or not a permutation (an id twice, or out
+                of range), which would merge or drop nodes.
+        """
+        N = self.num_nodes
+        if not isinstance(perm, Tensor) or perm.dtype != torch.long:
+            raise TypeError(f"perm must be an int64 tensor, got "
+                            f"{getattr(perm, 'dtype', type(perm).__name__)}")
+        if perm.shape != (N,):
+            raise ValueError(f"perm must be [num_nodes] = [{N}], got {list(perm.shape)}")
+        if not torch.equal(perm.sort().values, torch.arange(N, device=perm.device)):
+            raise ValueError(f"perm must be a permutation of 0..{N - 1} (each node id once), got "
+                             f"{perm.tolist() if N <= 20 else 'repeated or out-of-range ids'}")
         s, d = perm[self.src], perm[self.dst]
         graph = build_graph(torch.stack([s, d]), self.num_nodes, cache=False)
         return RelationalGraph(s, d, self.rel, self.num_nodes, graph,
@@ -129,10 +154,16 @@ class RelationalLayer(nn.Module):
           relation tensors indexed by
           relation id: ``rel [2R, d]`` (euclidean), ``rel_re, rel_im [2R, d]`` (complex), or
           ``rot, ref, context, trans [2R, d]`` (hyperbolic)
-        - **output:** ``[N, d]``
+        - **output:** ``[N, d]``, the dtype of ``h``
+
+    ``h`` and every relation table must have the dtype of the layer's parameters, and each
+    table one row for every relation id the graph uses (a ``TypeError`` or ``ValueError``
+    naming the argument otherwise).
     """
 
     KINDS = ("euclidean", "complex", "hyperbolic")
+    TABLES = {"euclidean": ("rel",), "complex": ("rel_re", "rel_im"),
+              "hyperbolic": ("rot", "ref", "context", "trans")}
 
     def __init__(self, kind: str, num_nodes: int, dim: int, ball: PoincareBall | None = None,
                  init_scale: float = 1e-3) -> None:
@@ -141,6 +172,7 @@ class RelationalLayer(nn.Module):
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         if kind == "hyperbolic" and ball is None:
             raise ValueError("the hyperbolic layer needs the shared PoincareBall 'ball'")
+        init_scale = check_real("init_scale", init_scale, allow_zero=True)
         self.kind = kind
         self.ball = ball
         self.bias = nn.Parameter(torch.zeros(dim))
@@ -148,14 +180,26 @@ class RelationalLayer(nn.Module):
                      if kind == "complex" else None)
 
     def forward(self, h: Tensor, g: RelationalGraph, *rel: Tensor) -> Tensor:
+        check_float_tensor("h", h, self.bias.dtype)
         if h.dim() != 2 or h.size(0) != g.num_nodes:
             raise ValueError(f"h must be [{g.num_nodes}, d], got {tuple(h.shape)}")
+        names = self.TABLES[self.kind]
+        if len(rel) != len(names):
+            raise TypeError(f"the {self.kind} layer takes {len(names)} relation table(s) "
+                            f"({', '.join(names)}), got {len(rel)}")
         for i, t in enumerate(rel):  # one row per relation id, the width of h (no broadcast)
+            check_float_tensor(f"relation table {i} ({names[i]})", t, h.dtype)
             if t.dim() != 2 or t.size(1) != h.size(1):
                 raise ValueError(f"relation table {i} must be [num relation ids, d={h.size(1)}], "
                                  f"got {list(t.shape)}")
         if g.src.numel() == 0:
             return h
+        top = int(g.rel.max())
+        for i, t in enumerate(rel):
+            if t.size(0) <= top:
+                raise ValueError(f"relation table {i} ({names[i]}) has {t.size(0)} rows, but the "
+                                 f"graph uses relation id {top} (inverses included): it must "
+                                 f"be [num relation ids, d]")
         hs = h[g.src]
         rr = [t[g.rel] for t in rel]
         if self.kind == "euclidean":

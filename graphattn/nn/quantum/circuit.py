@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from ._checks import check_int
+
 if TYPE_CHECKING:  # pragma: no cover
     from qiskit import QuantumCircuit
     from qiskit.quantum_info import SparsePauliOp
@@ -40,19 +42,20 @@ class CircuitSpec:
 
     Args:
         num_qubits: ``n``, also the number of encoding angles and of read-out values
-            (1 to 16; the torch simulator holds ``2**n`` amplitudes per node).
-        reps: ``L``, the number of entangling repetitions of the ansatz (>= 0).
+            (an ``int`` from 1 to 16, not a ``bool``; the torch simulator holds ``2**n``
+            amplitudes per node).
+        reps: ``L``, the number of entangling repetitions of the ansatz (an ``int`` >= 0).
+
+    Raises:
+        ValueError: If either is not an ``int`` in its range (``True`` included).
     """
 
     num_qubits: int
     reps: int = 2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_qubits, int) or not 1 <= self.num_qubits <= MAX_QUBITS:
-            raise ValueError(f"num_qubits must be an int in [1, {MAX_QUBITS}], got "
-                             f"{self.num_qubits!r}")
-        if not isinstance(self.reps, int) or self.reps < 0:
-            raise ValueError(f"reps must be an int >= 0, got {self.reps!r}")
+        check_int("num_qubits", self.num_qubits, 1, MAX_QUBITS)
+        check_int("reps", self.reps, 0)
 
     @property
     def num_weights(self) -> int:

@@ -50,7 +50,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_int
 from .circuit import CircuitSpec
+from .simulator import check_inputs
 from .simulator import expectations as torch_expectations
 
 __all__ = [
@@ -190,14 +192,13 @@ class SamplerExecutor(_QiskitExecutor):
         circuit: Measured circuit to run (defaults to ``spec.circuit(measure=True)``; pass
             the transpiled one for a device). Its ``meas`` register holds qubit ``q`` in bit
             ``q``.
-        shots: Shots per circuit instance.
+        shots: Shots per circuit instance (an ``int`` >= 1, not a ``bool``).
         label: Name for logs.
     """
 
     def __init__(self, spec: CircuitSpec, sampler, circuit=None, shots: int = 1024,
                  label: str = "sampler") -> None:
-        if not isinstance(shots, int) or shots < 1:
-            raise ValueError(f"shots must be a positive int, got {shots!r}")
+        check_int("shots", shots, 1)
         super().__init__(spec, circuit if circuit is not None else spec.circuit(measure=True),
                          label)
         self.sampler = sampler
@@ -292,7 +293,8 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
         name: ``statevector`` (returns ``None``: exact torch path), ``estimator``, ``aer``,
             ``aer-noise``, ``aer-depolarizing``, ``fake-<device>`` or ``ibm-<device>``.
         spec: Circuit shape.
-        shots: Shots per circuit instance for samplers.
+        shots: Shots per circuit instance for samplers (an ``int`` >= 1, not a ``bool``;
+            checked for every backend).
         seed: Simulator seed for Aer (``None``: random).
         noise_device: Fake device whose calibrated noise ``aer-noise`` uses.
         noise_model: An explicit qiskit-aer ``NoiseModel`` for ``aer-noise`` (overrides
@@ -300,6 +302,7 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
         primitive: ``"sampler"`` or ``"estimator"`` for IBM hardware.
         account, account_file: Saved-account name / file for IBM hardware.
     """
+    check_int("shots", shots, 1)
     if name == "statevector":
         return None
     if name == "estimator":
@@ -411,13 +414,20 @@ def quantum_expectations(spec: CircuitSpec, angles: Tensor, weights: Tensor,
 
     Args:
         spec: Circuit shape.
-        angles: ``[B, n]`` encoding angles.
-        weights: ``[2 n (L+1)]`` ansatz angles.
+        angles: ``[B, n]`` encoding angles, float32 or float64.
+        weights: ``[2 n (L+1)]`` ansatz angles, the dtype of ``angles``.
         executor: ``None`` for the exact torch simulator (autograd); otherwise every forward
             is one job on the executor and gradients use the parameter-shift rule.
 
     Returns:
         ``[B, n]`` in the dtype of ``angles``.
+
+    Raises:
+        ValueError: ``angles`` or ``weights`` of another shape; an executor built for
+            another circuit.
+        TypeError: ``angles`` / ``weights`` that are not of one floating dtype (both paths
+            check the same way; an executor would otherwise cast its read-outs to an
+            integer or bool dtype); an ``executor`` that is not an :class:`Executor`.
     """
     if executor is None:
         return torch_expectations(spec, angles, weights)
@@ -427,8 +437,5 @@ def quantum_expectations(spec: CircuitSpec, angles: Tensor, weights: Tensor,
     if executor.spec != spec:
         raise ValueError(f"'executor' runs the circuit {executor.spec}, not this layer's {spec}: "
                          f"build it with make_executor(name, layer.spec)")
-    if angles.dim() != 2 or angles.size(1) != spec.num_qubits:
-        raise ValueError(f"angles must be [B, {spec.num_qubits}], got {tuple(angles.shape)}")
-    if weights.shape != (spec.num_weights,):
-        raise ValueError(f"weights must be [{spec.num_weights}], got {tuple(weights.shape)}")
+    check_inputs(spec, angles, weights)  # the simulator's checks: both paths take the same
     return _ParameterShift.apply(angles, weights, executor)

@@ -23,6 +23,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from ... import ops
 from ...index import build_graph, validate_edge_index
 from ..conv import GraphAttention
+from ._checks import check_int
 from .circuit import CircuitSpec
 from .execution import Executor, quantum_expectations
 
@@ -43,7 +44,7 @@ class MultiHopEncoder(nn.Module):
     Args:
         in_channels: ``F``.
         out_channels: Output size (the number of qubits in Q-AGNN).
-        K: Number of hops.
+        K: Number of hops (an ``int`` >= 0, not a ``bool``).
         add_self_loops: Use :math:`\mathbf{A} + \mathbf{I}` (default, the paper's
             :math:`\hat{\mathbf{A}}`) or :math:`\mathbf{A}`.
         bias: Learn :math:`\mathbf{b}`.
@@ -56,8 +57,7 @@ class MultiHopEncoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, K: int = 2,
                  add_self_loops: bool = True, bias: bool = True) -> None:
         super().__init__()
-        if not isinstance(K, int) or K < 0:
-            raise ValueError(f"K must be an int >= 0, got {K!r}")
+        check_int("K", K, 0)
         self.K = K
         self.add_self_loops = add_self_loops
         self.lin = nn.Linear((K + 1) * in_channels, out_channels, bias=bias)
@@ -225,17 +225,57 @@ class QAGNN(nn.Module):
         return self.head(self.conv(x, edge_index, edge_weight)).squeeze(-1)
 
     @staticmethod
-    def loss(logits: Tensor, target: Tensor, pos_weight: Tensor | None = None) -> Tensor:
-        """Binary cross-entropy on logits; ``target`` holds probabilities in [0, 1] (the labels
-        0 / 1, or soft labels), ``pos_weight`` a positive weight of the positive class."""
-        if not isinstance(target, Tensor) or target.shape != getattr(logits, "shape", None):
-            raise ValueError(f"target must have the shape of logits "
-                             f"{list(getattr(logits, 'shape', []))}, got "
+    def loss(logits: Tensor, target: Tensor, pos_weight: float | Tensor | None = None) -> Tensor:
+        """Binary cross-entropy on logits, averaged over the nodes.
+
+        Args:
+            logits: ``[N]`` floating logits, at least one (torch's mean over no elements
+                would be NaN).
+            target: Probabilities in [0, 1] of the shape of ``logits`` (the labels 0 / 1, or
+                soft labels).
+            pos_weight: One positive weight of the positive class, shared by all nodes: a
+                finite number > 0 (a Python ``float`` / ``int`` or a 0-d or one-element
+                tensor), or ``None`` (weight 1).
+
+        Returns:
+            A 0-d tensor in the dtype of ``logits``.
+
+        Raises:
+            TypeError: ``logits`` that are not a floating tensor; a ``pos_weight`` that is
+                not a real number or real tensor (``bool`` included).
+            ValueError: ``target`` of another shape or outside [0, 1]; an empty batch; a
+                ``pos_weight`` with more than one element or not finite and > 0.
+        """
+        if not isinstance(logits, Tensor) or not logits.is_floating_point():
+            raise TypeError(f"logits must be a floating-point tensor, got "
+                            f"{getattr(logits, 'dtype', type(logits).__name__)}")
+        if not isinstance(target, Tensor) or target.shape != logits.shape:
+            raise ValueError(f"target must have the shape of logits {list(logits.shape)}, got "
                              f"{list(getattr(target, 'shape', [type(target).__name__]))}")
-        if target.numel() and not bool(((target >= 0) & (target <= 1)).all()):
+        if logits.numel() == 0:
+            raise ValueError("logits must hold at least one node: the mean loss over an empty "
+                             "batch is undefined (torch would return NaN)")
+        if not bool(((target >= 0) & (target <= 1)).all()):
             raise ValueError(f"target must hold probabilities in [0, 1] (labels 0 / 1), got values "
                              f"in [{float(target.min())}, {float(target.max())}]")
-        if pos_weight is not None and not bool((torch.as_tensor(pos_weight) > 0).all()):
-            raise ValueError(f"pos_weight must be positive, got {pos_weight}")
+        if pos_weight is not None:
+            pos_weight = _scalar_pos_weight(pos_weight, logits)
         return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype),
                                                   pos_weight=pos_weight)
+
+
+def _scalar_pos_weight(pos_weight: object, logits: Tensor) -> Tensor:
+    """``pos_weight`` as a 0-d tensor of the dtype and device of ``logits``, after checking
+    that it is one finite number > 0 (no per-node weights broadcast over the batch)."""
+    if isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float, Tensor)) or (
+            isinstance(pos_weight, Tensor)
+            and (pos_weight.dtype == torch.bool or pos_weight.is_complex())):
+        raise TypeError(f"pos_weight must be a real number or a real 0-d tensor, got "
+                        f"{getattr(pos_weight, 'dtype', type(pos_weight).__name__)}")
+    if isinstance(pos_weight, Tensor) and (pos_weight.dim() > 1 or pos_weight.numel() != 1):
+        raise ValueError(f"pos_weight must be one weight shared by all nodes (a 0-d or "
+                         f"one-element tensor), got shape {list(pos_weight.shape)}")
+    pw = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device).reshape(())
+    if not bool(torch.isfinite(pw) & (pw > 0)):
+        raise ValueError(f"pos_weight must be positive (a finite number > 0), got {pw.item()}")
+    return pw

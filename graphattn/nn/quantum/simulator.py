@@ -51,6 +51,24 @@ def _describe(t: object) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
+def check_inputs(spec: CircuitSpec, angles: object, weights: object) -> None:
+    """The checks every circuit evaluation makes (torch simulator and executors alike):
+    ``angles [B, n]`` and ``weights [2 n (L+1)]`` tensors of one floating dtype.
+
+    Raises:
+        ValueError: A shape other than these (or not a tensor).
+        TypeError: Integer / bool angles or weights, or two different dtypes.
+    """
+    n = spec.num_qubits
+    if not isinstance(angles, Tensor) or angles.dim() != 2 or angles.size(1) != n:
+        raise ValueError(f"angles must be a [B, {n}] tensor, got {_describe(angles)}")
+    if not isinstance(weights, Tensor) or weights.shape != (spec.num_weights,):
+        raise ValueError(f"weights must be a [{spec.num_weights}] tensor, got {_describe(weights)}")
+    if not angles.is_floating_point() or angles.dtype != weights.dtype:
+        raise TypeError(f"angles and weights must share a floating dtype, got {angles.dtype} "
+                        f"and {weights.dtype}")
+
+
 def statevector(spec: CircuitSpec, angles: Tensor, weights: Tensor) -> Tensor:
     """Final states of the node circuits.
 
@@ -61,15 +79,12 @@ def statevector(spec: CircuitSpec, angles: Tensor, weights: Tensor) -> Tensor:
 
     Returns:
         ``[B, 2**n]`` complex amplitudes (complex128 for float64 input).
+
+    Raises:
+        ValueError, TypeError: See :func:`check_inputs`.
     """
+    check_inputs(spec, angles, weights)
     n = spec.num_qubits
-    if not isinstance(angles, Tensor) or angles.dim() != 2 or angles.size(1) != n:
-        raise ValueError(f"angles must be a [B, {n}] tensor, got {_describe(angles)}")
-    if not isinstance(weights, Tensor) or weights.shape != (spec.num_weights,):
-        raise ValueError(f"weights must be a [{spec.num_weights}] tensor, got {_describe(weights)}")
-    if not angles.is_floating_point() or angles.dtype != weights.dtype:
-        raise TypeError(f"angles and weights must share a floating dtype, got {angles.dtype} "
-                        f"and {weights.dtype}")
     cdtype = torch.complex128 if angles.dtype == torch.float64 else torch.complex64
     B = angles.size(0)
     state = torch.zeros(B, 2**n, dtype=cdtype, device=angles.device)
