@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -278,30 +279,37 @@ def _is_bool(p) -> bool:
 
 
 def _flag(p) -> bool | None:
-    """A periodicity flag: a bool (Python, NumPy, 0-d tensor) or an integer 0 / 1 (ASE's
-    ``pbc=[1, 1, 0]``); ``None`` for anything else."""
-    if isinstance(p, Tensor):
-        if p.dim() or p.is_floating_point() or p.is_complex():
+    """A periodicity flag: a bool (Python, NumPy, 0-d tensor) or a number equal to 0 or 1 (ASE's
+    ``pbc=[1, 1, 0]``, a float array of them); ``None`` for anything else."""
+    if getattr(p, "ndim", None) == 0 and hasattr(p, "item"):  # 0-d tensor or NumPy array
+        if isinstance(p, Tensor) and p.is_complex():
             return None
         p = p.item()
     if _is_bool(p):
         return bool(p)
-    if hasattr(type(p), "__index__") and int(p) in (0, 1):
-        return bool(int(p))
+    if isinstance(p, numbers.Real) and p in (0, 1):
+        return bool(p)
     return None
 
 
 def _check_pbc(pbc) -> tuple[bool, bool, bool]:
-    """``pbc`` as three bools: three flags (:func:`_flag`) or one bool for all three; anything
-    else (a string, a flag 2, two flags, ...) raises."""
-    if _is_bool(pbc):
-        return (bool(pbc),) * 3
-    flags = None
-    if not isinstance(pbc, (str, bytes)) and hasattr(pbc, "__len__") and len(pbc) == 3:
-        flags = tuple(_flag(p) for p in pbc)
-    if flags is None or None in flags:
-        raise TypeError(f"pbc must be three bools (or 0 / 1; one bool for all axes), got "
-                        f"{pbc!r}")
+    """``pbc`` as three bools: three flags (:func:`_flag`), or one bool (Python, NumPy or 0-d)
+    for all three; anything else (a string, a flag 2, two flags, ...) raises."""
+    bad = TypeError(f"pbc must be three bools (or 0 / 1; one bool for all axes), got {pbc!r}")
+    if _is_bool(pbc) or getattr(pbc, "ndim", None) == 0:
+        one = _flag(pbc)
+        if one is None or not (_is_bool(pbc) or _is_bool(pbc.item())):
+            raise bad
+        return (one,) * 3
+    if isinstance(pbc, (str, bytes)):
+        raise bad
+    try:
+        items = tuple(pbc)
+    except TypeError:
+        raise bad from None
+    flags = tuple(_flag(p) for p in items)
+    if len(flags) != 3 or None in flags:
+        raise bad
     return flags
 
 
@@ -389,18 +397,20 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
     return torch.stack([src, tgt]), shifts[img]
 
 
-def edge_vectors(pos: Tensor, edge_index: Tensor,
-                 shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def edge_vectors(pos: Tensor, edge_index: Tensor, shift: Tensor | None = None, *,
+                 check_index: bool = True) -> tuple[Tensor, Tensor]:
     """``vec = pos[src] + shift - pos[dst]`` (``[E, 3]``, pointing from the target ``i`` to
-    its neighbour ``j``'s image) and ``length = |vec|`` (``[E]``)."""
+    its neighbour ``j``'s image) and ``length = |vec|`` (``[E]``). ``check_index=False`` skips
+    the range check of ``edge_index`` (two host syncs) for a caller that made it already."""
     _check_pos(pos)
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
         got = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)
         raise ValueError(f"edge_index must have shape [2, E], got {got}")
-    if edge_index.dtype != torch.long:
-        raise TypeError(f"edge_index must be an int64 tensor, got {edge_index.dtype}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"edge_index must be an int64 (or int32) tensor, got {edge_index.dtype}")
     n = pos.size(0)
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= n):
+    if check_index and edge_index.numel() and (int(edge_index.min()) < 0
+                                               or int(edge_index.max()) >= n):
         raise ValueError(f"edge_index must hold node indices in [0, {n}) (the rows of pos), "
                          f"got [{int(edge_index.min())}, {int(edge_index.max())}]")
     vec = pos.index_select(0, edge_index[0]) - pos.index_select(0, edge_index[1])

@@ -242,6 +242,16 @@ def test_pbc_and_cell_types() -> None:
             periodic_radius_graph(pos, cell, 1.2, pbc=bad)
     with pytest.raises(TypeError, match="cell must be a real tensor"):
         periodic_radius_graph(pos, cell.to(torch.complex64), 1.2)
+    import numpy as np
+
+    for same in (np.array([1.0, 1.0, 0.0]), np.array([True, True, False]),
+                 (p for p in (True, True, False))):  # forms accepted before the checks
+        assert torch.equal(periodic_radius_graph(pos, cell, 1.2, pbc=same)[0], base)
+    every = periodic_radius_graph(pos, cell, 1.2)[0]
+    for one in (torch.tensor(True), np.array(True), np.True_):
+        assert torch.equal(periodic_radius_graph(pos, cell, 1.2, pbc=one)[0], every)
+    with pytest.raises(TypeError, match="pbc must be three bools"):
+        periodic_radius_graph(pos, cell, 1.2, pbc=torch.tensor(1))
 
 
 def test_sorted_batch_with_huge_or_gapped_ids() -> None:
@@ -262,8 +272,10 @@ def test_edge_vectors_checks_its_index_and_shift() -> None:
         edge_vectors(pos, torch.tensor([[0, -1], [1, 0]]))
     with pytest.raises(ValueError, match=r"edge_index must hold node indices in \[0, 3\)"):
         edge_vectors(pos, torch.tensor([[0, 5], [1, 0]]))
-    with pytest.raises(TypeError, match="edge_index must be an int64 tensor"):
+    with pytest.raises(TypeError, match="edge_index must be an int64"):
         edge_vectors(pos, torch.tensor([[0.0], [1.0]]))
+    vec, _ = edge_vectors(pos, torch.tensor([[0], [1]], dtype=torch.int32))  # as index_select
+    torch.testing.assert_close(vec, pos[:1] - pos[1:2])
     ei = torch.tensor([[0], [1]])
     with pytest.raises(TypeError, match="shift must be a torch.Tensor"):
         edge_vectors(pos, ei, [[0.0, 0.0, 0.0]])

@@ -513,3 +513,12 @@ def test_to_data_and_digraph_refuse_bool_and_float_arguments():
         attention_digraph(torch.rand(3, 3), top_k=True)
     with pytest.raises(ValueError, match="'top_k' must be >= 1, got 0"):
         attention_digraph(torch.rand(3, 3), top_k=0)
+
+
+def test_loss_weights_as_tensors_or_numpy_numbers() -> None:
+    import numpy as np
+
+    loss = UGIDLoss(lambda_edge=torch.tensor(0.5), lambda_node=np.float32(2.0))
+    assert (loss.lambda_edge, loss.lambda_node) == (0.5, 2.0)
+    with pytest.raises(TypeError, match="'lambda_edge' must be a real number"):
+        UGIDLoss(lambda_edge=np.True_)

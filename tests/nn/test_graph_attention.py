@@ -208,6 +208,10 @@ def test_bad_input_raises(backend):
     for bad in (-5, 0, (4, 0), True, 2.0):  # only -1 is lazy
         with pytest.raises(ValueError, match="'in_channels' must be a positive int, -1"):
             GraphAttention(bad, 4)
+    import numpy as np
+
+    assert GraphAttention(np.int64(4), 3).in_channels == 4  # a size from np.max(...) + 1
+    assert GraphAttention((np.int64(4), 6), 3).in_channels == (4, 6)
     with pytest.raises(ValueError, match=r"built bipartite \(in_channels=\(4, 6\)\)"):
         GraphAttention((4, 6), 3)(torch.randn(5, 4), torch.tensor([[0], [1]]))
     layer = GraphAttention(4, 3, heads=2)

@@ -534,6 +534,29 @@ def test_points_on_or_outside_the_ball_are_projected_everywhere() -> None:
         torch.testing.assert_close(ball.logmap0(inside), geoopt.PoincareBall(c=c).logmap0(inside))
 
 
+def test_points_strictly_inside_are_used_as_they_are() -> None:
+    """Only points on or outside the boundary are moved: one in geoopt's projection shell
+    (float32: beyond radius (1 - 4e-3) / sqrt(c)) keeps its distance and its gradient."""
+    ball = PoincareBall(1.0)
+    x = torch.tensor([[0.999, 0.0]], requires_grad=True)
+    y = torch.tensor([[0.0, 0.2]])
+    assert torch.equal(ball.inside(x), x)
+    d = ball.dist(x, y)
+    sc = 1.0  # sqrt(c)
+    want = 2 / sc * torch.atanh(sc * geoopt.PoincareBall(c=1.0).mobius_add(-x, y).norm(dim=-1))
+    torch.testing.assert_close(d, want)
+    (g,) = torch.autograd.grad(d.sum(), x)
+    assert float(g[0, 0]) > 100  # moving it inward changes the distance (it was ~0)
+    torch.testing.assert_close(sqdist_to_all(ball, x, y), d.square().view(1, 1))
+
+
+def test_numpy_sizes_and_curvatures_are_accepted() -> None:
+    import numpy as np
+
+    assert float(PoincareBall(np.float32(1.0)).c.detach()) == 1.0
+    assert FusionAttention(np.int64(8), np.int64(2)).heads == 2
+
+
 def test_givens_zero_pair_keeps_the_norm() -> None:
     """A (0, 0) parameter pair mapped its block to the zero vector."""
     g = torch.tensor([[0.0, 0.0, 3.0, 4.0]], requires_grad=True)

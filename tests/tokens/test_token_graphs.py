@@ -277,3 +277,18 @@ def test_rope_validates_prefix_dtype_and_periods() -> None:
         RotaryND(8, 0)
     assert rope(x, torch.randn(0, 2), prefix=5).equal(x)  # all prefix: unrotated
     assert rope(x[:0], torch.randn(0, 2)).shape == (0, 2, 8)
+
+
+def test_sizes_and_flags_in_numpy_or_tensor_form() -> None:
+    """The checks refuse bools and floats as sizes but take what a caller may hold: NumPy
+    ints and bools, 0-d tensors (as before them)."""
+    import numpy as np
+
+    ei = torch.tensor([[0, 1], [1, 2]])
+    g = TokenGraph(ei, torch.tensor(3), np.int64(3))
+    assert (g.num_queries, g.num_keys) == (3, 3) and isinstance(g.num_queries, int)
+    x = torch.randn(5, 4)
+    assert torch.equal(tokens.knn(x, 2, loop=np.True_).graph.edge_index,
+                       tokens.knn(x, 2, loop=True).graph.edge_index)
+    assert torch.equal(tokens.dilated(6, 2, 2, causal=np.False_).graph.edge_index,
+                       tokens.dilated(6, 2, 2, causal=False).graph.edge_index)

@@ -3,6 +3,7 @@ r"""Generic graph attention (GAT, GATv2, Transformer) on graphattn's fused core.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -172,10 +173,12 @@ class GraphAttention(MessagePassing):
             raise ValueError(f"'out_channels' must be a positive int, got {out_channels!r}")
         widths = in_channels if isinstance(in_channels, (tuple, list)) else (in_channels,)
         if len(widths) not in (1, 2) or not all(
-                isinstance(w, int) and not isinstance(w, bool) and (w > 0 or w == -1)
+                isinstance(w, numbers.Integral) and not isinstance(w, bool) and (w > 0 or w == -1)
                 for w in widths):
             raise ValueError(f"'in_channels' must be a positive int, -1 (lazy) or a pair of "
                              f"them, got {in_channels!r}")
+        in_channels = (tuple(int(w) for w in in_channels) if isinstance(in_channels, (tuple, list))
+                       else int(in_channels))  # NumPy ints (a size from np.max(...) + 1) too
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...geometry import _check_batch, _check_pos, edge_vectors
-from ...index import EdgeGraph
+from ...index import EdgeGraph, validate_edge_index
 from .products import (
     DepthwiseTensorProduct,
     IrrepsGate,
@@ -184,7 +184,7 @@ class EdgeGeometry(nn.Module):
         # the graph first: building it checks the indices against the atoms (a message that
         # names them) before any gather of positions meets an out-of-range one
         graph = ops.build_graph(edge_index, pos.shape[0], cache=False)
-        vec, r = edge_vectors(pos, edge_index, shift)
+        vec, r = edge_vectors(pos, edge_index, shift, check_index=False)  # build_graph did
         if r.numel() and bool((r == 0).any()):
             raise ValueError("two atoms joined by an edge sit at the same position (r = 0)")
         fc = self.envelope(r)
@@ -209,8 +209,8 @@ def check_edges_within(edge_index: Tensor, batch: Tensor) -> None:
     structure's atoms change the other's energy. Skipped under ``torch.compile`` (a host sync)."""
     if torch.compiler.is_compiling():
         return
-    g = ops.build_graph(edge_index, batch.shape[0], cache=False)
-    if bool((batch.index_select(0, g.src) != batch.index_select(0, g.dst)).any()):
+    validate_edge_index(edge_index, batch.shape[0], batch.shape[0])
+    if bool((batch.index_select(0, edge_index[0]) != batch.index_select(0, edge_index[1])).any()):
         raise ValueError("'edge_index' joins atoms of different structures of 'batch'")
 
 

@@ -7,6 +7,7 @@ import math
 import numbers
 import operator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,8 +34,11 @@ def check_int(value, name: str, low: int | None = None, high: int | None = None)
 
 
 def check_weight(value, name: str) -> float:
-    """A loss weight: a finite real number ``>= 0`` (a bool or NaN is refused)."""
-    if _is_bool(value) or not isinstance(value, numbers.Real):
+    """A loss weight: a finite real number ``>= 0`` (Python, NumPy or a one-element real
+    tensor; a bool or NaN is refused)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = float(value)
+    if _is_bool(value) or isinstance(value, np.bool_) or not isinstance(value, numbers.Real):
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"'{name}' must be a finite number >= 0, got {value}")

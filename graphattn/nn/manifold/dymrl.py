@@ -82,9 +82,9 @@ def sqdist_to_all(ball: PoincareBall, x: Tensor, y: Tensor) -> Tensor:
         x: ``[Q, d]`` points.
         y: ``[N, d]`` points.
 
-    Both are projected onto the ball first (:meth:`PoincareBall.project`), as
-    :meth:`PoincareBall.dist` does, so points on or outside the boundary are read the same way
-    by both; points DyMRL makes are already inside and unchanged. The result equals
+    Rows on or outside the boundary are projected first (:meth:`PoincareBall.inside`), as
+    :meth:`PoincareBall.dist` does, so both read such points the same way; rows strictly inside
+    (all the points DyMRL makes) are used as they are. The result equals
     ``ball.dist(x, y) ** 2`` wherever ``dist``'s ``artanh`` argument stays below its clamp
     :math:`1 - 10^{-5}` (distances below :math:`2\operatorname{artanh}(1 - 10^{-5})/\sqrt{c}
     \approx 12.2/\sqrt{c}`); beyond it ``dist`` saturates and this closed form does not.
@@ -102,7 +102,7 @@ def sqdist_to_all(ball: PoincareBall, x: Tensor, y: Tensor) -> Tensor:
                          f"and {list(y.shape)}")
     if x.dtype != y.dtype:
         raise TypeError(f"x and y must share a dtype, got {x.dtype} and {y.dtype}")
-    x, y = ball.project(x), ball.project(y)
+    x, y = ball.inside(x), ball.inside(y)
     x2 = x.square().sum(-1, keepdim=True)
     y2 = y.square().sum(-1).unsqueeze(0)
     return _sqdist_tail(x @ y.T, x2, y2, ball.c.to(x.dtype))
@@ -141,8 +141,8 @@ def _check_word_edges(word_edges: object, num_entities: int, num_words: object,
                          f"{list(word_edges.shape)}")
     if not word_edges.numel():
         return
-    check_int("num_words", num_words, 1)
-    check_int("num_static_relations", num_static_relations, 1)
+    num_words = check_int("num_words", num_words, 1)
+    num_static_relations = check_int("num_static_relations", num_static_relations, 1)
     for col, (what, n) in enumerate((("entity", num_entities),
                                      ("static relation", num_static_relations),
                                      ("word", num_words))):
@@ -196,10 +196,10 @@ class DyMRL(nn.Module):
                  dropout: float = 0.0, init_scale: float = 1e-3, curvature: float = 1.0,
                  fused_decoder: bool = False) -> None:
         super().__init__()
-        sizes = (("num_entities", num_entities, 1), ("num_relations", num_relations, 1),
-                 ("dim", dim, 2), ("layers", layers, 0), ("heads", heads, 1))
-        for name, val, low in sizes:
-            check_int(name, val, low)
+        num_entities = check_int("num_entities", num_entities, 1)
+        num_relations = check_int("num_relations", num_relations, 1)
+        dim, layers = check_int("dim", dim, 2), check_int("layers", layers, 0)
+        heads = check_int("heads", heads, 1)
         if dim % 2:
             raise ValueError(f"dim must be even (Givens 2x2 blocks), got {dim}")
         curvature = check_real("curvature", curvature)

@@ -56,8 +56,7 @@ class FusionAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
-        check_int("dim", dim, 1)
-        check_int("heads", heads, 1)
+        dim, heads = check_int("dim", dim, 1), check_int("heads", heads, 1)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads, self.dk = heads, dim // heads

@@ -24,13 +24,12 @@ DyMRL/AttH). :math:`\log_0` and :math:`d_c` clamp the ``artanh`` argument to
 :math:`\pm(1 - 10^{-5})` as DyMRL does (geoopt clamps at :math:`1 - 10^{-7}`), which keeps
 gradients finite at the boundary.
 
-Every operation takes its points through the same projection: :math:`\log_0`, :math:`d_c`
-and :func:`~graphattn.nn.manifold.sqdist_to_all` project their arguments first, as
-:meth:`PoincareBall.expmap0` and :meth:`PoincareBall.mobius_add` project their results. A
-point on or outside the boundary (:math:`c\|\mathbf{x}\|^2 \ge 1`, where the formulas
-alone give meaningless numbers, and different ones for the pairwise and the all-pairs
-distance) is read as its projection onto radius :math:`(1 - \epsilon)/\sqrt{c}`; points
-inside that radius (all the points DyMRL makes) are unchanged.
+:math:`\log_0`, :math:`d_c` and :func:`~graphattn.nn.manifold.sqdist_to_all` read a point on
+or outside the boundary (:math:`c\|\mathbf{x}\|^2 \ge 1`, where the formulas alone give
+meaningless numbers, and different ones for the pairwise and the all-pairs distance) as its
+projection onto radius :math:`(1 - \epsilon)/\sqrt{c}` (:meth:`PoincareBall.inside`), as
+:meth:`PoincareBall.expmap0` and :meth:`PoincareBall.mobius_add` project their results; points
+strictly inside the ball are used as they are.
 """
 
 from __future__ import annotations
@@ -80,8 +79,9 @@ class PoincareBall(nn.Module):
         return self.ball.expmap0(u, project=True)
 
     def logmap0(self, y: Tensor) -> Tensor:
-        """:math:`\\log_0^c(y)` of ``y`` projected onto the ball (:meth:`project`)."""
-        y = self.project(y)
+        """:math:`\\log_0^c(y)`; rows of ``y`` on or outside the boundary are projected first
+        (:meth:`inside`)."""
+        y = self.inside(y)
         sc = self.c.to(y.dtype).sqrt()
         norm = y.norm(dim=-1, keepdim=True).clamp_min(1e-15)
         return artanh(sc * norm) * y / (sc * norm)
@@ -91,13 +91,22 @@ class PoincareBall(nn.Module):
 
     def project(self, x: Tensor) -> Tensor:
         """``x`` with every row beyond radius :math:`(1 - \\epsilon)/\\sqrt{c}` moved onto it
-        (geoopt's ``projx``); rows inside are returned unchanged."""
+        (geoopt's ``projx``; :math:`\\epsilon` is 4e-3 in float32, 1e-5 in float64); rows inside
+        are returned unchanged."""
         return self.ball.projx(x)
 
+    def inside(self, x: Tensor) -> Tensor:
+        """``x`` with the rows on or outside the boundary (:math:`c\\|x\\|^2 \\ge 1`, where the
+        distance formulas give meaningless numbers) projected (:meth:`project`); every row
+        strictly inside is returned as it is, values and gradients (unlike :meth:`project`,
+        which also moves the rows in the shell beyond :math:`(1 - \\epsilon)/\\sqrt{c}`)."""
+        outside = self.c.to(x.dtype) * x.pow(2).sum(-1, keepdim=True) >= 1
+        return torch.where(outside, self.project(x), x)
+
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
-        """:math:`d_c(x, y)` over the last dimension (broadcasting), of ``x`` and ``y``
-        projected onto the ball (:meth:`project`)."""
-        x, y = self.project(x), self.project(y)
+        """:math:`d_c(x, y)` over the last dimension (broadcasting); rows on or outside the
+        boundary are projected first (:meth:`inside`)."""
+        x, y = self.inside(x), self.inside(y)
         sc = self.c.to(x.dtype).sqrt()
         diff = self.ball.mobius_add(-x, y, project=False)
         return 2.0 / sc * artanh(sc * diff.norm(dim=-1))

@@ -54,8 +54,10 @@ class CircuitSpec:
     reps: int = 2
 
     def __post_init__(self) -> None:
-        check_int("num_qubits", self.num_qubits, 1, MAX_QUBITS)
-        check_int("reps", self.reps, 0)
+        # stored as Python ints (a NumPy int passes the check)
+        object.__setattr__(self, "num_qubits", check_int("num_qubits", self.num_qubits, 1,
+                                                         MAX_QUBITS))
+        object.__setattr__(self, "reps", check_int("reps", self.reps, 0))
 
     @property
     def num_weights(self) -> int:

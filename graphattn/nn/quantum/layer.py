@@ -57,8 +57,7 @@ class MultiHopEncoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, K: int = 2,
                  add_self_loops: bool = True, bias: bool = True) -> None:
         super().__init__()
-        check_int("K", K, 0)
-        self.K = K
+        self.K = check_int("K", K, 0)
         self.add_self_loops = add_self_loops
         self.lin = nn.Linear((K + 1) * in_channels, out_channels, bias=bias)
 
