@@ -43,6 +43,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ._checks import is_bool
+
 __all__ = ["MAX_IMAGES", "edge_vectors", "knn_graph", "periodic_radius_graph",
            "radius_graph"]
 
@@ -272,12 +274,6 @@ def _effective_cell(cell: Tensor, pbc: tuple[bool, bool, bool]) -> Tensor:
 MAX_IMAGES = 100_000
 
 
-def _is_bool(p) -> bool:
-    """A Python or NumPy bool (``numpy.bool_``, named ``bool`` since NumPy 2)."""
-    return isinstance(p, bool) or (type(p).__module__ == "numpy"
-                                   and type(p).__name__ in ("bool", "bool_"))
-
-
 def _flag(p) -> bool | None:
     """A periodicity flag: a bool (Python, NumPy, 0-d tensor) or a number equal to 0 or 1 (ASE's
     ``pbc=[1, 1, 0]``, a float array of them); ``None`` for anything else."""
@@ -285,7 +281,7 @@ def _flag(p) -> bool | None:
         if isinstance(p, Tensor) and p.is_complex():
             return None
         p = p.item()
-    if _is_bool(p):
+    if is_bool(p):
         return bool(p)
     if isinstance(p, numbers.Real) and p in (0, 1):
         return bool(p)
@@ -296,9 +292,9 @@ def _check_pbc(pbc) -> tuple[bool, bool, bool]:
     """``pbc`` as three bools: three flags (:func:`_flag`), or one bool (Python, NumPy or 0-d)
     for all three; anything else (a string, a flag 2, two flags, ...) raises."""
     bad = TypeError(f"pbc must be three bools (or 0 / 1; one bool for all axes), got {pbc!r}")
-    if _is_bool(pbc) or getattr(pbc, "ndim", None) == 0:
+    if is_bool(pbc) or getattr(pbc, "ndim", None) == 0:
         one = _flag(pbc)
-        if one is None or not (_is_bool(pbc) or _is_bool(pbc.item())):
+        if one is None or not (is_bool(pbc) or is_bool(pbc.item())):
             raise bad
         return (one,) * 3
     if isinstance(pbc, (str, bytes)):

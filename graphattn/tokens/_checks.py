@@ -4,34 +4,25 @@ silently reinterpreted value)."""
 
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
 import torch
 from torch import Tensor
 
-
-def _is_bool(value: object) -> bool:
-    """A Python, NumPy or 0-d tensor bool."""
-    if isinstance(value, Tensor):
-        return value.dim() == 0 and value.dtype == torch.bool
-    return isinstance(value, (bool, np.bool_))
+from .._checks import check_int as _check_int
+from .._checks import is_bool
 
 
 def check_int(value: object, name: str, minimum: int = 0) -> int:
     """``value`` as an ``int`` after checking it is an integer ``>= minimum``: a Python or
-    NumPy integer or a 0-d integer tensor (bools refused)."""
+    NumPy integer or a 0-d integer tensor (bools refused; :func:`graphattn._checks.check_int`)."""
     if isinstance(value, Tensor) and value.dim() == 0 and not (
             value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
         value = int(value)
-    if _is_bool(value) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return _check_int(value, name, minimum)
 
 
 def check_bool(value: object, name: str) -> bool:
     """``value`` as a ``bool`` after checking it is one (Python, NumPy or a 0-d tensor)."""
-    if not _is_bool(value):
+    if not is_bool(value):
         raise TypeError(f"'{name}' must be a bool, got {value!r}")
     return bool(value)
 

@@ -7,18 +7,10 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import torch
 from torch import Tensor
 
-
-def check_int(name: str, value: object, low: int) -> int:
-    """``value`` as an ``int``, after checking that it is an integer (Python or NumPy; not a
-    ``bool``) >= ``low``."""
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
-            or value < low):
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
+from ..._checks import is_bool
 
 
 def check_real(name: str, value: object, allow_zero: bool = False) -> float:
@@ -27,7 +19,7 @@ def check_real(name: str, value: object, allow_zero: bool = False) -> float:
     floating tensor."""
     if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
         value = float(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:

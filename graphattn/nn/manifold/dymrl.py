@@ -58,7 +58,8 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_float_tensor, check_int, check_real
+from ..._checks import check_int
+from ._checks import check_float_tensor, check_real
 from .fusion import FusionAttention, ModalityGRU
 from .messages import atth_point
 from .poincare import PoincareBall
@@ -141,8 +142,8 @@ def _check_word_edges(word_edges: object, num_entities: int, num_words: object,
                          f"{list(word_edges.shape)}")
     if not word_edges.numel():
         return
-    num_words = check_int("num_words", num_words, 1)
-    num_static_relations = check_int("num_static_relations", num_static_relations, 1)
+    num_words = check_int(num_words, "num_words", 1)
+    num_static_relations = check_int(num_static_relations, "num_static_relations", 1)
     for col, (what, n) in enumerate((("entity", num_entities),
                                      ("static relation", num_static_relations),
                                      ("word", num_words))):
@@ -196,10 +197,10 @@ class DyMRL(nn.Module):
                  dropout: float = 0.0, init_scale: float = 1e-3, curvature: float = 1.0,
                  fused_decoder: bool = False) -> None:
         super().__init__()
-        num_entities = check_int("num_entities", num_entities, 1)
-        num_relations = check_int("num_relations", num_relations, 1)
-        dim, layers = check_int("dim", dim, 2), check_int("layers", layers, 0)
-        heads = check_int("heads", heads, 1)
+        num_entities = check_int(num_entities, "num_entities", 1)
+        num_relations = check_int(num_relations, "num_relations", 1)
+        dim, layers = check_int(dim, "dim", 2), check_int(layers, "layers", 0)
+        heads = check_int(heads, "heads", 1)
         if dim % 2:
             raise ValueError(f"dim must be even (Givens 2x2 blocks), got {dim}")
         curvature = check_real("curvature", curvature)

@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from ... import ops
+from ..._checks import check_int
 from ...index import EdgeGraph, build_graph
-from ._checks import check_float_tensor, check_int
+from ._checks import check_float_tensor
 
 
 @lru_cache(maxsize=32)
@@ -56,7 +57,7 @@ class FusionAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int = 2, dropout: float = 0.0) -> None:
         super().__init__()
-        dim, heads = check_int("dim", dim, 1), check_int("heads", heads, 1)
+        dim, heads = check_int(dim, "dim", 1), check_int(heads, "heads", 1)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads, self.dk = heads, dim // heads

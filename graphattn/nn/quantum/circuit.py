@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from ._checks import check_int
+from ..._checks import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from qiskit import QuantumCircuit
@@ -55,9 +55,9 @@ class CircuitSpec:
 
     def __post_init__(self) -> None:
         # stored as Python ints (a NumPy int passes the check)
-        object.__setattr__(self, "num_qubits", check_int("num_qubits", self.num_qubits, 1,
-                                                         MAX_QUBITS))
-        object.__setattr__(self, "reps", check_int("reps", self.reps, 0))
+        object.__setattr__(self, "num_qubits",
+                           check_int(self.num_qubits, "num_qubits", 1, MAX_QUBITS))
+        object.__setattr__(self, "reps", check_int(self.reps, "reps", 0))
 
     @property
     def num_weights(self) -> int:

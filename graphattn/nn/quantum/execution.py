@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_int
+from ..._checks import check_int
 from .circuit import CircuitSpec
 from .simulator import check_inputs
 from .simulator import expectations as torch_expectations
@@ -198,7 +198,7 @@ class SamplerExecutor(_QiskitExecutor):
 
     def __init__(self, spec: CircuitSpec, sampler, circuit=None, shots: int = 1024,
                  label: str = "sampler") -> None:
-        shots = check_int("shots", shots, 1)
+        shots = check_int(shots, "shots", 1)
         super().__init__(spec, circuit if circuit is not None else spec.circuit(measure=True),
                          label)
         self.sampler = sampler
@@ -302,7 +302,7 @@ def make_executor(name: str, spec: CircuitSpec, shots: int = 1024, seed: int | N
         primitive: ``"sampler"`` or ``"estimator"`` for IBM hardware.
         account, account_file: Saved-account name / file for IBM hardware.
     """
-    shots = check_int("shots", shots, 1)
+    shots = check_int(shots, "shots", 1)
     if name == "statevector":
         return None
     if name == "estimator":

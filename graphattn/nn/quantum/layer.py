@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ... import ops
+from ..._checks import check_int
 from ...index import build_graph, validate_edge_index
 from ..conv import GraphAttention
-from ._checks import check_int
 from .circuit import CircuitSpec
 from .execution import Executor, quantum_expectations
 
@@ -57,7 +57,7 @@ class MultiHopEncoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, K: int = 2,
                  add_self_loops: bool = True, bias: bool = True) -> None:
         super().__init__()
-        self.K = check_int("K", K, 0)
+        self.K = check_int(K, "K", 0)
         self.add_self_loops = add_self_loops
         self.lin = nn.Linear((K + 1) * in_channels, out_channels, bias=bias)
 

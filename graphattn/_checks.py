@@ -1,0 +1,30 @@
+"""Argument checks shared across graphattn: an integer size or count, and a bool flag, in the
+forms a caller may hold (Python, NumPy, 0-d tensors), with errors that name the argument, the
+expected range and what came in (``True`` is an ``int`` to Python, not a size here)."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["check_int", "is_bool"]
+
+
+def is_bool(value: object) -> bool:
+    """A Python, NumPy or 0-d tensor bool."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and value.dtype == torch.bool
+    return isinstance(value, (bool, np.bool_))
+
+
+def check_int(value: object, name: str, low: int = 0, high: int | None = None) -> int:
+    """``value`` as an ``int``, after checking that it is a Python or NumPy integer (not a
+    bool) in ``[low, high]`` (``high=None``: no upper bound); ``ValueError`` otherwise."""
+    if (is_bool(value) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+    return int(value)
