@@ -405,17 +405,6 @@ def build_graph(
         num_src, num_dst = num_nodes
     else:
         num_src = num_dst = num_nodes
-    if not torch.compiler.is_compiling():
-        for n in (num_src, num_dst):
-            # anything with __index__ (ints, NumPy ints, 0-d integer tensors) or a SymInt;
-            # not floats, strings or bools
-            if isinstance(n, bool) or (isinstance(n, Tensor) and (
-                    n.dtype == torch.bool or n.is_floating_point() or n.is_complex())) or (
-                    not isinstance(n, torch.SymInt) and not hasattr(type(n), "__index__")):
-                raise TypeError(f"'num_nodes' must be a non-negative int or a pair of them, "
-                                f"got {num_nodes!r}")
-            if int(n) < 0:
-                raise ValueError(f"'num_nodes' must be non-negative, got {num_nodes!r}")
     if torch.compiler.is_compiling():
         if self_loops:
             raise RuntimeError(
@@ -423,6 +412,16 @@ def build_graph(
                 "torch.compile; build the EdgeGraph outside the compiled region and pass it in"
             )
         return _build(edge_index, num_src, num_dst)
+    for n in (num_src, num_dst):
+        # anything with __index__ (ints, NumPy ints, 0-d integer tensors) or a SymInt;
+        # not floats, strings or bools
+        if isinstance(n, bool) or (isinstance(n, Tensor) and (
+                n.dtype == torch.bool or n.is_floating_point() or n.is_complex())) or (
+                not isinstance(n, torch.SymInt) and not hasattr(type(n), "__index__")):
+            raise TypeError(f"'num_nodes' must be a non-negative int or a pair of them, "
+                            f"got {num_nodes!r}")
+        if int(n) < 0:
+            raise ValueError(f"'num_nodes' must be non-negative, got {num_nodes!r}")
     key = None
     if cache:
         # id() plus a weak reference: a freed tensor whose id is reused never hits

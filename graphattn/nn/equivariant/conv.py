@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ... import ops
 from ...geometry import _check_batch, _check_pos, edge_vectors
-from ...index import EdgeGraph, validate_edge_index
+from ...index import EdgeGraph
 from .products import (
     DepthwiseTensorProduct,
     IrrepsGate,
@@ -203,14 +203,14 @@ def check_batch(batch: Tensor | None, num_nodes: int, device: torch.device) -> T
     return batch
 
 
-def check_edges_within(edge_index: Tensor, batch: Tensor) -> None:
-    """A caller's ``edge_index`` (checked: int64 ``[2, E]`` in range of ``batch``'s nodes) must
-    keep each edge inside one structure of ``batch``: an edge between two would let one
-    structure's atoms change the other's energy. Skipped under ``torch.compile`` (a host sync)."""
+def check_edges_within(graph: EdgeGraph, batch: Tensor) -> None:
+    """The edges of a caller's ``edge_index`` (as the validated ``graph`` of
+    :class:`EdgeGeometry`) must stay inside one structure of ``batch``: an edge between two
+    would let one structure's atoms change the other's energy. Skipped under
+    ``torch.compile`` (a host sync)."""
     if torch.compiler.is_compiling():
         return
-    validate_edge_index(edge_index, batch.shape[0], batch.shape[0])
-    if bool((batch.index_select(0, edge_index[0]) != batch.index_select(0, edge_index[1])).any()):
+    if bool((batch.index_select(0, graph.src) != batch.index_select(0, graph.dst)).any()):
         raise ValueError("'edge_index' joins atoms of different structures of 'batch'")
 
 

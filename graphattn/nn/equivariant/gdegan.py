@@ -269,13 +269,14 @@ class GDEGAN(nn.Module):
                             f"and {pos.dtype}")
         batch = check_batch(batch, x.shape[0], x.device)
         B = int(batch.max()) + 1 if batch.numel() else 0
+        given = edge_index is not None  # a caller's edges: checked below
         if edge_index is None:
             from ...geometry import radius_graph
 
             edge_index = radius_graph(pos.detach(), self.cutoff, batch=batch)
-        else:
-            check_edges_within(edge_index, batch)
         geom = self.geometry(pos, edge_index)
+        if given:  # the graph's build checked the indices
+            check_edges_within(geom["graph"], batch)
         s = self.embed(x)
         h = torch.cat([s, s.new_zeros(s.shape[0], self.irreps.dim - self.channels)], -1)
         for layer in self.layers:

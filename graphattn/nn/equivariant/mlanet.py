@@ -321,13 +321,14 @@ class MLANet(nn.Module):
         B = int(batch.max()) + 1 if batch.numel() else 0
         if self.conservative and not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)  # a new leaf: the caller's pos is left as is
+        given = edge_index is not None  # a caller's edges: checked below
         if edge_index is None:
             from ...geometry import radius_graph
 
             edge_index = radius_graph(pos.detach(), self.cutoff, batch=batch)
-        else:
-            check_edges_within(edge_index, batch)
         geom = self.geometry(pos, edge_index, shift)
+        if given:  # the graph's build checked the indices
+            check_edges_within(geom["graph"], batch)
         s = self.embed(z)
         if self.charge_embed is not None:
             q = torch.zeros(B, dtype=torch.long, device=z.device) if charge is None else charge

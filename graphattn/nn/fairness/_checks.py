@@ -7,21 +7,18 @@ import math
 import numbers
 import operator
 
-import numpy as np
 import torch
 from torch import Tensor
 
-
-def _is_bool(value) -> bool:
-    return isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool)
+from ..._checks import is_bool
 
 
 def check_int(value, name: str, low: int | None = None, high: int | None = None) -> int:
     """``value`` as a Python int in ``[low, high)``; a bool or a float is refused (``True``
     would silently be index 1, ``0.9`` index 0)."""
     try:
-        if _is_bool(value):
-            raise TypeError
+        if is_bool(value) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+            raise TypeError  # bool tensors of any shape, not only 0-d
         i = operator.index(value)
     except TypeError:
         kind = getattr(value, "dtype", type(value).__name__)
@@ -38,7 +35,7 @@ def check_weight(value, name: str) -> float:
     tensor; a bool or NaN is refused)."""
     if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
         value = float(value)
-    if _is_bool(value) or isinstance(value, np.bool_) or not isinstance(value, numbers.Real):
+    if is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"'{name}' must be a finite number >= 0, got {value}")
