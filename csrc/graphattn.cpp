@@ -35,6 +35,14 @@ TORCH_LIBRARY(graphattn, m) {
   m.def(
       "edge_csr(Tensor edge_index, int num_src, int num_dst, bool self_loops=False) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // All pairs (s, i) of one graph with |src_s - tgt_i| < r (CPU, cell lists; graph g holds the
+  // sources [src_ptr[g], src_ptr[g + 1]) and the targets [tgt_ptr[g], tgt_ptr[g + 1])): [2, E]
+  // (sources, targets) sorted by target then source, without the pairs s == i + exclude_offset
+  // (exclude_offset -1: none); max_num_neighbors >= 0 keeps each target's closest sources (ties
+  // to the lower id), -1 all.
+  m.def(
+      "radius(Tensor src, Tensor tgt, float r, Tensor src_ptr, Tensor tgt_ptr, "
+      "int exclude_offset=-1, int max_num_neighbors=-1) -> Tensor");
   // The bilinear pieces of edge attention (CPU; its derivatives of second and higher order):
   // edge_pair_dot s[e, h] = a[dst_e, h] . b[src_e, h] over the CSR (ptr, src), [E, H];
   // edge_spmm out[r, h] = sum_{t in row r} w[eid[t] (t without eid), h] x[col[t], h] over a

@@ -142,6 +142,41 @@ def _batch_layout(batch: Tensor) -> tuple[bool, Tensor | None, Tensor]:
     return True, ptr, relabelled
 
 
+def _native_radius(pos: Tensor) -> bool:
+    """Whether :func:`radius_graph` and :func:`periodic_radius_graph` take the C++ cell lists
+    (``graphattn::radius``):
+    float32 / float64 coordinates on the CPU, the extension loaded, outside
+    ``torch.compile`` and backend ``"reference"`` (:func:`graphattn.ops.set_backend`)."""
+    if (pos.device.type != "cpu" or pos.dtype not in (torch.float32, torch.float64)
+            or torch.compiler.is_compiling()):
+        return False
+    from .ops import _native, _requested
+
+    return _native.WITH_EXT and _requested() != "reference" and hasattr(
+        torch.ops.graphattn, "radius")
+
+
+def _radius_native(pos: Tensor, r: float, batch: Tensor, loop: bool,
+                   max_num_neighbors: int | None) -> Tensor:
+    """The cell-list radius graph of ``csrc/cpu/radius.cpp`` (graphs as node ranges): an
+    unsorted ``batch`` is sorted stably first and the edges mapped back and re-sorted."""
+    n = pos.size(0)
+    is_sorted = n < 2 or bool((batch[1:] >= batch[:-1]).all())
+    perm = None if is_sorted else torch.sort(batch, stable=True).indices
+    b = batch if perm is None else batch[perm]
+    counts = torch.unique_consecutive(b, return_counts=True)[1] if n else b.new_zeros(0)
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    x = pos.detach() if perm is None else pos.detach()[perm]
+    ei = torch.ops.graphattn.radius(x, x, r, ptr, ptr, -1 if loop else 0,
+                                    -1 if max_num_neighbors is None else max_num_neighbors)
+    if perm is None:
+        return ei
+    ei = perm[ei]
+    order = torch.sort(ei[1] * n + ei[0]).indices  # by target, then source
+    return ei[:, order]
+
+
 def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool = False,
                  max_num_neighbors: int | None = None, block: int = 4096) -> Tensor:
     """All pairs closer than ``r`` inside each graph (see the module docstring).
@@ -153,10 +188,20 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
         loop: Keep the self-pairs ``(i, i)``.
         max_num_neighbors: Keep at most this many sources per target: the closest ones,
             ties broken by the lower source index (``None``: no limit).
-        block: Most targets processed per step (fewer for batches of small graphs, and
-            never more than ``2**24`` pair distances at once); peak memory is
-            ``O(block * N)``. Compute is ``O(N^2)`` for one graph (brute force), about
-            ``O(N * (256 + largest graph))`` for a sorted batch of small graphs.
+        block: The blockwise path only (see below): most targets processed per step (fewer
+            for batches of small graphs, and never more than ``2**24`` pair distances at
+            once); peak memory is ``O(block * N)``. Compute is ``O(N^2)`` for one graph
+            (brute force), about ``O(N * (256 + largest graph))`` for a sorted batch of small
+            graphs.
+
+    On the CPU with the extension built (float32 / float64 ``pos``), the graph comes from
+    cell lists in C++ (``csrc/cpu/radius.cpp``): each graph's bounding box is cut into
+    cells of edge about ``r`` (at most ``2 n + 8`` of them) and each target searches its 27
+    neighbouring cells, so compute and memory are ``O(N + E)`` for atoms at bounded density,
+    in parallel over targets. The result is the blockwise path's, edge for edge (the same
+    squared distances, summed axis by axis from coordinate differences, and the same strict
+    comparison); the blockwise path runs on other devices and dtypes, under
+    ``torch.compile`` and with ``graphattn.ops.set_backend("reference")``.
 
     Returns:
         ``[2, E]`` int64 ``edge_index`` (row 0 source, row 1 target), sorted by target then
@@ -174,6 +219,8 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
     _check_block(block)
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
+    if _native_radius(pos):
+        return _radius_native(pos, float(r), batch, loop, max_num_neighbors)
     sorted_batch, ptr, batch = _batch_layout(batch)
     r2 = float(r) ** 2
     out = []
@@ -320,7 +367,12 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
         r: Cutoff (``>= 0``, may exceed the cell size); edges have ``0 < |v_ij| < r``.
         pbc: Periodicity per lattice vector (three bools; one bool for all three, as in
             ASE); non-periodic rows may be zero.
-        block: Targets per step (memory ``O(block * N)`` per image).
+        block: Targets per step of the blockwise path (memory ``O(block * N)`` per image).
+
+    On the CPU with the extension built (float32 / float64 ``pos``), the images whose box can
+    reach the atoms' box within ``r`` become the sources of the C++ cell lists of
+    :func:`radius_graph` (``O(N + E)`` instead of ``O(N^2)`` per image), unless they would
+    hold more than ``2**25`` points; the result is the blockwise path's, edge for edge.
 
     The images needed grow with ``r`` over the cell's plane spacings and with how many cells
     the positions span; more than :data:`MAX_IMAGES` raises (wrap far-out positions into
@@ -370,6 +422,8 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
     images = torch.tensor(list(itertools.product(*[range(-m, m + 1) for m in reps])),
                           dtype=torch.float64, device=dev)  # lexicographic order
     shifts = (images @ cell).to(dtype)
+    if _native_radius(pos) and images.size(0) * n <= _MAX_IMAGE_POINTS:
+        return _periodic_native(pos, float(r), shifts, int(((images == 0).all(1)).nonzero()[0]))
     r2 = float(r) ** 2
     zero = int(((images == 0).all(1)).nonzero()[0])
     ar = torch.arange(n, device=dev)
@@ -391,6 +445,30 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
     order = torch.argsort(key)
     src, tgt, img = src[order], tgt[order], img[order]
     return torch.stack([src, tgt]), shifts[img]
+
+
+_MAX_IMAGE_POINTS = 1 << 25  # image coordinates the C++ periodic path may hold (~400 MB)
+
+
+def _periodic_native(pos: Tensor, r: float, shifts: Tensor, zero: int) -> tuple[Tensor, Tensor]:
+    """The periodic graph through the C++ cell lists: the sources are the atoms' images
+    ``pos + shift`` (the same sums as the blockwise path's), of the images whose box can come
+    within ``r`` of the atoms' box (a generous margin for rounding; a pair is never lost), and
+    the zero image's self-pairs are excluded; edges are then ordered by target, source, image."""
+    n = pos.size(0)
+    x = pos.detach()
+    box = (x.max(0).values - x.min(0).values).double()
+    s64 = shifts.double()
+    gap = (s64.abs() - box).clamp_min(0)
+    scale = float(s64.abs().max()) + float(box.max()) + float(x.abs().max())
+    keep = (gap.square().sum(1) < (r * (1 + 1e-5) + 1e-5 * scale) ** 2).nonzero().view(-1)
+    src = (x.unsqueeze(0) + shifts[keep].unsqueeze(1)).reshape(-1, 3)
+    one = torch.tensor([0, n])
+    at = int((keep == zero).nonzero()[0])  # the zero image is always kept (no gap)
+    ei = torch.ops.graphattn.radius(src, x, r, one * keep.numel(), one, at * n, -1)
+    img, j = keep[ei[0] // n], ei[0] % n
+    order = torch.argsort((ei[1] * n + j) * shifts.size(0) + img)
+    return torch.stack([j, ei[1]])[:, order], shifts[img[order]]
 
 
 def edge_vectors(pos: Tensor, edge_index: Tensor, shift: Tensor | None = None, *,

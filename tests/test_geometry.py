@@ -9,6 +9,12 @@ import pytest
 import torch
 
 from graphattn.geometry import edge_vectors, knn_graph, periodic_radius_graph, radius_graph
+from graphattn.ops import native_available, set_backend
+
+needs_ext = pytest.mark.skipif(not native_available(), reason="graphattn._C not built")
+# "auto" takes the C++ cell lists on the CPU when the extension is built; "reference" the
+# blockwise torch path (both must give the same graph)
+BACKENDS = ["auto", "reference"]
 
 
 def _brute_radius(pos, r, batch, loop):
@@ -26,10 +32,11 @@ def _as_set(ei):
     return set(map(tuple, ei.t().tolist()))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("block", [7, 64, 4096])
 @pytest.mark.parametrize("loop", [False, True])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_radius_graph_matches_brute_force(block, loop, shuffle) -> None:
+def test_radius_graph_matches_brute_force(block, loop, shuffle, backend) -> None:
     g = torch.Generator().manual_seed(1)
     pos = torch.rand(90, 3, generator=g) * 3
     batch = torch.repeat_interleave(torch.arange(4), torch.tensor([20, 30, 1, 39]))
@@ -38,18 +45,22 @@ def test_radius_graph_matches_brute_force(block, loop, shuffle) -> None:
     r = 0.8
     ref, d = _brute_radius(pos, r, batch, loop)
     assert ((d - r).abs() > 1e-5).all()  # no pair on the boundary: both sides agree exactly
-    ei = radius_graph(pos, r, batch, loop=loop, block=block)
+    with set_backend(backend):
+        ei = radius_graph(pos, r, batch, loop=loop, block=block)
+        again = radius_graph(pos, r, batch, loop=loop, block=block)
     assert _as_set(ei) == ref and ei.size(1) == len(ref)
     # sorted by target then source
     key = ei[1] * 1000 + ei[0]
     assert (key[1:] > key[:-1]).all()
-    assert torch.equal(ei, radius_graph(pos, r, batch, loop=loop, block=block))
+    assert torch.equal(ei, again)
 
 
-def test_radius_graph_max_num_neighbors_keeps_closest() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_radius_graph_max_num_neighbors_keeps_closest(backend) -> None:
     g = torch.Generator().manual_seed(2)
     pos = torch.randn(50, 3, generator=g)
-    ei = radius_graph(pos, 10.0, max_num_neighbors=5, block=8)
+    with set_backend(backend):
+        ei = radius_graph(pos, 10.0, max_num_neighbors=5, block=8)
     assert torch.bincount(ei[1], minlength=50).eq(5).all()
     d = torch.cdist(pos.double(), pos.double())
     d.fill_diagonal_(math.inf)
@@ -299,7 +310,137 @@ def test_pair_budget_shrinks_blocks_without_changing_the_graph(monkeypatch) -> N
     ref_knn = knn_graph(pos, 4, batch)
     ref_pbc = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
     monkeypatch.setattr(geo, "_MAX_PAIRS", 40)  # forces 1-2 target rows per step
-    assert torch.equal(radius_graph(pos, 0.6, batch), ref)
+    with set_backend("reference"):  # the blockwise path (the C++ one has no blocks)
+        assert torch.equal(radius_graph(pos, 0.6, batch), ref)
     assert torch.equal(knn_graph(pos, 4, batch), ref_knn)
     got = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
     assert torch.equal(got[0], ref_pbc[0]) and torch.equal(got[1], ref_pbc[1])
+
+
+def _reference_radius(*args, **kwargs):
+    with set_backend("reference"):
+        return radius_graph(*args, **kwargs)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_list_radius_graph_equals_blockwise(dtype) -> None:
+    """The C++ cell lists give the blockwise graph edge for edge (same order) over random
+    batches: sorted and shuffled ids, loops, neighbour limits, a far outlier (the grid's cell
+    budget doubles the cell edge), clustered and coincident atoms (distance ties)."""
+    g = torch.Generator().manual_seed(11)
+    for trial in range(60):
+        n = int(torch.randint(0, 400, (), generator=g))
+        pos = torch.randn(n, 3, generator=g, dtype=dtype) * (0.2 + 4 * float(torch.rand(
+            (), generator=g)))
+        if trial % 5 == 0 and n > 3:
+            pos[1] = 1e4  # outlier: a grid of cells of edge r would not fit the budget
+        if trial % 6 == 0 and n > 10:
+            pos[5:10] = pos[4]  # coincident atoms: ties in distance
+        batch = torch.randint(0, 1 + trial % 5, (n,), generator=g)
+        if trial % 2:
+            batch = batch.sort().values
+        r = 0.05 + 2.5 * float(torch.rand((), generator=g))
+        kw = {"loop": trial % 3 == 0, "max_num_neighbors": [None, 0, 1, 4, 12][trial % 5]}
+        got = radius_graph(pos, r, batch, **kw)
+        assert torch.equal(got, _reference_radius(pos, r, batch, **kw)), (trial, kw)
+
+
+@needs_ext
+def test_cell_list_pairs_at_a_cell_edge_and_thread_count() -> None:
+    """Atoms on a lattice of spacing just below r (pairs that sit a rounding away from a
+    cell edge of length ~r) and a large graph: equal to the blockwise path with 1 and 2
+    threads."""
+    axis = torch.arange(12, dtype=torch.float64) * (1.0 - 1e-9)
+    pos = torch.cartesian_prod(axis, axis, axis)
+    got = radius_graph(pos, 1.0)
+    assert torch.equal(got, _reference_radius(pos, 1.0))
+    assert torch.bincount(got[1]).max() == 6  # the six lattice neighbours
+    g = torch.Generator().manual_seed(3)
+    big = torch.rand(6000, 3, generator=g) * 30
+    want = _reference_radius(big, 2.0)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            assert torch.equal(radius_graph(big, 2.0), want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_ext
+def test_cell_list_radius_graph_bad_input_from_cpp() -> None:
+    """The C++ op checks its own arguments (ValueError / TypeError naming them), whatever
+    the Python wrapper checked before."""
+    def op(x, r, ptr, *rest, y=None, yptr=None):
+        y = x if y is None else y
+        return torch.ops.graphattn.radius(x, y, r, ptr, ptr if yptr is None else yptr, *rest)
+
+    pos, ptr = torch.rand(4, 3), torch.tensor([0, 4])
+    with pytest.raises(ValueError, match=r"'src' must have shape \[N, 3\]"):
+        op(torch.rand(4, 2), 1.0, ptr)
+    with pytest.raises(ValueError, match=r"'tgt' must have shape \[N, 3\]"):
+        op(pos, 1.0, ptr, y=torch.rand(4))
+    with pytest.raises(TypeError, match="'src' must be float32 or float64"):
+        op(pos.half(), 1.0, ptr)
+    with pytest.raises(TypeError, match="'tgt' must have the dtype of 'src'"):
+        op(pos, 1.0, ptr, y=pos.double())
+    with pytest.raises(ValueError, match="'src' must be finite: row 2"):
+        op(torch.tensor([[0.0, 0, 0], [1, 1, 1], [math.nan, 0, 0]]), 1.0, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="'tgt' must be finite: row 0"):
+        op(pos, 1.0, ptr, y=torch.full((1, 3), math.inf), yptr=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="'r' must be a finite non-negative"):
+        op(pos, -1.0, ptr)
+    with pytest.raises(ValueError, match="'r' must be a finite non-negative"):
+        op(pos, math.inf, ptr)
+    with pytest.raises(ValueError, match="'exclude_offset' must be >= 0"):
+        op(pos, 1.0, ptr, -2)
+    with pytest.raises(ValueError, match="'max_num_neighbors' must be >= 0"):
+        op(pos, 1.0, ptr, 0, -2)
+    with pytest.raises(TypeError, match="'src_ptr' must be an int64"):
+        op(pos, 1.0, ptr.int(), yptr=ptr)
+    with pytest.raises(ValueError, match="'src_ptr' must be a non-empty 1-D"):
+        op(pos, 1.0, torch.zeros(0, dtype=torch.long), yptr=ptr)
+    with pytest.raises(ValueError, match=r"'src_ptr' must run from 0 to the number of sources"):
+        op(pos, 1.0, torch.tensor([0, 5]), yptr=ptr)
+    with pytest.raises(ValueError, match=r"'tgt_ptr' must run from 0 to the number of targets"):
+        op(pos, 1.0, ptr, yptr=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="'src_ptr' must be non-decreasing"):
+        op(pos, 1.0, torch.tensor([0, 3, 2, 4]), yptr=torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match="the same number of graphs, got 1 and 2"):
+        op(pos, 1.0, ptr, yptr=torch.tensor([0, 2, 4]))
+    # empty graphs inside ptr are fine
+    assert torch.equal(op(pos, 10.0, torch.tensor([0, 0, 4, 4]), 0), radius_graph(pos, 10.0))
+
+
+@needs_ext
+def test_cell_list_targets_outside_the_sources_box() -> None:
+    """Targets beyond the sources' box (near it and very far) are clamped to its border
+    cells: the bipartite pairs equal a brute force."""
+    g = torch.Generator().manual_seed(4)
+    src = torch.rand(200, 3, generator=g, dtype=torch.float64) * 4
+    tgt = torch.cat([torch.rand(50, 3, generator=g, dtype=torch.float64) * 8 - 2,
+                     torch.tensor([[1e300, 0.0, 0.0], [-1e12, 2.0, 2.0]], dtype=torch.float64)])
+    ei = torch.ops.graphattn.radius(src, tgt, 0.7, torch.tensor([0, 200]), torch.tensor([0, 52]))
+    d = torch.cdist(tgt, src)  # [targets, sources]
+    want = {(s, t) for t, s in (d < 0.7).nonzero().tolist()}
+    assert _as_set(ei) == want and ei.size(1) == len(want)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_list_periodic_graph_equals_blockwise(dtype) -> None:
+    """Triclinic cells, partial periodicity, atoms outside the cell and cutoffs beyond the
+    cell size: the C++ path (images as sources) gives the blockwise graph and shifts."""
+    g = torch.Generator().manual_seed(8)
+    for trial in range(12):
+        n = 1 + int(torch.randint(0, 40, (), generator=g))
+        cell = (torch.eye(3) * 3 + torch.randn(3, 3, generator=g) * 0.6).to(dtype)
+        pos = (torch.rand(n, 3, generator=g) * 1.6 - 0.3).to(dtype) @ cell
+        pbc = [(True, True, True), (True, False, True), (False, False, True)][trial % 3]
+        r = [1.0, 2.5, 4.5][trial % 3]
+        got = periodic_radius_graph(pos, cell, r, pbc)
+        with set_backend("reference"):
+            want = periodic_radius_graph(pos, cell, r, pbc)
+        assert torch.equal(got[0], want[0]), trial
+        assert torch.equal(got[1], want[1]), trial

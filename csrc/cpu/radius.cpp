@@ -1,0 +1,270 @@
+// Radius graphs by cell lists (graphattn.geometry.radius_graph and periodic_radius_graph on the
+// CPU): every pair (s, i) of source s and target i of one graph with |x_s - y_i| < r, in
+// O(N + E) time for atoms at bounded density, where the blockwise path computes all O(N^2)
+// pair distances of a graph. As torch-cluster's radius(x, y): the radius graph of one point
+// set is sources = targets with the self-pairs excluded (exclude_offset = 0), the periodic one
+// has the sources' images as sources (the self-pair of target i then being source
+// i + exclude_offset, its image at zero shift).
+//
+// Graphs are contiguous ranges of sources [src_ptr[g], src_ptr[g + 1]) and of targets
+// [tgt_ptr[g], tgt_ptr[g + 1]) (a sorted batch; the caller sorts an unsorted one). Each graph
+// gets its own grid over its sources' bounding box with cells of edge h >= r, so a pair closer
+// than r lies in the same or in adjacent cells (27 cells are searched per target; a target
+// outside the box is clamped to its border cells, which holds every source within r of it).
+// h is r times (1 + 1e-5): cell coordinates are computed in double and the pair test in the
+// coordinates' own type, and the margin absorbs the rounding of both. A graph of n sources
+// gets at most 2 n + 8 cells: where its extent would need more (a far outlier), h doubles until
+// it fits, which keeps the result exact and the memory O(N) (the search then visits more
+// candidates per cell, up to the O(n^2) of the brute force for such a graph).
+//
+// The result equals the blockwise path's: the squared distance is summed axis by axis from
+// coordinate differences in the same order, d2 = ((0 + dx dx) + dy dy) + dz dz with
+// dx = x_s - y_i, and compared with r * r rounded to the coordinates' type (strict). Edges come
+// sorted by target, then source; with max_num_neighbors = k >= 0 each target keeps the k
+// closest sources (ties to the lower index). Targets are split into chunks processed in
+// parallel, each writing its own sources and per-target counts; the result does not depend on
+// the thread count. Bad input raises ValueError / TypeError in Python (TORCH_CHECK_VALUE /
+// _TYPE), as the blockwise path does.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+namespace graphattn {
+namespace {
+
+struct Grid {
+  double lo[3];
+  double inv_h;   // 1 / cell edge
+  int64_t n[3];   // cells per axis
+  int64_t cells;  // n[0] n[1] n[2]
+  int64_t off;    // this graph's first entry in the shared cell-start array
+};
+
+template <typename scalar_t>
+Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
+  Grid g{};
+  double hi[3];
+  for (int k = 0; k < 3; ++k) {
+    g.lo[k] = std::numeric_limits<double>::infinity();
+    hi[k] = -std::numeric_limits<double>::infinity();
+  }
+  for (int64_t i = a; i < b; ++i) {
+    for (int k = 0; k < 3; ++k) {
+      const double x = static_cast<double>(p[3 * i + k]);
+      g.lo[k] = std::min(g.lo[k], x);
+      hi[k] = std::max(hi[k], x);
+    }
+  }
+  const double budget = 2.0 * static_cast<double>(b - a) + 8.0;
+  double h = r * (1.0 + 1e-5);
+  while (true) {
+    double prod = 1.0, cnt[3];
+    for (int k = 0; k < 3; ++k) {
+      cnt[k] = std::floor((hi[k] - g.lo[k]) / h) + 1.0;
+      prod *= cnt[k];
+    }
+    if (prod <= budget) {
+      for (int k = 0; k < 3; ++k) g.n[k] = static_cast<int64_t>(cnt[k]);
+      break;
+    }
+    h *= 2.0;
+  }
+  g.inv_h = 1.0 / h;
+  g.cells = g.n[0] * g.n[1] * g.n[2];
+  return g;
+}
+
+// cell of coordinate k of x, clamped to the grid (in double first: a target far outside the
+// sources' box must not overflow the integer conversion)
+template <typename scalar_t>
+inline int64_t axis_cell(const Grid& g, const scalar_t* x, int k) {
+  const double q = (static_cast<double>(x[k]) - g.lo[k]) * g.inv_h;
+  return static_cast<int64_t>(std::min(std::max(q, 0.0), static_cast<double>(g.n[k] - 1)));
+}
+
+template <typename scalar_t>
+inline int64_t cell_index(const Grid& g, const scalar_t* x) {
+  return (axis_cell(g, x, 2) * g.n[1] + axis_cell(g, x, 1)) * g.n[0] + axis_cell(g, x, 0);
+}
+
+template <typename scalar_t>
+at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
+                       const int64_t* sptr, const int64_t* tptr, int64_t G, int64_t exclude,
+                       int64_t max_nn) {
+  const int64_t Ns = src.size(0), Nt = tgt.size(0);
+  const scalar_t* xs = src.data_ptr<scalar_t>();
+  const scalar_t* yt = tgt.data_ptr<scalar_t>();
+  const auto opt = src.options().dtype(at::kLong);
+  if (Ns == 0 || Nt == 0 || !(r > 0)) return at::empty({2, 0}, opt);
+
+  // 1. one grid per graph over its sources (parallel over graphs), then the offsets of their
+  // cell starts
+  std::vector<Grid> grids(G);
+  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) grids[g] = make_grid(xs, sptr[g], sptr[g + 1], r);
+  });
+  int64_t total = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    grids[g].off = total;
+    total += grids[g].cells + 1;
+  }
+  // 2. sources of each graph by cell (counting sort, stable: ascending ids within a cell), and
+  // each target's graph
+  std::vector<int64_t> start(total, 0), sorted(Ns), cell_of(Ns), graph_of(Nt);
+  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) {
+      const Grid& gr = grids[g];
+      int64_t* st = start.data() + gr.off;
+      for (int64_t j = sptr[g]; j < sptr[g + 1]; ++j) {
+        cell_of[j] = cell_index(gr, xs + 3 * j);
+        ++st[cell_of[j] + 1];
+      }
+      for (int64_t c = 0; c < gr.cells; ++c) st[c + 1] += st[c];
+      std::vector<int64_t> cursor(st, st + gr.cells);
+      for (int64_t j = sptr[g]; j < sptr[g + 1]; ++j) sorted[sptr[g] + cursor[cell_of[j]]++] = j;
+      for (int64_t i = tptr[g]; i < tptr[g + 1]; ++i) graph_of[i] = g;
+    }
+  });
+
+  // 3. each target's sources, by chunks of targets
+  const scalar_t r2 = static_cast<scalar_t>(r * r);
+  const int64_t chunks = std::min<int64_t>(Nt, 8 * std::max(1, at::get_num_threads()));
+  const auto first = [&](int64_t t) { return Nt * t / chunks; };
+  std::vector<std::vector<int64_t>> found(chunks);
+  std::vector<int64_t> deg(Nt);
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    std::vector<std::pair<scalar_t, int64_t>> cand;
+    for (int64_t t = cb; t < ce; ++t) {
+      std::vector<int64_t>& out = found[t];
+      for (int64_t i = first(t); i < first(t + 1); ++i) {
+        const int64_t g = graph_of[i];
+        const Grid& gr = grids[g];
+        const int64_t* st = start.data() + gr.off;
+        const int64_t* nodes = sorted.data() + sptr[g];
+        const scalar_t* yi = yt + 3 * i;
+        const int64_t self = exclude >= 0 ? i + exclude : -1;
+        const int64_t cx = axis_cell(gr, yi, 0), cy = axis_cell(gr, yi, 1),
+                      cz = axis_cell(gr, yi, 2);
+        const int64_t x0 = std::max<int64_t>(cx - 1, 0), x1 = std::min(cx + 1, gr.n[0] - 1);
+        cand.clear();
+        for (int64_t z = std::max<int64_t>(cz - 1, 0); z <= std::min(cz + 1, gr.n[2] - 1); ++z) {
+          for (int64_t y = std::max<int64_t>(cy - 1, 0); y <= std::min(cy + 1, gr.n[1] - 1); ++y) {
+            const int64_t row = (z * gr.n[1] + y) * gr.n[0];
+            // cells x0..x1 of one row are adjacent in the sorted source list
+            for (int64_t s = st[row + x0]; s < st[row + x1 + 1]; ++s) {
+              const int64_t j = nodes[s];
+              const scalar_t* xj = xs + 3 * j;
+              const scalar_t dx = xj[0] - yi[0], dy = xj[1] - yi[1], dz = xj[2] - yi[2];
+              scalar_t d2 = dx * dx;
+              d2 = d2 + dy * dy;
+              d2 = d2 + dz * dz;
+              if (d2 < r2 && j != self) cand.emplace_back(d2, j);
+            }
+          }
+        }
+        if (max_nn >= 0 && static_cast<int64_t>(cand.size()) > max_nn) {
+          std::nth_element(cand.begin(), cand.begin() + max_nn, cand.end());
+          cand.resize(max_nn);
+        }
+        std::sort(cand.begin(), cand.end(),
+                  [](const auto& u, const auto& v) { return u.second < v.second; });
+        deg[i] = static_cast<int64_t>(cand.size());
+        for (const auto& cj : cand) out.push_back(cj.second);
+      }
+    }
+  });
+
+  // 4. concatenate: row 0 the sources, row 1 their targets
+  std::vector<int64_t> at_chunk(chunks + 1, 0);
+  for (int64_t t = 0; t < chunks; ++t)
+    at_chunk[t + 1] = at_chunk[t] + static_cast<int64_t>(found[t].size());
+  const int64_t E = at_chunk[chunks];
+  at::Tensor edge_index = at::empty({2, E}, opt);
+  int64_t* row0 = edge_index.data_ptr<int64_t>();
+  int64_t* row1 = row0 + E;
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t t = cb; t < ce; ++t) {
+      std::copy(found[t].begin(), found[t].end(), row0 + at_chunk[t]);
+      int64_t o = at_chunk[t];
+      for (int64_t i = first(t); i < first(t + 1); ++i)
+        for (int64_t d = 0; d < deg[i]; ++d) row1[o++] = i;
+    }
+  });
+  return edge_index;
+}
+
+void check_points(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU "
+              "radius graph, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "graphattn: '", name, "' must have shape "
+                    "[N, 3], got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "graphattn: '", name, "' must be float32 or float64, got ", x.scalar_type());
+}
+
+// graph offsets over n points; returns the contiguous copy
+at::Tensor check_offsets(const at::Tensor& ptr, int64_t n, const char* name, const char* of) {
+  TORCH_CHECK(ptr.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
+              ptr.device());
+  TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong, "graphattn: '", name, "' must be an int64 "
+                   "tensor (graph offsets), got ", ptr.scalar_type());
+  TORCH_CHECK_VALUE(ptr.dim() == 1 && ptr.numel() >= 1, "graphattn: '", name, "' must be a "
+                    "non-empty 1-D tensor (graph offsets), got shape ", ptr.sizes());
+  at::Tensor pc = ptr.contiguous();
+  const int64_t* p = pc.data_ptr<int64_t>();
+  const int64_t G = pc.numel() - 1;
+  TORCH_CHECK_VALUE(p[0] == 0 && p[G] == n, "graphattn: '", name, "' must run from 0 to the "
+                    "number of ", of, " (", n, "), got ", p[0], " to ", p[G]);
+  for (int64_t g = 0; g < G; ++g) {
+    TORCH_CHECK_VALUE(p[g] <= p[g + 1], "graphattn: '", name, "' must be non-decreasing (graph "
+                      "offsets), got ", p[g], " before ", p[g + 1], " at ", g);
+  }
+  return pc;
+}
+
+template <typename scalar_t>
+void check_finite(const at::Tensor& x, const char* name) {
+  const scalar_t* p = x.data_ptr<scalar_t>();
+  for (int64_t e = 0; e < x.numel(); ++e) {
+    TORCH_CHECK_VALUE(std::isfinite(static_cast<double>(p[e])), "graphattn: '", name,
+                      "' must be finite: row ", e / 3, " holds ", p[e]);
+  }
+}
+
+at::Tensor radius_cpu(const at::Tensor& src, const at::Tensor& tgt, double r,
+                      const at::Tensor& src_ptr, const at::Tensor& tgt_ptr, int64_t exclude_offset,
+                      int64_t max_num_neighbors) {
+  check_points(src, "src");
+  check_points(tgt, "tgt");
+  TORCH_CHECK_TYPE(src.scalar_type() == tgt.scalar_type(), "graphattn: 'tgt' must have the "
+                   "dtype of 'src' (", src.scalar_type(), "), got ", tgt.scalar_type());
+  TORCH_CHECK_VALUE(std::isfinite(r) && r >= 0, "graphattn: 'r' must be a finite non-negative "
+                    "number, got ", r);
+  TORCH_CHECK_VALUE(max_num_neighbors >= -1, "graphattn: 'max_num_neighbors' must be >= 0, "
+                    "or -1 for no limit, got ", max_num_neighbors);
+  TORCH_CHECK_VALUE(exclude_offset >= -1, "graphattn: 'exclude_offset' must be >= 0, or -1 to "
+                    "exclude nothing, got ", exclude_offset);
+  const at::Tensor xs = src.contiguous(), yt = tgt.contiguous();
+  const at::Tensor sp = check_offsets(src_ptr, xs.size(0), "src_ptr", "sources");
+  const at::Tensor tp = check_offsets(tgt_ptr, yt.size(0), "tgt_ptr", "targets");
+  TORCH_CHECK_VALUE(sp.numel() == tp.numel(), "graphattn: 'src_ptr' and 'tgt_ptr' must hold "
+                    "the same number of graphs, got ", sp.numel() - 1, " and ", tp.numel() - 1);
+  return AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "radius_cpu", [&] {
+    check_finite<scalar_t>(xs, "src");
+    check_finite<scalar_t>(yt, "tgt");
+    return radius_impl<scalar_t>(xs, yt, r, sp.data_ptr<int64_t>(), tp.data_ptr<int64_t>(),
+                                 sp.numel() - 1, exclude_offset, max_num_neighbors);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphattn, CPU, m) { m.impl("radius", &radius_cpu); }
+
+}  // namespace graphattn
