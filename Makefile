@@ -32,6 +32,7 @@ test-slow: setup
 bench: setup
 	$(BIN)/graphattn bench attention
 	$(BIN)/graphattn bench tokens
+	$(BIN)/graphattn bench geometry
 	$(BIN)/graphattn bench machine
 
 # On a machine with a GPU and a CUDA build of torch (its own python, no .venv): build the CUDA

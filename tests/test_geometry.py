@@ -349,21 +349,25 @@ def test_cell_list_radius_graph_equals_blockwise(dtype) -> None:
 @needs_ext
 def test_cell_list_pairs_at_a_cell_edge_and_thread_count() -> None:
     """Atoms on a lattice of spacing just below r (pairs that sit a rounding away from a
-    cell edge of length ~r) and a large graph: equal to the blockwise path with 1 and 2
-    threads."""
+    cell edge of length ~r) and two large graphs (grids of cell edge r and r / 2): equal to
+    the blockwise path with 1 and 2 threads."""
     axis = torch.arange(12, dtype=torch.float64) * (1.0 - 1e-9)
     pos = torch.cartesian_prod(axis, axis, axis)
     got = radius_graph(pos, 1.0)
     assert torch.equal(got, _reference_radius(pos, 1.0))
     assert torch.bincount(got[1]).max() == 6  # the six lattice neighbours
     g = torch.Generator().manual_seed(3)
-    big = torch.rand(6000, 3, generator=g) * 30
-    want = _reference_radius(big, 2.0)
+    # a sparse cloud (cells of edge r: 31^3 of edge r / 2 would exceed the 2 n + 8 budget)
+    # and a dense one (cells of edge r / 2, 5^3 searched: 11^3 <= 2 n + 8)
+    clouds = [(torch.rand(6000, 3, generator=g) * 30, 2.0),
+              (torch.rand(3000, 3, generator=g) * 10, 2.0)]
     threads = torch.get_num_threads()
     try:
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            assert torch.equal(radius_graph(big, 2.0), want)
+        for big, r in clouds:
+            want = _reference_radius(big, r)
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                assert torch.equal(radius_graph(big, r), want)
     finally:
         torch.set_num_threads(threads)
 
