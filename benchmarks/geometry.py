@@ -77,11 +77,16 @@ def worker(a: argparse.Namespace) -> dict:
     elif a.impl in ("pyg", "pyg-thp"):
         import torch_geometric.typing
 
-        lib = "pyg-lib" if torch_geometric.typing.WITH_RADIUS else "torch-cluster"
-        if lib == "pyg-lib":  # PyG >= 2.8 takes pyg-lib's radius
+        if torch_geometric.typing.WITH_RADIUS:  # PyG >= 2.8 takes pyg-lib's radius
+            import pyg_lib
             from torch_geometric.nn import radius_graph
+
+            lib = f"pyg-lib {pyg_lib.__version__}"
         else:  # torch-cluster's, PyG's backend before
+            import torch_cluster
             from torch_cluster import radius_graph
+
+            lib = f"torch-cluster {torch_cluster.__version__}"
 
         def run():
             return radius_graph(pos, r, batch, max_num_neighbors=n)
@@ -129,15 +134,20 @@ def render(a, rows: list[dict]) -> str:
     import torch
 
     present = [i for i in IMPLS if any(r["impl"] == i and "error" not in r for r in rows)]
-    lib = next((r["lib"] for r in rows if r.get("lib")), "torch-cluster")
-    label = {k: v.replace("torch-cluster", lib) for k, v in LABEL.items()}
+    lib = next((r["lib"] for r in rows if r.get("lib")), None)
+    label = {k: v.replace("torch-cluster", (lib or "torch-cluster").split()[0])
+             for k, v in LABEL.items()}
+    pyg = (f" PyG's columns: {lib} (PyG 2.8's `radius_graph` wants pyg-lib >= 0.6; without it"
+           " the benchmark calls torch-cluster's, PyG's backend before 2.8, when importable)."
+           if lib else " PyG's radius graph needs pyg-lib or torch-cluster, neither installed:"
+           " no PyG columns.")
     lines = [BEGIN, "## Radius graphs (`benchmarks/geometry.py`)", "",
              f"Made by `python benchmarks/geometry.py` on {time.strftime('%Y-%m-%d')}: "
              f"{a.threads} threads, torch {torch.__version__}, float32 coordinates; median of "
              f"{a.iters} calls after {a.warmup} warm-up, each configuration in a fresh process "
              "(peak = VmHWM minus RSS with the inputs). QM9: one training batch of 32 molecules, "
              "r = 4 Å; N atoms: one cloud at 0.1 atoms / Å³, r = 5 Å. The ratio is the best other "
-             "implementation's time over the cell lists'.", "",
+             "implementation's time over the cell lists'." + pyg, "",
              "| input | edges | " + " | ".join(label[i] for i in present)
              + " | cell lists vs best other | " + " | ".join(f"{label[i]} peak" for i in present)
              + " |", "|---|---|" + "---|" * (2 * len(present) + 1)]
