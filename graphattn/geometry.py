@@ -11,7 +11,9 @@ Distances are computed from coordinate differences (not the
 :math:`\lVert a\rVert^2 + \lVert b\rVert^2 - 2a\cdot b` expansion, which loses precision),
 ``block`` targets at a time, so memory is :math:`O(\text{block} \cdot N)` instead of
 :math:`O(N^2)`. When ``batch`` is sorted (PyG's collation), each block of targets only
-looks at the sources of the graphs it touches.
+looks at the sources of the graphs it touches. On the CPU with the extension built, the
+radius and periodic graphs come from C++ cell lists instead (:func:`radius_graph`), edge for
+edge the same graph in ``O(N + E)``.
 
 **Periodic radius graph.** With lattice vectors :math:`a_1, a_2, a_3` (rows of ``cell``) an
 atom :math:`j` has images :math:`x_j + S a` for integer :math:`S \in \mathbb{Z}^3`. An edge
@@ -196,12 +198,13 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
 
     On the CPU with the extension built (float32 / float64 ``pos``), the graph comes from
     cell lists in C++ (``csrc/cpu/radius.cpp``): each graph's bounding box is cut into
-    cells of edge about ``r`` (at most ``2 n + 8`` of them) and each target searches its 27
-    neighbouring cells, so compute and memory are ``O(N + E)`` for atoms at bounded density,
-    in parallel over targets. The result is the blockwise path's, edge for edge (the same
-    squared distances, summed axis by axis from coordinate differences, and the same strict
-    comparison); the blockwise path runs on other devices and dtypes, under
-    ``torch.compile`` and with ``graphattn.ops.set_backend("reference")``.
+    cells of edge ``r / 2`` (or ``r`` and up, so that there are at most ``2 n + 8`` of them)
+    and each target searches the 125 (27) cells around its own, so compute and memory are
+    ``O(N + E)`` for atoms at bounded density, in parallel over targets. The result is the
+    blockwise path's, edge for edge (the same squared distances, summed axis by axis from
+    coordinate differences, and the same strict comparison); the blockwise path runs on
+    other devices and dtypes, under ``torch.compile`` and with
+    ``graphattn.ops.set_backend("reference")``.
 
     Returns:
         ``[2, E]`` int64 ``edge_index`` (row 0 source, row 1 target), sorted by target then
@@ -422,10 +425,12 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
     images = torch.tensor(list(itertools.product(*[range(-m, m + 1) for m in reps])),
                           dtype=torch.float64, device=dev)  # lexicographic order
     shifts = (images @ cell).to(dtype)
-    if _native_radius(pos) and images.size(0) * n <= _MAX_IMAGE_POINTS:
-        return _periodic_native(pos, float(r), shifts, int(((images == 0).all(1)).nonzero()[0]))
-    r2 = float(r) ** 2
     zero = int(((images == 0).all(1)).nonzero()[0])
+    if _native_radius(pos):
+        out = _periodic_native(pos, float(r), shifts, zero)
+        if out is not None:
+            return out
+    r2 = float(r) ** 2
     ar = torch.arange(n, device=dev)
     srcs, tgts, imgs = [], [], []
     one = torch.zeros(n, dtype=torch.long, device=dev)
@@ -450,11 +455,14 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
 _MAX_IMAGE_POINTS = 1 << 25  # image coordinates the C++ periodic path may hold (~400 MB)
 
 
-def _periodic_native(pos: Tensor, r: float, shifts: Tensor, zero: int) -> tuple[Tensor, Tensor]:
+def _periodic_native(pos: Tensor, r: float, shifts: Tensor,
+                     zero: int) -> tuple[Tensor, Tensor] | None:
     """The periodic graph through the C++ cell lists: the sources are the atoms' images
     ``pos + shift`` (the same sums as the blockwise path's), of the images whose box can come
     within ``r`` of the atoms' box (a generous margin for rounding; a pair is never lost), and
-    the zero image's self-pairs are excluded; edges are then ordered by target, source, image."""
+    the zero image's self-pairs are excluded; edges are then ordered by target, source, image.
+    ``None`` (the blockwise path's turn) when the images would hold more than
+    ``_MAX_IMAGE_POINTS`` points."""
     n = pos.size(0)
     x = pos.detach()
     box = (x.max(0).values - x.min(0).values).double()
@@ -462,6 +470,8 @@ def _periodic_native(pos: Tensor, r: float, shifts: Tensor, zero: int) -> tuple[
     gap = (s64.abs() - box).clamp_min(0)
     scale = float(s64.abs().max()) + float(box.max()) + float(x.abs().max())
     keep = (gap.square().sum(1) < (r * (1 + 1e-5) + 1e-5 * scale) ** 2).nonzero().view(-1)
+    if keep.numel() * n > _MAX_IMAGE_POINTS:
+        return None
     src = (x.unsqueeze(0) + shifts[keep].unsqueeze(1)).reshape(-1, 3)
     one = torch.tensor([0, n])
     at = int((keep == zero).nonzero()[0])  # the zero image is always kept (no gap)

@@ -413,8 +413,21 @@ def test_cell_list_radius_graph_bad_input_from_cpp() -> None:
         op(pos, 1.0, torch.tensor([0, 3, 2, 4]), yptr=torch.tensor([0, 1, 2, 4]))
     with pytest.raises(ValueError, match="the same number of graphs, got 1 and 2"):
         op(pos, 1.0, ptr, yptr=torch.tensor([0, 2, 4]))
-    # empty graphs inside ptr are fine
+    # empty graphs inside ptr are fine, and so are graphs with targets but no sources
     assert torch.equal(op(pos, 10.0, torch.tensor([0, 0, 4, 4]), 0), radius_graph(pos, 10.0))
+    got = op(pos, 10.0, torch.tensor([0, 0, 4]), y=pos, yptr=torch.tensor([0, 2, 4]))
+    assert torch.equal(got, torch.tensor([[0, 1, 2, 3] * 2, [2] * 4 + [3] * 4]))
+
+
+@needs_ext
+def test_cell_list_op_passes_opcheck() -> None:
+    """Schema, fake (shape) implementation and dispatch of ``graphattn::radius``."""
+    g = torch.Generator().manual_seed(6)
+    pos = torch.rand(30, 3, generator=g, dtype=torch.float64) * 2
+    ptr = torch.tensor([0, 12, 30])
+    for args in ((pos, pos, 0.8, ptr, ptr, 0, -1), (pos, pos[:20], 1.2, ptr,
+                                                    torch.tensor([0, 5, 20]), -1, 3)):
+        torch.library.opcheck(torch.ops.graphattn.radius.default, args)
 
 
 @needs_ext
@@ -448,3 +461,21 @@ def test_cell_list_periodic_graph_equals_blockwise(dtype) -> None:
             want = periodic_radius_graph(pos, cell, r, pbc)
         assert torch.equal(got[0], want[0]), trial
         assert torch.equal(got[1], want[1]), trial
+
+
+@needs_ext
+def test_periodic_native_falls_back_when_the_images_are_too_many(monkeypatch) -> None:
+    """Past ``_MAX_IMAGE_POINTS`` image coordinates the periodic graph takes the blockwise
+    path (the same graph)."""
+    import graphattn.geometry as geo
+
+    g = torch.Generator().manual_seed(9)
+    pos, cell = torch.rand(10, 3, generator=g) * 2, torch.eye(3) * 2
+    want = periodic_radius_graph(pos, cell, 1.5)
+    calls = []
+    native = geo._periodic_native
+    monkeypatch.setattr(geo, "_periodic_native", lambda *a: calls.append(native(*a)) or calls[-1])
+    monkeypatch.setattr(geo, "_MAX_IMAGE_POINTS", 50)
+    got = periodic_radius_graph(pos, cell, 1.5)
+    assert calls == [None]  # 27 images x 10 atoms > 50: the native path declined
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -51,6 +51,11 @@ struct Grid {
 template <typename scalar_t>
 Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
   Grid g{};
+  if (b <= a) {  // no sources: one empty cell (its targets find nothing)
+    g.n[0] = g.n[1] = g.n[2] = g.cells = g.reach = 1;
+    g.inv_h = 1.0 / r;
+    return g;
+  }
   double hi[3];
   for (int k = 0; k < 3; ++k) {
     g.lo[k] = std::numeric_limits<double>::infinity();
