@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 from graphattn.memory import status_kb as _status_kb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sections import sections  # noqa: E402
+from _sections import run_worker, sections  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("gat", "gatv2", "transformer")
@@ -156,16 +155,7 @@ def run_config(a, impl, layer, nodes, edges, backward, thp="0") -> dict:
     if backward:
         cmd.append("--backward")
     env = dict(os.environ, THP_MEM_ALLOC_ENABLE=thp)
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-    if res.returncode != 0:
-        return {
-            "impl": impl,
-            "layer": layer,
-            "nodes": nodes,
-            "edges": edges,
-            "error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed",
-        }
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker(cmd, {"impl": impl, "layer": layer, "nodes": nodes, "edges": edges}, env)
 
 
 def triad_gbps(threads: int, n: int = 1 << 25) -> float:

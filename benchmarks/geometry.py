@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 from graphattn.memory import status_kb as _status_kb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sections import markers, write_section  # noqa: E402
+from _sections import markers, publish, run_worker, script_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = markers("geometry")
@@ -123,11 +122,7 @@ def run_config(a, impl: str, config: str) -> dict:
     env = dict(os.environ)
     if impl == "pyg-thp":
         env["THP_MEM_ALLOC_ENABLE"] = "1"
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
-    if res.returncode != 0:
-        err = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"rc {res.returncode}"
-        return {"impl": impl, "config": config, "error": err}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker(cmd, {"impl": impl, "config": config}, env)
 
 
 def render(a, rows: list[dict]) -> str:
@@ -179,15 +174,9 @@ def render(a, rows: list[dict]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p = script_parser(__doc__, ROOT / "BENCHMARKS.md", iters=7, warmup=2)
     p.add_argument("--impl", default="cells")
     p.add_argument("--config", default="qm9")
-    p.add_argument("--iters", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     a = p.parse_args()
     if a.worker:
         print(json.dumps(worker(a)))
@@ -201,10 +190,7 @@ def main() -> int:
             r = run_config(a, impl, config)
             rows.append(r)
             print(json.dumps(r), flush=True)
-    text = render(a, rows)
-    print(text)
-    if not a.quick:
-        write_section(Path(a.out), "geometry", text)
+    publish(Path(a.out), "geometry", render(a, rows), a.quick)
     return 0
 
 

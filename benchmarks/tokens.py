@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from pathlib import Path
 from graphattn.memory import status_kb as _status_kb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sections import markers, write_section  # noqa: E402
+from _sections import markers, publish, run_worker, script_parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = markers("tokens")
@@ -88,11 +86,7 @@ def run_config(a, impl: str, T: int, backward: bool) -> dict:
            str(a.window), "--heads", str(a.heads), "--dim", str(a.dim)]
     if backward:
         cmd.append("--backward")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if res.returncode != 0:
-        err = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"rc {res.returncode}"
-        return {"impl": impl, "T": T, "mode": "fwd+bwd" if backward else "fwd", "error": err}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker(cmd, {"impl": impl, "T": T, "mode": "fwd+bwd" if backward else "fwd"})
 
 
 def render(a, rows: list[dict]) -> str:
@@ -130,19 +124,13 @@ def render(a, rows: list[dict]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p = script_parser(__doc__, ROOT / "BENCHMARKS.md", iters=5, warmup=2)
     p.add_argument("--impl", default="core")
     p.add_argument("--T", type=int, default=1024)
     p.add_argument("--backward", action="store_true")
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--window", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dim", type=int, default=32)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     a = p.parse_args()
     if a.worker:
         print(json.dumps(worker(a)))
@@ -157,10 +145,7 @@ def main() -> int:
                 r = run_config(a, impl, T, backward)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    text = render(a, rows)
-    print(text)
-    if not a.quick:
-        write_section(Path(a.out), "tokens", text)
+    publish(Path(a.out), "tokens", render(a, rows), a.quick)
     return 0
 
 
