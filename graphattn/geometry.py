@@ -118,11 +118,14 @@ def _blocks(batch: Tensor, block: int, sorted_batch: bool,
 
 def _sq_dist(src: Tensor, tgt: Tensor) -> Tensor:
     """``[T, S]`` squared distances from coordinate differences, one axis at a time (no
-    ``[T, S, D]`` temporary)."""
+    ``[T, S, D]`` temporary). Each product and sum is rounded on its own (not ``addcmul_``,
+    whose vectorised CPU kernel fuses them into one rounding and its scalar tail does not), so
+    the value does not depend on a pair's position in the block and equals the C++ cell
+    lists' (``csrc/cpu/radius.cpp``) bit for bit."""
     d2 = torch.zeros(tgt.size(0), src.size(0), dtype=src.dtype, device=src.device)
     for k in range(src.size(1)):
         diff = src[:, k].unsqueeze(0) - tgt[:, k].unsqueeze(1)
-        d2.addcmul_(diff, diff)
+        d2 += diff * diff
     return d2
 
 
@@ -225,7 +228,7 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
     if _native_radius(pos):
         return _radius_native(pos, float(r), batch, loop, max_num_neighbors)
     sorted_batch, ptr, batch = _batch_layout(batch)
-    r2 = float(r) ** 2
+    r2 = float(r) * float(r)  # inf for r > ~1.3e154 (** would raise OverflowError)
     out = []
     for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
         d2 = _sq_dist(pos[c0:c1], pos[lo:hi])
@@ -430,7 +433,7 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
         out = _periodic_native(pos, float(r), shifts, zero)
         if out is not None:
             return out
-    r2 = float(r) ** 2
+    r2 = float(r) * float(r)  # inf for r > ~1.3e154 (** would raise OverflowError)
     ar = torch.arange(n, device=dev)
     srcs, tgts, imgs = [], [], []
     one = torch.zeros(n, dtype=torch.long, device=dev)
@@ -469,12 +472,13 @@ def _periodic_native(pos: Tensor, r: float, shifts: Tensor,
     s64 = shifts.double()
     gap = (s64.abs() - box).clamp_min(0)
     scale = float(s64.abs().max()) + float(box.max()) + float(x.abs().max())
-    keep = (gap.square().sum(1) < (r * (1 + 1e-5) + 1e-5 * scale) ** 2).nonzero().view(-1)
+    bound = r * (1 + 1e-5) + 1e-5 * scale
+    keep = (gap.square().sum(1) <= bound * bound).nonzero().view(-1)
     if keep.numel() * n > _MAX_IMAGE_POINTS:
         return None
     src = (x.unsqueeze(0) + shifts[keep].unsqueeze(1)).reshape(-1, 3)
     one = torch.tensor([0, n])
-    at = int((keep == zero).nonzero()[0])  # the zero image is always kept (no gap)
+    at = int((keep == zero).nonzero()[0])  # the zero image is always kept (gap 0 <= bound)
     ei = torch.ops.graphattn.radius(src, x, r, one * keep.numel(), one, at * n, -1)
     img, j = keep[ei[0] // n], ei[0] % n
     order = torch.argsort((ei[1] * n + j) * shifts.size(0) + img)

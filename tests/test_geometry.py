@@ -397,8 +397,10 @@ def test_cell_list_radius_graph_bad_input_from_cpp() -> None:
         op(pos, -1.0, ptr)
     with pytest.raises(ValueError, match="'r' must be a finite non-negative"):
         op(pos, math.inf, ptr)
-    with pytest.raises(ValueError, match="'exclude_offset' must be >= 0"):
+    with pytest.raises(ValueError, match=r"'exclude_offset' must lie in \[0, number of sources"):
         op(pos, 1.0, ptr, -2)
+    with pytest.raises(ValueError, match=r"'exclude_offset' must lie in \[0, number of sources"):
+        op(pos, 1.0, ptr, 2 ** 62)
     with pytest.raises(ValueError, match="'max_num_neighbors' must be >= 0"):
         op(pos, 1.0, ptr, 0, -2)
     with pytest.raises(TypeError, match="'src_ptr' must be an int64"):
@@ -479,3 +481,32 @@ def test_periodic_native_falls_back_when_the_images_are_too_many(monkeypatch) ->
     got = periodic_radius_graph(pos, cell, 1.5)
     assert calls == [None]  # 27 images x 10 atoms > 50: the native path declined
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@needs_ext
+def test_cell_list_pairs_at_the_cutoff_and_extreme_scales() -> None:
+    """Pairs whose squared distance rounds to r^2 (no fused multiply-add on either path: both
+    round each product and sum), lattices whose pairs sit at multiples of the spacing, and
+    scales where no finite cell edge fits (a subnormal r, coordinates spanning more than the
+    largest double, r beyond 1e154): the C++ path equals the blockwise one, and returns."""
+    pos = torch.tensor([[0.04974580556154251, -0.8072746992111206, -1.6487566232681274],
+                        [0.11905446648597717, 1.2789355516433716, -0.6658817529678345]])
+    r = 2.3071887464872307  # float32(r^2) is the unfused d2 of the pair
+    assert torch.equal(radius_graph(pos, r), _reference_radius(pos, r))
+    grid = torch.tensor(list(itertools.product(range(4), repeat=3)), dtype=torch.float64)
+    for a in (0.1, 0.3, 1.54, 3.567, 5.43):
+        for mult in (1.0, 2.0, 3.0, 2 ** 0.5, 3 ** 0.5):
+            lat = (grid * a).float()
+            assert torch.equal(radius_graph(lat, mult * a), _reference_radius(lat, mult * a))
+    cases = [(torch.tensor([[0.0, 0, 0], [0, 0, 0], [1, 0, 0]]), 5e-324),
+             (torch.tensor([[0.0, 0, 0], [0, 0, 0]], dtype=torch.float64), 1e-309),
+             (torch.tensor([[-1e308, 0, 0], [1e308, 0, 0], [1e308, 1, 0]],
+                           dtype=torch.float64), 2.0),
+             (torch.rand(20, 3, dtype=torch.float64), 1e200)]
+    for p, r in cases:
+        assert torch.equal(radius_graph(p, r), _reference_radius(p, r)), r
+    # the periodic path at r = 0 (nothing, as the blockwise path) and at a subnormal r
+    for p, r, pbc in ((torch.zeros(2, 3), 0.0, True), (torch.zeros(1, 3), 0.0, False),
+                      (torch.rand(4, 3), 5e-324, True)):
+        got = periodic_radius_graph(p, torch.eye(3), r, pbc)
+        assert got[0].shape == (2, 0) and got[1].shape == (0, 3)

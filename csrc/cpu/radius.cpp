@@ -20,7 +20,8 @@
 //
 // The result equals the blockwise path's: the squared distance is summed axis by axis from
 // coordinate differences in the same order, d2 = ((0 + dx dx) + dy dy) + dz dz with
-// dx = x_s - y_i, and compared with r * r rounded to the coordinates' type (strict). Edges come
+// dx = x_s - y_i, each product and sum rounded (no fused multiply-add, below), and compared
+// with r * r rounded to the coordinates' type (strict). Edges come
 // sorted by target, then source; with max_num_neighbors = k >= 0 each target keeps the k
 // closest sources (ties to the lower index). Targets are split into chunks processed in
 // parallel, each writing its own sources and per-target counts; the result does not depend on
@@ -35,6 +36,15 @@
 #include <limits>
 #include <utility>
 #include <vector>
+
+// No fused multiply-adds in this file: d2 = ((dx dx) + dy dy) + dz dz rounds every product and
+// every sum, as the blockwise path's separate torch products and sums do (a contracted
+// fma(dy, dy, d2) rounds once, and would move pairs at a rounding of r^2 across the cutoff).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace graphattn {
 namespace {
@@ -51,11 +61,11 @@ struct Grid {
 template <typename scalar_t>
 Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
   Grid g{};
-  if (b <= a) {  // no sources: one empty cell (its targets find nothing)
-    g.n[0] = g.n[1] = g.n[2] = g.cells = g.reach = 1;
-    g.inv_h = 1.0 / r;
-    return g;
-  }
+  // one cell holding every source (a brute force over the graph): for a graph without
+  // sources, and where no finite cell edge fits (coordinates spanning more than the largest
+  // double, a cell edge that underflows to 0)
+  g.n[0] = g.n[1] = g.n[2] = g.cells = g.reach = 1;
+  if (b <= a) return g;
   double hi[3];
   for (int k = 0; k < 3; ++k) {
     g.lo[k] = std::numeric_limits<double>::infinity();
@@ -72,23 +82,27 @@ Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
   // r) where they fit the budget, else of edge r and up (doubled until they fit)
   const double budget = 2.0 * static_cast<double>(b - a) + 8.0;
   double h = r * (1.0 + 1e-5) / 2.0;
-  g.reach = 2;
-  while (true) {
+  int64_t reach = 2;
+  for (int k = 0; k < 3; ++k) {
+    if (!std::isfinite(hi[k] - g.lo[k])) return g;
+  }
+  while (h > 0 && std::isfinite(h)) {
     double prod = 1.0, cnt[3];
     for (int k = 0; k < 3; ++k) {
       cnt[k] = std::floor((hi[k] - g.lo[k]) / h) + 1.0;
       prod *= cnt[k];
     }
-    if (prod <= budget) {
+    if (prod <= budget) {  // (false for a NaN or inf count: the edge doubles)
       for (int k = 0; k < 3; ++k) g.n[k] = static_cast<int64_t>(cnt[k]);
-      break;
+      g.inv_h = 1.0 / h;
+      g.cells = g.n[0] * g.n[1] * g.n[2];
+      g.reach = reach;
+      return g;
     }
     h *= 2.0;
-    g.reach = 1;
+    reach = 1;
   }
-  g.inv_h = 1.0 / h;
-  g.cells = g.n[0] * g.n[1] * g.n[2];
-  return g;
+  return g;  // the one cell
 }
 
 // cell of coordinate k of x, clamped to the grid (in double first: a target far outside the
@@ -96,7 +110,8 @@ Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
 template <typename scalar_t>
 inline int64_t axis_cell(const Grid& g, const scalar_t* x, int k) {
   const double q = (static_cast<double>(x[k]) - g.lo[k]) * g.inv_h;
-  return static_cast<int64_t>(std::min(std::max(q, 0.0), static_cast<double>(g.n[k] - 1)));
+  if (!(q > 0.0)) return 0;  // also NaN (0 x inf of the one cell, inf x 0)
+  return static_cast<int64_t>(std::min(q, static_cast<double>(g.n[k] - 1)));
 }
 
 template <typename scalar_t>
@@ -112,7 +127,8 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
   const scalar_t* xs = src.data_ptr<scalar_t>();
   const scalar_t* yt = tgt.data_ptr<scalar_t>();
   const auto opt = src.options().dtype(at::kLong);
-  if (Ns == 0 || Nt == 0 || !(r > 0)) return at::empty({2, 0}, opt);
+  const scalar_t r2 = static_cast<scalar_t>(r * r);
+  if (Ns == 0 || Nt == 0 || !(r2 > 0)) return at::empty({2, 0}, opt);  // (d2 < 0: none)
 
   // 1. one grid per graph over its sources (parallel over graphs), then the offsets of their
   // cell starts
@@ -151,7 +167,6 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
   });
 
   // 3. each target's sources, by chunks of targets
-  const scalar_t r2 = static_cast<scalar_t>(r * r);
   const int64_t chunks = std::min<int64_t>(Nt, 8 * std::max(1, at::get_num_threads()));
   const auto first = [&](int64_t t) { return Nt * t / chunks; };
   std::vector<std::vector<int64_t>> found(chunks);
@@ -277,8 +292,9 @@ at::Tensor radius_cpu(const at::Tensor& src, const at::Tensor& tgt, double r,
                     "number, got ", r);
   TORCH_CHECK_VALUE(max_num_neighbors >= -1, "graphattn: 'max_num_neighbors' must be >= 0, "
                     "or -1 for no limit, got ", max_num_neighbors);
-  TORCH_CHECK_VALUE(exclude_offset >= -1, "graphattn: 'exclude_offset' must be >= 0, or -1 to "
-                    "exclude nothing, got ", exclude_offset);
+  TORCH_CHECK_VALUE(exclude_offset >= -1 && exclude_offset <= src.size(0),
+                    "graphattn: 'exclude_offset' must lie in [0, number of sources = ",
+                    src.size(0), "], or be -1 to exclude nothing, got ", exclude_offset);
   const at::Tensor xs = src.contiguous(), yt = tgt.contiguous();
   const at::Tensor sp = check_offsets(src_ptr, xs.size(0), "src_ptr", "sources");
   const at::Tensor tp = check_offsets(tgt_ptr, yt.size(0), "tgt_ptr", "targets");
