@@ -118,14 +118,19 @@ def _blocks(batch: Tensor, block: int, sorted_batch: bool,
 
 def _sq_dist(src: Tensor, tgt: Tensor) -> Tensor:
     """``[T, S]`` squared distances from coordinate differences, one axis at a time (no
-    ``[T, S, D]`` temporary). Each product and sum is rounded on its own (not ``addcmul_``,
-    whose vectorised CPU kernel fuses them into one rounding and its scalar tail does not), so
-    the value does not depend on a pair's position in the block and equals the C++ cell
-    lists' (``csrc/cpu/radius.cpp``) bit for bit."""
+    ``[T, S, D]`` temporary). On the CPU each product and sum is rounded on its own (not
+    ``addcmul_``, whose vectorised CPU kernel fuses them into one rounding and its scalar tail
+    does not), so the value does not depend on a pair's position in the block and equals the
+    C++ cell lists' (``csrc/cpu/radius.cpp``) bit for bit; elsewhere ``addcmul_``."""
     d2 = torch.zeros(tgt.size(0), src.size(0), dtype=src.dtype, device=src.device)
+    fused = src.device.type != "cpu"
+    diff, sq = torch.empty_like(d2), None if fused else torch.empty_like(d2)
     for k in range(src.size(1)):
-        diff = src[:, k].unsqueeze(0) - tgt[:, k].unsqueeze(1)
-        d2 += diff * diff
+        torch.sub(src[:, k].unsqueeze(0), tgt[:, k].unsqueeze(1), out=diff)
+        if fused:
+            d2.addcmul_(diff, diff)
+        else:
+            d2.add_(torch.mul(diff, diff, out=sq))
     return d2
 
 
