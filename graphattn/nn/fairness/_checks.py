@@ -3,14 +3,12 @@ expected and what came in."""
 
 from __future__ import annotations
 
-import math
-import numbers
 import operator
 
 import torch
 from torch import Tensor
 
-from ..._checks import is_bool
+from ..._checks import check_real, is_bool
 
 
 def check_int(value, name: str, low: int | None = None, high: int | None = None) -> int:
@@ -32,14 +30,9 @@ def check_int(value, name: str, low: int | None = None, high: int | None = None)
 
 def check_weight(value, name: str) -> float:
     """A loss weight: a finite real number ``>= 0`` (Python, NumPy or a one-element real
-    tensor; a bool or NaN is refused)."""
-    if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
-        value = float(value)
-    if is_bool(value) or not isinstance(value, numbers.Real):
-        raise TypeError(f"'{name}' must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"'{name}' must be a finite number >= 0, got {value}")
-    return float(value)
+    tensor; a bool or NaN is refused): :func:`graphattn._checks.check_real` with the
+    argument's name quoted, as UGID's other messages have it."""
+    return check_real(value, f"'{name}'", allow_zero=True)
 
 
 def check_choice(value, name: str, choices: tuple[str, ...]) -> str:

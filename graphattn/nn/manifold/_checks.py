@@ -4,28 +4,12 @@ messages from deep inside)."""
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
 
-from ..._checks import is_bool
+from ..._checks import check_real
 
-
-def check_real(name: str, value: object, allow_zero: bool = False) -> float:
-    """``value`` as a ``float``, after checking that it is a finite real number > 0 (>= 0
-    with ``allow_zero``): a Python ``int`` / ``float`` (not a ``bool``) or a one-element
-    floating tensor."""
-    if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
-        value = float(value)
-    if is_bool(value) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got "
-                         f"{value!r}")
-    return float(value)
+__all__ = ["check_float_tensor", "check_real"]
 
 
 def check_float_tensor(name: str, x: object, dtype: torch.dtype) -> Tensor:

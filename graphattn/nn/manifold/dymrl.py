@@ -203,8 +203,8 @@ class DyMRL(nn.Module):
         heads = check_int(heads, "heads", 1)
         if dim % 2:
             raise ValueError(f"dim must be even (Givens 2x2 blocks), got {dim}")
-        curvature = check_real("curvature", curvature)
-        init_scale = check_real("init_scale", init_scale, allow_zero=True)
+        curvature = check_real(curvature, "curvature")
+        init_scale = check_real(init_scale, "init_scale", allow_zero=True)
         if word_edges is not None:
             _check_word_edges(word_edges, num_entities, num_words, num_static_relations)
         N, R2 = num_entities, 2 * num_relations

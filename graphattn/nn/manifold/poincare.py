@@ -67,7 +67,7 @@ class PoincareBall(nn.Module):
 
     def __init__(self, c: float = 1.0, learnable: bool = True) -> None:
         super().__init__()
-        c = check_real("c", c)
+        c = check_real(c, "c")
         self.ball = geoopt.PoincareBall(c=c, learnable=learnable)
 
     @property

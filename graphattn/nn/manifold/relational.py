@@ -172,7 +172,7 @@ class RelationalLayer(nn.Module):
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         if kind == "hyperbolic" and ball is None:
             raise ValueError("the hyperbolic layer needs the shared PoincareBall 'ball'")
-        init_scale = check_real("init_scale", init_scale, allow_zero=True)
+        init_scale = check_real(init_scale, "init_scale", allow_zero=True)
         self.kind = kind
         self.ball = ball
         self.bias = nn.Parameter(torch.zeros(dim))
