@@ -157,13 +157,9 @@ def _native_radius(pos: Tensor) -> bool:
     (``graphattn::radius``):
     float32 / float64 coordinates on the CPU, the extension loaded, outside
     ``torch.compile`` and backend ``"reference"`` (:func:`graphattn.ops.set_backend`)."""
-    if (pos.device.type != "cpu" or pos.dtype not in (torch.float32, torch.float64)
-            or torch.compiler.is_compiling()):
-        return False
-    from .ops import _native, _requested
+    from .ops import _native_cpu_op
 
-    return _native.WITH_EXT and _requested() != "reference" and hasattr(
-        torch.ops.graphattn, "radius")
+    return pos.dtype in (torch.float32, torch.float64) and _native_cpu_op(pos, "radius")
 
 
 def _radius_native(pos: Tensor, r: float, batch: Tensor, loop: bool,
@@ -171,12 +167,13 @@ def _radius_native(pos: Tensor, r: float, batch: Tensor, loop: bool,
     """The cell-list radius graph of ``csrc/cpu/radius.cpp`` (graphs as node ranges): an
     unsorted ``batch`` is sorted stably first and the edges mapped back and re-sorted."""
     n = pos.size(0)
-    is_sorted = n < 2 or bool((batch[1:] >= batch[:-1]).all())
-    perm = None if is_sorted else torch.sort(batch, stable=True).indices
-    b = batch if perm is None else batch[perm]
-    counts = torch.unique_consecutive(b, return_counts=True)[1] if n else b.new_zeros(0)
-    ptr = torch.zeros(counts.numel() + 1, dtype=torch.long)
-    torch.cumsum(counts, 0, out=ptr[1:])
+    is_sorted, ptr, _ = _batch_layout(batch)
+    perm = None
+    if not is_sorted:
+        perm = torch.sort(batch, stable=True).indices
+        ptr = _batch_layout(batch[perm])[1]
+    if ptr is None:  # no nodes
+        ptr = torch.zeros(1, dtype=torch.long)
     x = pos.detach() if perm is None else pos.detach()[perm]
     ei = torch.ops.graphattn.radius(x, x, r, ptr, ptr, -1 if loop else 0,
                                     -1 if max_num_neighbors is None else max_num_neighbors)

@@ -321,12 +321,9 @@ def _graph(index: list[Tensor], perm: Tensor, num_src: int, num_dst: int,
 def _native_builder(edge_index: Tensor) -> bool:
     """Whether :func:`build_graph` takes the C++ counting sort (``graphattn::edge_csr``): CPU
     indices, the extension loaded, outside ``torch.compile`` and backend ``"reference"``."""
-    if edge_index.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    from .ops import _native, _requested
+    from .ops import _native_cpu_op
 
-    return _native.WITH_EXT and _requested() != "reference" and hasattr(
-        torch.ops.graphattn, "edge_csr")
+    return _native_cpu_op(edge_index, "edge_csr")
 
 
 def _build_native(edge_index: Tensor, num_src: int, num_dst: int, self_loops: bool,

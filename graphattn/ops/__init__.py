@@ -117,6 +117,14 @@ def backend() -> str:
     return "native"
 
 
+def _native_cpu_op(t: Tensor, name: str) -> bool:
+    """Whether the CPU-only native op ``graphattn::<name>`` (the graph builders: ``edge_csr``,
+    ``radius``) serves ``t`` now: a CPU tensor, the extension loaded with that op, backend not
+    ``"reference"`` and outside ``torch.compile`` (their outputs' sizes depend on the data)."""
+    return (t.device.type == "cpu" and not torch.compiler.is_compiling()
+            and backend() == "native" and hasattr(torch.ops.graphattn, name))
+
+
 def _use_native(t: Tensor) -> bool:
     if backend() != "native":
         return False
