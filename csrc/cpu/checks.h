@@ -17,16 +17,17 @@ namespace graphattn {
 inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name,
                       bool validated = false) {
   check_index(ptr, name, at::kCPU);
-  TORCH_CHECK(ptr.numel() >= 1, "graphattn: '", name, "' must have at least one entry");
+  TORCH_CHECK_VALUE(ptr.numel() >= 1, "graphattn: '", name, "' must have at least one entry");
   const int64_t* p = ptr.data_ptr<int64_t>();
   const int64_t n = ptr.numel() - 1;
-  TORCH_CHECK(p[0] == 0, "graphattn: '", name, "[0]' must be 0, got ", p[0]);
-  TORCH_CHECK(p[n] == num_edges, "graphattn: '", name, "[-1]' must equal the number of edges (",
-              num_edges, "), got ", p[n]);
+  TORCH_CHECK_VALUE(p[0] == 0, "graphattn: '", name, "[0]' must be 0, got ", p[0]);
+  TORCH_CHECK_VALUE(p[n] == num_edges, "graphattn: '", name,
+                    "[-1]' must equal the number of edges (", num_edges, "), got ", p[n]);
   if (validated) return;
   bool ok = true;
   for (int64_t i = 0; i < n; ++i) ok &= (p[i] <= p[i + 1]);
-  TORCH_CHECK(ok, "graphattn: '", name, "' must be non-decreasing (a destination-sorted CSR)");
+  TORCH_CHECK_VALUE(ok, "graphattn: '", name,
+                    "' must be non-decreasing (a destination-sorted CSR)");
 }
 
 // every entry of idx must lie in [0, bound) (validated: as for check_ptr, the scan is skipped).
@@ -40,8 +41,8 @@ inline void check_range(const at::Tensor& idx, int64_t bound, const char* name,
   for (int64_t e = 0; e < n; ++e) ok &= (p[e] >= 0) & (p[e] < bound);
   if (!ok) {
     for (int64_t e = 0; e < n; ++e) {
-      TORCH_CHECK(p[e] >= 0 && p[e] < bound, "graphattn: '", name, "' holds ", p[e],
-                  " at position ", e, ", outside the valid range [0, ", bound, ")");
+      TORCH_CHECK_VALUE(p[e] >= 0 && p[e] < bound, "graphattn: '", name, "' holds ", p[e],
+                        " at position ", e, ", outside the valid range [0, ", bound, ")");
     }
   }
 }

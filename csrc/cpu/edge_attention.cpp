@@ -132,7 +132,7 @@ Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const c10::optional<at::Tensor>& att, const c10::optional<at::Tensor>& bias,
                   const at::Tensor& ptr, const at::Tensor& src, int64_t kind,
                   bool validated = false) {
-  TORCH_CHECK(q.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
+  TORCH_CHECK_VALUE(q.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
   const Dims d = check_attention_shapes(q, k, v, att, bias, ptr.numel() - 1, src.numel(), kind);
   check_ptr(ptr, d.E, "ptr", validated);
   check_range(src, d.Ns, "src", validated);
@@ -707,18 +707,21 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
   const int64_t H = dm.H, S = stats_width(H);
   // the source rows of pass B: [src_begin, src_end) (all by default)
   const int64_t src_end = src_end_.value_or(dm.Ns);
-  TORCH_CHECK(0 <= src_begin && src_begin <= src_end && src_end <= dm.Ns, "graphattn: the "
-              "source rows [row_begin, row_end) must satisfy 0 <= row_begin <= row_end <= "
-              "N_src = ", dm.Ns, ", got [", src_begin, ", ", src_end, ")");
+  TORCH_CHECK_VALUE(0 <= src_begin && src_begin <= src_end && src_end <= dm.Ns,
+                    "graphattn: the "
+                    "source rows [row_begin, row_end) must satisfy 0 <= row_begin <= row_end <= "
+                    "N_src = ",
+                    dm.Ns, ", got [", src_begin, ", ", src_end, ")");
   const int64_t src_rows = src_end - src_begin;
   if (dst_pass) {  // row_stats is lse [N_dst, H]
-    TORCH_CHECK(row_stats.sizes() == at::IntArrayRef({dm.Nd, H}),
-                "graphattn: 'lse' must have shape [N_dst, H], got ", row_stats.sizes());
+    TORCH_CHECK_VALUE(row_stats.sizes() == at::IntArrayRef({dm.Nd, H}),
+                      "graphattn: 'lse' must have shape [N_dst, H], got ", row_stats.sizes());
     check_float(row_stats, "lse", q_.scalar_type(), q_.device());
   } else {  // row_stats is the [N_dst, 2H] record of edge_attention_backward_dst
-    TORCH_CHECK(row_stats.sizes() == at::IntArrayRef({dm.Nd, S}),
-                "graphattn: 'stats' must have shape [N_dst, 2 * H] (from "
-                "edge_attention_backward_dst), got ", row_stats.sizes());
+    TORCH_CHECK_VALUE(row_stats.sizes() == at::IntArrayRef({dm.Nd, S}),
+                      "graphattn: 'stats' must have shape [N_dst, 2 * H] (from "
+                      "edge_attention_backward_dst), got ",
+                      row_stats.sizes());
     check_float(row_stats, "stats", q_.scalar_type(), q_.device());
   }
   // the caller's per-edge record (p_e, ds_e), given to the split passes only: written in place
@@ -727,10 +730,10 @@ BackwardOut backward_cpu(const at::Tensor& grad_out_,
   const bool has_rec = record.has_value() && record->defined();
   if (has_rec) {
     check_float(*record, "record", q_.scalar_type(), q_.device());
-    TORCH_CHECK(record->sizes() == at::IntArrayRef({dm.E, 2 * H}) && record->is_contiguous(),
-                "graphattn: 'record' must be a contiguous [E, 2 * H] = [", dm.E, ", ", 2 * H,
-                "] tensor, got ", record->sizes(), record->is_contiguous() ? "" :
-                " (not contiguous)");
+    TORCH_CHECK_VALUE(record->sizes() == at::IntArrayRef({dm.E, 2 * H}) && record->is_contiguous(),
+                      "graphattn: 'record' must be a contiguous [E, 2 * H] = [", dm.E, ", ", 2 * H,
+                      "] tensor, got ", record->sizes(),
+                      record->is_contiguous() ? "" : " (not contiguous)");
   }
   if (src_pass) {
     check_csc_shapes(dm, *csc_ptr, *csc_eid, *csc_dst);
@@ -824,9 +827,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_atte
 // The two passes of the 'dot' / 'v2' backward as separate ops, so that a caller can consume
 // grad q before grad k and grad v exist (graphattn.ops.projected_attention).
 void check_split_kind(int64_t kind, const char* op) {
-  TORCH_CHECK(kind == DOT || kind == V2, "graphattn: ", op,
-              " takes the kinds 0 (dot) and 2 (v2), got ", kind,
-              " ('additive' has a one-gather backward: edge_attention_backward)");
+  TORCH_CHECK_VALUE(kind == DOT || kind == V2, "graphattn: ", op,
+                    " takes the kinds 0 (dot) and 2 (v2), got ", kind,
+                    " ('additive' has a one-gather backward: edge_attention_backward)");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_dst_cpu(
@@ -869,7 +872,7 @@ at::Tensor edge_attention_backward_additive_values_cpu(
     const c10::optional<at::Tensor>& bias_, const at::Tensor& stats_, const at::Tensor& csc_ptr,
     const at::Tensor& csc_eid, const at::Tensor& csc_dst, double negative_slope,
     at::Tensor& record, bool validated, int64_t row_begin, c10::optional<int64_t> row_end_) {
-  TORCH_CHECK(q_.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
+  TORCH_CHECK_VALUE(q_.device().is_cpu(), "graphattn: 'q' must be on the CPU for the CPU kernel");
   const Dims dm = check_attention_shapes(q_, k_, v_, c10::nullopt, bias_, q_.size(0),
                                          csc_eid.numel(), ADDITIVE);
   check_grad_shapes(dm, q_, grad_out_, c10::nullopt);
@@ -878,16 +881,18 @@ at::Tensor edge_attention_backward_additive_values_cpu(
   check_range(csc_eid, dm.E, "csc_eid", validated);
   check_range(csc_dst, dm.Nd, "csc_dst", validated);
   const int64_t H = dm.H, row_end = row_end_.value_or(dm.Ns);
-  TORCH_CHECK(0 <= row_begin && row_begin <= row_end && row_end <= dm.Ns, "graphattn: the "
-              "source rows [row_begin, row_end) must satisfy 0 <= row_begin <= row_end <= "
-              "N_src = ", dm.Ns, ", got [", row_begin, ", ", row_end, ")");
-  TORCH_CHECK(stats_.sizes() == at::IntArrayRef({dm.Nd, 2 * H}),
-              "graphattn: 'stats' must have shape [N_dst, 2 * H] = [", dm.Nd, ", ", 2 * H,
-              "], got ", stats_.sizes());
+  TORCH_CHECK_VALUE(0 <= row_begin && row_begin <= row_end && row_end <= dm.Ns,
+                    "graphattn: the "
+                    "source rows [row_begin, row_end) must satisfy 0 <= row_begin <= row_end <= "
+                    "N_src = ",
+                    dm.Ns, ", got [", row_begin, ", ", row_end, ")");
+  TORCH_CHECK_VALUE(stats_.sizes() == at::IntArrayRef({dm.Nd, 2 * H}),
+                    "graphattn: 'stats' must have shape [N_dst, 2 * H] = [", dm.Nd, ", ", 2 * H,
+                    "], got ", stats_.sizes());
   check_float(stats_, "stats", q_.scalar_type(), q_.device());
-  TORCH_CHECK(record.sizes() == at::IntArrayRef({dm.E, 2 * H}) && record.is_contiguous(),
-              "graphattn: 'record' must be a contiguous [E, 2 * H] = [", dm.E, ", ", 2 * H,
-              "] tensor, got ", record.sizes());
+  TORCH_CHECK_VALUE(record.sizes() == at::IntArrayRef({dm.E, 2 * H}) && record.is_contiguous(),
+                    "graphattn: 'record' must be a contiguous [E, 2 * H] = [", dm.E, ", ", 2 * H,
+                    "] tensor, got ", record.sizes());
   check_float(record, "record", q_.scalar_type(), q_.device());
   const AttentionInputs in = contiguous_inputs(q_, k_, v_, c10::nullopt, bias_, ADDITIVE);
   const RowView go = row_view(grad_out_);
@@ -910,19 +915,19 @@ at::Tensor edge_attention_backward_additive_values_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_additive_scores_cpu(
     at::Tensor& record, const at::Tensor& ptr, const at::Tensor& csc_ptr,
     const at::Tensor& csc_eid, double negative_slope, bool bias_grad, bool validated) {
-  TORCH_CHECK(record.device().is_cpu(), "graphattn: 'record' must be on the CPU for the CPU "
-              "kernel");
-  TORCH_CHECK(record.dim() == 2 && record.size(1) % 2 == 0 && record.size(1) > 0 &&
-                  record.is_contiguous(),
-              "graphattn: 'record' must be a contiguous [E, 2 * H] tensor, got ",
-              record.sizes());
-  TORCH_CHECK(record.scalar_type() == at::kFloat || record.scalar_type() == at::kDouble,
-              "graphattn: 'record' must be float32 or float64, got ", record.scalar_type());
+  TORCH_CHECK_VALUE(record.device().is_cpu(),
+                    "graphattn: 'record' must be on the CPU for the CPU "
+                    "kernel");
+  TORCH_CHECK_VALUE(
+      record.dim() == 2 && record.size(1) % 2 == 0 && record.size(1) > 0 && record.is_contiguous(),
+      "graphattn: 'record' must be a contiguous [E, 2 * H] tensor, got ", record.sizes());
+  TORCH_CHECK_TYPE(record.scalar_type() == at::kFloat || record.scalar_type() == at::kDouble,
+                   "graphattn: 'record' must be float32 or float64, got ", record.scalar_type());
   const int64_t E = record.size(0), H = record.size(1) / 2;
   check_ptr(ptr, E, "ptr", validated);
   check_ptr(csc_ptr, E, "csc_ptr", validated);
-  TORCH_CHECK(csc_eid.numel() == E, "graphattn: 'csc_eid' must have E = ", E,
-              " entries (the rows of 'record'), got ", csc_eid.numel());
+  TORCH_CHECK_VALUE(csc_eid.numel() == E, "graphattn: 'csc_eid' must have E = ", E,
+                    " entries (the rows of 'record'), got ", csc_eid.numel());
   check_range(csc_eid, E, "csc_eid", validated);
   const Dims dm{ptr.numel() - 1, csc_ptr.numel() - 1, E, H, 1, 1};
   const auto opt = record.options();

@@ -26,16 +26,18 @@ namespace graphattn {
 namespace {
 
 void check_dot_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& ptr) {
-  TORCH_CHECK(q.dim() == 3, "graphattn: 'q' must have shape [N_dst, H, F], got ", q.sizes());
+  TORCH_CHECK_VALUE(q.dim() == 3, "graphattn: 'q' must have shape [N_dst, H, F], got ", q.sizes());
   check_edge_values(k, "k");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "graphattn: 'q' must have the dtype of 'k' (",
-              k.scalar_type(), "), got ", q.scalar_type());
-  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu(),
-              "graphattn: 'q' and 'k' must be on the CPU");
-  TORCH_CHECK(q.size(2) == k.size(1), "graphattn: 'q' must have F = ", k.size(1),
-              " (the columns of 'k') in its last dimension, got ", q.sizes());
-  TORCH_CHECK(ptr.numel() == q.size(0) + 1, "graphattn: 'ptr' must have N_dst + 1 = ",
-              q.size(0) + 1, " entries (one row per query node), got ", ptr.numel());
+  TORCH_CHECK_TYPE(q.scalar_type() == k.scalar_type(),
+                   "graphattn: 'q' must have the dtype of 'k' (", k.scalar_type(), "), got ",
+                   q.scalar_type());
+  TORCH_CHECK_VALUE(q.device().is_cpu() && k.device().is_cpu(),
+                    "graphattn: 'q' and 'k' must be on the CPU");
+  TORCH_CHECK_VALUE(q.size(2) == k.size(1), "graphattn: 'q' must have F = ", k.size(1),
+                    " (the columns of 'k') in its last dimension, got ", q.sizes());
+  TORCH_CHECK_VALUE(ptr.numel() == q.size(0) + 1,
+                    "graphattn: 'ptr' must have N_dst + 1 = ", q.size(0) + 1,
+                    " entries (one row per query node), got ", ptr.numel());
   check_ptr(ptr, k.size(0), "ptr");
 }
 
@@ -141,11 +143,15 @@ std::tuple<at::Tensor, at::Tensor> edge_query_dot_backward_cpu(
     bool need_q, bool need_k) {
   check_dot_inputs(q_, k_, ptr);
   const int64_t N = q_.size(0), H = q_.size(1), F = q_.size(2), E = k_.size(0);
-  TORCH_CHECK(grad_.dim() == 2 && grad_.size(0) == E && grad_.size(1) == H,
-              "graphattn: 'grad_out' must have shape [E=", E, ", H=", H, "], got ",
-              grad_.sizes());
-  TORCH_CHECK(grad_.scalar_type() == k_.scalar_type() && grad_.device().is_cpu(),
-              "graphattn: 'grad_out' must be a CPU tensor of dtype ", k_.scalar_type());
+  TORCH_CHECK_VALUE(grad_.dim() == 2 && grad_.size(0) == E && grad_.size(1) == H,
+                    "graphattn: 'grad_out' must have shape [E=", E, ", H=", H, "], got ",
+                    grad_.sizes());
+  TORCH_CHECK_TYPE(grad_.scalar_type() == k_.scalar_type(),
+                   "graphattn: 'grad_out' must have "
+                   "dtype ",
+                   k_.scalar_type(), ", got ", grad_.scalar_type());
+  TORCH_CHECK_VALUE(grad_.device().is_cpu(), "graphattn: 'grad_out' must be on the CPU, got ",
+                    grad_.device());
   const at::Tensor g = grad_.contiguous(), q = q_.contiguous(), k = k_.contiguous();
   // rows of destinations without in-edges get a zero grad q in the loop; every edge is in
   // one row (check_ptr), so every row of grad k is written

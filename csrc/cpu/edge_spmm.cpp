@@ -28,10 +28,12 @@ namespace graphattn {
 namespace {
 
 void check_nodes(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 3, "graphattn: '", name, "' must have shape [N, H, D], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "graphattn: '",
-              name, "' must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == 3, "graphattn: '", name, "' must have shape [N, H, D], got ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "graphattn: '",
+                   name, "' must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
+                    t.device());
 }
 
 template <typename scalar_t>
@@ -72,12 +74,16 @@ at::Tensor edge_pair_dot_cpu(const at::Tensor& a_, const at::Tensor& b_, const a
                              const at::Tensor& src, bool validated) {
   check_nodes(a_, "a");
   check_nodes(b_, "b");
-  TORCH_CHECK(a_.scalar_type() == b_.scalar_type(), "graphattn: 'b' must have the dtype of 'a' (",
-              a_.scalar_type(), "), got ", b_.scalar_type());
-  TORCH_CHECK(a_.size(1) == b_.size(1) && a_.size(2) == b_.size(2), "graphattn: 'a' and 'b' must "
-              "have the same heads and width [*, H, D], got ", a_.sizes(), " and ", b_.sizes());
-  TORCH_CHECK(ptr.numel() == a_.size(0) + 1, "graphattn: 'ptr' must have N_dst + 1 = ",
-              a_.size(0) + 1, " entries (one row per node of 'a'), got ", ptr.numel());
+  TORCH_CHECK_TYPE(a_.scalar_type() == b_.scalar_type(),
+                   "graphattn: 'b' must have the dtype of 'a' (", a_.scalar_type(), "), got ",
+                   b_.scalar_type());
+  TORCH_CHECK_VALUE(a_.size(1) == b_.size(1) && a_.size(2) == b_.size(2),
+                    "graphattn: 'a' and 'b' must "
+                    "have the same heads and width [*, H, D], got ",
+                    a_.sizes(), " and ", b_.sizes());
+  TORCH_CHECK_VALUE(ptr.numel() == a_.size(0) + 1,
+                    "graphattn: 'ptr' must have N_dst + 1 = ", a_.size(0) + 1,
+                    " entries (one row per node of 'a'), got ", ptr.numel());
   check_ptr(ptr, src.numel(), "ptr", validated);
   check_range(src, b_.size(0), "src", validated);
   const at::Tensor a = a_.contiguous(), b = b_.contiguous();
@@ -96,17 +102,20 @@ at::Tensor edge_spmm_cpu(const at::Tensor& w_, const at::Tensor& x_, const at::T
                          bool validated) {
   check_edge_values(w_, "w");
   check_nodes(x_, "x");
-  TORCH_CHECK(w_.scalar_type() == x_.scalar_type() && w_.device().is_cpu(), "graphattn: 'w' must "
-              "be a CPU tensor of the dtype of 'x' (", x_.scalar_type(), "), got ",
-              w_.scalar_type(), " on ", w_.device());
+  TORCH_CHECK_TYPE(w_.scalar_type() == x_.scalar_type(),
+                   "graphattn: 'w' must have the dtype "
+                   "of 'x' (",
+                   x_.scalar_type(), "), got ", w_.scalar_type());
+  TORCH_CHECK_VALUE(w_.device().is_cpu(), "graphattn: 'w' must be on the CPU, got ", w_.device());
   const int64_t E = col.numel();
-  TORCH_CHECK(w_.size(0) == E && w_.size(1) == x_.size(1), "graphattn: 'w' must have shape [E=",
-              E, ", H=", x_.size(1), "], got ", w_.sizes());
+  TORCH_CHECK_VALUE(w_.size(0) == E && w_.size(1) == x_.size(1),
+                    "graphattn: 'w' must have shape [E=", E, ", H=", x_.size(1), "], got ",
+                    w_.sizes());
   check_ptr(ptr, E, "ptr", validated);
   check_range(col, x_.size(0), "col", validated);
   if (eid.has_value()) {
-    TORCH_CHECK(eid->numel() == E, "graphattn: 'eid' must have E = ", E, " entries, got ",
-                eid->numel());
+    TORCH_CHECK_VALUE(eid->numel() == E, "graphattn: 'eid' must have E = ", E, " entries, got ",
+                      eid->numel());
     check_range(*eid, E, "eid", validated);
   }
   const at::Tensor w = w_.contiguous(), x = x_.contiguous();

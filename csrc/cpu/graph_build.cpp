@@ -70,14 +70,21 @@ void chunk_offsets(std::vector<int64_t>& cnt, int64_t T, int64_t keys, int64_t* 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 edge_csr_cpu(const at::Tensor& edge_index, int64_t num_src, int64_t num_dst, bool self_loops) {
-  TORCH_CHECK(edge_index.device().is_cpu(), "graphattn: 'edge_index' must be on the CPU for "
-              "the CPU graph builder, got ", edge_index.device());
-  TORCH_CHECK(edge_index.scalar_type() == at::kLong, "graphattn: 'edge_index' must be an int64 "
-              "tensor, got ", edge_index.scalar_type());
-  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2, "graphattn: 'edge_index' must "
-              "have shape [2, num_edges], got ", edge_index.sizes());
-  TORCH_CHECK(num_src >= 0 && num_dst >= 0, "graphattn: node counts must be non-negative, got (",
-              num_src, ", ", num_dst, ")");
+  TORCH_CHECK_VALUE(edge_index.device().is_cpu(),
+                    "graphattn: 'edge_index' must be on the CPU for "
+                    "the CPU graph builder, got ",
+                    edge_index.device());
+  TORCH_CHECK_TYPE(edge_index.scalar_type() == at::kLong,
+                   "graphattn: 'edge_index' must be an int64 "
+                   "tensor, got ",
+                   edge_index.scalar_type());
+  TORCH_CHECK_VALUE(edge_index.dim() == 2 && edge_index.size(0) == 2,
+                    "graphattn: 'edge_index' must "
+                    "have shape [2, num_edges], got ",
+                    edge_index.sizes());
+  TORCH_CHECK_VALUE(num_src >= 0 && num_dst >= 0,
+                    "graphattn: node counts must be non-negative, got (", num_src, ", ", num_dst,
+                    ")");
   const at::Tensor ei = edge_index.contiguous();
   const int64_t E = ei.size(1);
   const int64_t* s = ei.data_ptr<int64_t>();
@@ -105,10 +112,10 @@ edge_csr_cpu(const at::Tensor& edge_index, int64_t num_src, int64_t num_dst, boo
   for (int64_t t = 0; t < T; ++t) {
     const int64_t e = bad[t];
     if (e < 0) continue;
-    TORCH_CHECK(s[e] >= 0 && s[e] < num_src, "graphattn: 'edge_index[0]' (sources) holds ", s[e],
-                " at position ", e, ", outside the valid range [0, ", num_src, ")");
-    TORCH_CHECK(false, "graphattn: 'edge_index[1]' (destinations) holds ", d[e],
-                " at position ", e, ", outside the valid range [0, ", num_dst, ")");
+    TORCH_CHECK_VALUE(s[e] >= 0 && s[e] < num_src, "graphattn: 'edge_index[0]' (sources) holds ",
+                      s[e], " at position ", e, ", outside the valid range [0, ", num_src, ")");
+    TORCH_CHECK_VALUE(false, "graphattn: 'edge_index[1]' (destinations) holds ", d[e],
+                      " at position ", e, ", outside the valid range [0, ", num_dst, ")");
   }
   int64_t loops_total = 0;
   for (int64_t t = 0; t < T; ++t) loops_total += loops_in[t];

@@ -244,8 +244,10 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
 }
 
 void check_points(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU "
-              "radius graph, got ", x.device());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "graphattn: '", name,
+                    "' must be on the CPU for the CPU "
+                    "radius graph, got ",
+                    x.device());
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "graphattn: '", name, "' must have shape "
                     "[N, 3], got ", x.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
@@ -254,8 +256,8 @@ void check_points(const at::Tensor& x, const char* name) {
 
 // graph offsets over n points; returns the contiguous copy
 at::Tensor check_offsets(const at::Tensor& ptr, int64_t n, const char* name, const char* of) {
-  TORCH_CHECK(ptr.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
-              ptr.device());
+  TORCH_CHECK_VALUE(ptr.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
+                    ptr.device());
   TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong, "graphattn: '", name, "' must be an int64 "
                    "tensor (graph offsets), got ", ptr.scalar_type());
   TORCH_CHECK_VALUE(ptr.dim() == 1 && ptr.numel() >= 1, "graphattn: '", name, "' must be a "

@@ -35,17 +35,18 @@ struct Blocks {
 };
 
 Blocks check_blocks(at::IntArrayRef muls, at::IntArrayRef dims) {
-  TORCH_CHECK(muls.size() == dims.size() && !muls.empty(),
-              "graphattn: 'muls' and 'dims' must be non-empty and of equal length, got ",
-              muls.size(), " and ", dims.size());
+  TORCH_CHECK_VALUE(muls.size() == dims.size() && !muls.empty(),
+                    "graphattn: 'muls' and 'dims' must be non-empty and of equal length, got ",
+                    muls.size(), " and ", dims.size());
   Blocks b;
   for (size_t t = 0; t < muls.size(); ++t) {
-    TORCH_CHECK(muls[t] >= 0 && dims[t] >= 1, "graphattn: block ", t,
-                " must have mul >= 0 and dim >= 1, got (", muls[t], ", ", dims[t], ")");
+    TORCH_CHECK_VALUE(muls[t] >= 0 && dims[t] >= 1, "graphattn: block ", t,
+                      " must have mul >= 0 and dim >= 1, got (", muls[t], ", ", dims[t], ")");
     int64_t cols = 0;
-    TORCH_CHECK(!c10::mul_overflows(muls[t], dims[t], &cols) &&
-                    !c10::add_overflows(b.F, cols, &b.F) && !c10::add_overflows(b.K, muls[t], &b.K),
-                "graphattn: the blocks' sizes overflow int64 at block ", t);
+    TORCH_CHECK_VALUE(!c10::mul_overflows(muls[t], dims[t], &cols) &&
+                          !c10::add_overflows(b.F, cols, &b.F) &&
+                          !c10::add_overflows(b.K, muls[t], &b.K),
+                      "graphattn: the blocks' sizes overflow int64 at block ", t);
     b.mul.push_back(muls[t]);
     b.dim.push_back(dims[t]);
   }
@@ -56,14 +57,18 @@ void check_inputs(const at::Tensor& m, const at::Tensor& coef, const at::Tensor&
                   const Blocks& b) {
   check_edge_values(m, "messages");
   check_edge_values(coef, "coef");
-  TORCH_CHECK(m.device().is_cpu() && coef.device().is_cpu(),
-              "graphattn: 'messages' and 'coef' must be on the CPU");
-  TORCH_CHECK(coef.scalar_type() == m.scalar_type(), "graphattn: 'coef' must have the dtype of "
-              "'messages' (", m.scalar_type(), "), got ", coef.scalar_type());
-  TORCH_CHECK(m.size(1) == b.F, "graphattn: 'messages' must have ", b.F,
-              " columns (sum of mul * dim over the blocks), got ", m.size(1));
-  TORCH_CHECK(coef.size(0) == m.size(0) && coef.size(1) == b.K, "graphattn: 'coef' must have "
-              "shape [E=", m.size(0), ", K=", b.K, "] (K = sum of the muls), got ", coef.sizes());
+  TORCH_CHECK_VALUE(m.device().is_cpu() && coef.device().is_cpu(),
+                    "graphattn: 'messages' and 'coef' must be on the CPU");
+  TORCH_CHECK_TYPE(coef.scalar_type() == m.scalar_type(),
+                   "graphattn: 'coef' must have the dtype of "
+                   "'messages' (",
+                   m.scalar_type(), "), got ", coef.scalar_type());
+  TORCH_CHECK_VALUE(m.size(1) == b.F, "graphattn: 'messages' must have ", b.F,
+                    " columns (sum of mul * dim over the blocks), got ", m.size(1));
+  TORCH_CHECK_VALUE(coef.size(0) == m.size(0) && coef.size(1) == b.K,
+                    "graphattn: 'coef' must have "
+                    "shape [E=",
+                    m.size(0), ", K=", b.K, "] (K = sum of the muls), got ", coef.sizes());
   check_ptr(ptr, m.size(0), "ptr");
 }
 
@@ -72,11 +77,16 @@ int64_t check_head(const c10::optional<at::Tensor>& head, const at::Tensor& m) {
   if (!head.has_value()) return 0;
   const at::Tensor& a = *head;
   check_edge_values(a, "head_coef");
-  TORCH_CHECK(a.device().is_cpu() && a.scalar_type() == m.scalar_type(),
-              "graphattn: 'head_coef' must be a CPU tensor of the messages' dtype (",
-              m.scalar_type(), "), got ", a.scalar_type(), " on ", a.device());
-  TORCH_CHECK(a.size(0) == m.size(0) && a.size(1) >= 1, "graphattn: 'head_coef' must have "
-              "shape [E=", m.size(0), ", H >= 1], got ", a.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == m.scalar_type(),
+                   "graphattn: 'head_coef' must have the "
+                   "messages' dtype (",
+                   m.scalar_type(), "), got ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.device().is_cpu(), "graphattn: 'head_coef' must be on the CPU, got ",
+                    a.device());
+  TORCH_CHECK_VALUE(a.size(0) == m.size(0) && a.size(1) >= 1,
+                    "graphattn: 'head_coef' must have "
+                    "shape [E=",
+                    m.size(0), ", H >= 1], got ", a.sizes());
   return a.size(1);
 }
 
@@ -283,13 +293,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
   const Blocks b = check_blocks(muls, dims);
   check_inputs(m_, coef_, ptr, b);
   const int64_t H = check_head(head_, m_);
-  TORCH_CHECK(H > 0 || !need_head, "graphattn: 'need_head' without a 'head_coef'");
+  TORCH_CHECK_VALUE(H > 0 || !need_head, "graphattn: 'need_head' without a 'head_coef'");
   const int64_t N = ptr.numel() - 1, E = m_.size(0), F = b.F, K = b.K;
-  TORCH_CHECK(grad_.dim() == 2 && grad_.size(0) == N && grad_.size(1) == F,
-              "graphattn: 'grad_out' must have shape [N=", N, ", F=", F, "], got ",
-              grad_.sizes());
-  TORCH_CHECK(grad_.scalar_type() == m_.scalar_type() && grad_.device().is_cpu(),
-              "graphattn: 'grad_out' must be a CPU tensor of dtype ", m_.scalar_type());
+  TORCH_CHECK_VALUE(grad_.dim() == 2 && grad_.size(0) == N && grad_.size(1) == F,
+                    "graphattn: 'grad_out' must have shape [N=", N, ", F=", F, "], got ",
+                    grad_.sizes());
+  TORCH_CHECK_TYPE(grad_.scalar_type() == m_.scalar_type(),
+                   "graphattn: 'grad_out' must have "
+                   "dtype ",
+                   m_.scalar_type(), ", got ", grad_.scalar_type());
+  TORCH_CHECK_VALUE(grad_.device().is_cpu(), "graphattn: 'grad_out' must be on the CPU, got ",
+                    grad_.device());
   const at::Tensor g = grad_.contiguous(), m = m_.contiguous(), coef = coef_.contiguous();
   const at::Tensor head = H ? head_->contiguous() : at::Tensor();
   // every edge lies in one row (check_ptr), so every row of the gradients is written

@@ -20,7 +20,7 @@ namespace {
 void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name,
                        bool validated) {
   check_edge_values(t, name);
-  TORCH_CHECK(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU");
   check_ptr(ptr, t.size(0), "ptr", validated);
 }
 
@@ -84,8 +84,8 @@ at::Tensor segment_softmax_cpu(const at::Tensor& scores_, const at::Tensor& ptr,
 at::Tensor segment_softmax_backward_cpu(const at::Tensor& out_, const at::Tensor& grad_,
                                         const at::Tensor& ptr, bool validated) {
   check_edge_tensor(out_, ptr, "out", validated);
-  TORCH_CHECK(grad_.sizes() == out_.sizes(), "graphattn: 'grad_out' must have shape ",
-              out_.sizes(), ", got ", grad_.sizes());
+  TORCH_CHECK_VALUE(grad_.sizes() == out_.sizes(), "graphattn: 'grad_out' must have shape ",
+                    out_.sizes(), ", got ", grad_.sizes());
   check_float(grad_, "grad_out", out_.scalar_type(), out_.device());
   const at::Tensor out = out_.contiguous(), grad = grad_.contiguous();
   const int64_t N = ptr.numel() - 1, E = out.size(0), H = out.size(1);
@@ -187,8 +187,8 @@ at::Tensor segment_reduce_backward_cpu(const at::Tensor& grad_, const at::Tensor
           std::fill(gi + p[i] * F, gi + p[i + 1] * F, scalar_t(0));
           for (int64_t f = 0; f < F; ++f) {
             const int64_t e = a[i * F + f];
-            TORCH_CHECK(e >= p[i] && e < p[i + 1], "graphattn: 'arg' holds ", e,
-                        " outside segment ", i);
+            TORCH_CHECK_VALUE(e >= p[i] && e < p[i + 1], "graphattn: 'arg' holds ", e,
+                              " outside segment ", i);
             gi[e * F + f] = g[i * F + f];
           }
         } else {

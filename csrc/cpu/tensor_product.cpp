@@ -38,10 +38,13 @@ struct Path {
 
 std::vector<Path> read_meta(const at::Tensor& meta, const at::Tensor& coupling, int64_t Dx,
                             int64_t Dy, int64_t Dout, int64_t W) {
-  TORCH_CHECK(meta.scalar_type() == at::kLong && meta.dim() == 2 && meta.size(1) == kMetaCols &&
-                  meta.device().is_cpu(),
-              "graphattn: 'meta' must be a CPU int64 tensor [P, ", kMetaCols, "], got ",
-              meta.scalar_type(), " ", meta.sizes());
+  TORCH_CHECK_TYPE(meta.scalar_type() == at::kLong,
+                   "graphattn: 'meta' must be an int64 "
+                   "tensor, got ",
+                   meta.scalar_type());
+  TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == kMetaCols && meta.device().is_cpu(),
+                    "graphattn: 'meta' must be a CPU tensor [P, ", kMetaCols, "], got ",
+                    meta.sizes(), " on ", meta.device());
   const at::Tensor m = meta.contiguous();
   const int64_t* p = m.data_ptr<int64_t>();
   std::vector<Path> paths;
@@ -49,41 +52,42 @@ std::vector<Path> read_meta(const at::Tensor& meta, const at::Tensor& coupling, 
   for (int64_t r = 0; r < m.size(0); ++r) {
     const int64_t* q = p + r * kMetaCols;
     Path t{q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8]};
-    TORCH_CHECK(t.d1 >= 1 && t.d3 >= 1 && t.d1 <= kMaxD && t.d3 <= kMaxD, "graphattn: 'meta' row ",
-                r, " has irrep dimensions d1 = ", t.d1, ", d3 = ", t.d3, "; the kernel takes 1 to ",
-                kMaxD, " (l <= 7)");
+    TORCH_CHECK_VALUE(t.d1 >= 1 && t.d3 >= 1 && t.d1 <= kMaxD && t.d3 <= kMaxD,
+                      "graphattn: 'meta' row ", r, " has irrep dimensions d1 = ", t.d1,
+                      ", d3 = ", t.d3, "; the kernel takes 1 to ", kMaxD, " (l <= 7)");
     // each bound is checked before it enters a product or a sum, so nothing can overflow: mul
     // <= W and d2 <= Dy are tensor sizes, d1, d3 <= kMaxD
     const int64_t NC = coupling.numel();
-    TORCH_CHECK(t.mul >= 0 && t.mul <= W && t.d2 >= 1 && t.d2 <= Dy && t.x >= 0 && t.x <= Dx &&
-                    t.y >= 0 && t.y <= Dy && t.o >= 0 && t.o <= Dout && t.w >= 0 && t.w <= W &&
-                    t.c >= 0 && t.c <= NC && t.mul * t.d1 <= Dx - t.x && t.d2 <= Dy - t.y &&
-                    t.mul * t.d3 <= Dout - t.o && t.mul <= W - t.w &&
-                    t.d1 * t.d2 * t.d3 <= NC - t.c,
-                "graphattn: 'meta' row ", r, " addresses outside the inputs (x ", Dx, ", y ", Dy,
-                ", out ", Dout, ", w ", W, " columns, ", NC, " coupling entries)");
-    TORCH_CHECK(t.o == covered, "graphattn: 'meta' rows must tile the output in order: row ", r,
-                " starts at column ", t.o, ", expected ", covered);
+    TORCH_CHECK_VALUE(
+        t.mul >= 0 && t.mul <= W && t.d2 >= 1 && t.d2 <= Dy && t.x >= 0 && t.x <= Dx && t.y >= 0 &&
+            t.y <= Dy && t.o >= 0 && t.o <= Dout && t.w >= 0 && t.w <= W && t.c >= 0 && t.c <= NC &&
+            t.mul * t.d1 <= Dx - t.x && t.d2 <= Dy - t.y && t.mul * t.d3 <= Dout - t.o &&
+            t.mul <= W - t.w && t.d1 * t.d2 * t.d3 <= NC - t.c,
+        "graphattn: 'meta' row ", r, " addresses outside the inputs (x ", Dx, ", y ", Dy, ", out ",
+        Dout, ", w ", W, " columns, ", NC, " coupling entries)");
+    TORCH_CHECK_VALUE(t.o == covered, "graphattn: 'meta' rows must tile the output in order: row ",
+                      r, " starts at column ", t.o, ", expected ", covered);
     covered += t.mul * t.d3;
     paths.push_back(t);
   }
-  TORCH_CHECK(covered == Dout, "graphattn: 'meta' covers ", covered, " output columns, expected ",
-              Dout);
+  TORCH_CHECK_VALUE(covered == Dout, "graphattn: 'meta' covers ", covered,
+                    " output columns, expected ", Dout);
   std::vector<char> used(W, 0);  // each weight feeds one channel of one path
   for (const Path& t : paths)
     for (int64_t u = 0; u < t.mul; ++u) {
-      TORCH_CHECK(!used[t.w + u], "graphattn: 'meta' rows share weight column ", t.w + u);
+      TORCH_CHECK_VALUE(!used[t.w + u], "graphattn: 'meta' rows share weight column ", t.w + u);
       used[t.w + u] = 1;
     }
   return paths;
 }
 
 void check_rows(const at::Tensor& t, int64_t E, at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == E, "graphattn: '", name, "' must have shape [E=", E,
-              ", *], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu(), "graphattn: '", name,
-              "' must be a CPU tensor of dtype ", dtype, ", got ", t.scalar_type(), " on ",
-              t.device());
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == E, "graphattn: '", name,
+                    "' must have shape [E=", E, ", *], got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "graphattn: '", name, "' must have dtype ", dtype,
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
+                    t.device());
 }
 
 // op[i, k] = sum_j C[i, j, k] y[j]  (d1 x d3, row-major)
@@ -253,10 +257,13 @@ void tp_backward(const std::vector<Path>& paths, const scalar_t* g, const scalar
 
 template <typename acc_t>
 std::vector<acc_t> coupling_values(const at::Tensor& coupling) {
-  TORCH_CHECK(coupling.dim() == 1 && coupling.device().is_cpu() &&
-                  (coupling.scalar_type() == at::kFloat || coupling.scalar_type() == at::kDouble),
-              "graphattn: 'coupling' must be a 1-D float CPU tensor, got ",
-              coupling.scalar_type(), " ", coupling.sizes());
+  TORCH_CHECK_TYPE(coupling.scalar_type() == at::kFloat || coupling.scalar_type() == at::kDouble,
+                   "graphattn: 'coupling' must be float32 or float64, got ",
+                   coupling.scalar_type());
+  TORCH_CHECK_VALUE(coupling.dim() == 1 && coupling.device().is_cpu(),
+                    "graphattn: 'coupling' "
+                    "must be a 1-D CPU tensor, got ",
+                    coupling.sizes(), " on ", coupling.device());
   const at::Tensor c = coupling.to(at::kDouble).contiguous();
   const double* p = c.data_ptr<double>();
   return std::vector<acc_t>(p, p + c.numel());
@@ -264,9 +271,9 @@ std::vector<acc_t> coupling_values(const at::Tensor& coupling) {
 
 // x, y, weight: [E, *] CPU tensors of one float dtype; returns E
 int64_t check_tp_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& w) {
-  TORCH_CHECK(x.dim() == 2, "graphattn: 'x' must have shape [E, dim], got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "graphattn: 'x' must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, "graphattn: 'x' must have shape [E, dim], got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "graphattn: 'x' must be float32 or float64, got ", x.scalar_type());
   const int64_t E = x.size(0);
   check_rows(x, E, x.scalar_type(), "x");
   check_rows(y, E, x.scalar_type(), "y");

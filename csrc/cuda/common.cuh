@@ -28,17 +28,18 @@ constexpr int kBlock = 256;  // threads per block: 8 warps
 inline void check_ptr(const at::Tensor& ptr, int64_t num_edges, const char* name,
                       const at::Device& device, bool validated = false) {
   check_index(ptr, name, device);
-  TORCH_CHECK(ptr.numel() >= 1, "graphattn: '", name, "' must have at least one entry");
+  TORCH_CHECK_VALUE(ptr.numel() >= 1, "graphattn: '", name, "' must have at least one entry");
   if (validated) return;
   const int64_t n = ptr.numel() - 1;
   // [ptr[0], ptr[-1], number of decreasing steps] in one transfer
   at::Tensor steps = n > 0 ? (ptr.slice(0, 1) < ptr.slice(0, 0, n)).sum() : at::zeros({}, ptr.options());
   const at::Tensor h = at::stack({ptr[0], ptr[n], steps.to(at::kLong)}).cpu();
   const int64_t* v = h.data_ptr<int64_t>();
-  TORCH_CHECK(v[0] == 0, "graphattn: '", name, "[0]' must be 0, got ", v[0]);
-  TORCH_CHECK(v[1] == num_edges, "graphattn: '", name, "[-1]' must equal the number of edges (",
-              num_edges, "), got ", v[1]);
-  TORCH_CHECK(v[2] == 0, "graphattn: '", name, "' must be non-decreasing (a destination-sorted CSR)");
+  TORCH_CHECK_VALUE(v[0] == 0, "graphattn: '", name, "[0]' must be 0, got ", v[0]);
+  TORCH_CHECK_VALUE(v[1] == num_edges, "graphattn: '", name,
+                    "[-1]' must equal the number of edges (", num_edges, "), got ", v[1]);
+  TORCH_CHECK_VALUE(v[2] == 0, "graphattn: '", name,
+                    "' must be non-decreasing (a destination-sorted CSR)");
 }
 
 // every entry of idx must lie in [0, bound).
@@ -49,10 +50,10 @@ inline void check_range(const at::Tensor& idx, int64_t bound, const char* name,
   const auto mm = at::aminmax(idx);
   const at::Tensor h = at::stack({std::get<0>(mm), std::get<1>(mm)}).cpu();
   const int64_t* v = h.data_ptr<int64_t>();
-  TORCH_CHECK(v[0] >= 0, "graphattn: '", name, "' holds ", v[0], ", outside the valid range [0, ",
-              bound, ")");
-  TORCH_CHECK(v[1] < bound, "graphattn: '", name, "' holds ", v[1], ", outside the valid range [0, ",
-              bound, ")");
+  TORCH_CHECK_VALUE(v[0] >= 0, "graphattn: '", name, "' holds ", v[0],
+                    ", outside the valid range [0, ", bound, ")");
+  TORCH_CHECK_VALUE(v[1] < bound, "graphattn: '", name, "' holds ", v[1],
+                    ", outside the valid range [0, ", bound, ")");
 }
 
 template <typename T>

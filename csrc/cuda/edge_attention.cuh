@@ -111,11 +111,13 @@ inline Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const c10::optional<at::Tensor>& att,
                          const c10::optional<at::Tensor>& bias, const at::Tensor& ptr,
                          const at::Tensor& src, int64_t kind, bool validated) {
-  TORCH_CHECK(q.is_cuda(), "graphattn: 'q' must be a CUDA tensor for the CUDA kernel");
+  TORCH_CHECK_VALUE(q.is_cuda(), "graphattn: 'q' must be a CUDA tensor for the CUDA kernel");
   const Dims d = check_attention_shapes(q, k, v, att, bias, ptr.numel() - 1, src.numel(), kind);
-  TORCH_CHECK(d.D <= kCudaMaxHeadDim && d.Dv <= kCudaMaxHeadDim, "graphattn: the CUDA kernel takes head "
-              "dims up to ", kCudaMaxHeadDim, ", got D = ", d.D, ", Dv = ", d.Dv,
-              " (graphattn.ops.edge_attention routes larger heads to the reference path)");
+  TORCH_CHECK_VALUE(d.D <= kCudaMaxHeadDim && d.Dv <= kCudaMaxHeadDim,
+                    "graphattn: the CUDA kernel takes head "
+                    "dims up to ",
+                    kCudaMaxHeadDim, ", got D = ", d.D, ", Dv = ", d.Dv,
+                    " (graphattn.ops.edge_attention routes larger heads to the reference path)");
   check_ptr(ptr, d.E, "ptr", q.device(), validated);
   check_range(src, d.Ns, "src", q.device(), validated);
   return d;

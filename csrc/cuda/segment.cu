@@ -15,7 +15,8 @@ namespace {
 void check_edge_tensor(const at::Tensor& t, const at::Tensor& ptr, const char* name,
                        bool validated) {
   check_edge_values(t, name);
-  TORCH_CHECK(t.is_cuda(), "graphattn: '", name, "' must be a CUDA tensor for the CUDA kernel");
+  TORCH_CHECK_VALUE(t.is_cuda(), "graphattn: '", name,
+                    "' must be a CUDA tensor for the CUDA kernel");
   check_ptr(ptr, t.size(0), "ptr", t.device(), validated);
 }
 
@@ -131,8 +132,8 @@ at::Tensor segment_softmax_backward_cuda(const at::Tensor& out_, const at::Tenso
                                          const at::Tensor& ptr, bool validated) {
   const c10::cuda::CUDAGuard guard(out_.device());
   check_edge_tensor(out_, ptr, "out", validated);
-  TORCH_CHECK(grad_.sizes() == out_.sizes(), "graphattn: 'grad_out' must have shape ",
-              out_.sizes(), ", got ", grad_.sizes());
+  TORCH_CHECK_VALUE(grad_.sizes() == out_.sizes(), "graphattn: 'grad_out' must have shape ",
+                    out_.sizes(), ", got ", grad_.sizes());
   check_float(grad_, "grad_out", out_.scalar_type(), out_.device());
   const at::Tensor out = out_.contiguous(), grad = grad_.contiguous();
   const int64_t N = ptr.numel() - 1, H = out.size(1);
@@ -174,7 +175,8 @@ at::Tensor segment_reduce_backward_cuda(const at::Tensor& grad_, const at::Tenso
                                         int64_t num_edges, bool validated) {
   const c10::cuda::CUDAGuard guard(grad_.device());
   const int code = reduce_code(std::string(reduce_));
-  TORCH_CHECK(grad_.is_cuda(), "graphattn: 'grad_out' must be a CUDA tensor for the CUDA kernel");
+  TORCH_CHECK_VALUE(grad_.is_cuda(),
+                    "graphattn: 'grad_out' must be a CUDA tensor for the CUDA kernel");
   check_ptr(ptr, num_edges, "ptr", grad_.device(), validated);
   check_reduce_backward_shapes(grad_, ptr, arg_, code);
   const at::Tensor grad = grad_.contiguous();
@@ -195,9 +197,9 @@ at::Tensor segment_reduce_backward_cuda(const at::Tensor& grad_, const at::Tenso
   // the kernel never writes outside a segment whatever arg holds; reading the flag costs a
   // host sync, which a validated call (arg from the forward on the same ptr) skips
   if (code == 2 && !validated) {
-    TORCH_CHECK(bad.item<int>() == 0,
-                "graphattn: 'arg' holds a position outside its segment (it must come from "
-                "segment_reduce(..., 'max') on the same ptr)");
+    TORCH_CHECK_VALUE(bad.item<int>() == 0,
+                      "graphattn: 'arg' holds a position outside its segment (it must come from "
+                      "segment_reduce(..., 'max') on the same ptr)");
   }
   return gin;
 }

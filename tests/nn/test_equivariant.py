@@ -288,7 +288,7 @@ def test_charge_embedding_and_bad_inputs():
         model(z, pos, batch=torch.tensor([1, 0, 0, 0]), edge_index=ei)
     with pytest.raises(TypeError, match="'pos' must have the model's dtype"):
         model(z, pos.float(), edge_index=ei)
-    with pytest.raises((ValueError, RuntimeError), match=r"edge_index\[0\]"):  # before gathers
+    with pytest.raises(ValueError, match=r"edge_index\[0\]"):  # before gathers
         model(z, pos, edge_index=torch.tensor([[0, 7], [1, 0]]))
     with pytest.raises(TypeError, match="'charge' must be an integer"):
         model(z, pos, edge_index=ei, charge=torch.tensor([True]))
@@ -329,7 +329,7 @@ def test_gdegan_bad_inputs_and_structures_without_edges():
         model(x, pos, batch=torch.tensor([0, 0, 1]))
     with pytest.raises(TypeError, match="batch must be an integer tensor"):
         model(x, pos, batch=torch.tensor([0.0, 0.0, 1.0, 1.0]))
-    with pytest.raises((ValueError, RuntimeError), match=r"edge_index\[0\]"):
+    with pytest.raises(ValueError, match=r"edge_index\[0\]"):
         model(x, pos, edge_index=torch.tensor([[0, 9], [1, 0]]))
     with pytest.raises(ValueError, match=r"'x' must be \[N, 5\]"):
         model(torch.randn(4, 6), pos)

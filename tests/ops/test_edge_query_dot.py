@@ -140,11 +140,11 @@ def test_native_checks_name_the_argument():
     g = build_graph(ei, 6, cache=False)
     q, k = torch.randn(6, H, F), torch.randn(ei.shape[1], F)
     op = torch.ops.graphattn.edge_query_dot
-    with pytest.raises(RuntimeError, match="'ptr' must have N_dst \\+ 1 = 6 entries"):
+    with pytest.raises(ValueError, match="'ptr' must have N_dst \\+ 1 = 6 entries"):
         op(q[:5], k, g.ptr)
-    with pytest.raises(RuntimeError, match="'q' must have F = 6"):
+    with pytest.raises(ValueError, match="'q' must have F = 6"):
         op(q, k[:, :-1], g.ptr)
-    with pytest.raises(RuntimeError, match="'grad_out' must have shape"):
+    with pytest.raises(ValueError, match="'grad_out' must have shape"):
         torch.ops.graphattn.edge_query_dot_backward(torch.randn(2, H), q, k, g.ptr, True, True)
 
 

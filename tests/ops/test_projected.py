@@ -72,18 +72,18 @@ def test_split_passes_equal_the_fused_backward(kind, kv_shared, gw):
 @native_only
 def test_split_passes_check_their_input():
     _, _, (g, q, k, v, att, bias, lse, go, stats) = _fused_and_split("dot", False, False)
-    with pytest.raises(RuntimeError, match="kinds 0 \\(dot\\) and 2 \\(v2\\)"):
+    with pytest.raises(ValueError, match="kinds 0 \\(dot\\) and 2 \\(v2\\)"):
         OPS.edge_attention_backward_dst(go, None, q, k, v, None, None, lse, g.ptr, g.src, 1,
                                         0.4, 0.2)
-    with pytest.raises(RuntimeError, match="'stats' must have shape"):
+    with pytest.raises(ValueError, match="'stats' must have shape"):
         OPS.edge_attention_backward_src(go, None, q, k, v, None, None, lse, g.ptr, g.src,
                                         g.csc_ptr, g.csc_eid, g.csc_dst, 0, 0.4, 0.2)
-    with pytest.raises(RuntimeError, match="'lse' must have shape"):
+    with pytest.raises(ValueError, match="'lse' must have shape"):
         OPS.edge_attention_backward_dst(go, None, q, k, v, None, None, stats, g.ptr, g.src, 0,
                                         0.4, 0.2)
     bad = g.csc_dst.clone()
     bad[3] = 999
-    with pytest.raises(RuntimeError, match="'csc_dst' holds 999"):
+    with pytest.raises(ValueError, match="'csc_dst' holds 999"):
         OPS.edge_attention_backward_src(go, None, q, k, v, None, None, stats, g.ptr, g.src,
                                         g.csc_ptr, g.csc_eid, bad, 0, 0.4, 0.2)
 
@@ -121,7 +121,7 @@ def test_source_pass_by_row_blocks_equals_its_slices(kind):
         torch.testing.assert_close(bk, gk[b:e], rtol=0, atol=0)
         torch.testing.assert_close(bv, gv[b:e], rtol=0, atol=0)
     for b, e in ((-1, 3), (5, 4), (0, 17)):
-        with pytest.raises(RuntimeError, match=r"0 <= row_begin <= row_end <= N_src = 16, got "
+        with pytest.raises(ValueError, match=r"0 <= row_begin <= row_end <= N_src = 16, got "
                                                rf"\[{b}, {e}\)"):
             OPS.edge_attention_backward_src(*args, b, e)
     torch.library.opcheck(torch.ops.graphattn.edge_attention_backward_src.default,
@@ -223,13 +223,15 @@ def test_edge_record_is_checked():
     src = (go, None, q, k, v, None, None, stats, g.ptr, g.src, g.csc_ptr, g.csc_eid, g.csc_dst,
            0, 0.4, 0.2, False, False, 0, None)
     bad = {rf"'record' must be a contiguous \[E, 2 \* H\] = \[{E}, {2 * H}\] tensor, got "
-           rf"\[{E}, {H}\]": torch.zeros(E, H, dtype=torch.float64),
-           r"got \[\d+, \d+\] \(not contiguous\)": torch.zeros(2 * H, E, dtype=torch.float64).t(),
-           "'record' must have dtype Double": torch.zeros(E, 2 * H, dtype=torch.float32)}
-    for msg, rec in bad.items():
+           rf"\[{E}, {H}\]": (ValueError, torch.zeros(E, H, dtype=torch.float64)),
+           r"got \[\d+, \d+\] \(not contiguous\)": (
+               ValueError, torch.zeros(2 * H, E, dtype=torch.float64).t()),
+           "'record' must have dtype Double": (TypeError,
+                                               torch.zeros(E, 2 * H, dtype=torch.float32))}
+    for msg, (exc, rec) in bad.items():
         for op, args in ((OPS.edge_attention_backward_dst, dst),
                          (OPS.edge_attention_backward_src, src)):
-            with pytest.raises(RuntimeError, match=msg):
+            with pytest.raises(exc, match=msg):
                 op(*args, rec)
 
 
@@ -541,22 +543,22 @@ def test_additive_backward_ops_equal_the_fused_backward(with_bias):
     else:
         assert gbias.numel() == 0
     args = (go, q, k, v, bias, stats, g.csc_ptr, g.csc_eid, g.csc_dst, 0.2)
-    with pytest.raises(RuntimeError, match="'record' must be a contiguous \\[E, 2 \\* H\\]"):
+    with pytest.raises(ValueError, match="'record' must be a contiguous \\[E, 2 \\* H\\]"):
         OPS.edge_attention_backward_additive_values(*args, record[:, :4])
-    with pytest.raises(RuntimeError, match="'stats' must have shape \\[N_dst, 2 \\* H\\]"):
+    with pytest.raises(ValueError, match="'stats' must have shape \\[N_dst, 2 \\* H\\]"):
         OPS.edge_attention_backward_additive_values(go, q, k, v, bias, lse, *args[6:], record)
-    with pytest.raises(RuntimeError, match=r"0 <= row_begin <= row_end <= N_src = 16, got "
+    with pytest.raises(ValueError, match=r"0 <= row_begin <= row_end <= N_src = 16, got "
                                            r"\[3, 17\)"):
         OPS.edge_attention_backward_additive_values(*args, record, False, 3, 17)
     bad = g.csc_dst.clone()
     bad[3] = 999
-    with pytest.raises(RuntimeError, match="'csc_dst' holds 999"):
+    with pytest.raises(ValueError, match="'csc_dst' holds 999"):
         OPS.edge_attention_backward_additive_values(*args[:8], bad, 0.2, record)
     bad = g.csc_eid.clone()
     bad[2] = -4
-    with pytest.raises(RuntimeError, match="'csc_eid' holds -4"):
+    with pytest.raises(ValueError, match="'csc_eid' holds -4"):
         OPS.edge_attention_backward_additive_scores(record, g.ptr, g.csc_ptr, bad, 0.2)
-    with pytest.raises(RuntimeError, match="'record' must be a contiguous \\[E, 2 \\* H\\]"):
+    with pytest.raises(ValueError, match="'record' must be a contiguous \\[E, 2 \\* H\\]"):
         OPS.edge_attention_backward_additive_scores(record[:, :3], g.ptr, g.csc_ptr, g.csc_eid,
                                                     0.2)
 

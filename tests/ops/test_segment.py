@@ -121,7 +121,7 @@ def test_segment_bad_input(backend):
             ops.aggregate(bad, g)
     # row pointers that do not tile the rows: the same kind of error on both backends
     for ptr in (torch.tensor([0, 2, 5]), torch.tensor([1, 3]), torch.tensor([0, 3, 1, 3])):
-        with pytest.raises((ValueError, RuntimeError), match="'ptr"):
+        with pytest.raises(ValueError, match="'ptr"):
             ops.segment_sum(torch.randn(3, 2), ptr)
     # a non-contiguous ptr works like its contiguous copy
     ptr = torch.tensor([0, 9, 1, 9, 3, 9])[::2]
@@ -139,11 +139,11 @@ def test_segment_max_of_a_nan_points_at_the_nan(backend):
 
 @native_only
 def test_native_segment_checks_ptr():
-    with pytest.raises(RuntimeError, match=r"'ptr\[-1\]' must equal the number of edges"):
+    with pytest.raises(ValueError, match=r"'ptr\[-1\]' must equal the number of edges"):
         torch.ops.graphattn.segment_reduce(torch.randn(3, 2), torch.tensor([0, 5]), "sum")
-    with pytest.raises(RuntimeError, match="'reduce' must be"):
+    with pytest.raises(ValueError, match="'reduce' must be"):
         torch.ops.graphattn.segment_reduce(torch.randn(3, 2), torch.tensor([0, 3]), "prod")
-    with pytest.raises(RuntimeError, match="'ptr' must be an int64"):
+    with pytest.raises(TypeError, match="'ptr' must be an int64"):
         torch.ops.graphattn.segment_softmax(
             torch.randn(3, 2), torch.tensor([0, 3], dtype=torch.int32)
         )
