@@ -13,7 +13,8 @@ Distances are computed from coordinate differences (not the
 :math:`O(N^2)`. When ``batch`` is sorted (PyG's collation), each block of targets only
 looks at the sources of the graphs it touches. On the CPU with the extension built, the
 radius and periodic graphs come from C++ cell lists instead (:func:`radius_graph`), edge for
-edge the same graph in ``O(N + E)``.
+edge the same graph in ``O(N + E)``, and so does the kNN graph of 3-D points
+(:func:`knn_graph`, ``O(N k)``).
 
 **Periodic radius graph.** With lattice vectors :math:`a_1, a_2, a_3` (rows of ``cell``) an
 atom :math:`j` has images :math:`x_j + S a` for integer :math:`S \in \mathbb{Z}^3`. An edge
@@ -152,20 +153,21 @@ def _batch_layout(batch: Tensor) -> tuple[bool, Tensor | None, Tensor]:
     return True, ptr, relabelled
 
 
-def _native_radius(pos: Tensor) -> bool:
-    """Whether :func:`radius_graph` and :func:`periodic_radius_graph` take the C++ cell lists
-    (``graphattn::radius``):
-    float32 / float64 coordinates on the CPU, the extension loaded, outside
-    ``torch.compile`` and backend ``"reference"`` (:func:`graphattn.ops.set_backend`)."""
+def _native_cells(pos: Tensor, op: str = "radius") -> bool:
+    """Whether a graph builder takes the C++ cell lists (``graphattn::radius`` of
+    :func:`radius_graph` and :func:`periodic_radius_graph`, ``graphattn::knn`` of
+    :func:`knn_graph`): float32 / float64 coordinates on the CPU, the extension loaded,
+    outside ``torch.compile`` and backend ``"reference"``
+    (:func:`graphattn.ops.set_backend`). (The kNN kernel is for 3-D points.)"""
     from .ops import _native_cpu_op
 
-    return pos.dtype in (torch.float32, torch.float64) and _native_cpu_op(pos, "radius")
+    return pos.dtype in (torch.float32, torch.float64) and _native_cpu_op(pos, op)
 
 
-def _radius_native(pos: Tensor, r: float, batch: Tensor, loop: bool,
-                   max_num_neighbors: int | None) -> Tensor:
-    """The cell-list radius graph of ``csrc/cpu/radius.cpp`` (graphs as node ranges): an
-    unsorted ``batch`` is sorted stably first and the edges mapped back and re-sorted."""
+def _on_node_ranges(pos: Tensor, batch: Tensor, build) -> Tensor:
+    """``build(x, ptr)`` of a C++ graph builder whose graphs are node ranges (``x`` the
+    coordinates, ``ptr`` the graphs' offsets), for any ``batch``: an unsorted one is sorted
+    stably first and the edges mapped back and re-sorted by target, then source."""
     n = pos.size(0)
     is_sorted, ptr, _ = _batch_layout(batch)
     perm = None
@@ -174,9 +176,7 @@ def _radius_native(pos: Tensor, r: float, batch: Tensor, loop: bool,
         ptr = _batch_layout(batch[perm])[1]
     if ptr is None:  # no nodes
         ptr = torch.zeros(1, dtype=torch.long)
-    x = pos.detach() if perm is None else pos.detach()[perm]
-    ei = torch.ops.graphattn.radius(x, x, r, ptr, ptr, -1 if loop else 0,
-                                    -1 if max_num_neighbors is None else max_num_neighbors)
+    ei = build(pos.detach() if perm is None else pos.detach()[perm], ptr)
     if perm is None:
         return ei
     ei = perm[ei]
@@ -227,8 +227,10 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
     _check_block(block)
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
-    if _native_radius(pos):
-        return _radius_native(pos, float(r), batch, loop, max_num_neighbors)
+    if _native_cells(pos):  # the cell lists of csrc/cpu/radius.cpp
+        limit = -1 if max_num_neighbors is None else max_num_neighbors
+        return _on_node_ranges(pos, batch, lambda x, ptr: torch.ops.graphattn.radius(
+            x, x, float(r), ptr, ptr, -1 if loop else 0, limit))
     sorted_batch, ptr, batch = _batch_layout(batch)
     r2 = float(r) * float(r)  # inf for r > ~1.3e154 (** would raise OverflowError)
     out = []
@@ -258,7 +260,11 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
 
     Ties in distance go to the lower source index; a graph with fewer than ``k + 1`` nodes
     (``k`` with ``loop=True``) gives each target all the nodes it has. With ``loop=True`` the
-    node itself counts as one of its ``k`` neighbours (distance 0).
+    node itself counts as one of its ``k`` neighbours (distance 0). On the CPU with the
+    extension built, 3-D points take C++ cell lists (``csrc/cpu/knn.cpp``: rings of cells
+    searched outwards until no unseen point can come closer, ``O(N k)`` at bounded density),
+    edge for edge the graph of the blockwise path here (``O(N^2)`` per graph), which serves
+    other devices, dimensions and dtypes.
 
     Args:
         pos: ``[N, 3]`` (any ``[N, D]`` float works) coordinates.
@@ -281,6 +287,9 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
     _check_block(block)
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
+    if pos.size(1) == 3 and _native_cells(pos, "knn"):
+        return _on_node_ranges(pos, batch, lambda x, ptr: torch.ops.graphattn.knn(
+            x, ptr, k, loop))
     sorted_batch, ptr, batch = _batch_layout(batch)
     out = []
     for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
@@ -290,7 +299,9 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
         src = torch.arange(c0, c1, device=pos.device)
         if not loop:
             valid &= tgt.unsqueeze(1) != src.unsqueeze(0)
-        d2 = d2.masked_fill(~valid, math.inf)
+        # NaN sorts after every number, inf included: a pair whose squared distance overflows
+        # to inf still ranks before the pairs that are not candidates
+        d2 = d2.masked_fill(~valid, math.nan)
         kk = min(k, c1 - c0)
         order = torch.sort(d2, dim=1, stable=True).indices[:, :kk]
         keep = torch.zeros_like(valid)
@@ -431,7 +442,7 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
                           dtype=torch.float64, device=dev)  # lexicographic order
     shifts = (images @ cell).to(dtype)
     zero = int(((images == 0).all(1)).nonzero()[0])
-    if _native_radius(pos):
+    if _native_cells(pos):
         out = _periodic_native(pos, float(r), shifts, zero)
         if out is not None:
             return out

@@ -69,13 +69,15 @@ def test_radius_graph_max_num_neighbors_keeps_closest(backend) -> None:
         assert set(ei[0, ei[1] == i].tolist()) == expect
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("loop", [False, True])
-def test_knn_graph_matches_brute_force(loop) -> None:
+def test_knn_graph_matches_brute_force(loop, backend) -> None:
     g = torch.Generator().manual_seed(3)
     pos = torch.randn(60, 3, generator=g)
     batch = torch.repeat_interleave(torch.arange(3), torch.tensor([25, 4, 31]))
     k = 6
-    ei = knn_graph(pos, k, batch, loop=loop, block=16)
+    with set_backend(backend):
+        ei = knn_graph(pos, k, batch, loop=loop, block=16)
     d = torch.cdist(pos.double(), pos.double())
     ref = set()
     for i in range(60):
@@ -510,3 +512,117 @@ def test_cell_list_pairs_at_the_cutoff_and_extreme_scales() -> None:
                       (torch.rand(4, 3), 5e-324, True)):
         got = periodic_radius_graph(p, torch.eye(3), r, pbc)
         assert got[0].shape == (2, 0) and got[1].shape == (0, 3)
+
+
+def _reference_knn(*args, **kwargs):
+    with set_backend("reference"):
+        return knn_graph(*args, **kwargs)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_list_knn_graph_equals_blockwise(dtype) -> None:
+    """The C++ kNN cell lists give the blockwise graph edge for edge (same order) over random
+    batches: sorted and shuffled ids, loops, k from 1 to beyond the graph sizes, lattices
+    (many ties in distance: they go to the lower id), flat clouds (a grid one cell thick), a far
+    outlier, a tight cluster far from the origin, coincident points."""
+    g = torch.Generator().manual_seed(12)
+    for trial in range(80):
+        n = int(torch.randint(0, 300, (), generator=g))
+        kind = trial % 6
+        if kind == 0:
+            pos = torch.randn(n, 3, generator=g, dtype=dtype) * 3
+        elif kind == 1:  # a lattice of spacing 0.5: ties everywhere
+            pos = torch.randint(0, 4, (n, 3), generator=g).to(dtype) * 0.5
+        elif kind == 2:  # flat
+            pos = torch.randn(n, 3, generator=g, dtype=dtype) * torch.tensor([1.0, 1.0, 0.0],
+                                                                              dtype=dtype)
+        elif kind == 3:
+            pos = torch.rand(n, 3, generator=g, dtype=dtype)
+            pos[:1] = 1e4  # outlier: the grid's cells grow
+        elif kind == 4:
+            pos = torch.randn(n, 3, generator=g, dtype=dtype) * 1e-3 + 100.0
+        else:
+            pos = torch.randn(n, 3, generator=g, dtype=dtype)
+            pos[5:12] = pos[4:5]  # coincident points
+        batch = torch.randint(0, 1 + trial % 5, (n,), generator=g)
+        if trial % 3:
+            batch = batch.sort().values
+        k = int(torch.randint(1, 40, (), generator=g))
+        loop = trial % 4 == 0
+        got = knn_graph(pos, k, batch, loop=loop)
+        assert torch.equal(got, _reference_knn(pos, k, batch, loop=loop)), (trial, k, loop)
+
+
+@needs_ext
+def test_cell_list_knn_large_clouds_ties_and_thread_count() -> None:
+    """A uniform cloud (a fine grid, searched in rings), a lattice whose spacing sits a
+    rounding below the cell edges' multiples (ties at every ring's face) and a cloud in a
+    thin shell (the empty inside searched through): the blockwise graph with 1 and 2
+    threads."""
+    g = torch.Generator().manual_seed(5)
+    axis = torch.arange(14, dtype=torch.float64) * (1.0 - 1e-9)
+    direction = torch.randn(3000, 3, generator=g)
+    clouds = [(torch.rand(5000, 3, generator=g) * 20, 16),
+              (torch.cartesian_prod(axis, axis, axis), 7),
+              (direction / direction.norm(dim=1, keepdim=True) * 10, 12)]
+    threads = torch.get_num_threads()
+    try:
+        for pos, k in clouds:
+            want = _reference_knn(pos, k)
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                assert torch.equal(knn_graph(pos, k), want)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_ext
+def test_cell_list_knn_extreme_scales() -> None:
+    """Squared distances that overflow float32 (both paths keep k neighbours: the blockwise
+    ranking puts them before the pairs that are not candidates), spans below the smallest
+    normal double and beyond the largest (one cell)."""
+    big = torch.tensor([[0.0, 0, 0], [3e19, 0, 0], [0, 3e19, 0], [1, 0, 0]])
+    tiny = torch.tensor([[0.0, 0, 0], [1e-310, 0, 0], [0, 3e-311, 0], [5e-320, 0, 0]],
+                        dtype=torch.float64)
+    huge = torch.tensor([[0.0, 0, 0], [1.5e308, 0, 0], [0, 1e308, 0], [1, 0, 0]],
+                        dtype=torch.float64)
+    for pos in (big, tiny, huge):
+        pos = torch.cat([pos, -pos[1:]])
+        for k in (1, 3, 10):
+            got = knn_graph(pos, k)
+            assert torch.equal(got, _reference_knn(pos, k))
+            assert torch.bincount(got[1], minlength=7).eq(min(k, 6)).all()
+
+
+@needs_ext
+def test_cell_list_knn_bad_input_from_cpp() -> None:
+    """``graphattn::knn`` checks its own arguments (ValueError / TypeError naming them)."""
+    op = torch.ops.graphattn.knn
+    pos, ptr = torch.rand(4, 3), torch.tensor([0, 4])
+    with pytest.raises(ValueError, match=r"'pos' must have shape \[N, 3\]"):
+        op(torch.rand(4, 2), ptr, 2)
+    with pytest.raises(TypeError, match="'pos' must be float32 or float64"):
+        op(pos.half(), ptr, 2)
+    with pytest.raises(ValueError, match="'k' must be >= 1, got 0"):
+        op(pos, ptr, 0)
+    with pytest.raises(ValueError, match="'pos' must be finite: row 1"):
+        op(torch.tensor([[0.0, 0, 0], [math.inf, 0, 0]]), torch.tensor([0, 2]), 1)
+    with pytest.raises(TypeError, match="'ptr' must be an int64"):
+        op(pos, ptr.int(), 2)
+    with pytest.raises(ValueError, match=r"'ptr' must run from 0 to the number of points \(4\)"):
+        op(pos, torch.tensor([0, 3]), 2)
+    with pytest.raises(ValueError, match="'ptr' must be non-decreasing"):
+        op(pos, torch.tensor([0, 3, 2, 4]), 2)
+    # empty graphs inside ptr are fine
+    assert torch.equal(op(pos, torch.tensor([0, 0, 4, 4]), 2), knn_graph(pos, 2))
+
+
+@needs_ext
+def test_cell_list_knn_op_passes_opcheck() -> None:
+    """Schema, fake (shape) implementation and dispatch of ``graphattn::knn``."""
+    g = torch.Generator().manual_seed(7)
+    pos = torch.rand(30, 3, generator=g, dtype=torch.float64) * 2
+    for args in ((pos, torch.tensor([0, 12, 30]), 4, False), (pos, torch.tensor([0, 30]), 40,
+                                                              True)):
+        torch.library.opcheck(torch.ops.graphattn.knn.default, args)

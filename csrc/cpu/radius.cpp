@@ -37,6 +37,8 @@
 #include <utility>
 #include <vector>
 
+#include "cells.h"
+
 // No fused multiply-adds in this file: d2 = ((dx dx) + dy dy) + dz dz rounds every product and
 // every sum, as the blockwise path's separate torch products and sums do (a contracted
 // fma(dy, dy, d2) rounds once, and would move pairs at a rounding of r^2 across the cutoff).
@@ -49,15 +51,6 @@
 namespace graphattn {
 namespace {
 
-struct Grid {
-  double lo[3];
-  double inv_h;   // 1 / cell edge
-  int64_t n[3];   // cells per axis
-  int64_t cells;  // n[0] n[1] n[2]
-  int64_t reach;  // cells searched on each side of a target's: ceil(r / cell edge)
-  int64_t off;    // this graph's first entry in the shared cell-start array
-};
-
 template <typename scalar_t>
 Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
   Grid g{};
@@ -67,25 +60,12 @@ Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
   g.n[0] = g.n[1] = g.n[2] = g.cells = g.reach = 1;
   if (b <= a) return g;
   double hi[3];
-  for (int k = 0; k < 3; ++k) {
-    g.lo[k] = std::numeric_limits<double>::infinity();
-    hi[k] = -std::numeric_limits<double>::infinity();
-  }
-  for (int64_t i = a; i < b; ++i) {
-    for (int k = 0; k < 3; ++k) {
-      const double x = static_cast<double>(p[3 * i + k]);
-      g.lo[k] = std::min(g.lo[k], x);
-      hi[k] = std::max(hi[k], x);
-    }
-  }
+  if (!bounding_box(p, a, b, g.lo, hi)) return g;
   // cells of edge r / 2 (5^3 cells searched, about 0.58x the candidates of 3^3 cells of edge
   // r) where they fit the budget, else of edge r and up (doubled until they fit)
   const double budget = 2.0 * static_cast<double>(b - a) + 8.0;
   double h = r * (1.0 + 1e-5) / 2.0;
   int64_t reach = 2;
-  for (int k = 0; k < 3; ++k) {
-    if (!std::isfinite(hi[k] - g.lo[k])) return g;
-  }
   while (h > 0 && std::isfinite(h)) {
     double prod = 1.0, cnt[3];
     for (int k = 0; k < 3; ++k) {
@@ -103,20 +83,6 @@ Grid make_grid(const scalar_t* p, int64_t a, int64_t b, double r) {
     reach = 1;
   }
   return g;  // the one cell
-}
-
-// cell of coordinate k of x, clamped to the grid (in double first: a target far outside the
-// sources' box must not overflow the integer conversion)
-template <typename scalar_t>
-inline int64_t axis_cell(const Grid& g, const scalar_t* x, int k) {
-  const double q = (static_cast<double>(x[k]) - g.lo[k]) * g.inv_h;
-  if (!(q > 0.0)) return 0;  // also NaN (0 x inf of the one cell, inf x 0)
-  return static_cast<int64_t>(std::min(q, static_cast<double>(g.n[k] - 1)));
-}
-
-template <typename scalar_t>
-inline int64_t cell_index(const Grid& g, const scalar_t* x) {
-  return (axis_cell(g, x, 2) * g.n[1] + axis_cell(g, x, 1)) * g.n[0] + axis_cell(g, x, 0);
 }
 
 template <typename scalar_t>
@@ -243,51 +209,11 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
   return edge_index;
 }
 
-void check_points(const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "graphattn: '", name,
-                    "' must be on the CPU for the CPU "
-                    "radius graph, got ",
-                    x.device());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "graphattn: '", name, "' must have shape "
-                    "[N, 3], got ", x.sizes());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "graphattn: '", name, "' must be float32 or float64, got ", x.scalar_type());
-}
-
-// graph offsets over n points; returns the contiguous copy
-at::Tensor check_offsets(const at::Tensor& ptr, int64_t n, const char* name, const char* of) {
-  TORCH_CHECK_VALUE(ptr.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
-                    ptr.device());
-  TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong, "graphattn: '", name, "' must be an int64 "
-                   "tensor (graph offsets), got ", ptr.scalar_type());
-  TORCH_CHECK_VALUE(ptr.dim() == 1 && ptr.numel() >= 1, "graphattn: '", name, "' must be a "
-                    "non-empty 1-D tensor (graph offsets), got shape ", ptr.sizes());
-  at::Tensor pc = ptr.contiguous();
-  const int64_t* p = pc.data_ptr<int64_t>();
-  const int64_t G = pc.numel() - 1;
-  TORCH_CHECK_VALUE(p[0] == 0 && p[G] == n, "graphattn: '", name, "' must run from 0 to the "
-                    "number of ", of, " (", n, "), got ", p[0], " to ", p[G]);
-  for (int64_t g = 0; g < G; ++g) {
-    TORCH_CHECK_VALUE(p[g] <= p[g + 1], "graphattn: '", name, "' must be non-decreasing (graph "
-                      "offsets), got ", p[g], " before ", p[g + 1], " at ", g);
-  }
-  return pc;
-}
-
-template <typename scalar_t>
-void check_finite(const at::Tensor& x, const char* name) {
-  const scalar_t* p = x.data_ptr<scalar_t>();
-  for (int64_t e = 0; e < x.numel(); ++e) {
-    TORCH_CHECK_VALUE(std::isfinite(static_cast<double>(p[e])), "graphattn: '", name,
-                      "' must be finite: row ", e / 3, " holds ", p[e]);
-  }
-}
-
 at::Tensor radius_cpu(const at::Tensor& src, const at::Tensor& tgt, double r,
                       const at::Tensor& src_ptr, const at::Tensor& tgt_ptr, int64_t exclude_offset,
                       int64_t max_num_neighbors) {
-  check_points(src, "src");
-  check_points(tgt, "tgt");
+  check_points(src, "src", "radius graph");
+  check_points(tgt, "tgt", "radius graph");
   TORCH_CHECK_TYPE(src.scalar_type() == tgt.scalar_type(), "graphattn: 'tgt' must have the "
                    "dtype of 'src' (", src.scalar_type(), "), got ", tgt.scalar_type());
   TORCH_CHECK_VALUE(std::isfinite(r) && r >= 0, "graphattn: 'r' must be a finite non-negative "

@@ -149,6 +149,10 @@ if WITH_EXT:
     def _radius_fake(src, tgt, r, src_ptr, tgt_ptr, exclude_offset=-1, max_num_neighbors=-1):
         return src.new_empty((2, torch.library.get_ctx().new_dynamic_size()), dtype=torch.long)
 
+    @torch.library.register_fake("graphattn::knn")
+    def _knn_fake(pos, ptr, k, loop=False):
+        return pos.new_empty((2, torch.library.get_ctx().new_dynamic_size()), dtype=torch.long)
+
     @torch.library.register_fake("graphattn::segment_softmax")
     def _ss_fake(scores, ptr, validated=False):
         return torch.empty_like(scores)

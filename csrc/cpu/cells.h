@@ -1,0 +1,105 @@
+// Cell lists of the CPU neighbour searches (radius.cpp, knn.cpp): a grid over one graph's
+// points, the cell of a point, and the checks of the points and of the graph offsets.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace graphattn {
+
+struct Grid {
+  double lo[3];
+  double inv_h;   // 1 / cell edge
+  int64_t n[3];   // cells per axis
+  int64_t cells;  // n[0] n[1] n[2]
+  int64_t reach;  // cells searched on each side of a target's: ceil(r / cell edge)
+  int64_t off;    // this graph's first entry in the shared cell-start array
+};
+
+// the bounding box [lo, hi] of points a..b-1 of p [N, 3]; false where a span is not finite
+// (coordinates spanning more than the largest double: no finite cell edge exists)
+template <typename scalar_t>
+bool bounding_box(const scalar_t* p, int64_t a, int64_t b, double* lo, double* hi) {
+  for (int k = 0; k < 3; ++k) {
+    lo[k] = std::numeric_limits<double>::infinity();
+    hi[k] = -std::numeric_limits<double>::infinity();
+  }
+  for (int64_t i = a; i < b; ++i) {
+    for (int k = 0; k < 3; ++k) {
+      const double x = static_cast<double>(p[3 * i + k]);
+      lo[k] = std::min(lo[k], x);
+      hi[k] = std::max(hi[k], x);
+    }
+  }
+  for (int k = 0; k < 3; ++k) {
+    if (!std::isfinite(hi[k] - lo[k])) return false;
+  }
+  return true;
+}
+
+// cell of coordinate k of x, clamped to the grid (in double first: a target far outside the
+// sources' box must not overflow the integer conversion)
+template <typename scalar_t>
+inline int64_t axis_cell(const Grid& g, const scalar_t* x, int k) {
+  const double q = (static_cast<double>(x[k]) - g.lo[k]) * g.inv_h;
+  if (!(q > 0.0)) return 0;  // also NaN (0 x inf of the one cell, inf x 0)
+  return static_cast<int64_t>(std::min(q, static_cast<double>(g.n[k] - 1)));
+}
+
+template <typename scalar_t>
+inline int64_t cell_index(const Grid& g, const scalar_t* x) {
+  return (axis_cell(g, x, 2) * g.n[1] + axis_cell(g, x, 1)) * g.n[0] + axis_cell(g, x, 0);
+}
+
+inline void check_points(const at::Tensor& x, const char* name, const char* what) {
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU ",
+                    what, ", got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "graphattn: '", name,
+                    "' must have shape "
+                    "[N, 3], got ",
+                    x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "graphattn: '",
+                   name, "' must be float32 or float64, got ", x.scalar_type());
+}
+
+// graph offsets over n points; returns the contiguous copy
+inline at::Tensor check_offsets(const at::Tensor& ptr, int64_t n, const char* name,
+                                const char* of) {
+  TORCH_CHECK_VALUE(ptr.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
+                    ptr.device());
+  TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong, "graphattn: '", name,
+                   "' must be an int64 "
+                   "tensor (graph offsets), got ",
+                   ptr.scalar_type());
+  TORCH_CHECK_VALUE(ptr.dim() == 1 && ptr.numel() >= 1, "graphattn: '", name,
+                    "' must be a "
+                    "non-empty 1-D tensor (graph offsets), got shape ",
+                    ptr.sizes());
+  at::Tensor pc = ptr.contiguous();
+  const int64_t* p = pc.data_ptr<int64_t>();
+  const int64_t G = pc.numel() - 1;
+  TORCH_CHECK_VALUE(p[0] == 0 && p[G] == n, "graphattn: '", name,
+                    "' must run from 0 to the "
+                    "number of ",
+                    of, " (", n, "), got ", p[0], " to ", p[G]);
+  for (int64_t g = 0; g < G; ++g) {
+    TORCH_CHECK_VALUE(p[g] <= p[g + 1], "graphattn: '", name,
+                      "' must be non-decreasing (graph "
+                      "offsets), got ",
+                      p[g], " before ", p[g + 1], " at ", g);
+  }
+  return pc;
+}
+
+template <typename scalar_t>
+inline void check_finite(const at::Tensor& x, const char* name) {
+  const scalar_t* p = x.data_ptr<scalar_t>();
+  for (int64_t e = 0; e < x.numel(); ++e) {
+    TORCH_CHECK_VALUE(std::isfinite(static_cast<double>(p[e])), "graphattn: '", name,
+                      "' must be finite: row ", e / 3, " holds ", p[e]);
+  }
+}
+
+}  // namespace graphattn

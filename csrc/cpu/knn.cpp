@@ -1,0 +1,246 @@
+// k-nearest-neighbour graphs by cell lists (graphattn.geometry.knn_graph on the CPU): each
+// point's k closest points of its own graph as sources, in O(N k) time for points at bounded
+// density, where the blockwise path computes and sorts all O(N^2) pair distances of a graph.
+//
+// Graphs are contiguous ranges [ptr[g], ptr[g + 1]) of the points (a sorted batch; the caller
+// sorts an unsorted one). Each graph gets a grid over its points' bounding box with about
+// 2 n / k cells (k / 2 points per cell at uniform density; at most 8 cells where the box is
+// flat or the graph small). A target searches the cells in rings of growing Chebyshev
+// distance R from its own, keeping the k best (d2, source) pairs, and stops after ring R once
+// its k-th best squared distance lies below that of the nearest face of the searched block of
+// (2 R + 1)^3 cells (no point outside it can come closer), with a relative margin of 1e-5 for
+// the rounding of the cell coordinates (in double) and of d2; faces at the grid's border do
+// not count (nothing lies beyond them), so a search that has covered the grid stops. The grid
+// spans the bounding box, so a far outlier coarsens it for the rest of its graph (up to one
+// cell: the brute force of the blockwise path, without its O(n^2) memory).
+//
+// The result equals the blockwise path's: d2 = ((0 + dx dx) + dy dy) + dz dz with
+// dx = x_s - x_i, each product and sum rounded (no fused multiply-add, as in radius.cpp), and
+// the k smallest (d2, source id) pairs, so ties in distance go to the lower id; with
+// loop = false a point is not its own neighbour; a graph of fewer points than k (+ 1 without
+// loop) gives each target all of them. Edges come sorted by target, then source. Targets are
+// split into chunks processed in parallel; the result does not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "cells.h"
+
+namespace graphattn {
+namespace {
+
+// cells per axis for cell edge h over spans s (at least 1 each); their product in double
+inline double grid_cells(const double* s, double h, double* cnt) {
+  double prod = 1.0;
+  for (int k = 0; k < 3; ++k) {
+    cnt[k] = std::floor(s[k] / h) + 1.0;
+    prod *= cnt[k];
+  }
+  return prod;
+}
+
+// A grid of at most 2 n / k cells over points a..b-1 (the budget): the smallest cell edge
+// that fits it, to a factor 1 + 2^-20 (halving from the largest span, at most 8 cells, until
+// the budget is exceeded, then bisecting); one cell where even the largest span does not fit,
+// where the points coincide or where no finite edge exists.
+template <typename scalar_t>
+Grid knn_grid(const scalar_t* p, int64_t a, int64_t b, int64_t k) {
+  Grid g{};
+  g.n[0] = g.n[1] = g.n[2] = g.cells = 1;
+  if (b <= a) return g;
+  double hi[3], span[3], cnt[3];
+  if (!bounding_box(p, a, b, g.lo, hi)) return g;
+  double h = 0.0;
+  for (int d = 0; d < 3; ++d) {
+    span[d] = hi[d] - g.lo[d];
+    h = std::max(h, span[d]);
+  }
+  const double budget = std::max(1.0, 2.0 * static_cast<double>(b - a) / static_cast<double>(k));
+  if (!(h > 0.0) || grid_cells(span, h, cnt) > budget) return g;
+  double tight = 0.0;                  // an edge that does not fit (0: none found yet)
+  for (int it = 0; it < 2100; ++it) {  // (2^-2100 of any finite span underflows)
+    const double h2 = h / 2.0;
+    if (!(h2 > 0.0)) break;
+    if (grid_cells(span, h2, cnt) > budget) {
+      tight = h2;
+      break;
+    }
+    h = h2;
+  }
+  for (int it = 0; it < 20 && tight > 0.0; ++it) {  // h fits, tight does not
+    const double mid = 0.5 * (tight + h);
+    if (grid_cells(span, mid, cnt) > budget)
+      tight = mid;
+    else
+      h = mid;
+  }
+  if (!std::isfinite(1.0 / h)) return g;  // a subnormal edge: one cell
+  grid_cells(span, h, cnt);
+  for (int d = 0; d < 3; ++d) g.n[d] = static_cast<int64_t>(cnt[d]);
+  g.inv_h = 1.0 / h;
+  g.cells = g.n[0] * g.n[1] * g.n[2];
+  return g;
+}
+
+template <typename scalar_t>
+at::Tensor knn_impl(const at::Tensor& pos, const int64_t* ptr, int64_t G, int64_t k, bool loop) {
+  const int64_t N = pos.size(0);
+  const scalar_t* xs = pos.data_ptr<scalar_t>();
+  const auto opt = pos.options().dtype(at::kLong);
+  if (N == 0) return at::empty({2, 0}, opt);
+
+  // 1. one grid per graph, the offsets of their cell starts, points by cell (counting sort,
+  // stable) with their coordinates copied in that order, and each point's graph
+  std::vector<Grid> grids(G);
+  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) grids[g] = knn_grid(xs, ptr[g], ptr[g + 1], k);
+  });
+  int64_t total = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    grids[g].off = total;
+    total += grids[g].cells + 1;
+  }
+  std::vector<int64_t> start(total, 0), sorted(N), cell_of(N), graph_of(N);
+  std::vector<scalar_t> sx(N), sy(N), sz(N);
+  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) {
+      const Grid& gr = grids[g];
+      int64_t* st = start.data() + gr.off;
+      for (int64_t j = ptr[g]; j < ptr[g + 1]; ++j) {
+        cell_of[j] = cell_index(gr, xs + 3 * j);
+        ++st[cell_of[j] + 1];
+        graph_of[j] = g;
+      }
+      for (int64_t c = 0; c < gr.cells; ++c) st[c + 1] += st[c];
+      std::vector<int64_t> cursor(st, st + gr.cells);
+      for (int64_t j = ptr[g]; j < ptr[g + 1]; ++j) sorted[ptr[g] + cursor[cell_of[j]]++] = j;
+      for (int64_t s = ptr[g]; s < ptr[g + 1]; ++s) {
+        const scalar_t* x = xs + 3 * sorted[s];
+        sx[s] = x[0];
+        sy[s] = x[1];
+        sz[s] = x[2];
+      }
+    }
+  });
+
+  // 2. each target's k nearest, by chunks of targets (every target gets min(k, candidates))
+  const int64_t chunks = std::min<int64_t>(N, 8 * std::max(1, at::get_num_threads()));
+  const auto first = [&](int64_t t) { return N * t / chunks; };
+  std::vector<int64_t> nbr_start(N + 1, 0);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t n = ptr[graph_of[i] + 1] - ptr[graph_of[i]] - (loop ? 0 : 1);
+    nbr_start[i + 1] = nbr_start[i] + std::min(k, n);
+  }
+  const int64_t E = nbr_start[N];
+  at::Tensor edge_index = at::empty({2, E}, opt);
+  int64_t* row0 = edge_index.data_ptr<int64_t>();
+  int64_t* row1 = row0 + E;
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    using Pair = std::pair<scalar_t, int64_t>;  // (d2, source): the k smallest, a max-heap
+    std::vector<Pair> best;
+    for (int64_t i = first(cb); i < first(ce); ++i) {
+      const int64_t kk = nbr_start[i + 1] - nbr_start[i];
+      if (kk == 0) continue;
+      const int64_t g = graph_of[i];
+      const Grid& gr = grids[g];
+      const int64_t* st = start.data() + gr.off;
+      const int64_t* nodes = sorted.data() + ptr[g];
+      const scalar_t *px = sx.data() + ptr[g], *py = sy.data() + ptr[g], *pz = sz.data() + ptr[g];
+      const scalar_t* yi = xs + 3 * i;
+      const int64_t self = loop ? -1 : i;
+      const int64_t c[3] = {axis_cell(gr, yi, 0), axis_cell(gr, yi, 1), axis_cell(gr, yi, 2)};
+      best.clear();
+      // sources s..e-1 of the sorted list
+      const auto visit = [&](int64_t s, int64_t e) {
+        for (; s < e; ++s) {
+          const scalar_t dx = px[s] - yi[0], dy = py[s] - yi[1], dz = pz[s] - yi[2];
+          scalar_t d2 = dx * dx;
+          d2 = d2 + dy * dy;
+          d2 = d2 + dz * dz;
+          const int64_t j = nodes[s];
+          if (j == self) continue;
+          const Pair pj(d2, j);
+          if (static_cast<int64_t>(best.size()) < kk) {
+            best.push_back(pj);
+            std::push_heap(best.begin(), best.end());
+          } else if (pj < best.front()) {
+            std::pop_heap(best.begin(), best.end());
+            best.back() = pj;
+            std::push_heap(best.begin(), best.end());
+          }
+        }
+      };
+      const double h = gr.inv_h > 0.0 ? 1.0 / gr.inv_h : 0.0;
+      // slack of the face positions against the cells the points were sorted into (both
+      // rounded in double, near the coordinates' magnitude)
+      const double tol =
+          1e-12 * std::max({std::abs(gr.lo[0]), std::abs(gr.lo[1]), std::abs(gr.lo[2]),
+                            std::abs(gr.lo[0] + gr.n[0] * h), std::abs(gr.lo[1] + gr.n[1] * h),
+                            std::abs(gr.lo[2] + gr.n[2] * h)});
+      for (int64_t R = 0;; ++R) {
+        const int64_t z0 = std::max<int64_t>(c[2] - R, 0), z1 = std::min(c[2] + R, gr.n[2] - 1);
+        const int64_t y0 = std::max<int64_t>(c[1] - R, 0), y1 = std::min(c[1] + R, gr.n[1] - 1);
+        const int64_t x0 = std::max<int64_t>(c[0] - R, 0), x1 = std::min(c[0] + R, gr.n[0] - 1);
+        for (int64_t z = z0; z <= z1; ++z) {
+          for (int64_t y = y0; y <= y1; ++y) {
+            const int64_t row = (z * gr.n[1] + y) * gr.n[0];
+            if (R == 0 || z == c[2] - R || z == c[2] + R || y == c[1] - R || y == c[1] + R) {
+              visit(st[row + x0], st[row + x1 + 1]);  // the ring's whole row: adjacent cells
+            } else {                                  // the row's two ends on the ring
+              if (c[0] - R >= 0) visit(st[row + c[0] - R], st[row + c[0] - R + 1]);
+              if (c[0] + R < gr.n[0]) visit(st[row + c[0] + R], st[row + c[0] + R + 1]);
+            }
+          }
+        }
+        // distance from the target to the nearest inner face of the searched block
+        double bound = std::numeric_limits<double>::infinity();
+        for (int d = 0; d < 3; ++d) {
+          const double y = static_cast<double>(yi[d]);
+          if (c[d] - R > 0) bound = std::min(bound, y - (gr.lo[d] + (c[d] - R) * h));
+          if (c[d] + R + 1 < gr.n[d]) bound = std::min(bound, gr.lo[d] + (c[d] + R + 1) * h - y);
+        }
+        if (std::isinf(bound)) break;  // the whole grid searched
+        bound -= tol;
+        if (static_cast<int64_t>(best.size()) == kk && bound > 0.0 &&
+            static_cast<double>(best.front().first) < bound * bound * (1.0 - 1e-5))
+          break;
+      }
+      std::sort(best.begin(), best.end(),
+                [](const Pair& u, const Pair& v) { return u.second < v.second; });
+      int64_t o = nbr_start[i];
+      for (const Pair& pj : best) {
+        row0[o] = pj.second;
+        row1[o++] = i;
+      }
+    }
+  });
+  return edge_index;
+}
+
+at::Tensor knn_cpu(const at::Tensor& pos, const at::Tensor& ptr, int64_t k, bool loop) {
+  check_points(pos, "pos", "kNN graph");
+  TORCH_CHECK_VALUE(k >= 1, "graphattn: 'k' must be >= 1, got ", k);
+  const at::Tensor x = pos.contiguous();
+  const at::Tensor p = check_offsets(ptr, x.size(0), "ptr", "points");
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "knn_cpu", [&] {
+    check_finite<scalar_t>(x, "pos");
+    return knn_impl<scalar_t>(x, p.data_ptr<int64_t>(), p.numel() - 1, k, loop);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphattn, CPU, m) { m.impl("knn", &knn_cpu); }
+
+}  // namespace graphattn
