@@ -363,13 +363,20 @@ def test_cell_list_pairs_at_a_cell_edge_and_thread_count() -> None:
     # and a dense one (cells of edge r / 2, 5^3 searched: 11^3 <= 2 n + 8)
     clouds = [(torch.rand(6000, 3, generator=g) * 30, 2.0),
               (torch.rand(3000, 3, generator=g) * 10, 2.0)]
+    _equal_on_1_and_2_threads(radius_graph, _reference_radius, clouds)
+
+
+def _equal_on_1_and_2_threads(build, reference, cases) -> None:
+    """``build(*args)`` equals ``reference(*args)`` for each ``args`` of ``cases`` with one
+    and with two threads."""
     threads = torch.get_num_threads()
     try:
-        for big, r in clouds:
-            want = _reference_radius(big, r)
+        for args in cases:
+            want = reference(*args)
             for t in (1, 2):
                 torch.set_num_threads(t)
-                assert torch.equal(radius_graph(big, r), want)
+                assert torch.equal(build(*args), want), (t, [getattr(a, "shape", a)
+                                                              for a in args])
     finally:
         torch.set_num_threads(threads)
 
@@ -566,15 +573,7 @@ def test_cell_list_knn_large_clouds_ties_and_thread_count() -> None:
     clouds = [(torch.rand(5000, 3, generator=g) * 20, 16),
               (torch.cartesian_prod(axis, axis, axis), 7),
               (direction / direction.norm(dim=1, keepdim=True) * 10, 12)]
-    threads = torch.get_num_threads()
-    try:
-        for pos, k in clouds:
-            want = _reference_knn(pos, k)
-            for t in (1, 2):
-                torch.set_num_threads(t)
-                assert torch.equal(knn_graph(pos, k), want)
-    finally:
-        torch.set_num_threads(threads)
+    _equal_on_1_and_2_threads(knn_graph, _reference_knn, clouds)
 
 
 @needs_ext

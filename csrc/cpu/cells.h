@@ -1,11 +1,23 @@
-// Cell lists of the CPU neighbour searches (radius.cpp, knn.cpp): a grid over one graph's
-// points, the cell of a point, and the checks of the points and of the graph offsets.
+// Cell lists of the CPU neighbour searches (radius.cpp, knn.cpp): a grid over each graph's
+// points, the points sorted by cell, and the checks of the points and of the graph offsets.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
+
+// No fused multiply-adds in the files that include this one: their squared distances
+// d2 = ((dx dx) + dy dy) + dz dz round every product and every sum, as the blockwise torch
+// path's separate products and sums do (a contracted fma(dy, dy, d2) rounds once, and would
+// move pairs at a rounding of r^2 across a cutoff or reorder ties).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace graphattn {
 
@@ -51,6 +63,68 @@ inline int64_t axis_cell(const Grid& g, const scalar_t* x, int k) {
 template <typename scalar_t>
 inline int64_t cell_index(const Grid& g, const scalar_t* x) {
   return (axis_cell(g, x, 2) * g.n[1] + axis_cell(g, x, 1)) * g.n[0] + axis_cell(g, x, 0);
+}
+
+// Points of each graph (ranges [ptr[g], ptr[g + 1]) of p [N, 3]) sorted by the cells of its
+// grid: cell c of graph g holds sorted[ptr[g] + start[grids[g].off + c] ...
+// ptr[g] + start[grids[g].off + c + 1]) (a counting sort, stable: ascending ids within a cell;
+// the cells of a row along x are adjacent), with the coordinates copied in that order.
+template <typename scalar_t>
+struct CellLists {
+  std::vector<Grid> grids;
+  std::vector<int64_t> start, sorted;
+  std::vector<scalar_t> x, y, z;
+};
+
+// make(g) gives graph g's grid; graphs are processed in parallel.
+template <typename scalar_t, typename MakeGrid>
+CellLists<scalar_t> sort_into_cells(const scalar_t* p, const int64_t* ptr, int64_t G, int64_t N,
+                                    const MakeGrid& make) {
+  CellLists<scalar_t> cl;
+  cl.grids.resize(G);
+  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) cl.grids[g] = make(g);
+  });
+  int64_t total = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    cl.grids[g].off = total;
+    total += cl.grids[g].cells + 1;
+  }
+  cl.start.assign(total, 0);
+  cl.sorted.resize(N);
+  cl.x.resize(N);
+  cl.y.resize(N);
+  cl.z.resize(N);
+  std::vector<int64_t> cell_of(N);
+  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) {
+      const Grid& gr = cl.grids[g];
+      int64_t* st = cl.start.data() + gr.off;
+      for (int64_t j = ptr[g]; j < ptr[g + 1]; ++j) {
+        cell_of[j] = cell_index(gr, p + 3 * j);
+        ++st[cell_of[j] + 1];
+      }
+      for (int64_t c = 0; c < gr.cells; ++c) st[c + 1] += st[c];
+      std::vector<int64_t> cursor(st, st + gr.cells);
+      for (int64_t j = ptr[g]; j < ptr[g + 1]; ++j) cl.sorted[ptr[g] + cursor[cell_of[j]]++] = j;
+      for (int64_t s = ptr[g]; s < ptr[g + 1]; ++s) {
+        const scalar_t* x = p + 3 * cl.sorted[s];
+        cl.x[s] = x[0];
+        cl.y[s] = x[1];
+        cl.z[s] = x[2];
+      }
+    }
+  });
+  return cl;
+}
+
+// the graph of each of the n items of ranges [ptr[g], ptr[g + 1])
+inline std::vector<int64_t> graph_of_items(const int64_t* ptr, int64_t G, int64_t n) {
+  std::vector<int64_t> out(n);
+  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) std::fill(out.begin() + ptr[g], out.begin() + ptr[g + 1], g);
+  });
+  return out;
 }
 
 inline void check_points(const at::Tensor& x, const char* name, const char* what) {

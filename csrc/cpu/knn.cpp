@@ -15,7 +15,7 @@
 // cell: the brute force of the blockwise path, without its O(n^2) memory).
 //
 // The result equals the blockwise path's: d2 = ((0 + dx dx) + dy dy) + dz dz with
-// dx = x_s - x_i, each product and sum rounded (no fused multiply-add, as in radius.cpp), and
+// dx = x_s - x_i, each product and sum rounded (no fused multiply-add: cells.h), and
 // the k smallest (d2, source id) pairs, so ties in distance go to the lower id; with
 // loop = false a point is not its own neighbour; a graph of fewer points than k (+ 1 without
 // loop) gives each target all of them. Edges come sorted by target, then source. Targets are
@@ -28,12 +28,6 @@
 #include <cmath>
 #include <utility>
 #include <vector>
-
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
 
 #include "cells.h"
 
@@ -100,39 +94,14 @@ at::Tensor knn_impl(const at::Tensor& pos, const int64_t* ptr, int64_t G, int64_
   const auto opt = pos.options().dtype(at::kLong);
   if (N == 0) return at::empty({2, 0}, opt);
 
-  // 1. one grid per graph, the offsets of their cell starts, points by cell (counting sort,
-  // stable) with their coordinates copied in that order, and each point's graph
-  std::vector<Grid> grids(G);
-  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) grids[g] = knn_grid(xs, ptr[g], ptr[g + 1], k);
-  });
-  int64_t total = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    grids[g].off = total;
-    total += grids[g].cells + 1;
-  }
-  std::vector<int64_t> start(total, 0), sorted(N), cell_of(N), graph_of(N);
-  std::vector<scalar_t> sx(N), sy(N), sz(N);
-  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) {
-      const Grid& gr = grids[g];
-      int64_t* st = start.data() + gr.off;
-      for (int64_t j = ptr[g]; j < ptr[g + 1]; ++j) {
-        cell_of[j] = cell_index(gr, xs + 3 * j);
-        ++st[cell_of[j] + 1];
-        graph_of[j] = g;
-      }
-      for (int64_t c = 0; c < gr.cells; ++c) st[c + 1] += st[c];
-      std::vector<int64_t> cursor(st, st + gr.cells);
-      for (int64_t j = ptr[g]; j < ptr[g + 1]; ++j) sorted[ptr[g] + cursor[cell_of[j]]++] = j;
-      for (int64_t s = ptr[g]; s < ptr[g + 1]; ++s) {
-        const scalar_t* x = xs + 3 * sorted[s];
-        sx[s] = x[0];
-        sy[s] = x[1];
-        sz[s] = x[2];
-      }
-    }
-  });
+  // 1. the points of each graph by cell, and each point's graph
+  const CellLists<scalar_t> cl = sort_into_cells(
+      xs, ptr, G, N, [&](int64_t g) { return knn_grid(xs, ptr[g], ptr[g + 1], k); });
+  const std::vector<Grid>& grids = cl.grids;
+  const std::vector<int64_t>& start = cl.start;
+  const std::vector<int64_t>& sorted = cl.sorted;
+  const std::vector<scalar_t>&sx = cl.x, &sy = cl.y, &sz = cl.z;
+  const std::vector<int64_t> graph_of = graph_of_items(ptr, G, N);
 
   // 2. each target's k nearest, by chunks of targets (every target gets min(k, candidates))
   const int64_t chunks = std::min<int64_t>(N, 8 * std::max(1, at::get_num_threads()));

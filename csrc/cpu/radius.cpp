@@ -39,15 +39,6 @@
 
 #include "cells.h"
 
-// No fused multiply-adds in this file: d2 = ((dx dx) + dy dy) + dz dz rounds every product and
-// every sum, as the blockwise path's separate torch products and sums do (a contracted
-// fma(dy, dy, d2) rounds once, and would move pairs at a rounding of r^2 across the cutoff).
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
-
 namespace graphattn {
 namespace {
 
@@ -96,43 +87,17 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
   const scalar_t r2 = static_cast<scalar_t>(r * r);
   if (Ns == 0 || Nt == 0 || !(r2 > 0)) return at::empty({2, 0}, opt);  // (d2 < 0: none)
 
-  // 1. one grid per graph over its sources (parallel over graphs), then the offsets of their
-  // cell starts
-  std::vector<Grid> grids(G);
-  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) grids[g] = make_grid(xs, sptr[g], sptr[g + 1], r);
-  });
-  int64_t total = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    grids[g].off = total;
-    total += grids[g].cells + 1;
-  }
-  // 2. sources of each graph by cell (counting sort, stable: ascending ids within a cell), and
-  // each target's graph
-  std::vector<int64_t> start(total, 0), sorted(Ns), cell_of(Ns), graph_of(Nt);
-  std::vector<scalar_t> sx(Ns), sy(Ns), sz(Ns);  // coordinates in that order (contiguous reads)
-  at::parallel_for(0, G, 64, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) {
-      const Grid& gr = grids[g];
-      int64_t* st = start.data() + gr.off;
-      for (int64_t j = sptr[g]; j < sptr[g + 1]; ++j) {
-        cell_of[j] = cell_index(gr, xs + 3 * j);
-        ++st[cell_of[j] + 1];
-      }
-      for (int64_t c = 0; c < gr.cells; ++c) st[c + 1] += st[c];
-      std::vector<int64_t> cursor(st, st + gr.cells);
-      for (int64_t j = sptr[g]; j < sptr[g + 1]; ++j) sorted[sptr[g] + cursor[cell_of[j]]++] = j;
-      for (int64_t s = sptr[g]; s < sptr[g + 1]; ++s) {
-        const scalar_t* x = xs + 3 * sorted[s];
-        sx[s] = x[0];
-        sy[s] = x[1];
-        sz[s] = x[2];
-      }
-      for (int64_t i = tptr[g]; i < tptr[g + 1]; ++i) graph_of[i] = g;
-    }
-  });
+  // 1. one grid per graph over its sources, the sources of each graph by cell, and each
+  // target's graph
+  const CellLists<scalar_t> cl = sort_into_cells(
+      xs, sptr, G, Ns, [&](int64_t g) { return make_grid(xs, sptr[g], sptr[g + 1], r); });
+  const std::vector<Grid>& grids = cl.grids;
+  const std::vector<int64_t>& start = cl.start;
+  const std::vector<int64_t>& sorted = cl.sorted;
+  const std::vector<scalar_t>&sx = cl.x, &sy = cl.y, &sz = cl.z;
+  const std::vector<int64_t> graph_of = graph_of_items(tptr, G, Nt);
 
-  // 3. each target's sources, by chunks of targets
+  // 2. each target's sources, by chunks of targets
   const int64_t chunks = std::min<int64_t>(Nt, 8 * std::max(1, at::get_num_threads()));
   const auto first = [&](int64_t t) { return Nt * t / chunks; };
   std::vector<std::vector<int64_t>> found(chunks);
@@ -190,7 +155,7 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
     }
   });
 
-  // 4. concatenate: row 0 the sources, row 1 their targets
+  // 3. concatenate: row 0 the sources, row 1 their targets
   std::vector<int64_t> at_chunk(chunks + 1, 0);
   for (int64_t t = 0; t < chunks; ++t)
     at_chunk[t + 1] = at_chunk[t] + static_cast<int64_t>(found[t].size());
