@@ -43,10 +43,12 @@ TORCH_LIBRARY(graphattn, m) {
   m.def(
       "radius(Tensor src, Tensor tgt, float r, Tensor src_ptr, Tensor tgt_ptr, "
       "int exclude_offset=-1, int max_num_neighbors=-1) -> Tensor");
-  // Each point's k nearest points of its own graph (CPU, cell lists; graph g holds the points
-  // [ptr[g], ptr[g + 1])): [2, E] (sources, targets) sorted by target then source, ties in
-  // distance to the lower id; loop=false leaves a point out of its own neighbours.
-  m.def("knn(Tensor pos, Tensor ptr, int k, bool loop=False) -> Tensor");
+  // Each target's k nearest sources of its own graph (CPU, cell lists; graphs as for radius):
+  // [2, E] (sources, targets) sorted by target then source, ties in distance to the lower id,
+  // without the pairs s == i + exclude_offset (-1: none).
+  m.def(
+      "knn(Tensor src, Tensor tgt, Tensor src_ptr, Tensor tgt_ptr, int k, "
+      "int exclude_offset=-1) -> Tensor");
   // The bilinear pieces of edge attention (CPU; its derivatives of second and higher order):
   // edge_pair_dot s[e, h] = a[dst_e, h] . b[src_e, h] over the CSR (ptr, src), [E, H];
   // edge_spmm out[r, h] = sum_{t in row r} w[eid[t] (t without eid), h] x[col[t], h] over a

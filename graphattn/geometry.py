@@ -16,6 +16,11 @@ radius and periodic graphs come from C++ cell lists instead (:func:`radius_graph
 edge the same graph in ``O(N + E)``, and so does the kNN graph of 3-D points
 (:func:`knn_graph`, ``O(N k)``).
 
+**Bipartite queries.** :func:`radius` and :func:`knn` are PyG's ``radius(x, y, ...)`` and
+``knn(x, y, ...)``: for each point of ``y`` the points of ``x`` of its graph, returned in
+PyG's order (row 0 indexes ``y``, row 1 ``x``; ``flip(0)`` for messages from ``x`` to ``y``),
+on the same kernels and blockwise fallback.
+
 **Periodic radius graph.** With lattice vectors :math:`a_1, a_2, a_3` (rows of ``cell``) an
 atom :math:`j` has images :math:`x_j + S a` for integer :math:`S \in \mathbb{Z}^3`. An edge
 ``(j, i, S)`` exists when :math:`0 < \lVert x_j + S a - x_i \rVert < r` (the zero-length
@@ -48,7 +53,7 @@ from torch import Tensor
 
 from ._checks import is_bool
 
-__all__ = ["MAX_IMAGES", "edge_vectors", "knn_graph", "periodic_radius_graph",
+__all__ = ["MAX_IMAGES", "edge_vectors", "knn", "knn_graph", "periodic_radius_graph", "radius",
            "radius_graph"]
 
 
@@ -133,6 +138,17 @@ def _sq_dist(src: Tensor, tgt: Tensor) -> Tensor:
         else:
             d2.add_(torch.mul(diff, diff, out=sq))
     return d2
+
+
+def _first(d2: Tensor, valid: Tensor, m: int) -> Tensor:
+    """The mask of each row's ``m`` smallest valid entries of ``d2`` (ties to the lower
+    column). Invalid entries rank after every number (NaN sorts last): a valid pair whose
+    squared distance overflows to inf still ranks before them."""
+    keep = torch.zeros_like(valid)
+    if m > 0 and d2.size(1):
+        order = torch.sort(d2.masked_fill(~valid, math.nan), dim=1, stable=True).indices
+        keep.scatter_(1, order[:, :m], True)
+    return keep & valid
 
 
 def _batch_layout(batch: Tensor) -> tuple[bool, Tensor | None, Tensor]:
@@ -242,11 +258,7 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
         if not loop:
             mask &= tgt.unsqueeze(1) != src.unsqueeze(0)
         if max_num_neighbors is not None and max_num_neighbors < c1 - c0:
-            d2 = d2.masked_fill(~mask, math.inf)
-            order = torch.sort(d2, dim=1, stable=True).indices[:, :max_num_neighbors]
-            keep = torch.zeros_like(mask)
-            keep.scatter_(1, order, True)
-            mask &= keep
+            mask = _first(d2, mask, max_num_neighbors)
         ti, si = mask.nonzero(as_tuple=True)  # row-major: sorted by target, then source
         out.append(torch.stack([src[si], tgt[ti]]))
     if not out:
@@ -289,7 +301,7 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
     batch = _check_batch(batch, n, pos.device)
     if pos.size(1) == 3 and _native_cells(pos, "knn"):
         return _on_node_ranges(pos, batch, lambda x, ptr: torch.ops.graphattn.knn(
-            x, ptr, k, loop))
+            x, x, ptr, ptr, k, -1 if loop else 0))
     sorted_batch, ptr, batch = _batch_layout(batch)
     out = []
     for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
@@ -299,18 +311,139 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
         src = torch.arange(c0, c1, device=pos.device)
         if not loop:
             valid &= tgt.unsqueeze(1) != src.unsqueeze(0)
-        # NaN sorts after every number, inf included: a pair whose squared distance overflows
-        # to inf still ranks before the pairs that are not candidates
-        d2 = d2.masked_fill(~valid, math.nan)
-        kk = min(k, c1 - c0)
-        order = torch.sort(d2, dim=1, stable=True).indices[:, :kk]
-        keep = torch.zeros_like(valid)
-        keep.scatter_(1, order, True)
-        ti, si = (keep & valid).nonzero(as_tuple=True)
+        ti, si = _first(d2, valid, k).nonzero(as_tuple=True)
         out.append(torch.stack([src[si], tgt[ti]]))
     if not out:
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     return torch.cat(out, dim=1)
+
+
+def _check_r(r) -> None:
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
+        raise ValueError(f"r must be a finite non-negative float, got {r!r}")
+
+
+def _check_limit(value, name: str, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | None,
+               block: int, native, select) -> Tensor:
+    """The pairs (target ``y[i]``, source ``x[j]``) of one graph of the batch that ``select``
+    keeps, as PyG's ``radius`` / ``knn`` return them: ``[2, E]``, row 0 indexing ``y``, row 1
+    ``x``, sorted by ``y``, then ``x``. ``native(xs, ys, ptr_x, ptr_y)`` gives the C++ cell
+    lists' ``[2, E]`` (sources, targets) over sorted batches; ``select(d2, valid)`` the kept
+    ``[T, N_x]`` mask of a block of targets on the blockwise path (``valid``: same graph)."""
+    for t, name in ((x, "x"), (y, "y")):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape [N, D], got "
+                            f"{type(t).__name__}")
+        if t.dim() != 2 or not t.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor of shape [N, D], got "
+                             f"{tuple(t.shape)} {t.dtype}")
+        _check_finite(t, name)
+    if y.size(1) != x.size(1) or y.dtype != x.dtype or y.device != x.device:
+        raise ValueError(f"y must have the width, dtype and device of x ({x.size(1)}, {x.dtype}, "
+                         f"{x.device}), got ({y.size(1)}, {y.dtype}, {y.device})")
+    _check_block(block)
+    bx = _check_batch(batch_x, x.size(0), x.device)
+    by = _check_batch(batch_y, y.size(0), y.device)
+    if x.size(1) == 3 and native is not None and _native_cells(x, native[0]):
+        # graphs as node ranges: both sides sorted stably by a common relabelling of the ids
+        ids = torch.unique(torch.cat([bx, by]))
+        G = ids.numel()
+
+        def on_ranges(b: Tensor, t: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+            g = torch.searchsorted(ids, b)
+            perm = None if bool((g[1:] >= g[:-1]).all()) else torch.sort(g, stable=True).indices
+            ptr = torch.cat([g.new_zeros(1), torch.bincount(g, minlength=G).cumsum(0)])
+            return perm, ptr, t.detach() if perm is None else t.detach()[perm]
+
+        px, ptr_x, xs = on_ranges(bx, x)
+        py, ptr_y, ys = on_ranges(by, y)
+        src, tgt = native[1](xs, ys, ptr_x, ptr_y)
+        if px is None and py is None:  # already by target, then source
+            return torch.stack([tgt, src])
+        src = src if px is None else px[src]
+        tgt = tgt if py is None else py[tgt]
+        order = torch.sort(tgt * max(x.size(0), 1) + src).indices
+        return torch.stack([tgt[order], src[order]])
+    out = []
+    for lo in range(0, y.size(0), block):
+        hi = min(lo + block, y.size(0))
+        keep = select(_sq_dist(x, y[lo:hi]), by[lo:hi].unsqueeze(1) == bx.unsqueeze(0))
+        ti, si = keep.nonzero(as_tuple=True)  # row-major: by target, then source
+        out.append(torch.stack([ti + lo, si]))
+    if not out:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    return torch.cat(out, dim=1)
+
+
+def radius(x: Tensor, y: Tensor, r: float, batch_x: Tensor | None = None,
+           batch_y: Tensor | None = None, max_num_neighbors: int | None = None,
+           block: int = 1024) -> Tensor:
+    """For each point of ``y``, the points of ``x`` in its graph closer than ``r``, as
+    ``torch_geometric.nn.radius`` (torch-cluster's ``radius``) returns them.
+
+    Args:
+        x: ``[N_x, D]`` float coordinates (the sources).
+        y: ``[N_y, D]`` coordinates of the same dtype and device (the queries).
+        r: Cutoff (``>= 0``); pairs at distance exactly ``r`` are excluded.
+        batch_x, batch_y: Graph id per point (``None``: one graph); need not be sorted.
+        max_num_neighbors: At most this many points of ``x`` per point of ``y``: the closest,
+            ties to the lower index (``None``: no limit; PyG's default is 32, whose choice
+            among more candidates depends on its backend).
+        block: Points of ``y`` per step on the blockwise path (memory ``O(block * N_x)``).
+
+    On the CPU with the extension built, 3-D float32 / float64 points take the C++ cell lists
+    of :func:`radius_graph`; other inputs the blockwise path (the same pairs).
+
+    Returns:
+        ``[2, E]`` int64: row 0 the index in ``y``, row 1 the index in ``x`` (PyG's order;
+        ``flip(0)`` gives ``source_to_target`` message passing from ``x`` to ``y``), sorted
+        by ``y``, then ``x``. Every point of ``x`` counts, whatever its position (there is no
+        self-pair to leave out between two sets).
+    """
+    _check_r(r)
+    if max_num_neighbors is not None:
+        _check_limit(max_num_neighbors, "max_num_neighbors", 0)
+    limit = -1 if max_num_neighbors is None else max_num_neighbors
+    r2 = float(r) * float(r)
+
+    def select(d2: Tensor, valid: Tensor) -> Tensor:
+        valid = valid & (d2 < r2)
+        return valid if max_num_neighbors is None else _first(d2, valid, max_num_neighbors)
+
+    return _bipartite(x, y, batch_x, batch_y, block, ("radius", lambda xs, ys, px, py: (
+        torch.ops.graphattn.radius(xs, ys, float(r), px, py, -1, limit))), select)
+
+
+def knn(x: Tensor, y: Tensor, k: int, batch_x: Tensor | None = None,
+        batch_y: Tensor | None = None, block: int = 1024) -> Tensor:
+    """For each point of ``y``, its ``k`` nearest points of ``x`` in its graph, as
+    ``torch_geometric.nn.knn`` (torch-cluster's ``knn``) returns them.
+
+    Ties in distance go to the lower index of ``x``; a graph with fewer than ``k`` points of
+    ``x`` gives each of its points of ``y`` all of them (and a graph without any, none).
+
+    Args:
+        x: ``[N_x, D]`` float coordinates (the sources).
+        y: ``[N_y, D]`` coordinates of the same dtype and device (the queries).
+        k: Number of neighbours, ``>= 1``.
+        batch_x, batch_y: Graph id per point (``None``: one graph); need not be sorted.
+        block: Points of ``y`` per step on the blockwise path (memory ``O(block * N_x)``).
+
+    On the CPU with the extension built, 3-D float32 / float64 points take the C++ cell lists
+    of :func:`knn_graph`; other inputs the blockwise path (the same pairs).
+
+    Returns:
+        ``[2, E]`` int64: row 0 the index in ``y``, row 1 the index in ``x`` (PyG's order),
+        sorted by ``y``, then ``x``.
+    """
+    _check_limit(k, "k", 1)
+    return _bipartite(x, y, batch_x, batch_y, block, ("knn", lambda xs, ys, px, py: (
+        torch.ops.graphattn.knn(xs, ys, px, py, k, -1))), lambda d2, valid: _first(d2, valid, k))
 
 
 def _effective_cell(cell: Tensor, pbc: tuple[bool, bool, bool]) -> Tensor:

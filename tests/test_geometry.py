@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 
-from graphattn.geometry import edge_vectors, knn_graph, periodic_radius_graph, radius_graph
+from graphattn.geometry import (
+    edge_vectors,
+    knn,
+    knn_graph,
+    periodic_radius_graph,
+    radius,
+    radius_graph,
+)
 from graphattn.ops import native_available, set_backend
 
 needs_ext = pytest.mark.skipif(not native_available(), reason="graphattn._C not built")
@@ -597,24 +604,39 @@ def test_cell_list_knn_extreme_scales() -> None:
 @needs_ext
 def test_cell_list_knn_bad_input_from_cpp() -> None:
     """``graphattn::knn`` checks its own arguments (ValueError / TypeError naming them)."""
-    op = torch.ops.graphattn.knn
+    def op(x, ptr, k, *rest, y=None, yptr=None):
+        y = x if y is None else y
+        return torch.ops.graphattn.knn(x, y, ptr, ptr if yptr is None else yptr, k, *rest)
+
     pos, ptr = torch.rand(4, 3), torch.tensor([0, 4])
-    with pytest.raises(ValueError, match=r"'pos' must have shape \[N, 3\]"):
+    with pytest.raises(ValueError, match=r"'src' must have shape \[N, 3\]"):
         op(torch.rand(4, 2), ptr, 2)
-    with pytest.raises(TypeError, match="'pos' must be float32 or float64"):
+    with pytest.raises(ValueError, match=r"'tgt' must have shape \[N, 3\]"):
+        op(pos, ptr, 2, y=torch.rand(4))
+    with pytest.raises(TypeError, match="'src' must be float32 or float64"):
         op(pos.half(), ptr, 2)
+    with pytest.raises(TypeError, match="'tgt' must have the dtype of 'src'"):
+        op(pos, ptr, 2, y=pos.double())
     with pytest.raises(ValueError, match="'k' must be >= 1, got 0"):
         op(pos, ptr, 0)
-    with pytest.raises(ValueError, match="'pos' must be finite: row 1"):
+    with pytest.raises(ValueError, match="'src' must be finite: row 1"):
         op(torch.tensor([[0.0, 0, 0], [math.inf, 0, 0]]), torch.tensor([0, 2]), 1)
-    with pytest.raises(TypeError, match="'ptr' must be an int64"):
-        op(pos, ptr.int(), 2)
-    with pytest.raises(ValueError, match=r"'ptr' must run from 0 to the number of points \(4\)"):
-        op(pos, torch.tensor([0, 3]), 2)
-    with pytest.raises(ValueError, match="'ptr' must be non-decreasing"):
-        op(pos, torch.tensor([0, 3, 2, 4]), 2)
-    # empty graphs inside ptr are fine
-    assert torch.equal(op(pos, torch.tensor([0, 0, 4, 4]), 2), knn_graph(pos, 2))
+    with pytest.raises(ValueError, match="'tgt' must be finite: row 0"):
+        op(pos, ptr, 1, y=torch.full((1, 3), math.nan), yptr=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"'exclude_offset' must lie in \[0, number of sources"):
+        op(pos, ptr, 2, -2)
+    with pytest.raises(TypeError, match="'src_ptr' must be an int64"):
+        op(pos, ptr.int(), 2, yptr=ptr)
+    with pytest.raises(ValueError, match=r"'src_ptr' must run from 0 to the number of sources"):
+        op(pos, torch.tensor([0, 3]), 2, yptr=ptr)
+    with pytest.raises(ValueError, match="'tgt_ptr' must be non-decreasing"):
+        op(pos, torch.tensor([0, 1, 2, 4]), 2, yptr=torch.tensor([0, 3, 2, 4]))
+    with pytest.raises(ValueError, match="the same number of graphs, got 1 and 2"):
+        op(pos, ptr, 2, yptr=torch.tensor([0, 2, 4]))
+    # empty graphs inside ptr are fine, and so are graphs with targets but no sources
+    assert torch.equal(op(pos, torch.tensor([0, 0, 4, 4]), 2, 0), knn_graph(pos, 2))
+    got = op(pos, torch.tensor([0, 0, 4]), 9, y=pos, yptr=torch.tensor([0, 2, 4]))
+    assert torch.equal(got, torch.tensor([[0, 1, 2, 3] * 2, [2] * 4 + [3] * 4]))
 
 
 @needs_ext
@@ -622,6 +644,108 @@ def test_cell_list_knn_op_passes_opcheck() -> None:
     """Schema, fake (shape) implementation and dispatch of ``graphattn::knn``."""
     g = torch.Generator().manual_seed(7)
     pos = torch.rand(30, 3, generator=g, dtype=torch.float64) * 2
-    for args in ((pos, torch.tensor([0, 12, 30]), 4, False), (pos, torch.tensor([0, 30]), 40,
-                                                              True)):
+    ptr = torch.tensor([0, 12, 30])
+    for args in ((pos, pos, ptr, ptr, 4, 0), (pos, pos[:20], torch.tensor([0, 30]),
+                                               torch.tensor([0, 20]), 40, -1)):
         torch.library.opcheck(torch.ops.graphattn.knn.default, args)
+
+
+def _brute_bipartite(x, y, bx, by, keep):
+    """``[(i, j)]`` of ``y[i]``, ``x[j]`` that ``keep(distances of y[i] to its graph's x,
+    their indices)`` selects, by brute force in float64."""
+    d = torch.cdist(y.double(), x.double())
+    out = []
+    for i in range(y.size(0)):
+        js = (bx == by[i]).nonzero().view(-1)
+        out += [(i, j) for j in keep(d[i, js], js)]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dim", [2, 3])
+def test_bipartite_radius_and_knn_match_brute_force(backend, dim) -> None:
+    """PyG's ``radius(x, y, ...)`` / ``knn(x, y, ...)``: row 0 indexes ``y``, row 1 ``x``,
+    sorted; unsorted batches with gapped ids, a graph with queries but no points of ``x`` and
+    one with points but no queries; 2-D points take the blockwise path."""
+    g = torch.Generator().manual_seed(21)
+    x, y = torch.randn(70, dim, generator=g), torch.randn(40, dim, generator=g) * 1.5
+    bx = torch.tensor([3, 9, 40])[torch.randint(0, 3, (70,), generator=g)]
+    by = torch.tensor([3, 9, 7])[torch.randint(0, 3, (40,), generator=g)]  # 7: no x; 40: no y
+    r, k = 0.9, 5
+    with set_backend(backend):
+        got_r = radius(x, y, r, bx, by)
+        got_m = radius(x, y, r, bx, by, max_num_neighbors=3)
+        got_k = knn(x, y, k, bx, by, block=7)
+    d_ok = (torch.cdist(y.double(), x.double()) - r).abs().min() > 1e-6
+    assert d_ok  # no pair at the cutoff
+
+    def near(d, js):
+        return js[d < r].tolist()
+
+    def first(m):
+        return lambda d, js: sorted(js[torch.argsort(d, stable=True)[:m]].tolist())
+
+    assert _as_set(got_r) == set(_brute_bipartite(x, y, bx, by, near))
+    assert got_r.t().tolist() == sorted(got_r.t().tolist())
+    assert _as_set(got_m) == set(_brute_bipartite(
+        x, y, bx, by, lambda d, js: sorted(js[d < r][torch.argsort(d[d < r])[:3]].tolist())))
+    assert got_k.t().tolist() == [list(p) for p in _brute_bipartite(x, y, bx, by, first(k))]
+    assert not (by[got_k[0]] == 7).any()  # queries of a graph without points: no neighbours
+
+
+def test_bipartite_radius_on_pyg_documentation_example() -> None:
+    """The example of ``torch_geometric.nn.pool.radius``'s docstring, in 2-D (blockwise) and
+    lifted to 3-D (the cell lists where built): ``[[0, 0, 1, 1], [0, 1, 2, 3]]``."""
+    x = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    y = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+    want = torch.tensor([[0, 0, 1, 1], [0, 1, 2, 3]])
+    assert torch.equal(radius(x, y, 1.5, torch.zeros(4, dtype=torch.long),
+                              torch.zeros(2, dtype=torch.long)), want)
+    x3, y3 = torch.nn.functional.pad(x, (0, 1)), torch.nn.functional.pad(y, (0, 1))
+    assert torch.equal(radius(x3, y3, 1.5), want)
+    assert torch.equal(knn(x3, y3, 2), want)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_list_bipartite_equals_blockwise(dtype) -> None:
+    """``radius`` and ``knn`` through the C++ cell lists equal the blockwise path over random
+    bipartite batches (queries inside and far outside the points' box, lattices with ties,
+    graphs on one side only, k beyond the graphs' sizes)."""
+    g = torch.Generator().manual_seed(22)
+    for trial in range(40):
+        nx, ny = (int(v) for v in torch.randint(0, 200, (2,), generator=g))
+        x = torch.randn(nx, 3, generator=g, dtype=dtype) * 2
+        y = torch.randn(ny, 3, generator=g, dtype=dtype) * (2 if trial % 3 else 30)
+        if trial % 4 == 1:
+            x, y = x.round(), y.round()  # lattice points: ties
+        bx = torch.randint(0, 1 + trial % 4, (nx,), generator=g)
+        by = torch.randint(0, 1 + trial % 5, (ny,), generator=g)
+        r = 0.1 + 3 * float(torch.rand((), generator=g))
+        k = int(torch.randint(1, 30, (), generator=g))
+        m = [None, 0, 2, 9][trial % 4]
+        got = (radius(x, y, r, bx, by, max_num_neighbors=m), knn(x, y, k, bx, by))
+        with set_backend("reference"):
+            want = (radius(x, y, r, bx, by, max_num_neighbors=m), knn(x, y, k, bx, by))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), trial
+
+
+def test_bipartite_bad_input() -> None:
+    x, y = torch.rand(5, 3), torch.rand(4, 3)
+    with pytest.raises(ValueError, match="y must have the width, dtype and device of x"):
+        knn(x, torch.rand(4, 2), 2)
+    with pytest.raises(ValueError, match="y must have the width, dtype and device of x"):
+        radius(x, y.double(), 1.0)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        knn([[0.0, 0, 0]], y, 1)
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        knn(x, y, 0)
+    with pytest.raises(ValueError, match="max_num_neighbors must be an int >= 0"):
+        radius(x, y, 1.0, max_num_neighbors=-1)
+    with pytest.raises(ValueError, match="r must be a finite non-negative float"):
+        radius(x, y, math.nan)
+    with pytest.raises(ValueError, match="y must be finite"):
+        knn(x, torch.full((1, 3), math.inf), 1)
+    with pytest.raises(ValueError, match=r"batch must have shape \[N\] = \[4\]"):
+        knn(x, y, 1, batch_y=torch.zeros(5, dtype=torch.long))
+    assert knn(x[:0], y, 3).shape == (2, 0) and radius(x, y[:0], 1.0).shape == (2, 0)

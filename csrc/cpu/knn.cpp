@@ -1,24 +1,28 @@
-// k-nearest-neighbour graphs by cell lists (graphattn.geometry.knn_graph on the CPU): each
-// point's k closest points of its own graph as sources, in O(N k) time for points at bounded
+// k-nearest-neighbour graphs by cell lists (graphattn.geometry.knn_graph and knn on the CPU):
+// each target's k closest sources of its own graph, in O(N k) time for points at bounded
 // density, where the blockwise path computes and sorts all O(N^2) pair distances of a graph.
+// As torch-cluster's knn(x, y): the kNN graph of one point set is sources = targets with the
+// self-pairs excluded (exclude_offset = 0: target i is not its own source i).
 //
-// Graphs are contiguous ranges [ptr[g], ptr[g + 1]) of the points (a sorted batch; the caller
-// sorts an unsorted one). Each graph gets a grid over its points' bounding box with about
-// 2 n / k cells (k / 2 points per cell at uniform density; at most 8 cells where the box is
-// flat or the graph small). A target searches the cells in rings of growing Chebyshev
-// distance R from its own, keeping the k best (d2, source) pairs, and stops after ring R once
-// its k-th best squared distance lies below that of the nearest face of the searched block of
-// (2 R + 1)^3 cells (no point outside it can come closer), with a relative margin of 1e-5 for
-// the rounding of the cell coordinates (in double) and of d2; faces at the grid's border do
-// not count (nothing lies beyond them), so a search that has covered the grid stops. The grid
-// spans the bounding box, so a far outlier coarsens it for the rest of its graph (up to one
-// cell: the brute force of the blockwise path, without its O(n^2) memory).
+// Graphs are contiguous ranges [src_ptr[g], src_ptr[g + 1]) of the sources and
+// [tgt_ptr[g], tgt_ptr[g + 1]) of the targets (a sorted batch; the caller sorts an unsorted
+// one). Each graph gets a grid over its sources' bounding box with about 2 n / k cells (k / 2
+// sources per cell at uniform density; at most 8 cells where the box is flat or the graph
+// small); a target outside the box starts from the border cell nearest to it (the faces below
+// then still bound the distance to what lies beyond). A target searches the cells in rings of
+// growing Chebyshev distance R from its own, keeping the k best (d2, source) pairs, and stops after
+// ring R once its k-th best squared distance lies below that of the nearest face of the searched
+// block of (2 R + 1)^3 cells (no point outside it can come closer), with a relative margin of 1e-5
+// for the rounding of the cell coordinates (in double) and of d2; faces at the grid's border do not
+// count (nothing lies beyond them), so a search that has covered the grid stops. The grid spans the
+// bounding box, so a far outlier coarsens it for the rest of its graph (up to one cell: the brute
+// force of the blockwise path, without its O(n^2) memory).
 //
 // The result equals the blockwise path's: d2 = ((0 + dx dx) + dy dy) + dz dz with
 // dx = x_s - x_i, each product and sum rounded (no fused multiply-add: cells.h), and
-// the k smallest (d2, source id) pairs, so ties in distance go to the lower id; with
-// loop = false a point is not its own neighbour; a graph of fewer points than k (+ 1 without
-// loop) gives each target all of them. Edges come sorted by target, then source. Targets are
+// the k smallest (d2, source id) pairs, so ties in distance go to the lower id, without the pair
+// s == i + exclude_offset (exclude_offset -1: none); a graph of fewer candidates than k gives
+// each target all of them. Edges come sorted by target, then source. Targets are
 // split into chunks processed in parallel; the result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -88,27 +92,30 @@ Grid knn_grid(const scalar_t* p, int64_t a, int64_t b, int64_t k) {
 }
 
 template <typename scalar_t>
-at::Tensor knn_impl(const at::Tensor& pos, const int64_t* ptr, int64_t G, int64_t k, bool loop) {
-  const int64_t N = pos.size(0);
-  const scalar_t* xs = pos.data_ptr<scalar_t>();
-  const auto opt = pos.options().dtype(at::kLong);
-  if (N == 0) return at::empty({2, 0}, opt);
+at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t* sptr,
+                    const int64_t* tptr, int64_t G, int64_t k, int64_t exclude) {
+  const int64_t Ns = src.size(0), N = tgt.size(0);
+  const scalar_t* xs = src.data_ptr<scalar_t>();
+  const scalar_t* yt = tgt.data_ptr<scalar_t>();
+  const auto opt = src.options().dtype(at::kLong);
+  if (Ns == 0 || N == 0) return at::empty({2, 0}, opt);
 
-  // 1. the points of each graph by cell, and each point's graph
+  // 1. the sources of each graph by cell, and each target's graph
   const CellLists<scalar_t> cl = sort_into_cells(
-      xs, ptr, G, N, [&](int64_t g) { return knn_grid(xs, ptr[g], ptr[g + 1], k); });
+      xs, sptr, G, Ns, [&](int64_t g) { return knn_grid(xs, sptr[g], sptr[g + 1], k); });
   const std::vector<Grid>& grids = cl.grids;
   const std::vector<int64_t>& start = cl.start;
   const std::vector<int64_t>& sorted = cl.sorted;
   const std::vector<scalar_t>&sx = cl.x, &sy = cl.y, &sz = cl.z;
-  const std::vector<int64_t> graph_of = graph_of_items(ptr, G, N);
+  const std::vector<int64_t> graph_of = graph_of_items(tptr, G, N);
 
   // 2. each target's k nearest, by chunks of targets (every target gets min(k, candidates))
   const int64_t chunks = std::min<int64_t>(N, 8 * std::max(1, at::get_num_threads()));
   const auto first = [&](int64_t t) { return N * t / chunks; };
   std::vector<int64_t> nbr_start(N + 1, 0);
   for (int64_t i = 0; i < N; ++i) {
-    const int64_t n = ptr[graph_of[i] + 1] - ptr[graph_of[i]] - (loop ? 0 : 1);
+    const int64_t g = graph_of[i], self = exclude >= 0 ? i + exclude : -1;
+    const int64_t n = sptr[g + 1] - sptr[g] - (self >= sptr[g] && self < sptr[g + 1] ? 1 : 0);
     nbr_start[i + 1] = nbr_start[i] + std::min(k, n);
   }
   const int64_t E = nbr_start[N];
@@ -124,10 +131,11 @@ at::Tensor knn_impl(const at::Tensor& pos, const int64_t* ptr, int64_t G, int64_
       const int64_t g = graph_of[i];
       const Grid& gr = grids[g];
       const int64_t* st = start.data() + gr.off;
-      const int64_t* nodes = sorted.data() + ptr[g];
-      const scalar_t *px = sx.data() + ptr[g], *py = sy.data() + ptr[g], *pz = sz.data() + ptr[g];
-      const scalar_t* yi = xs + 3 * i;
-      const int64_t self = loop ? -1 : i;
+      const int64_t* nodes = sorted.data() + sptr[g];
+      const scalar_t *px = sx.data() + sptr[g], *py = sy.data() + sptr[g],
+                     *pz = sz.data() + sptr[g];
+      const scalar_t* yi = yt + 3 * i;
+      const int64_t self = exclude >= 0 ? i + exclude : -1;
       const int64_t c[3] = {axis_cell(gr, yi, 0), axis_cell(gr, yi, 1), axis_cell(gr, yi, 2)};
       best.clear();
       // sources s..e-1 of the sorted list
@@ -197,14 +205,30 @@ at::Tensor knn_impl(const at::Tensor& pos, const int64_t* ptr, int64_t G, int64_
   return edge_index;
 }
 
-at::Tensor knn_cpu(const at::Tensor& pos, const at::Tensor& ptr, int64_t k, bool loop) {
-  check_points(pos, "pos", "kNN graph");
+at::Tensor knn_cpu(const at::Tensor& src, const at::Tensor& tgt, const at::Tensor& src_ptr,
+                   const at::Tensor& tgt_ptr, int64_t k, int64_t exclude_offset) {
+  check_points(src, "src", "kNN graph");
+  check_points(tgt, "tgt", "kNN graph");
+  TORCH_CHECK_TYPE(src.scalar_type() == tgt.scalar_type(),
+                   "graphattn: 'tgt' must have the "
+                   "dtype of 'src' (",
+                   src.scalar_type(), "), got ", tgt.scalar_type());
   TORCH_CHECK_VALUE(k >= 1, "graphattn: 'k' must be >= 1, got ", k);
-  const at::Tensor x = pos.contiguous();
-  const at::Tensor p = check_offsets(ptr, x.size(0), "ptr", "points");
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "knn_cpu", [&] {
-    check_finite<scalar_t>(x, "pos");
-    return knn_impl<scalar_t>(x, p.data_ptr<int64_t>(), p.numel() - 1, k, loop);
+  TORCH_CHECK_VALUE(exclude_offset >= -1 && exclude_offset <= src.size(0),
+                    "graphattn: 'exclude_offset' must lie in [0, number of sources = ", src.size(0),
+                    "], or be -1 to exclude nothing, got ", exclude_offset);
+  const at::Tensor xs = src.contiguous(), yt = tgt.contiguous();
+  const at::Tensor sp = check_offsets(src_ptr, xs.size(0), "src_ptr", "sources");
+  const at::Tensor tp = check_offsets(tgt_ptr, yt.size(0), "tgt_ptr", "targets");
+  TORCH_CHECK_VALUE(sp.numel() == tp.numel(),
+                    "graphattn: 'src_ptr' and 'tgt_ptr' must hold "
+                    "the same number of graphs, got ",
+                    sp.numel() - 1, " and ", tp.numel() - 1);
+  return AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "knn_cpu", [&] {
+    check_finite<scalar_t>(xs, "src");
+    check_finite<scalar_t>(yt, "tgt");
+    return knn_impl<scalar_t>(xs, yt, sp.data_ptr<int64_t>(), tp.data_ptr<int64_t>(),
+                              sp.numel() - 1, k, exclude_offset);
   });
 }
 

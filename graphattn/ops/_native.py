@@ -150,8 +150,8 @@ if WITH_EXT:
         return src.new_empty((2, torch.library.get_ctx().new_dynamic_size()), dtype=torch.long)
 
     @torch.library.register_fake("graphattn::knn")
-    def _knn_fake(pos, ptr, k, loop=False):
-        return pos.new_empty((2, torch.library.get_ctx().new_dynamic_size()), dtype=torch.long)
+    def _knn_fake(src, tgt, src_ptr, tgt_ptr, k, exclude_offset=-1):
+        return src.new_empty((2, torch.library.get_ctx().new_dynamic_size()), dtype=torch.long)
 
     @torch.library.register_fake("graphattn::segment_softmax")
     def _ss_fake(scores, ptr, validated=False):
