@@ -88,6 +88,16 @@ def _check_finite(t: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be finite: it holds NaN or inf entries")
 
 
+def _check_r(r) -> None:
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
+        raise ValueError(f"r must be a finite non-negative float, got {r!r}")
+
+
+def _check_limit(value, name: str, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+
+
 def _check_block(block: int) -> None:
     if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"block must be a positive int, got {block!r}")
@@ -233,13 +243,9 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
     """
     _check_pos(pos)
     _check_finite(pos, "pos")
-    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
-        raise ValueError(f"r must be a finite non-negative float, got {r!r}")
-    if max_num_neighbors is not None and (not isinstance(max_num_neighbors, int)
-                                          or isinstance(max_num_neighbors, bool)
-                                          or max_num_neighbors < 0):
-        raise ValueError(f"max_num_neighbors must be a non-negative int or None, "
-                         f"got {max_num_neighbors!r}")
+    _check_r(r)
+    if max_num_neighbors is not None:
+        _check_limit(max_num_neighbors, "max_num_neighbors", 0)
     _check_block(block)
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
@@ -294,8 +300,7 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
         raise ValueError(f"pos must be a float tensor of shape [N, D], got {tuple(pos.shape)} "
                          f"{pos.dtype}")
     _check_finite(pos, "pos")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    _check_limit(k, "k", 1)
     _check_block(block)
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
@@ -317,15 +322,6 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     return torch.cat(out, dim=1)
 
-
-def _check_r(r) -> None:
-    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
-        raise ValueError(f"r must be a finite non-negative float, got {r!r}")
-
-
-def _check_limit(value, name: str, least: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
 def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | None,
@@ -349,7 +345,7 @@ def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | N
     _check_block(block)
     bx = _check_batch(batch_x, x.size(0), x.device)
     by = _check_batch(batch_y, y.size(0), y.device)
-    if x.size(1) == 3 and native is not None and _native_cells(x, native[0]):
+    if x.size(1) == 3 and _native_cells(x, native[0]):
         # graphs as node ranges: both sides sorted stably by a common relabelling of the ids
         ids = torch.unique(torch.cat([bx, by]))
         G = ids.numel()
@@ -370,8 +366,9 @@ def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | N
         order = torch.sort(tgt * max(x.size(0), 1) + src).indices
         return torch.stack([tgt[order], src[order]])
     out = []
-    for lo in range(0, y.size(0), block):
-        hi = min(lo + block, y.size(0))
+    step = max(1, min(block, _MAX_PAIRS // max(x.size(0), 1)))  # pair distances per step
+    for lo in range(0, y.size(0), step):
+        hi = min(lo + step, y.size(0))
         keep = select(_sq_dist(x, y[lo:hi]), by[lo:hi].unsqueeze(1) == bx.unsqueeze(0))
         ti, si = keep.nonzero(as_tuple=True)  # row-major: by target, then source
         out.append(torch.stack([ti + lo, si]))
@@ -394,7 +391,8 @@ def radius(x: Tensor, y: Tensor, r: float, batch_x: Tensor | None = None,
         max_num_neighbors: At most this many points of ``x`` per point of ``y``: the closest,
             ties to the lower index (``None``: no limit; PyG's default is 32, whose choice
             among more candidates depends on its backend).
-        block: Points of ``y`` per step on the blockwise path (memory ``O(block * N_x)``).
+        block: Points of ``y`` per step on the blockwise path (memory ``O(block * N_x)``;
+            fewer where that would exceed ``2**24`` pair distances).
 
     On the CPU with the extension built, 3-D float32 / float64 points take the C++ cell lists
     of :func:`radius_graph`; other inputs the blockwise path (the same pairs).
@@ -432,7 +430,8 @@ def knn(x: Tensor, y: Tensor, k: int, batch_x: Tensor | None = None,
         y: ``[N_y, D]`` coordinates of the same dtype and device (the queries).
         k: Number of neighbours, ``>= 1``.
         batch_x, batch_y: Graph id per point (``None``: one graph); need not be sorted.
-        block: Points of ``y`` per step on the blockwise path (memory ``O(block * N_x)``).
+        block: Points of ``y`` per step on the blockwise path (memory ``O(block * N_x)``;
+            fewer where that would exceed ``2**24`` pair distances).
 
     On the CPU with the extension built, 3-D float32 / float64 points take the C++ cell lists
     of :func:`knn_graph`; other inputs the blockwise path (the same pairs).
@@ -545,8 +544,7 @@ def periodic_radius_graph(pos: Tensor, cell: Tensor, r: float,
     if cell.is_complex() or cell.dtype == torch.bool:
         raise TypeError(f"cell must be a real tensor, got {cell.dtype}")
     _check_finite(cell, "cell")
-    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
-        raise ValueError(f"r must be a finite non-negative float, got {r!r}")
+    _check_r(r)
     pbc = _check_pbc(pbc)
     _check_block(block)
     dev, dtype = pos.device, pos.dtype

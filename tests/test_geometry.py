@@ -318,9 +318,13 @@ def test_pair_budget_shrinks_blocks_without_changing_the_graph(monkeypatch) -> N
     ref = radius_graph(pos, 0.6, batch)
     ref_knn = knn_graph(pos, 4, batch)
     ref_pbc = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
+    with set_backend("reference"):
+        ref_bip = (radius(pos, pos[:20], 0.6, batch, batch[:20]), knn(pos, pos[:20], 4))
     monkeypatch.setattr(geo, "_MAX_PAIRS", 40)  # forces 1-2 target rows per step
     with set_backend("reference"):  # the blockwise path (the C++ one has no blocks)
         assert torch.equal(radius_graph(pos, 0.6, batch), ref)
+        assert torch.equal(radius(pos, pos[:20], 0.6, batch, batch[:20]), ref_bip[0])
+        assert torch.equal(knn(pos, pos[:20], 4), ref_bip[1])
     assert torch.equal(knn_graph(pos, 4, batch), ref_knn)
     got = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
     assert torch.equal(got[0], ref_pbc[0]) and torch.equal(got[1], ref_pbc[1])
