@@ -89,7 +89,12 @@ def _check_finite(t: Tensor, name: str) -> None:
 
 
 def _check_r(r) -> None:
-    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
+    ok = isinstance(r, (int, float)) and not isinstance(r, bool)
+    try:
+        ok = ok and math.isfinite(r) and r >= 0
+    except OverflowError:  # an int beyond the largest double
+        ok = False
+    if not ok:
         raise ValueError(f"r must be a finite non-negative float, got {r!r}")
 
 
@@ -250,7 +255,8 @@ def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool 
     n = pos.size(0)
     batch = _check_batch(batch, n, pos.device)
     if _native_cells(pos):  # the cell lists of csrc/cpu/radius.cpp
-        limit = -1 if max_num_neighbors is None else max_num_neighbors
+        # (a limit beyond the number of nodes changes nothing and must fit the op's int64)
+        limit = -1 if max_num_neighbors is None else min(max_num_neighbors, n)
         return _on_node_ranges(pos, batch, lambda x, ptr: torch.ops.graphattn.radius(
             x, x, float(r), ptr, ptr, -1 if loop else 0, limit))
     sorted_batch, ptr, batch = _batch_layout(batch)
@@ -306,7 +312,7 @@ def knn_graph(pos: Tensor, k: int, batch: Tensor | None = None, loop: bool = Fal
     batch = _check_batch(batch, n, pos.device)
     if pos.size(1) == 3 and _native_cells(pos, "knn"):
         return _on_node_ranges(pos, batch, lambda x, ptr: torch.ops.graphattn.knn(
-            x, x, ptr, ptr, k, -1 if loop else 0))
+            x, x, ptr, ptr, min(k, max(n, 1)), -1 if loop else 0))
     sorted_batch, ptr, batch = _batch_layout(batch)
     out = []
     for lo, hi, c0, c1 in _blocks(batch, block, sorted_batch, ptr):
@@ -335,13 +341,16 @@ def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | N
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of shape [N, D], got "
                             f"{type(t).__name__}")
-        if t.dim() != 2 or not t.is_floating_point():
-            raise ValueError(f"{name} must be a float tensor of shape [N, D], got "
-                             f"{tuple(t.shape)} {t.dtype}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must have shape [N, D], got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
         _check_finite(t, name)
-    if y.size(1) != x.size(1) or y.dtype != x.dtype or y.device != x.device:
-        raise ValueError(f"y must have the width, dtype and device of x ({x.size(1)}, {x.dtype}, "
-                         f"{x.device}), got ({y.size(1)}, {y.dtype}, {y.device})")
+    if y.dtype != x.dtype:
+        raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
+    if y.size(1) != x.size(1) or y.device != x.device:
+        raise ValueError(f"y must have the width and device of x ({x.size(1)}, {x.device}), got "
+                         f"({y.size(1)}, {y.device})")
     _check_block(block)
     bx = _check_batch(batch_x, x.size(0), x.device)
     by = _check_batch(batch_y, y.size(0), y.device)
@@ -406,15 +415,18 @@ def radius(x: Tensor, y: Tensor, r: float, batch_x: Tensor | None = None,
     _check_r(r)
     if max_num_neighbors is not None:
         _check_limit(max_num_neighbors, "max_num_neighbors", 0)
-    limit = -1 if max_num_neighbors is None else max_num_neighbors
     r2 = float(r) * float(r)
 
     def select(d2: Tensor, valid: Tensor) -> Tensor:
         valid = valid & (d2 < r2)
         return valid if max_num_neighbors is None else _first(d2, valid, max_num_neighbors)
 
-    return _bipartite(x, y, batch_x, batch_y, block, ("radius", lambda xs, ys, px, py: (
-        torch.ops.graphattn.radius(xs, ys, float(r), px, py, -1, limit))), select)
+    def native(xs: Tensor, ys: Tensor, px: Tensor, py: Tensor) -> Tensor:
+        # (a limit beyond the number of sources changes nothing and must fit the op's int64)
+        m = -1 if max_num_neighbors is None else min(max_num_neighbors, xs.size(0))
+        return torch.ops.graphattn.radius(xs, ys, float(r), px, py, -1, m)
+
+    return _bipartite(x, y, batch_x, batch_y, block, ("radius", native), select)
 
 
 def knn(x: Tensor, y: Tensor, k: int, batch_x: Tensor | None = None,
@@ -442,7 +454,8 @@ def knn(x: Tensor, y: Tensor, k: int, batch_x: Tensor | None = None,
     """
     _check_limit(k, "k", 1)
     return _bipartite(x, y, batch_x, batch_y, block, ("knn", lambda xs, ys, px, py: (
-        torch.ops.graphattn.knn(xs, ys, px, py, k, -1))), lambda d2, valid: _first(d2, valid, k))
+        torch.ops.graphattn.knn(xs, ys, px, py, min(k, max(xs.size(0), 1)), -1))),
+        lambda d2, valid: _first(d2, valid, k))
 
 
 def _effective_cell(cell: Tensor, pbc: tuple[bool, bool, bool]) -> Tensor:

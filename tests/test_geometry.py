@@ -736,12 +736,20 @@ def test_cell_list_bipartite_equals_blockwise(dtype) -> None:
 
 def test_bipartite_bad_input() -> None:
     x, y = torch.rand(5, 3), torch.rand(4, 3)
-    with pytest.raises(ValueError, match="y must have the width, dtype and device of x"):
+    with pytest.raises(ValueError, match="y must have the width and device of x"):
         knn(x, torch.rand(4, 2), 2)
-    with pytest.raises(ValueError, match="y must have the width, dtype and device of x"):
+    with pytest.raises(TypeError, match="y must have the dtype of x"):
         radius(x, y.double(), 1.0)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         knn([[0.0, 0, 0]], y, 1)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        radius([[0.0, 0, 0]], y, 1.0, max_num_neighbors=2)
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        knn(x.long(), y, 1)
+    with pytest.raises(ValueError, match=r"y must have shape \[N, D\]"):
+        knn(x, y[0], 1)
+    with pytest.raises(ValueError, match="r must be a finite non-negative float"):
+        radius(x, y, 10 ** 400)  # an int beyond the largest double
     with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
         knn(x, y, 0)
     with pytest.raises(ValueError, match="max_num_neighbors must be an int >= 0"):
@@ -753,3 +761,33 @@ def test_bipartite_bad_input() -> None:
     with pytest.raises(ValueError, match=r"batch must have shape \[N\] = \[4\]"):
         knn(x, y, 1, batch_y=torch.zeros(5, dtype=torch.long))
     assert knn(x[:0], y, 3).shape == (2, 0) and radius(x, y[:0], 1.0).shape == (2, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_neighbour_limits_beyond_int64(backend) -> None:
+    """``k`` / ``max_num_neighbors`` of any size (Python ints) give every candidate, on both
+    paths (the C++ ops take int64: the limits are clamped to the point count first)."""
+    g = torch.Generator().manual_seed(23)
+    x, y = torch.randn(10, 3, generator=g), torch.randn(4, 3, generator=g)
+    with set_backend(backend):
+        assert knn_graph(x, 2 ** 63).shape == (2, 90)
+        assert knn(x, y, 2 ** 70).shape == (2, 40)
+        assert radius(x, y, 100.0, None, None, 2 ** 63).shape == (2, 40)
+        assert radius_graph(x, 100.0, max_num_neighbors=2 ** 64).shape == (2, 90)
+
+
+@needs_ext
+def test_cell_list_knn_at_scales_where_float32_squares_flush_to_zero() -> None:
+    """float32 points ~1e-30 apart: their squared distances are 0 or subnormal, all ties; the
+    search must not stop before a lower-indexed source of the same (rounded) distance, so the
+    C++ path still equals the blockwise one (it stopped early here once)."""
+    g = torch.Generator().manual_seed(24)
+    line = torch.arange(8.0).reshape(8, 1) * torch.tensor([1.0, 0, 0]) * 1e-30
+    for pos in (line, torch.rand(60, 3, generator=g) * 1e-23, torch.rand(60, 3, generator=g)
+                * 1e-19):
+        for k in (1, 3, 7):
+            assert torch.equal(knn_graph(pos, k), _reference_knn(pos, k)), (k, pos.abs().max())
+        q = pos[:5] * 0.7
+        with set_backend("reference"):
+            want = knn(pos, q, 2)
+        assert torch.equal(knn(pos, q, 2), want)

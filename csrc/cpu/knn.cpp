@@ -9,14 +9,15 @@
 // one). Each graph gets a grid over its sources' bounding box with about 2 n / k cells (k / 2
 // sources per cell at uniform density; at most 8 cells where the box is flat or the graph
 // small); a target outside the box starts from the border cell nearest to it (the faces below
-// then still bound the distance to what lies beyond). A target searches the cells in rings of
-// growing Chebyshev distance R from its own, keeping the k best (d2, source) pairs, and stops after
-// ring R once its k-th best squared distance lies below that of the nearest face of the searched
-// block of (2 R + 1)^3 cells (no point outside it can come closer), with a relative margin of 1e-5
-// for the rounding of the cell coordinates (in double) and of d2; faces at the grid's border do not
-// count (nothing lies beyond them), so a search that has covered the grid stops. The grid spans the
-// bounding box, so a far outlier coarsens it for the rest of its graph (up to one cell: the brute
-// force of the blockwise path, without its O(n^2) memory).
+// then still bound the distance to what lies beyond). A target searches the cells in rings
+// of growing Chebyshev distance R from its own, keeping the k best (d2, source) pairs, and
+// stops after ring R once its k-th best squared distance lies strictly below b * b, b the
+// distance to the nearest face of the searched block of (2 R + 1)^3 cells, both rounded in the
+// coordinates' type (no point outside the block can then come closer or tie; b carries margins
+// for the rounding of the cell coordinates, in double, and of its cast); faces at the grid's
+// border do not count (nothing lies beyond them), so a search that has covered the grid
+// stops. The grid spans the bounding box, so a far outlier coarsens it for the rest of its
+// graph (up to one cell: the brute force of the blockwise path, without its O(n^2) memory).
 //
 // The result equals the blockwise path's: d2 = ((0 + dx dx) + dy dy) + dz dz with
 // dx = x_s - x_i, each product and sum rounded (no fused multiply-add: cells.h), and
@@ -188,10 +189,13 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
           if (c[d] + R + 1 < gr.n[d]) bound = std::min(bound, gr.lo[d] + (c[d] + R + 1) * h - y);
         }
         if (std::isinf(bound)) break;  // the whole grid searched
-        bound -= tol;
-        if (static_cast<int64_t>(best.size()) == kk && bound > 0.0 &&
-            static_cast<double>(best.front().first) < bound * bound * (1.0 - 1e-5))
-          break;
+        // An unseen source differs from the target by more than b on some axis, so its d2,
+        // rounded in scalar_t as visit() rounds it, is at least b * b rounded (rounding is
+        // monotone; b a scalar_t below the bound: the cast cannot round up past it). Stop
+        // once the k-th best lies strictly below that: no unseen source can tie with it. In
+        // scalar_t, so that squares flushed to subnormals or 0 never stop the search early.
+        const scalar_t b = static_cast<scalar_t>((bound - tol) * (1.0 - 1e-6));
+        if (static_cast<int64_t>(best.size()) == kk && b > 0 && best.front().first < b * b) break;
       }
       std::sort(best.begin(), best.end(),
                 [](const Pair& u, const Pair& v) { return u.second < v.second; });
