@@ -354,19 +354,19 @@ def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | N
     _check_block(block)
     bx = _check_batch(batch_x, x.size(0), x.device)
     by = _check_batch(batch_y, y.size(0), y.device)
+    # one relabelling of the graph ids of both sides: 0 .. G - 1
+    ids = torch.unique(torch.cat([bx, by]))
+    G = ids.numel()
+    gx, gy = torch.searchsorted(ids, bx), torch.searchsorted(ids, by)
+    sorted_x, sorted_y = (bool((g[1:] >= g[:-1]).all()) for g in (gx, gy))
+    ptr_x = torch.cat([gx.new_zeros(1), torch.bincount(gx, minlength=G).cumsum(0)])
     if x.size(1) == 3 and _native_cells(x, native[0]):
-        # graphs as node ranges: both sides sorted stably by a common relabelling of the ids
-        ids = torch.unique(torch.cat([bx, by]))
-        G = ids.numel()
-
-        def on_ranges(b: Tensor, t: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
-            g = torch.searchsorted(ids, b)
-            perm = None if bool((g[1:] >= g[:-1]).all()) else torch.sort(g, stable=True).indices
-            ptr = torch.cat([g.new_zeros(1), torch.bincount(g, minlength=G).cumsum(0)])
-            return perm, ptr, t.detach() if perm is None else t.detach()[perm]
-
-        px, ptr_x, xs = on_ranges(bx, x)
-        py, ptr_y, ys = on_ranges(by, y)
+        # graphs as node ranges: an unsorted side is sorted stably first
+        ptr_y = torch.cat([gy.new_zeros(1), torch.bincount(gy, minlength=G).cumsum(0)])
+        px = None if sorted_x else torch.sort(gx, stable=True).indices
+        py = None if sorted_y else torch.sort(gy, stable=True).indices
+        xs = x.detach() if px is None else x.detach()[px]
+        ys = y.detach() if py is None else y.detach()[py]
         src, tgt = native[1](xs, ys, ptr_x, ptr_y)
         if px is None and py is None:  # already by target, then source
             return torch.stack([tgt, src])
@@ -375,12 +375,21 @@ def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | N
         order = torch.sort(tgt * max(x.size(0), 1) + src).indices
         return torch.stack([tgt[order], src[order]])
     out = []
-    step = max(1, min(block, _MAX_PAIRS // max(x.size(0), 1)))  # pair distances per step
-    for lo in range(0, y.size(0), step):
-        hi = min(lo + step, y.size(0))
-        keep = select(_sq_dist(x, y[lo:hi]), by[lo:hi].unsqueeze(1) == bx.unsqueeze(0))
+    lo = 0
+    while lo < y.size(0):  # blocks of targets: at most `block` rows and _MAX_PAIRS pairs
+        hi = min(lo + block, y.size(0))
+        while True:
+            # both sides sorted: only the sources of the graphs that the block touches
+            c0, c1 = ((int(ptr_x[gy[lo]]), int(ptr_x[gy[hi - 1] + 1])) if sorted_x and sorted_y
+                      else (0, x.size(0)))
+            if (hi - lo) * (c1 - c0) <= _MAX_PAIRS or hi - lo == 1:
+                break
+            hi = lo + max(1, min(hi - lo - 1, _MAX_PAIRS // max(c1 - c0, 1)))
+        keep = select(_sq_dist(x[c0:c1], y[lo:hi]),
+                      gy[lo:hi].unsqueeze(1) == gx[c0:c1].unsqueeze(0))
         ti, si = keep.nonzero(as_tuple=True)  # row-major: by target, then source
-        out.append(torch.stack([ti + lo, si]))
+        out.append(torch.stack([ti + lo, si + c0]))
+        lo = hi
     if not out:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
     return torch.cat(out, dim=1)

@@ -319,12 +319,14 @@ def test_pair_budget_shrinks_blocks_without_changing_the_graph(monkeypatch) -> N
     ref_knn = knn_graph(pos, 4, batch)
     ref_pbc = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
     with set_backend("reference"):
-        ref_bip = (radius(pos, pos[:20], 0.6, batch, batch[:20]), knn(pos, pos[:20], 4))
+        ref_bip = (radius(pos, pos[:20], 0.6, batch, batch[:20]), knn(pos, pos[:20], 4),
+                   knn(pos, pos[25:50], 3, batch, batch[25:50]))
     monkeypatch.setattr(geo, "_MAX_PAIRS", 40)  # forces 1-2 target rows per step
     with set_backend("reference"):  # the blockwise path (the C++ one has no blocks)
         assert torch.equal(radius_graph(pos, 0.6, batch), ref)
         assert torch.equal(radius(pos, pos[:20], 0.6, batch, batch[:20]), ref_bip[0])
         assert torch.equal(knn(pos, pos[:20], 4), ref_bip[1])
+        assert torch.equal(knn(pos, pos[25:50], 3, batch, batch[25:50]), ref_bip[2])
     assert torch.equal(knn_graph(pos, 4, batch), ref_knn)
     got = periodic_radius_graph(pos, torch.eye(3) * 2.0, 0.9)
     assert torch.equal(got[0], ref_pbc[0]) and torch.equal(got[1], ref_pbc[1])
@@ -667,7 +669,8 @@ def _brute_bipartite(x, y, bx, by, keep):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dim", [2, 3])
-def test_bipartite_radius_and_knn_match_brute_force(backend, dim) -> None:
+@pytest.mark.parametrize("sort", [False, True])
+def test_bipartite_radius_and_knn_match_brute_force(backend, dim, sort) -> None:
     """PyG's ``radius(x, y, ...)`` / ``knn(x, y, ...)``: row 0 indexes ``y``, row 1 ``x``,
     sorted; unsorted batches with gapped ids, a graph with queries but no points of ``x`` and
     one with points but no queries; 2-D points take the blockwise path."""
@@ -675,6 +678,8 @@ def test_bipartite_radius_and_knn_match_brute_force(backend, dim) -> None:
     x, y = torch.randn(70, dim, generator=g), torch.randn(40, dim, generator=g) * 1.5
     bx = torch.tensor([3, 9, 40])[torch.randint(0, 3, (70,), generator=g)]
     by = torch.tensor([3, 9, 7])[torch.randint(0, 3, (40,), generator=g)]  # 7: no x; 40: no y
+    if sort:  # the blockwise path then reads each block's own graphs' sources only
+        bx, by = bx.sort().values, by.sort().values
     r, k = 0.9, 5
     with set_backend(backend):
         got_r = radius(x, y, r, bx, by)
@@ -725,6 +730,8 @@ def test_cell_list_bipartite_equals_blockwise(dtype) -> None:
             x, y = x.round(), y.round()  # lattice points: ties
         bx = torch.randint(0, 1 + trial % 4, (nx,), generator=g)
         by = torch.randint(0, 1 + trial % 5, (ny,), generator=g)
+        if trial % 3:  # sorted batches (PyG's collation; the blockwise path's graph ranges)
+            bx, by = bx.sort().values, (by if trial % 3 == 1 else by.sort().values)
         r = 0.1 + 3 * float(torch.rand((), generator=g))
         k = int(torch.randint(1, 30, (), generator=g))
         m = [None, 0, 2, 9][trial % 4]
