@@ -9,7 +9,8 @@
 // one). Each graph gets a grid over its sources' bounding box with about 2 n / k cells (k / 2
 // sources per cell at uniform density; at most 8 cells where the box is flat or the graph
 // small); a target outside the box starts from the border cell nearest to it (the faces below
-// then still bound the distance to what lies beyond). A target searches the cells in rings
+// then still bound the distance to what lies beyond; one farther from the box than its size
+// searches the whole grid, a brute force over its graph). A target searches the cells in rings
 // of growing Chebyshev distance R from its own, keeping the k best (d2, source) pairs, and
 // stops after ring R once its k-th best squared distance lies strictly below b * b, b the
 // distance to the nearest face of the searched block of (2 R + 1)^3 cells, both rounded in the
