@@ -74,6 +74,23 @@ struct CellLists {
   std::vector<Grid> grids;
   std::vector<int64_t> start, sorted;
   std::vector<scalar_t> x, y, z;
+
+  // graph g's grid, cell starts, point ids and coordinates (its points begin at `first`)
+  struct Graph {
+    const Grid& grid;
+    const int64_t* start;
+    const int64_t* ids;
+    const scalar_t *x, *y, *z;
+  };
+  Graph graph(int64_t g, int64_t first) const {
+    const Grid& gr = grids[g];
+    return {gr,
+            start.data() + gr.off,
+            sorted.data() + first,
+            x.data() + first,
+            y.data() + first,
+            z.data() + first};
+  }
 };
 
 // make(g) gives graph g's grid; graphs are processed in parallel.

@@ -105,10 +105,6 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
   // 1. the sources of each graph by cell, and each target's graph
   const CellLists<scalar_t> cl = sort_into_cells(
       xs, sptr, G, Ns, [&](int64_t g) { return knn_grid(xs, sptr[g], sptr[g + 1], k); });
-  const std::vector<Grid>& grids = cl.grids;
-  const std::vector<int64_t>& start = cl.start;
-  const std::vector<int64_t>& sorted = cl.sorted;
-  const std::vector<scalar_t>&sx = cl.x, &sy = cl.y, &sz = cl.z;
   const std::vector<int64_t> graph_of = graph_of_items(tptr, G, N);
 
   // 2. each target's k nearest, by chunks of targets (every target gets min(k, candidates))
@@ -131,11 +127,10 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
       const int64_t kk = nbr_start[i + 1] - nbr_start[i];
       if (kk == 0) continue;
       const int64_t g = graph_of[i];
-      const Grid& gr = grids[g];
-      const int64_t* st = start.data() + gr.off;
-      const int64_t* nodes = sorted.data() + sptr[g];
-      const scalar_t *px = sx.data() + sptr[g], *py = sy.data() + sptr[g],
-                     *pz = sz.data() + sptr[g];
+      const auto cg = cl.graph(g, sptr[g]);
+      const Grid& gr = cg.grid;
+      const int64_t *st = cg.start, *nodes = cg.ids;
+      const scalar_t *px = cg.x, *py = cg.y, *pz = cg.z;
       const scalar_t* yi = yt + 3 * i;
       const int64_t self = exclude >= 0 ? i + exclude : -1;
       const int64_t c[3] = {axis_cell(gr, yi, 0), axis_cell(gr, yi, 1), axis_cell(gr, yi, 2)};

@@ -91,10 +91,6 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
   // target's graph
   const CellLists<scalar_t> cl = sort_into_cells(
       xs, sptr, G, Ns, [&](int64_t g) { return make_grid(xs, sptr[g], sptr[g + 1], r); });
-  const std::vector<Grid>& grids = cl.grids;
-  const std::vector<int64_t>& start = cl.start;
-  const std::vector<int64_t>& sorted = cl.sorted;
-  const std::vector<scalar_t>&sx = cl.x, &sy = cl.y, &sz = cl.z;
   const std::vector<int64_t> graph_of = graph_of_items(tptr, G, Nt);
 
   // 2. each target's sources, by chunks of targets
@@ -109,11 +105,10 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
       std::vector<int64_t>& out = found[t];
       for (int64_t i = first(t); i < first(t + 1); ++i) {
         const int64_t g = graph_of[i];
-        const Grid& gr = grids[g];
-        const int64_t* st = start.data() + gr.off;
-        const int64_t* nodes = sorted.data() + sptr[g];
-        const scalar_t *px = sx.data() + sptr[g], *py = sy.data() + sptr[g],
-                       *pz = sz.data() + sptr[g];
+        const auto cg = cl.graph(g, sptr[g]);
+        const Grid& gr = cg.grid;
+        const int64_t *st = cg.start, *nodes = cg.ids;
+        const scalar_t *px = cg.x, *py = cg.y, *pz = cg.z;
         const scalar_t* yi = yt + 3 * i;
         const int64_t self = exclude >= 0 ? i + exclude : -1;
         const int64_t cx = axis_cell(gr, yi, 0), cy = axis_cell(gr, yi, 1),
