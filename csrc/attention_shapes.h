@@ -42,8 +42,7 @@ inline void check_index(const at::Tensor& t, const char* name, const at::Device&
   TORCH_CHECK_VALUE(t.dim() == 1, "graphattn: '", name, "' must be 1-D, got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), "graphattn: '", name, "' must be contiguous");
   TORCH_CHECK_VALUE(t.device() == device, "graphattn: '", name, "' must be on ", device,
-                    " (like the "
-                    "features), got ",
+                    " (like the features), got ",
                     t.device());
 }
 
@@ -81,8 +80,7 @@ inline Dims check_attention_shapes(const at::Tensor& q, const at::Tensor& k, con
   TORCH_CHECK_VALUE(v.size(0) == d.Ns, "graphattn: 'v' has ", v.size(0), " rows but 'k' has ",
                     d.Ns);
   TORCH_CHECK_VALUE(k.size(1) == d.H && v.size(1) == d.H,
-                    "graphattn: q, k, v must have the same "
-                    "number of heads, got ",
+                    "graphattn: q, k, v must have the same number of heads, got ",
                     d.H, ", ", k.size(1), ", ", v.size(1));
   TORCH_CHECK_VALUE(k.size(2) == d.D, "graphattn: 'k' must have head dim ", d.D, " like 'q', got ",
                     k.size(2));
@@ -139,8 +137,7 @@ inline void check_csc_shapes(const Dims& dm, const at::Tensor& csc_ptr, const at
 
 inline void check_kv_shared(const at::Tensor& k, const at::Tensor& v, bool kv_shared) {
   TORCH_CHECK_VALUE(!kv_shared || k.sizes() == v.sizes(),
-                    "graphattn: 'kv_shared' needs 'k' and 'v' "
-                    "of the same shape, got ",
+                    "graphattn: 'kv_shared' needs 'k' and 'v' of the same shape, got ",
                     k.sizes(), " and ", v.sizes());
 }
 
@@ -211,8 +208,7 @@ inline void check_reduce_backward_shapes(const at::Tensor& grad, const at::Tenso
                     ", got ", grad.sizes());
   if (code == 2) {
     TORCH_CHECK_TYPE(arg.scalar_type() == at::kLong,
-                     "graphattn: 'arg' must be an int64 "
-                     "tensor, got ",
+                     "graphattn: 'arg' must be an int64 tensor, got ",
                      arg.scalar_type());
     TORCH_CHECK_VALUE(arg.sizes() == grad.sizes() && arg.device() == grad.device(),
                       "graphattn: 'arg' must have shape ", grad.sizes(), " on ", grad.device(),

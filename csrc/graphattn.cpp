@@ -54,8 +54,7 @@ TORCH_LIBRARY(graphattn, m) {
   // edge_spmm out[r, h] = sum_{t in row r} w[eid[t] (t without eid), h] x[col[t], h] over a
   // row-sorted view (the CSR, or the CSC with col = csc_dst, eid = csc_eid), [R, H, D].
   m.def(
-      "edge_pair_dot(Tensor a, Tensor b, Tensor ptr, Tensor src, bool validated=False) -> "
-      "Tensor");
+      "edge_pair_dot(Tensor a, Tensor b, Tensor ptr, Tensor src, bool validated=False) -> Tensor");
   m.def(
       "edge_spmm(Tensor w, Tensor x, Tensor ptr, Tensor col, Tensor? eid=None, "
       "bool validated=False) -> Tensor");

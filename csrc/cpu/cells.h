@@ -148,9 +148,7 @@ inline void check_points(const at::Tensor& x, const char* name, const char* what
   TORCH_CHECK_VALUE(x.device().is_cpu(), "graphattn: '", name, "' must be on the CPU for the CPU ",
                     what, ", got ", x.device());
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == 3, "graphattn: '", name,
-                    "' must have shape "
-                    "[N, 3], got ",
-                    x.sizes());
+                    "' must have shape [N, 3], got ", x.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "graphattn: '",
                    name, "' must be float32 or float64, got ", x.scalar_type());
 }
@@ -161,25 +159,19 @@ inline at::Tensor check_offsets(const at::Tensor& ptr, int64_t n, const char* na
   TORCH_CHECK_VALUE(ptr.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
                     ptr.device());
   TORCH_CHECK_TYPE(ptr.scalar_type() == at::kLong, "graphattn: '", name,
-                   "' must be an int64 "
-                   "tensor (graph offsets), got ",
-                   ptr.scalar_type());
+                   "' must be an int64 tensor (graph offsets), got ", ptr.scalar_type());
   TORCH_CHECK_VALUE(ptr.dim() == 1 && ptr.numel() >= 1, "graphattn: '", name,
-                    "' must be a "
-                    "non-empty 1-D tensor (graph offsets), got shape ",
-                    ptr.sizes());
+                    "' must be a non-empty 1-D tensor (graph offsets), got shape ", ptr.sizes());
   at::Tensor pc = ptr.contiguous();
   const int64_t* p = pc.data_ptr<int64_t>();
   const int64_t G = pc.numel() - 1;
   TORCH_CHECK_VALUE(p[0] == 0 && p[G] == n, "graphattn: '", name,
-                    "' must run from 0 to the "
-                    "number of ",
-                    of, " (", n, "), got ", p[0], " to ", p[G]);
+                    "' must run from 0 to the number of ", of, " (", n, "), got ", p[0], " to ",
+                    p[G]);
   for (int64_t g = 0; g < G; ++g) {
     TORCH_CHECK_VALUE(p[g] <= p[g + 1], "graphattn: '", name,
-                      "' must be non-decreasing (graph "
-                      "offsets), got ",
-                      p[g], " before ", p[g + 1], " at ", g);
+                      "' must be non-decreasing (graph offsets), got ", p[g], " before ",
+                      p[g + 1], " at ", g);
   }
   return pc;
 }

@@ -916,8 +916,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> edge_attention_backward_additive_
     at::Tensor& record, const at::Tensor& ptr, const at::Tensor& csc_ptr,
     const at::Tensor& csc_eid, double negative_slope, bool bias_grad, bool validated) {
   TORCH_CHECK_VALUE(record.device().is_cpu(),
-                    "graphattn: 'record' must be on the CPU for the CPU "
-                    "kernel");
+                    "graphattn: 'record' must be on the CPU for the CPU kernel");
   TORCH_CHECK_VALUE(
       record.dim() == 2 && record.size(1) % 2 == 0 && record.size(1) > 0 && record.is_contiguous(),
       "graphattn: 'record' must be a contiguous [E, 2 * H] tensor, got ", record.sizes());

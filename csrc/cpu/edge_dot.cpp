@@ -147,8 +147,7 @@ std::tuple<at::Tensor, at::Tensor> edge_query_dot_backward_cpu(
                     "graphattn: 'grad_out' must have shape [E=", E, ", H=", H, "], got ",
                     grad_.sizes());
   TORCH_CHECK_TYPE(grad_.scalar_type() == k_.scalar_type(),
-                   "graphattn: 'grad_out' must have "
-                   "dtype ",
+                   "graphattn: 'grad_out' must have dtype ",
                    k_.scalar_type(), ", got ", grad_.scalar_type());
   TORCH_CHECK_VALUE(grad_.device().is_cpu(), "graphattn: 'grad_out' must be on the CPU, got ",
                     grad_.device());

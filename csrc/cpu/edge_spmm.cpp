@@ -78,8 +78,7 @@ at::Tensor edge_pair_dot_cpu(const at::Tensor& a_, const at::Tensor& b_, const a
                    "graphattn: 'b' must have the dtype of 'a' (", a_.scalar_type(), "), got ",
                    b_.scalar_type());
   TORCH_CHECK_VALUE(a_.size(1) == b_.size(1) && a_.size(2) == b_.size(2),
-                    "graphattn: 'a' and 'b' must "
-                    "have the same heads and width [*, H, D], got ",
+                    "graphattn: 'a' and 'b' must have the same heads and width [*, H, D], got ",
                     a_.sizes(), " and ", b_.sizes());
   TORCH_CHECK_VALUE(ptr.numel() == a_.size(0) + 1,
                     "graphattn: 'ptr' must have N_dst + 1 = ", a_.size(0) + 1,
@@ -103,8 +102,7 @@ at::Tensor edge_spmm_cpu(const at::Tensor& w_, const at::Tensor& x_, const at::T
   check_edge_values(w_, "w");
   check_nodes(x_, "x");
   TORCH_CHECK_TYPE(w_.scalar_type() == x_.scalar_type(),
-                   "graphattn: 'w' must have the dtype "
-                   "of 'x' (",
+                   "graphattn: 'w' must have the dtype of 'x' (",
                    x_.scalar_type(), "), got ", w_.scalar_type());
   TORCH_CHECK_VALUE(w_.device().is_cpu(), "graphattn: 'w' must be on the CPU, got ", w_.device());
   const int64_t E = col.numel();

@@ -71,16 +71,13 @@ void chunk_offsets(std::vector<int64_t>& cnt, int64_t T, int64_t keys, int64_t* 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 edge_csr_cpu(const at::Tensor& edge_index, int64_t num_src, int64_t num_dst, bool self_loops) {
   TORCH_CHECK_VALUE(edge_index.device().is_cpu(),
-                    "graphattn: 'edge_index' must be on the CPU for "
-                    "the CPU graph builder, got ",
+                    "graphattn: 'edge_index' must be on the CPU for the CPU graph builder, got ",
                     edge_index.device());
   TORCH_CHECK_TYPE(edge_index.scalar_type() == at::kLong,
-                   "graphattn: 'edge_index' must be an int64 "
-                   "tensor, got ",
+                   "graphattn: 'edge_index' must be an int64 tensor, got ",
                    edge_index.scalar_type());
   TORCH_CHECK_VALUE(edge_index.dim() == 2 && edge_index.size(0) == 2,
-                    "graphattn: 'edge_index' must "
-                    "have shape [2, num_edges], got ",
+                    "graphattn: 'edge_index' must have shape [2, num_edges], got ",
                     edge_index.sizes());
   TORCH_CHECK_VALUE(num_src >= 0 && num_dst >= 0,
                     "graphattn: node counts must be non-negative, got (", num_src, ", ", num_dst,

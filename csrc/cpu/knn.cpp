@@ -210,8 +210,7 @@ at::Tensor knn_cpu(const at::Tensor& src, const at::Tensor& tgt, const at::Tenso
   check_points(src, "src", "kNN graph");
   check_points(tgt, "tgt", "kNN graph");
   TORCH_CHECK_TYPE(src.scalar_type() == tgt.scalar_type(),
-                   "graphattn: 'tgt' must have the "
-                   "dtype of 'src' (",
+                   "graphattn: 'tgt' must have the dtype of 'src' (",
                    src.scalar_type(), "), got ", tgt.scalar_type());
   TORCH_CHECK_VALUE(k >= 1, "graphattn: 'k' must be >= 1, got ", k);
   TORCH_CHECK_VALUE(exclude_offset >= -1 && exclude_offset <= src.size(0),
@@ -221,8 +220,7 @@ at::Tensor knn_cpu(const at::Tensor& src, const at::Tensor& tgt, const at::Tenso
   const at::Tensor sp = check_offsets(src_ptr, xs.size(0), "src_ptr", "sources");
   const at::Tensor tp = check_offsets(tgt_ptr, yt.size(0), "tgt_ptr", "targets");
   TORCH_CHECK_VALUE(sp.numel() == tp.numel(),
-                    "graphattn: 'src_ptr' and 'tgt_ptr' must hold "
-                    "the same number of graphs, got ",
+                    "graphattn: 'src_ptr' and 'tgt_ptr' must hold the same number of graphs, got ",
                     sp.numel() - 1, " and ", tp.numel() - 1);
   return AT_DISPATCH_FLOATING_TYPES(xs.scalar_type(), "knn_cpu", [&] {
     check_finite<scalar_t>(xs, "src");

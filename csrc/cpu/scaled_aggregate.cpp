@@ -60,14 +60,12 @@ void check_inputs(const at::Tensor& m, const at::Tensor& coef, const at::Tensor&
   TORCH_CHECK_VALUE(m.device().is_cpu() && coef.device().is_cpu(),
                     "graphattn: 'messages' and 'coef' must be on the CPU");
   TORCH_CHECK_TYPE(coef.scalar_type() == m.scalar_type(),
-                   "graphattn: 'coef' must have the dtype of "
-                   "'messages' (",
+                   "graphattn: 'coef' must have the dtype of 'messages' (",
                    m.scalar_type(), "), got ", coef.scalar_type());
   TORCH_CHECK_VALUE(m.size(1) == b.F, "graphattn: 'messages' must have ", b.F,
                     " columns (sum of mul * dim over the blocks), got ", m.size(1));
   TORCH_CHECK_VALUE(coef.size(0) == m.size(0) && coef.size(1) == b.K,
-                    "graphattn: 'coef' must have "
-                    "shape [E=",
+                    "graphattn: 'coef' must have shape [E=",
                     m.size(0), ", K=", b.K, "] (K = sum of the muls), got ", coef.sizes());
   check_ptr(ptr, m.size(0), "ptr");
 }
@@ -78,14 +76,12 @@ int64_t check_head(const c10::optional<at::Tensor>& head, const at::Tensor& m) {
   const at::Tensor& a = *head;
   check_edge_values(a, "head_coef");
   TORCH_CHECK_TYPE(a.scalar_type() == m.scalar_type(),
-                   "graphattn: 'head_coef' must have the "
-                   "messages' dtype (",
+                   "graphattn: 'head_coef' must have the messages' dtype (",
                    m.scalar_type(), "), got ", a.scalar_type());
   TORCH_CHECK_VALUE(a.device().is_cpu(), "graphattn: 'head_coef' must be on the CPU, got ",
                     a.device());
   TORCH_CHECK_VALUE(a.size(0) == m.size(0) && a.size(1) >= 1,
-                    "graphattn: 'head_coef' must have "
-                    "shape [E=",
+                    "graphattn: 'head_coef' must have shape [E=",
                     m.size(0), ", H >= 1], got ", a.sizes());
   return a.size(1);
 }
@@ -299,8 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
                     "graphattn: 'grad_out' must have shape [N=", N, ", F=", F, "], got ",
                     grad_.sizes());
   TORCH_CHECK_TYPE(grad_.scalar_type() == m_.scalar_type(),
-                   "graphattn: 'grad_out' must have "
-                   "dtype ",
+                   "graphattn: 'grad_out' must have dtype ",
                    m_.scalar_type(), ", got ", grad_.scalar_type());
   TORCH_CHECK_VALUE(grad_.device().is_cpu(), "graphattn: 'grad_out' must be on the CPU, got ",
                     grad_.device());

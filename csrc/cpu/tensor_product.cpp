@@ -39,8 +39,7 @@ struct Path {
 std::vector<Path> read_meta(const at::Tensor& meta, const at::Tensor& coupling, int64_t Dx,
                             int64_t Dy, int64_t Dout, int64_t W) {
   TORCH_CHECK_TYPE(meta.scalar_type() == at::kLong,
-                   "graphattn: 'meta' must be an int64 "
-                   "tensor, got ",
+                   "graphattn: 'meta' must be an int64 tensor, got ",
                    meta.scalar_type());
   TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == kMetaCols && meta.device().is_cpu(),
                     "graphattn: 'meta' must be a CPU tensor [P, ", kMetaCols, "], got ",
@@ -261,8 +260,7 @@ std::vector<acc_t> coupling_values(const at::Tensor& coupling) {
                    "graphattn: 'coupling' must be float32 or float64, got ",
                    coupling.scalar_type());
   TORCH_CHECK_VALUE(coupling.dim() == 1 && coupling.device().is_cpu(),
-                    "graphattn: 'coupling' "
-                    "must be a 1-D CPU tensor, got ",
+                    "graphattn: 'coupling' must be a 1-D CPU tensor, got ",
                     coupling.sizes(), " on ", coupling.device());
   const at::Tensor c = coupling.to(at::kDouble).contiguous();
   const double* p = c.data_ptr<double>();

@@ -114,8 +114,7 @@ inline Dims check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Ten
   TORCH_CHECK_VALUE(q.is_cuda(), "graphattn: 'q' must be a CUDA tensor for the CUDA kernel");
   const Dims d = check_attention_shapes(q, k, v, att, bias, ptr.numel() - 1, src.numel(), kind);
   TORCH_CHECK_VALUE(d.D <= kCudaMaxHeadDim && d.Dv <= kCudaMaxHeadDim,
-                    "graphattn: the CUDA kernel takes head "
-                    "dims up to ",
+                    "graphattn: the CUDA kernel takes head dims up to ",
                     kCudaMaxHeadDim, ", got D = ", d.D, ", Dv = ", d.Dv,
                     " (graphattn.ops.edge_attention routes larger heads to the reference path)");
   check_ptr(ptr, d.E, "ptr", q.device(), validated);
