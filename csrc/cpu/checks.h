@@ -11,6 +11,15 @@
 
 namespace graphattn {
 
+// t of dtype `dtype` (TypeError otherwise) on the CPU (ValueError otherwise): a gradient or a
+// per-edge table beside the tensor whose dtype it must share.
+inline void check_cpu_dtype(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "graphattn: '", name, "' must have dtype ", dtype,
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
+                    t.device());
+}
+
 // ptr must start at 0, end at num_edges and be non-decreasing. validated: the caller vouches
 // for the contents (an EdgeGraph built from a checked edge_index), so the O(N) scan is skipped
 // (dtype, layout, device and the two ends are still checked).

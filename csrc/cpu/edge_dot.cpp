@@ -146,11 +146,7 @@ std::tuple<at::Tensor, at::Tensor> edge_query_dot_backward_cpu(
   TORCH_CHECK_VALUE(grad_.dim() == 2 && grad_.size(0) == E && grad_.size(1) == H,
                     "graphattn: 'grad_out' must have shape [E=", E, ", H=", H, "], got ",
                     grad_.sizes());
-  TORCH_CHECK_TYPE(grad_.scalar_type() == k_.scalar_type(),
-                   "graphattn: 'grad_out' must have dtype ",
-                   k_.scalar_type(), ", got ", grad_.scalar_type());
-  TORCH_CHECK_VALUE(grad_.device().is_cpu(), "graphattn: 'grad_out' must be on the CPU, got ",
-                    grad_.device());
+  check_cpu_dtype(grad_, "grad_out", k_.scalar_type());
   const at::Tensor g = grad_.contiguous(), q = q_.contiguous(), k = k_.contiguous();
   // rows of destinations without in-edges get a zero grad q in the loop; every edge is in
   // one row (check_ptr), so every row of grad k is written

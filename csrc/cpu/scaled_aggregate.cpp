@@ -294,11 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scaled_aggregate_backward_cpu(
   TORCH_CHECK_VALUE(grad_.dim() == 2 && grad_.size(0) == N && grad_.size(1) == F,
                     "graphattn: 'grad_out' must have shape [N=", N, ", F=", F, "], got ",
                     grad_.sizes());
-  TORCH_CHECK_TYPE(grad_.scalar_type() == m_.scalar_type(),
-                   "graphattn: 'grad_out' must have dtype ",
-                   m_.scalar_type(), ", got ", grad_.scalar_type());
-  TORCH_CHECK_VALUE(grad_.device().is_cpu(), "graphattn: 'grad_out' must be on the CPU, got ",
-                    grad_.device());
+  check_cpu_dtype(grad_, "grad_out", m_.scalar_type());
   const at::Tensor g = grad_.contiguous(), m = m_.contiguous(), coef = coef_.contiguous();
   const at::Tensor head = H ? head_->contiguous() : at::Tensor();
   // every edge lies in one row (check_ptr), so every row of the gradients is written

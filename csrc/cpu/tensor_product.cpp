@@ -83,10 +83,7 @@ std::vector<Path> read_meta(const at::Tensor& meta, const at::Tensor& coupling, 
 void check_rows(const at::Tensor& t, int64_t E, at::ScalarType dtype, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == E, "graphattn: '", name,
                     "' must have shape [E=", E, ", *], got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, "graphattn: '", name, "' must have dtype ", dtype,
-                   ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "graphattn: '", name, "' must be on the CPU, got ",
-                    t.device());
+  check_cpu_dtype(t, name, dtype);
 }
 
 // op[i, k] = sum_j C[i, j, k] y[j]  (d1 x d3, row-major)
