@@ -195,11 +195,34 @@ def _native_cells(pos: Tensor, op: str = "radius") -> bool:
     return pos.dtype in (torch.float32, torch.float64) and _native_cpu_op(pos, op)
 
 
+def _ranges(g: Tensor, G: int) -> tuple[Tensor | None, Tensor]:
+    """``(perm, ptr)`` of graph ids ``g`` in ``0 .. G - 1``: the stable sort of an unsorted
+    ``g`` (``None`` when sorted) and the graphs' offsets ``[G + 1]`` in that order."""
+    perm = None if bool((g[1:] >= g[:-1]).all()) else torch.sort(g, stable=True).indices
+    return perm, torch.cat([g.new_zeros(1), torch.bincount(g, minlength=G).cumsum(0)])
+
+
+def _on_ranges(x: Tensor, y: Tensor, x_ranges: tuple[Tensor | None, Tensor],
+               y_ranges: tuple[Tensor | None, Tensor], build) -> tuple[Tensor, Tensor]:
+    """``(src, tgt)`` of a C++ graph builder whose graphs are ranges of the sources ``x`` and
+    of the targets ``y`` (``build(xs, ys, ptr_x, ptr_y)`` -> ``[2, E]`` over the sorted
+    sides; ``x_ranges`` / ``y_ranges`` from :func:`_ranges`): an unsorted side is sorted
+    first, and the edges are mapped back to the caller's indices, by target, then source."""
+    (px, ptr_x), (py, ptr_y) = x_ranges, y_ranges
+    xs = x.detach() if px is None else x.detach()[px]
+    ys = xs if y is x and py is px else (y.detach() if py is None else y.detach()[py])
+    src, tgt = build(xs, ys, ptr_x, ptr_y)
+    if px is None and py is None:  # already by target, then source
+        return src, tgt
+    src = src if px is None else px[src]
+    tgt = tgt if py is None else py[tgt]
+    order = torch.sort(tgt * max(x.size(0), 1) + src).indices
+    return src[order], tgt[order]
+
+
 def _on_node_ranges(pos: Tensor, batch: Tensor, build) -> Tensor:
-    """``build(x, ptr)`` of a C++ graph builder whose graphs are node ranges (``x`` the
-    coordinates, ``ptr`` the graphs' offsets), for any ``batch``: an unsorted one is sorted
-    stably first and the edges mapped back and re-sorted by target, then source."""
-    n = pos.size(0)
+    """``[2, E]`` (sources, targets) of a C++ builder of one point set's graph, ``build(x,
+    ptr)`` over sorted node ranges, for any ``batch`` (:func:`_on_ranges`)."""
     is_sorted, ptr, _ = _batch_layout(batch)
     perm = None
     if not is_sorted:
@@ -207,12 +230,9 @@ def _on_node_ranges(pos: Tensor, batch: Tensor, build) -> Tensor:
         ptr = _batch_layout(batch[perm])[1]
     if ptr is None:  # no nodes
         ptr = torch.zeros(1, dtype=torch.long)
-    ei = build(pos.detach() if perm is None else pos.detach()[perm], ptr)
-    if perm is None:
-        return ei
-    ei = perm[ei]
-    order = torch.sort(ei[1] * n + ei[0]).indices  # by target, then source
-    return ei[:, order]
+    ranges = (perm, ptr)
+    return torch.stack(_on_ranges(pos, pos, ranges, ranges,
+                                  lambda xs, ys, px, py: build(xs, px)))
 
 
 def radius_graph(pos: Tensor, r: float, batch: Tensor | None = None, loop: bool = False,
@@ -358,22 +378,12 @@ def _bipartite(x: Tensor, y: Tensor, batch_x: Tensor | None, batch_y: Tensor | N
     ids = torch.unique(torch.cat([bx, by]))
     G = ids.numel()
     gx, gy = torch.searchsorted(ids, bx), torch.searchsorted(ids, by)
-    sorted_x, sorted_y = (bool((g[1:] >= g[:-1]).all()) for g in (gx, gy))
-    ptr_x = torch.cat([gx.new_zeros(1), torch.bincount(gx, minlength=G).cumsum(0)])
-    if x.size(1) == 3 and _native_cells(x, native[0]):
-        # graphs as node ranges: an unsorted side is sorted stably first
-        ptr_y = torch.cat([gy.new_zeros(1), torch.bincount(gy, minlength=G).cumsum(0)])
-        px = None if sorted_x else torch.sort(gx, stable=True).indices
-        py = None if sorted_y else torch.sort(gy, stable=True).indices
-        xs = x.detach() if px is None else x.detach()[px]
-        ys = y.detach() if py is None else y.detach()[py]
-        src, tgt = native[1](xs, ys, ptr_x, ptr_y)
-        if px is None and py is None:  # already by target, then source
-            return torch.stack([tgt, src])
-        src = src if px is None else px[src]
-        tgt = tgt if py is None else py[tgt]
-        order = torch.sort(tgt * max(x.size(0), 1) + src).indices
-        return torch.stack([tgt[order], src[order]])
+    x_ranges, y_ranges = _ranges(gx, G), _ranges(gy, G)
+    if x.size(1) == 3 and _native_cells(x, native[0]):  # graphs as ranges of both sides
+        src, tgt = _on_ranges(x, y, x_ranges, y_ranges, native[1])
+        return torch.stack([tgt, src])
+    ptr_x = x_ranges[1]
+    sorted_x, sorted_y = x_ranges[0] is None, y_ranges[0] is None
     out = []
     lo = 0
     while lo < y.size(0):  # blocks of targets: at most `block` rows and _MAX_PAIRS pairs
