@@ -6,6 +6,7 @@ forces; direct vs conservative MLANet), same split and wall-clock budget per mod
     python examples/molecules_mlanet.py --full                # 20k QM9 molecules, 15 min each
     python examples/molecules_mlanet.py --only qm9 --molecules 5000 --budget 300
     python examples/molecules_mlanet.py --only qm9 --molecules 4000 --epochs 20   # per epoch
+    python examples/molecules_mlanet.py --only qm9 --molecules 20000 --budget 600 --layers 4
 
 Writes runs/qm9/ and runs/mmff/ (metrics.json, learning_curves.png, parity.png).
 Implementation: graphattn/demos/molecules.py.
@@ -28,10 +29,13 @@ if __name__ == "__main__":
     p.add_argument("--budget", type=float, help="seconds of training per model")
     p.add_argument("--molecules", type=int, help="QM9 subset size")
     p.add_argument("--epochs", type=int, help="train this many epochs instead of a time budget")
+    p.add_argument("--layers", type=int, help="MLANet interactions (default 3)")
+    p.add_argument("--batch-size", type=int, help="training batch size of every model (default 32)")
     a = p.parse_args()
     drop = ("curve", "net", "pred", "true", "guards")
     # the flags given override both comparisons' configurations
-    over = {k: v for k, v in (("budget_s", a.budget), ("epochs", a.epochs)) if v}
+    over = {k: v for k, v in (("budget_s", a.budget), ("epochs", a.epochs), ("layers", a.layers),
+                              ("batch_size", a.batch_size)) if v}
     if a.only in (None, "qm9"):
         cfg, n = qm9_setup(a.full)
         cfg = replace(cfg, **over)
