@@ -741,6 +741,31 @@ def test_cell_list_bipartite_equals_blockwise(dtype) -> None:
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), trial
 
 
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_list_knn_targets_outside_the_box_on_some_axes(dtype) -> None:
+    """kNN queries outside the sources' box on one, two or three axes, near and far (the stop
+    bound adds their distance to the box on the other axes to a face's): the blockwise
+    result, also for lattices whose distances tie (exactly at the bound)."""
+    g = torch.Generator().manual_seed(31)
+    for trial in range(24):
+        lattice = trial % 2 == 1
+        x = (torch.randint(0, 6, (300, 3), generator=g) if lattice
+             else torch.rand(300, 3, generator=g) * 5).to(dtype)
+        y = torch.rand(60, 3, generator=g, dtype=dtype) * 5
+        shift = [0.05, 0.5, 3.0, 40.0, 1e3, 7.0][trial % 6]
+        axes = torch.rand(60, 3, generator=g) < [0.3, 0.6, 1.0][trial % 3]
+        sign = torch.where(torch.rand(60, 3, generator=g) < 0.5, -1.0, 1.0)
+        y = y + (axes * sign * (5 + shift)).to(dtype)
+        if lattice:
+            y = y.round()
+        k = [1, 4, 16, 40][trial % 4]
+        got = knn(x, y, k)
+        with set_backend("reference"):
+            want = knn(x, y, k)
+        assert torch.equal(got, want), trial
+
+
 def test_bipartite_bad_input() -> None:
     x, y = torch.rand(5, 3), torch.rand(4, 3)
     with pytest.raises(ValueError, match="y must have the width and device of x"):

@@ -8,17 +8,24 @@
 // [tgt_ptr[g], tgt_ptr[g + 1]) of the targets (a sorted batch; the caller sorts an unsorted
 // one). Each graph gets a grid over its sources' bounding box with about 2 n / k cells (k / 2
 // sources per cell at uniform density; at most 8 cells where the box is flat or the graph
-// small); a target outside the box starts from the border cell nearest to it (the faces below
-// then still bound the distance to what lies beyond; one farther from the box than its size
-// searches the whole grid, a brute force over its graph). A target searches the cells in rings
-// of growing Chebyshev distance R from its own, keeping the k best (d2, source) pairs, and
-// stops after ring R once its k-th best squared distance lies strictly below b * b, b the
-// distance to the nearest face of the searched block of (2 R + 1)^3 cells, both rounded in the
-// coordinates' type (no point outside the block can then come closer or tie; b carries margins
-// for the rounding of the cell coordinates, in double, and of its cast); faces at the grid's
-// border do not count (nothing lies beyond them), so a search that has covered the grid
-// stops. The grid spans the bounding box, so a far outlier coarsens it for the rest of its
-// graph (up to one cell: the brute force of the blockwise path, without its O(n^2) memory).
+// small); a target outside the box starts from the border cell nearest to it. A target
+// searches the cells in rings of growing Chebyshev distance R from its own, keeping the k best
+// (d2, source) pairs, and stops after ring R once its k-th best squared distance lies strictly
+// below the least squared distance at which an unseen source can lie: such a source is beyond
+// a face of the searched block of (2 R + 1)^3 cells on one axis (faces at the grid's border do
+// not count: nothing lies beyond them, so a search that has covered the grid stops) and inside
+// the grid's box on the others, so per face the bound is b_a^2 + sum over the other axes of
+// g_b^2, b_a the target's distance to the face and g_b its distance to the box on axis b (0
+// inside it). Both sides are rounded in the coordinates' type, the bound's squares and sums in
+// the order of the distances' own (no unseen point can then come closer or tie); b and g carry
+// margins for the rounding of the cell coordinates, in double, and of their casts. A target
+// outside the box on every axis then stops once the cells of the box's corner nearest to it
+// are searched (with the face's distance alone it would search the whole grid once farther
+// from the box than its size); one outside on one or two axes still searches rings
+// until their half-width exceeds the lateral spread of its k nearest, which grows with its
+// distance (up to the whole face: cells visited in rings, not by their distance). The grid
+// spans the bounding box, so a far outlier coarsens it for the rest of its graph (up to one
+// cell: the brute force of the blockwise path, without its O(n^2) memory).
 //
 // The result equals the blockwise path's: d2 = ((0 + dx dx) + dy dy) + dz dz with
 // dx = x_s - x_i, each product and sum rounded (no fused multiply-add: cells.h), and
@@ -162,6 +169,15 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
           1e-12 * std::max({std::abs(gr.lo[0]), std::abs(gr.lo[1]), std::abs(gr.lo[2]),
                             std::abs(gr.lo[0] + gr.n[0] * h), std::abs(gr.lo[1] + gr.n[1] * h),
                             std::abs(gr.lo[2] + gr.n[2] * h)});
+      // a distance v (double) as a scalar_t below it, with the margins above (0 if none is left)
+      const auto below = [&](double v) {
+        return v > tol ? static_cast<scalar_t>((v - tol) * (1.0 - 1e-6)) : scalar_t(0);
+      };
+      scalar_t gap[3];  // the target's distance to the grid's box, axis by axis
+      for (int d = 0; d < 3; ++d) {
+        const double y = static_cast<double>(yi[d]);
+        gap[d] = below(std::max({0.0, gr.lo[d] - y, y - (gr.lo[d] + gr.n[d] * h)}));
+      }
       for (int64_t R = 0;; ++R) {
         const int64_t z0 = std::max<int64_t>(c[2] - R, 0), z1 = std::min(c[2] + R, gr.n[2] - 1);
         const int64_t y0 = std::max<int64_t>(c[1] - R, 0), y1 = std::min(c[1] + R, gr.n[1] - 1);
@@ -177,21 +193,32 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
             }
           }
         }
-        // distance from the target to the nearest inner face of the searched block
-        double bound = std::numeric_limits<double>::infinity();
+        // An unseen source lies beyond an inner face of the searched block on some axis a and
+        // within the box on the others: it differs from the target by at least b[a] (the
+        // face's distance) on axis a and g[d] on every other axis d, all scalar_t below the
+        // exact distances (the casts cannot round up past them), so its d2, rounded in
+        // scalar_t as visit() rounds it, is at least the same squares and sums of b rounded
+        // (rounding is monotone). Stop once the k-th best lies strictly below the least of
+        // these over the faces: no unseen source can tie with it. In scalar_t, so that squares
+        // flushed to subnormals or 0 never stop the search early.
+        bool open = false;  // a face with cells beyond it
+        scalar_t least = std::numeric_limits<scalar_t>::infinity();
+        const auto face = [&](int a, double dist) {
+          scalar_t b[3] = {gap[0], gap[1], gap[2]};
+          b[a] = below(dist);
+          scalar_t s2 = b[0] * b[0];
+          s2 = s2 + b[1] * b[1];
+          s2 = s2 + b[2] * b[2];
+          least = std::min(least, s2);
+          open = true;
+        };
         for (int d = 0; d < 3; ++d) {
           const double y = static_cast<double>(yi[d]);
-          if (c[d] - R > 0) bound = std::min(bound, y - (gr.lo[d] + (c[d] - R) * h));
-          if (c[d] + R + 1 < gr.n[d]) bound = std::min(bound, gr.lo[d] + (c[d] + R + 1) * h - y);
+          if (c[d] - R > 0) face(d, y - (gr.lo[d] + (c[d] - R) * h));
+          if (c[d] + R + 1 < gr.n[d]) face(d, gr.lo[d] + (c[d] + R + 1) * h - y);
         }
-        if (std::isinf(bound)) break;  // the whole grid searched
-        // An unseen source differs from the target by more than b on some axis, so its d2,
-        // rounded in scalar_t as visit() rounds it, is at least b * b rounded (rounding is
-        // monotone; b a scalar_t below the bound: the cast cannot round up past it). Stop
-        // once the k-th best lies strictly below that: no unseen source can tie with it. In
-        // scalar_t, so that squares flushed to subnormals or 0 never stop the search early.
-        const scalar_t b = static_cast<scalar_t>((bound - tol) * (1.0 - 1e-6));
-        if (static_cast<int64_t>(best.size()) == kk && b > 0 && best.front().first < b * b) break;
+        if (!open) break;  // the whole grid searched
+        if (static_cast<int64_t>(best.size()) == kk && best.front().first < least) break;
       }
       std::sort(best.begin(), best.end(),
                 [](const Pair& u, const Pair& v) { return u.second < v.second; });
