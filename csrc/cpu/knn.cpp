@@ -195,7 +195,7 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
         }
         // An unseen source lies beyond an inner face of the searched block on some axis a and
         // within the box on the others: it differs from the target by at least b[a] (the
-        // face's distance) on axis a and g[d] on every other axis d, all scalar_t below the
+        // face's distance) on axis a and gap[d] on every other axis d, all scalar_t below the
         // exact distances (the casts cannot round up past them), so its d2, rounded in
         // scalar_t as visit() rounds it, is at least the same squares and sums of b rounded
         // (rounding is monotone). Stop once the k-th best lies strictly below the least of
