@@ -8,24 +8,25 @@
 // [tgt_ptr[g], tgt_ptr[g + 1]) of the targets (a sorted batch; the caller sorts an unsorted
 // one). Each graph gets a grid over its sources' bounding box with about 2 n / k cells (k / 2
 // sources per cell at uniform density; at most 8 cells where the box is flat or the graph
-// small); a target outside the box starts from the border cell nearest to it. A target
-// searches the cells in rings of growing Chebyshev distance R from its own, keeping the k best
-// (d2, source) pairs, and stops after ring R once its k-th best squared distance lies strictly
-// below the least squared distance at which an unseen source can lie: such a source is beyond
-// a face of the searched block of (2 R + 1)^3 cells on one axis (faces at the grid's border do
-// not count: nothing lies beyond them, so a search that has covered the grid stops) and inside
-// the grid's box on the others, so per face the bound is b_a^2 + sum over the other axes of
-// g_b^2, b_a the target's distance to the face and g_b its distance to the box on axis b (0
-// inside it). Both sides are rounded in the coordinates' type, the bound's squares and sums in
-// the order of the distances' own (no unseen point can then come closer or tie); b and g carry
-// margins for the rounding of the cell coordinates, in double, and of their casts. A target
-// outside the box on every axis then stops once the cells of the box's corner nearest to it
-// are searched (with the face's distance alone it would search the whole grid once farther
-// from the box than its size); one outside on one or two axes still searches rings
-// until their half-width exceeds the lateral spread of its k nearest, which grows with its
-// distance (up to the whole face: cells visited in rings, not by their distance). The grid
-// spans the bounding box, so a far outlier coarsens it for the rest of its graph (up to one
-// cell: the brute force of the blockwise path, without its O(n^2) memory).
+// small). A target inside the box searches the cells in rings of growing Chebyshev distance R
+// from its own (contiguous rows of cells), keeping the k best (d2, source) pairs, and stops
+// after ring R once its k-th best squared distance lies strictly below the least squared
+// distance at which an unseen source can lie: such a source is beyond a face of the searched
+// block of (2 R + 1)^3 cells on one axis (faces at the grid's border do not count: nothing
+// lies beyond them, so a search that has covered the grid stops) and inside the grid's box on
+// the others, so per face the bound is b_a^2 + sum over the other axes of g_b^2, b_a the
+// target's distance to the face and g_b its distance to the box on axis b (0 inside it). A
+// target outside the box visits the cells best first instead, in order of the same kind of
+// bound per cell (its distance to the cell's extent, axis by axis), from the border cell
+// nearest to it, and stops once its k-th best lies strictly below the next cell's bound: it
+// reads the layers of cells facing it, not the rings' depth (rings from a border cell would
+// have to widen to the lateral spread of its k nearest, which grows with its distance, and
+// read every layer behind them). Both sides of a stop test are rounded in the coordinates'
+// type, the bound's squares and sums in the order of the distances' own (no unseen point can
+// then come closer or tie); b and g carry margins for the rounding of the cell coordinates, in
+// double, and of their casts. The grid spans the bounding box, so a far outlier coarsens it for
+// the rest of its graph (up to one cell: the brute force of the blockwise path, without its
+// O(n^2) memory).
 //
 // The result equals the blockwise path's: d2 = ((0 + dx dx) + dy dy) + dz dz with
 // dx = x_s - x_i, each product and sum rounded (no fused multiply-add: cells.h), and
@@ -39,6 +40,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -130,6 +132,8 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
     using Pair = std::pair<scalar_t, int64_t>;  // (d2, source): the k smallest, a max-heap
     std::vector<Pair> best;
+    std::vector<Pair> front;      // (bound, cell): the cells to visit next, a min-heap
+    std::vector<int64_t> queued;  // queued[cell] == i: the cell is in target i's front
     for (int64_t i = first(cb); i < first(ce); ++i) {
       const int64_t kk = nbr_start[i + 1] - nbr_start[i];
       if (kk == 0) continue;
@@ -178,7 +182,50 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
         const double y = static_cast<double>(yi[d]);
         gap[d] = below(std::max({0.0, gr.lo[d] - y, y - (gr.lo[d] + gr.n[d] * h)}));
       }
-      for (int64_t R = 0;; ++R) {
+      const bool outside = gr.cells > 1 && (gap[0] > 0 || gap[1] > 0 || gap[2] > 0);
+      if (outside) {
+        // Outside the box: best first. The cells in order of the least squared distance at
+        // which a source of theirs can lie (per axis the distance to the cell's extent, with
+        // the margins of below(), squared and summed as visit() does), popped from a front
+        // grown from the target's cell through the cells' faces: every cell has a face
+        // neighbour towards the target's cell whose bound is no larger, so the pops come in
+        // non-decreasing order. Stop once the k-th best lies strictly below the next bound.
+        if (static_cast<int64_t>(queued.size()) < gr.cells) queued.assign(gr.cells, -1);
+        const auto push = [&](int64_t x, int64_t y, int64_t z) {
+          const int64_t cell = (z * gr.n[1] + y) * gr.n[0] + x;
+          if (queued[cell] == i) return;
+          queued[cell] = i;
+          const int64_t idx[3] = {x, y, z};
+          scalar_t b[3];
+          for (int d = 0; d < 3; ++d) {
+            const double v = static_cast<double>(yi[d]), l = gr.lo[d] + idx[d] * h;
+            b[d] = below(std::max({0.0, l - v, v - (l + h)}));
+          }
+          scalar_t s2 = b[0] * b[0];
+          s2 = s2 + b[1] * b[1];
+          s2 = s2 + b[2] * b[2];
+          front.emplace_back(s2, cell);
+          std::push_heap(front.begin(), front.end(), std::greater<Pair>());
+        };
+        front.clear();
+        push(c[0], c[1], c[2]);
+        while (!front.empty()) {
+          std::pop_heap(front.begin(), front.end(), std::greater<Pair>());
+          const auto [bound, cell] = front.back();
+          front.pop_back();
+          if (static_cast<int64_t>(best.size()) == kk && best.front().first < bound) break;
+          visit(st[cell], st[cell + 1]);
+          const int64_t x = cell % gr.n[0], y = cell / gr.n[0] % gr.n[1],
+                        z = cell / (gr.n[0] * gr.n[1]);
+          if (x > 0) push(x - 1, y, z);
+          if (x + 1 < gr.n[0]) push(x + 1, y, z);
+          if (y > 0) push(x, y - 1, z);
+          if (y + 1 < gr.n[1]) push(x, y + 1, z);
+          if (z > 0) push(x, y, z - 1);
+          if (z + 1 < gr.n[2]) push(x, y, z + 1);
+        }
+      }
+      for (int64_t R = 0; !outside; ++R) {  // inside the box: rings
         const int64_t z0 = std::max<int64_t>(c[2] - R, 0), z1 = std::min(c[2] + R, gr.n[2] - 1);
         const int64_t y0 = std::max<int64_t>(c[1] - R, 0), y1 = std::min(c[1] + R, gr.n[1] - 1);
         const int64_t x0 = std::max<int64_t>(c[0] - R, 0), x1 = std::min(c[0] + R, gr.n[0] - 1);
