@@ -21,6 +21,16 @@
 
 namespace graphattn {
 
+// a * a + b * b + c * c as ((a a) + b b) + c c, every product and sum rounded in T: the
+// searches' squared distances, and their lower bounds in the same order (rounding is monotone,
+// so smaller magnitudes give no larger sums)
+template <typename T>
+inline T sum_sq(T a, T b, T c) {
+  T s = a * a;
+  s = s + b * b;
+  return s + c * c;
+}
+
 struct Grid {
   double lo[3];
   double inv_h;   // 1 / cell edge
@@ -81,6 +91,10 @@ struct CellLists {
     const int64_t* start;
     const int64_t* ids;
     const scalar_t *x, *y, *z;
+    // squared distance of sorted point s to p[3], as the blockwise path rounds it
+    scalar_t d2(int64_t s, const scalar_t* p) const {
+      return sum_sq<scalar_t>(x[s] - p[0], y[s] - p[1], z[s] - p[2]);
+    }
   };
   Graph graph(int64_t g, int64_t first) const {
     const Grid& gr = grids[g];

@@ -10,23 +10,20 @@
 // sources per cell at uniform density; at most 8 cells where the box is flat or the graph
 // small). A target inside the box searches the cells in rings of growing Chebyshev distance R
 // from its own (contiguous rows of cells), keeping the k best (d2, source) pairs, and stops
-// after ring R once its k-th best squared distance lies strictly below the least squared
-// distance at which an unseen source can lie: such a source is beyond a face of the searched
-// block of (2 R + 1)^3 cells on one axis (faces at the grid's border do not count: nothing
-// lies beyond them, so a search that has covered the grid stops) and inside the grid's box on
-// the others, so per face the bound is b_a^2 + sum over the other axes of g_b^2, b_a the
-// target's distance to the face and g_b its distance to the box on axis b (0 inside it). A
-// target outside the box visits the cells best first instead, in order of the same kind of
-// bound per cell (its distance to the cell's extent, axis by axis), from the border cell
-// nearest to it, and stops once its k-th best lies strictly below the next cell's bound: it
-// reads the layers of cells facing it, not the rings' depth (rings from a border cell would
-// have to widen to the lateral spread of its k nearest, which grows with its distance, and
-// read every layer behind them). Both sides of a stop test are rounded in the coordinates'
-// type, the bound's squares and sums in the order of the distances' own (no unseen point can
-// then come closer or tie); b and g carry margins for the rounding of the cell coordinates, in
-// double, and of their casts. The grid spans the bounding box, so a far outlier coarsens it for
-// the rest of its graph (up to one cell: the brute force of the blockwise path, without its
-// O(n^2) memory).
+// after ring R once its k-th best squared distance lies strictly below b * b, b the distance
+// to the nearest face of the searched block of (2 R + 1)^3 cells (faces at the grid's border
+// do not count: nothing lies beyond them, so a search that has covered the grid stops). A
+// target outside the box visits the cells best first instead, in order of the least squared
+// distance at which a source of theirs can lie (the sum of its squared distances to the
+// cell's extent, axis by axis), from the border cell nearest to it, and stops once its k-th
+// best lies strictly below the next cell's bound: it reads the layers of cells facing it
+// (rings from a border cell would have to widen to the lateral spread of its k nearest, which
+// grows with its distance, and read every layer behind them). Both sides of a stop test are
+// rounded in the coordinates' type, a bound's squares and sums in the order of the distances'
+// own (sum_sq, cells.h; no unseen point can then come closer or tie); the distances in a bound
+// carry margins for the rounding of the cell coordinates, in double, and of their casts. The grid
+// spans the bounding box, so a far outlier coarsens it for the rest of its graph (up to one cell:
+// the brute force of the blockwise path, without its O(n^2) memory).
 //
 // The result equals the blockwise path's: d2 = ((0 + dx dx) + dy dy) + dz dz with
 // dx = x_s - x_i, each product and sum rounded (no fused multiply-add: cells.h), and
@@ -141,7 +138,6 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
       const auto cg = cl.graph(g, sptr[g]);
       const Grid& gr = cg.grid;
       const int64_t *st = cg.start, *nodes = cg.ids;
-      const scalar_t *px = cg.x, *py = cg.y, *pz = cg.z;
       const scalar_t* yi = yt + 3 * i;
       const int64_t self = exclude >= 0 ? i + exclude : -1;
       const int64_t c[3] = {axis_cell(gr, yi, 0), axis_cell(gr, yi, 1), axis_cell(gr, yi, 2)};
@@ -149,10 +145,7 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
       // sources s..e-1 of the sorted list
       const auto visit = [&](int64_t s, int64_t e) {
         for (; s < e; ++s) {
-          const scalar_t dx = px[s] - yi[0], dy = py[s] - yi[1], dz = pz[s] - yi[2];
-          scalar_t d2 = dx * dx;
-          d2 = d2 + dy * dy;
-          d2 = d2 + dz * dz;
+          const scalar_t d2 = cg.d2(s, yi);
           const int64_t j = nodes[s];
           if (j == self) continue;
           const Pair pj(d2, j);
@@ -177,12 +170,14 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
       const auto below = [&](double v) {
         return v > tol ? static_cast<scalar_t>((v - tol) * (1.0 - 1e-6)) : scalar_t(0);
       };
-      scalar_t gap[3];  // the target's distance to the grid's box, axis by axis
-      for (int d = 0; d < 3; ++d) {
-        const double y = static_cast<double>(yi[d]);
-        gap[d] = below(std::max({0.0, gr.lo[d] - y, y - (gr.lo[d] + gr.n[d] * h)}));
-      }
-      const bool outside = gr.cells > 1 && (gap[0] > 0 || gap[1] > 0 || gap[2] > 0);
+      // the target's distance on axis d to the extent [l, u], as below() gives it
+      const auto beyond = [&](int d, double l, double u) {
+        const double v = static_cast<double>(yi[d]);
+        return below(std::max({0.0, l - v, v - u}));
+      };
+      bool outside = false;  // of the grid's box on some axis (one cell: searched whole)
+      for (int d = 0; d < 3 && gr.cells > 1; ++d)
+        outside = outside || beyond(d, gr.lo[d], gr.lo[d] + gr.n[d] * h) > 0;
       if (outside) {
         // Outside the box: best first. The cells in order of the least squared distance at
         // which a source of theirs can lie (per axis the distance to the cell's extent, with
@@ -198,13 +193,10 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
           const int64_t idx[3] = {x, y, z};
           scalar_t b[3];
           for (int d = 0; d < 3; ++d) {
-            const double v = static_cast<double>(yi[d]), l = gr.lo[d] + idx[d] * h;
-            b[d] = below(std::max({0.0, l - v, v - (l + h)}));
+            const double l = gr.lo[d] + idx[d] * h;
+            b[d] = beyond(d, l, l + h);
           }
-          scalar_t s2 = b[0] * b[0];
-          s2 = s2 + b[1] * b[1];
-          s2 = s2 + b[2] * b[2];
-          front.emplace_back(s2, cell);
+          front.emplace_back(sum_sq(b[0], b[1], b[2]), cell);
           std::push_heap(front.begin(), front.end(), std::greater<Pair>());
         };
         front.clear();
@@ -240,32 +232,21 @@ at::Tensor knn_impl(const at::Tensor& src, const at::Tensor& tgt, const int64_t*
             }
           }
         }
-        // An unseen source lies beyond an inner face of the searched block on some axis a and
-        // within the box on the others: it differs from the target by at least b[a] (the
-        // face's distance) on axis a and gap[d] on every other axis d, all scalar_t below the
-        // exact distances (the casts cannot round up past them), so its d2, rounded in
-        // scalar_t as visit() rounds it, is at least the same squares and sums of b rounded
-        // (rounding is monotone). Stop once the k-th best lies strictly below the least of
-        // these over the faces: no unseen source can tie with it. In scalar_t, so that squares
-        // flushed to subnormals or 0 never stop the search early.
-        bool open = false;  // a face with cells beyond it
-        scalar_t least = std::numeric_limits<scalar_t>::infinity();
-        const auto face = [&](int a, double dist) {
-          scalar_t b[3] = {gap[0], gap[1], gap[2]};
-          b[a] = below(dist);
-          scalar_t s2 = b[0] * b[0];
-          s2 = s2 + b[1] * b[1];
-          s2 = s2 + b[2] * b[2];
-          least = std::min(least, s2);
-          open = true;
-        };
+        // distance from the target to the nearest inner face of the searched block
+        double bound = std::numeric_limits<double>::infinity();
         for (int d = 0; d < 3; ++d) {
           const double y = static_cast<double>(yi[d]);
-          if (c[d] - R > 0) face(d, y - (gr.lo[d] + (c[d] - R) * h));
-          if (c[d] + R + 1 < gr.n[d]) face(d, gr.lo[d] + (c[d] + R + 1) * h - y);
+          if (c[d] - R > 0) bound = std::min(bound, y - (gr.lo[d] + (c[d] - R) * h));
+          if (c[d] + R + 1 < gr.n[d]) bound = std::min(bound, gr.lo[d] + (c[d] + R + 1) * h - y);
         }
-        if (!open) break;  // the whole grid searched
-        if (static_cast<int64_t>(best.size()) == kk && best.front().first < least) break;
+        if (std::isinf(bound)) break;  // the whole grid searched
+        // An unseen source differs from the target by more than b on some axis, so its d2,
+        // rounded in scalar_t as visit() rounds it, is at least b * b rounded (rounding is
+        // monotone; b a scalar_t below the bound: the cast cannot round up past it). Stop
+        // once the k-th best lies strictly below that: no unseen source can tie with it. In
+        // scalar_t, so that squares flushed to subnormals or 0 never stop the search early.
+        const scalar_t b = below(bound);
+        if (static_cast<int64_t>(best.size()) == kk && best.front().first < b * b) break;
       }
       std::sort(best.begin(), best.end(),
                 [](const Pair& u, const Pair& v) { return u.second < v.second; });

@@ -108,7 +108,6 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
         const auto cg = cl.graph(g, sptr[g]);
         const Grid& gr = cg.grid;
         const int64_t *st = cg.start, *nodes = cg.ids;
-        const scalar_t *px = cg.x, *py = cg.y, *pz = cg.z;
         const scalar_t* yi = yt + 3 * i;
         const int64_t self = exclude >= 0 ? i + exclude : -1;
         const int64_t cx = axis_cell(gr, yi, 0), cy = axis_cell(gr, yi, 1),
@@ -122,10 +121,7 @@ at::Tensor radius_impl(const at::Tensor& src, const at::Tensor& tgt, double r,
             const int64_t row = (z * gr.n[1] + y) * gr.n[0];
             // cells x0..x1 of one row are adjacent in the sorted source list
             for (int64_t s = st[row + x0]; s < st[row + x1 + 1]; ++s) {
-              const scalar_t dx = px[s] - yi[0], dy = py[s] - yi[1], dz = pz[s] - yi[2];
-              scalar_t d2 = dx * dx;
-              d2 = d2 + dy * dy;
-              d2 = d2 + dz * dz;
+              const scalar_t d2 = cg.d2(s, yi);
               const int64_t j = nodes[s];
               if (d2 < r2 && j != self) {
                 if (max_nn >= 0)
